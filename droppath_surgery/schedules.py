@@ -1,0 +1,101 @@
+"""Per-block drop rates: named schedules, explicit lists and callables, all validated.
+
+Both residual branches of a block share the block's rate. Blocks are numbered 0..n-1 in the order
+the forward pass runs them, across all stages.
+
+Named schedules (``rate`` is the rate of the deepest block):
+
+* ``"linear"``: timm's and BEiT's/Swin's/ConvNeXt's convention, ``linspace(0, rate, n)``: the first
+  block gets 0, the last gets ``rate``. Computed exactly as timm's ``calculate_drop_path_rates``
+  (a float32 ``torch.linspace``), so the per-module rates are identical to
+  ``timm.create_model(name, drop_path_rate=rate)``.
+* ``"uniform"``: every block gets ``rate`` (DeiT III, DINOv2).
+
+An explicit list gives one rate per block; a callable ``f(block_index, num_blocks) -> rate`` is
+called once per block. Lists and callables give the rates themselves, so the ``rate`` argument is
+not used with them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Union
+
+import torch
+
+from .errors import InvalidRateError, ScheduleError
+from .ops import validate_rate
+
+__all__ = ["Schedule", "SCHEDULES", "block_rates"]
+
+Schedule = Union[str, Sequence[float], Callable[[int, int], float]]
+
+
+def _linear(rate: float, n: int) -> list[float]:
+    return [float(v) for v in torch.linspace(0.0, rate, n, dtype=torch.float32, device="cpu")]
+
+
+def _uniform(rate: float, n: int) -> list[float]:
+    return [rate] * n
+
+
+SCHEDULES: dict[str, Callable[[float, int], list[float]]] = {
+    "linear": _linear,
+    "uniform": _uniform,
+}
+
+
+def describe(schedule: Schedule) -> str:
+    """A short human-readable name of a schedule, for reports."""
+    if isinstance(schedule, str):
+        return schedule
+    if callable(schedule):
+        return f"callable {getattr(schedule, '__name__', type(schedule).__name__)}"
+    return "explicit list"
+
+
+def block_rates(rate: float | None, schedule: Schedule, num_blocks: int) -> list[float]:
+    """The drop rate of each of ``num_blocks`` blocks, validated.
+
+    Raises ``InvalidRateError`` for a bad ``rate`` and ``ScheduleError`` for a bad schedule; each
+    message says what to pass instead.
+    """
+    if isinstance(schedule, str):
+        if schedule not in SCHEDULES:
+            raise ScheduleError(
+                f"unknown schedule {schedule!r}; pass one of {sorted(SCHEDULES)}, a list with one rate "
+                f"per block ({num_blocks} here), or a callable (block_index, num_blocks) -> rate."
+            )
+        top = validate_rate(rate, "rate")
+        rates = SCHEDULES[schedule](top, num_blocks)
+    elif callable(schedule):
+        rates = []
+        for i in range(num_blocks):
+            value = schedule(i, num_blocks)
+            try:
+                rates.append(validate_rate(value, f"schedule({i}, {num_blocks})"))
+            except InvalidRateError as exc:
+                raise ScheduleError(f"the schedule callable returned an invalid rate: {exc}") from None
+        return rates
+    elif isinstance(schedule, Sequence) and not isinstance(schedule, (bytes, bytearray)):
+        if len(schedule) != num_blocks:
+            raise ScheduleError(
+                f"a list schedule needs one rate per block: the model has {num_blocks} blocks with "
+                f"residual branches, the list has {len(schedule)}; pass a list of length {num_blocks}, "
+                f"or a named schedule such as 'linear'."
+            )
+        rates = schedule
+    elif isinstance(schedule, torch.Tensor):
+        return block_rates(rate, schedule.tolist(), num_blocks)
+    else:
+        raise ScheduleError(
+            f"schedule must be a name ({sorted(SCHEDULES)}), a list of per-block rates or a callable "
+            f"(block_index, num_blocks) -> rate, got {type(schedule).__name__}."
+        )
+    out = []
+    for i, value in enumerate(rates):
+        try:
+            out.append(validate_rate(value, f"rate of block {i}"))
+        except InvalidRateError as exc:
+            raise ScheduleError(str(exc)) from None
+    return out

@@ -1,0 +1,279 @@
+"""The public API: find, apply, re-schedule, report and remove drop path on an existing model.
+
+Every mutating call follows validate -> collect -> mutate -> verify: arguments are checked and the
+model is traced before anything changes; any error after the first change undoes it, so the model
+is either fully patched or exactly as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from . import inputs as _inputs
+from .errors import NoResidualBranchError, NotPatchedError, UnsupportedModelError, VerificationError
+from .ops import _check_mode, validate_rate
+from .patch import (
+    Attachment,
+    attach,
+    detach,
+    patched_modules,
+    plan_attachments,
+    info_of,
+    restore_patches,
+    sites_for,
+    snapshot_patches,
+)
+from .report import DropPathReport, Skipped
+from .schedules import SCHEDULES, Schedule, block_rates, describe
+from .trace import Trace, trace_residual_branches
+from .verify import compare_outputs, compare_state, observation, state_fingerprint
+
+__all__ = [
+    "apply_drop_path",
+    "find_residual_branches",
+    "set_drop_path_rate",
+    "remove_drop_path",
+    "drop_path_report",
+    "is_patched",
+]
+
+FilterFn = Callable[[nn.Module, str], bool]
+
+
+def _check_model(model: Any) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise UnsupportedModelError(
+            f"model must be a torch.nn.Module, got {type(model).__module__}.{type(model).__name__}; "
+            f"pass the model object itself (e.g. the result of timm.create_model or from_pretrained)."
+        )
+    name = type(model).__name__
+    if name == "OptimizedModule" and hasattr(model, "_orig_mod"):
+        raise UnsupportedModelError(
+            "model is wrapped by torch.compile; patch the original model first, then compile it: "
+            "apply_drop_path(model, ...); model = torch.compile(model)."
+        )
+    if name in ("DistributedDataParallel", "DataParallel", "FullyShardedDataParallel") and hasattr(model, "module"):
+        raise UnsupportedModelError(
+            f"model is wrapped by {name}; patch the inner model before wrapping it (apply_drop_path"
+            f"(model, ...) and then {name}(model, ...)), or pass wrapped.module."
+        )
+    return model
+
+
+def _check_options(rate: Any, schedule: Schedule, filter_fn: Any, mode: str) -> None:
+    if isinstance(schedule, str) and schedule in SCHEDULES:
+        validate_rate(rate, "rate")
+    if filter_fn is not None and not callable(filter_fn):
+        raise TypeError(f"filter_fn must be a callable (module, fqn) -> bool or None, got {type(filter_fn).__name__}.")
+    _check_mode(mode)
+
+
+def _model_name(model: nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", None)
+    arch = cfg.get("architecture") if isinstance(cfg, dict) else None
+    return f"{type(model).__name__} ({arch})" if arch else type(model).__name__
+
+
+def _trace(model: nn.Module, example_inputs: Any, batch_dim: int | None) -> tuple[Trace, tuple, dict]:
+    args, kwargs = _inputs.build(model) if example_inputs is None else _inputs.call_args(example_inputs)
+    with observation(model, (args, kwargs)):
+        trace = trace_residual_branches(model, args, kwargs, batch_dim=batch_dim)
+    if not trace.branches:
+        extra = ""
+        if trace.ignored:
+            extra = f" ({len(trace.ignored)} residual merges outside the block stack were ignored: " + ", ".join(
+                p for p, _ in trace.ignored[:3]
+            ) + ")"
+        raise NoResidualBranchError(
+            f"found no residual branch in {type(model).__name__}{extra}: drop path needs blocks of the form "
+            f"x = x + f(x) inside a ModuleList/Sequential. If the model has them but they did not run "
+            f"on the example inputs, pass example_inputs= that exercise them."
+        )
+    return trace, args, kwargs
+
+
+def _plan(
+    model: nn.Module, trace: Trace, rate: Any, schedule: Schedule, filter_fn: FilterFn | None
+) -> tuple[list[Attachment], list[Skipped], list[float]]:
+    rates = block_rates(rate, schedule, trace.num_blocks)
+    attachments, skipped = plan_attachments(trace, model)
+    if filter_fn is not None:
+        kept = []
+        for att in attachments:
+            if filter_fn(att.module, att.path):
+                kept.append(att)
+            else:
+                skipped.extend(Skipped(att.path, br.block_path, "filtered out by filter_fn") for br in att.branches)
+        attachments = kept
+    if not attachments:
+        reasons = "; ".join(sorted({s.reason for s in skipped})) or "none attachable"
+        raise NoResidualBranchError(
+            f"found {len(trace.branches)} residual branches in {type(model).__name__} but none can carry drop "
+            f"path ({reasons}); relax filter_fn or pass example_inputs that exercise other branches."
+        )
+    return attachments, skipped, rates
+
+
+def _report(model: nn.Module, schedule: Schedule, skipped=(), verified=None, num_blocks=None, sites=None) -> DropPathReport:
+    if sites is None:
+        sites = []
+        for drop in patched_modules(model):
+            info = info_of(drop)
+            sites.extend(info.sites)
+            num_blocks, schedule = info.num_blocks, info.schedule
+    sites = sorted(sites, key=lambda s: (s.block, s.branch))
+    return DropPathReport(
+        sites=tuple(sites),
+        num_blocks=num_blocks or 0,
+        schedule=describe(schedule),
+        skipped=tuple(skipped),
+        model_name=_model_name(model),
+        verified=verified,
+    )
+
+
+def find_residual_branches(
+    model: nn.Module,
+    example_inputs: Any = None,
+    *,
+    rate: float = 0.0,
+    schedule: Schedule = "linear",
+    filter_fn: FilterFn | None = None,
+    batch_dim: int | None = None,
+) -> DropPathReport:
+    """Trace the model and return the residual branches that ``apply_drop_path`` would patch.
+
+    Nothing is changed: no module, flag, hook or RNG state. The report's sites carry the rates
+    that ``rate`` and ``schedule`` would give (0 by default).
+    """
+    model = _check_model(model)
+    _check_options(rate, schedule, filter_fn, "row")
+    trace, _, _ = _trace(model, example_inputs, batch_dim)
+    attachments, skipped, rates = _plan(model, trace, rate, schedule, filter_fn)
+    sites = [s for att in attachments for s in sites_for(att, rates)]
+    return _report(model, schedule, skipped, None, trace.num_blocks, sites)
+
+
+def apply_drop_path(
+    model: nn.Module,
+    rate: float = 0.1,
+    *,
+    schedule: Schedule = "linear",
+    example_inputs: Any = None,
+    filter_fn: FilterFn | None = None,
+    verify: bool = True,
+    batch_dim: int | None = None,
+    mode: str = "row",
+    scale_by_keep: bool = True,
+) -> DropPathReport:
+    """Add drop path to every residual branch of ``model``, in place, and return a report.
+
+    Args:
+        model: any ``nn.Module`` with residual blocks (timm, Hugging Face, torchvision or your own).
+        rate: the drop rate of the deepest block for named schedules (``"linear"``: 0 at the first
+            block up to ``rate`` at the last, as timm's ``drop_path_rate``; ``"uniform"``: ``rate``
+            everywhere). Not used when ``schedule`` is a list or a callable.
+        schedule: ``"linear"``, ``"uniform"``, a list with one rate per block, or a callable
+            ``(block_index, num_blocks) -> rate``.
+        example_inputs: a tensor, tuple of arguments or dict of keyword arguments to trace the model
+            with. Built automatically for timm, Hugging Face and torchvision models.
+        filter_fn: ``filter_fn(module, fqn) -> bool`` chooses which branch ends get drop path;
+            ``module`` is the module that would be replaced or hooked, ``fqn`` its path.
+        verify: run the model in eval mode after patching and require every output tensor to be
+            bitwise equal to the traced output, and ``state_dict`` unchanged; undo and raise
+            ``VerificationError`` otherwise.
+        batch_dim: the dimension of the residual stream that indexes samples; inferred when None.
+        mode: ``"row"`` (per sample) or ``"batch"`` (whole batch).
+        scale_by_keep: scale kept samples by ``1 / (1 - rate)``.
+
+    Applying to an already patched model replaces the previous drop path (it does not stack).
+    The model's train/eval flags, the global RNG state and its hooks are left as they were.
+    """
+    model = _check_model(model)
+    _check_options(rate, schedule, filter_fn, mode)
+    previous = snapshot_patches(model)
+    detach(model)
+    try:
+        state_before = state_fingerprint(model)
+        trace, args, kwargs = _trace(model, example_inputs, batch_dim)
+        attachments, skipped, rates = _plan(model, trace, rate, schedule, filter_fn)
+        attach(
+            model, attachments, rates, trace.num_blocks, schedule=describe(schedule), mode=mode, scale_by_keep=scale_by_keep
+        )
+        if verify:
+            try:
+                _verify(model, trace.outputs, state_before, args, kwargs)
+            except BaseException:
+                detach(model)
+                raise
+    except BaseException:
+        restore_patches(previous)
+        raise
+    return _report(model, schedule, skipped, verified=True if verify else None)
+
+
+def _verify(model: nn.Module, reference: Any, state_before: dict, args: tuple, kwargs: dict) -> None:
+    with observation(model, (args, kwargs)):
+        after = model(*args, **kwargs)
+    diffs = compare_outputs(reference, after)
+    if diffs:
+        # The traced pass ran under a TorchFunctionMode, which some code checks to pick another
+        # kernel (e.g. nn.TransformerEncoderLayer's fast path). Compare plain runs before judging.
+        snapshot = snapshot_patches(model)
+        detach(model)
+        with observation(model, (args, kwargs)):
+            reference = model(*args, **kwargs)
+        restore_patches(snapshot)
+        diffs = compare_outputs(reference, after)
+    diffs += compare_state(state_before, state_fingerprint(model))
+    if diffs:
+        raise VerificationError(
+            "drop path changed the model in eval mode, so it was removed again: " + "; ".join(diffs[:5])
+            + ". Please report this model; apply_drop_path(..., filter_fn=...) can leave out the branch at fault."
+        )
+
+
+def is_patched(model: nn.Module) -> bool:
+    """True if ``apply_drop_path`` has patched this model (and it has not been removed)."""
+    return bool(patched_modules(_check_model(model)))
+
+
+def drop_path_report(model: nn.Module) -> DropPathReport:
+    """The report of an already patched model: its sites and current rates."""
+    model = _check_model(model)
+    drops = patched_modules(model)
+    if not drops:
+        raise NotPatchedError(f"{type(model).__name__} has no drop path from droppath-surgery; call apply_drop_path first.")
+    return _report(model, "")
+
+
+def set_drop_path_rate(model: nn.Module, rate: float = 0.1, *, schedule: Schedule = "linear") -> None:
+    """Re-schedule an already patched model without running it (cheap enough for every step).
+
+    Rates are validated before any is changed; use ``drop_path_report`` to see them.
+    """
+    model = _check_model(model)
+    drops = patched_modules(model)
+    if not drops:
+        raise NotPatchedError(
+            f"{type(model).__name__} has no drop path to re-schedule; call apply_drop_path(model, rate) first."
+        )
+    rates = block_rates(rate, schedule, info_of(drops[0]).num_blocks)
+    name = describe(schedule)
+    for drop in drops:
+        info = info_of(drop)
+        new_rate = rates[info.sites[0].block]
+        drop.rate = new_rate
+        info.sites = [s.with_rate(new_rate) for s in info.sites]
+        info.schedule = name
+
+
+def remove_drop_path(model: nn.Module) -> int:
+    """Take drop path out again: the original modules (the same objects) go back and every hook
+    this library added is removed. Returns the number of DropPath modules removed; a second call
+    removes nothing and returns 0.
+    """
+    return detach(_check_model(model))
