@@ -78,9 +78,10 @@ def _model_name(model: nn.Module) -> str:
 
 
 def _trace(model: nn.Module, example_inputs: Any, batch_dim: int | None) -> tuple[Trace, tuple, dict]:
-    args, kwargs = _inputs.build(model) if example_inputs is None else _inputs.call_args(example_inputs)
+    built = example_inputs is None
+    args, kwargs = _inputs.build(model) if built else _inputs.call_args(example_inputs)
     with observation(model, (args, kwargs)):
-        trace = trace_residual_branches(model, args, kwargs, batch_dim=batch_dim)
+        trace = trace_residual_branches(model, args, kwargs, batch_dim=batch_dim, inputs_batch_first=built)
     if not trace.branches:
         extra = ""
         if trace.ignored:

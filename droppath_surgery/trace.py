@@ -18,7 +18,10 @@ element on the way to the branch end. A residual outside any container element (
 attention-pool MLP) is not in the block stack and is reported as ignored, as timm does.
 
 The batch dimension of each branch is the dimension whose size equals the example batch size; if
-that is ambiguous, a second, traced pass with the batch doubled decides it.
+that is ambiguous, a second, traced pass with the batch doubled decides it. For inputs the user
+passed, whose layout we cannot know, a pass with only sample 0 changed checks that no other sample
+of any branch changes; a sequence-first ``(L, N, D)`` input fails that check for dimension 0 (attention
+spreads the change over the tokens) and passes it for dimension 1.
 """
 
 from __future__ import annotations
@@ -220,13 +223,6 @@ def _is_ancestor(anc: _Node, node: _Node) -> bool:
     return False
 
 
-def _example_batch(args: tuple, kwargs: dict, batch_dim: int) -> int | None:
-    for t in _flat_args(args, kwargs):
-        if t.ndim > 0:
-            return t.shape[batch_dim] if -t.ndim <= batch_dim < t.ndim else None
-    return None
-
-
 def _double(obj: Any, batch_dim: int, batch: int) -> Any:
     if isinstance(obj, Tensor):
         if obj.ndim > 0 and -obj.ndim <= batch_dim < obj.ndim and obj.shape[batch_dim] == batch:
@@ -322,10 +318,13 @@ def trace_residual_branches(
     kwargs: dict,
     *,
     batch_dim: int | None = None,
+    inputs_batch_first: bool = False,
 ) -> Trace:
     """Run one observed forward pass and return the residual branches it contains.
 
-    The caller is responsible for eval mode, ``torch.no_grad()`` and RNG isolation.
+    ``inputs_batch_first`` says the inputs' batch dimension is known to be 0 (inputs built by
+    ``droppath_surgery.inputs``); otherwise it is checked. The caller is responsible for eval mode,
+    ``torch.no_grad()`` and RNG isolation.
     """
     paths = {id(m): name for name, m in model.named_modules(remove_duplicate=False)}
     for name, m in model.named_modules():  # the first path of a shared module wins
@@ -354,11 +353,98 @@ def trace_residual_branches(
         br.branch = per_block.get(key, 0)
         per_block[key] = br.branch + 1
 
-    _assign_batch_dims(branches, probe, args, kwargs, batch_dim, paths)
+    _assign_batch_dims(branches, probe, args, kwargs, batch_dim, rec, inputs_batch_first)
     return Trace(branches=branches, num_blocks=len(order), calls=dict(rec.call_counts), outputs=outputs, ignored=ignored)
 
 
-def _assign_batch_dims(branches, probe: _Probe, args, kwargs, batch_dim, paths) -> None:
+def _merge_key(chain) -> tuple:
+    return tuple((id(call.module), call.index) for call, _ in chain)
+
+
+def _merge_tensors(rec: _Recorder) -> dict[tuple, Tensor]:
+    return {_merge_key(node.chain): tensor for node, tensor, _ in rec.merges}
+
+
+def _branch_key(br: Branch) -> tuple:
+    return tuple((id(e.module), e.call) for e in br.ends)
+
+
+def _perturb_first_sample(obj: Any, dim: int, batch: int, gen: torch.Generator) -> Any:
+    """A copy of the inputs in which sample 0 (index 0 along ``dim``) differs and the rest are equal."""
+    if isinstance(obj, Tensor):
+        if obj.ndim == 0 or not -obj.ndim <= dim < obj.ndim or obj.shape[dim] != batch:
+            return obj
+        out = obj.clone()
+        first = out.select(dim, 0)
+        if out.is_floating_point():
+            noise = torch.randn(first.shape, generator=gen, dtype=torch.float32).to(first.device, first.dtype)
+            first.add_(noise)
+        elif first.numel() > 1:
+            first.copy_(first.flatten().roll(1).view_as(first))
+        return out
+    if isinstance(obj, tuple):
+        return tuple(_perturb_first_sample(o, dim, batch, gen) for o in obj)
+    if isinstance(obj, list):
+        return [_perturb_first_sample(o, dim, batch, gen) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _perturb_first_sample(v, dim, batch, gen) for k, v in obj.items()}
+    return obj
+
+
+def _sample_dims(branches, probe: _Probe, args, kwargs, input_dim: int, batch: int) -> dict[int, int] | None:
+    """Batch dimension of each branch, given the inputs' batch dimension; None when undecidable."""
+    dims: dict[int, int] = {}
+    unresolved = []
+    for i, br in enumerate(branches):
+        matches = [d for d, n in enumerate(br.shape) if n == batch]
+        if len(matches) == 1:
+            dims[i] = matches[0]
+        else:
+            unresolved.append(i)
+    if unresolved:
+        # Ambiguous sizes: trace again with the batch doubled and see which dimension doubles.
+        _, rec2 = probe.run(_double(args, input_dim, batch), _double(kwargs, input_dim, batch))
+        doubled = _merge_tensors(rec2)
+        for i in unresolved:
+            shape = branches[i].shape
+            other = doubled.get(_branch_key(branches[i]))
+            if other is None or other.ndim != len(shape):
+                return None
+            grown = [d for d, (a, b) in enumerate(zip(shape, other.shape)) if b == 2 * a and a > 0]
+            same = [d for d in grown if all(x == y for j, (x, y) in enumerate(zip(shape, other.shape)) if j != d)]
+            if len(same) != 1:
+                return None
+            dims[i] = same[0]
+    return dims
+
+
+def _samples_independent(branches, dims, probe: _Probe, args, kwargs, input_dim: int, batch: int, reference) -> bool:
+    """True if changing sample 0 of the inputs changes no other sample of any branch.
+
+    That is what makes a dimension the batch: with a sequence-first input read as batch-first,
+    attention would carry the change to every "sample" (which are really tokens).
+    """
+    gen = torch.Generator().manual_seed(1)
+    _, rec = probe.run(_perturb_first_sample(args, input_dim, batch, gen), _perturb_first_sample(kwargs, input_dim, batch, gen))
+    perturbed = _merge_tensors(rec)
+    for i, br in enumerate(branches):
+        before, after = reference.get(_branch_key(br)), perturbed.get(_branch_key(br))
+        if before is None or after is None or before.shape != after.shape:
+            continue
+        d = dims[i]
+        if before.shape[d] > 1 and not torch.equal(before.narrow(d, 1, before.shape[d] - 1), after.narrow(d, 1, after.shape[d] - 1)):
+            return False
+    return True
+
+
+def _assign_batch_dims(branches, probe: _Probe, args, kwargs, batch_dim, rec, inputs_batch_first: bool) -> None:
+    """Set ``batch_dim`` on every branch.
+
+    With ``batch_dim`` given, it is used everywhere. Otherwise the inputs' batch dimension is 0 for
+    inputs built here, and 0 or 1 for user inputs, decided by an independence check (sequence-first
+    ``(L, N, D)`` inputs then resolve to 1). Each branch's own batch dimension is the one whose size
+    is the batch size, or, if that is ambiguous, the one that doubles with the batch.
+    """
     if not branches:
         return
     if batch_dim is not None:
@@ -370,40 +456,27 @@ def _assign_batch_dims(branches, probe: _Probe, args, kwargs, batch_dim, paths) 
                 )
             br.batch_dim = batch_dim % len(br.shape)
         return
-    batch = _example_batch(args, kwargs, 0)
-    unresolved = []
-    for br in branches:
-        dims = [d for d, n in enumerate(br.shape) if n == batch]
-        if len(dims) == 1:
-            br.batch_dim = dims[0]
-        else:
-            unresolved.append(br)
-    if not unresolved:
-        return
-    # Ambiguous sizes: trace again with the batch doubled and see which dimension doubles.
-    if batch is None:
+    tensors = [t for t in _flat_args(args, kwargs) if t.ndim > 0]
+    if not tensors:
         raise BatchDimError(
             "the example inputs hold no tensor with a batch dimension, so the batch dimension of the "
             "residual branches cannot be found; pass batch_dim=."
         )
-    args2, kwargs2 = _double(args, 0, batch), _double(kwargs, 0, batch)
-    _, rec2 = probe.run(args2, kwargs2)
-    key = lambda ends: tuple((id(e.module), e.call) for e in ends)  # noqa: E731
-    shapes = {}
-    for node, tensor, _ in rec2.merges:
-        ends = [BranchEnd(c.module, "", c.index, i) for c, i in node.chain]
-        shapes[key(ends)] = tuple(tensor.shape)
-    for br in unresolved:
-        other = shapes.get(key(br.ends))
-        dims = []
-        if other is not None and len(other) == len(br.shape):
-            dims = [d for d, (a, b) in enumerate(zip(br.shape, other)) if b == 2 * a and a > 0]
-            dims = [d for d in dims if all(x == y for i, (x, y) in enumerate(zip(br.shape, other)) if i != d)]
-        if len(dims) != 1:
-            raise BatchDimError(
-                f"cannot tell which dimension of the branch ending at {br.ends[-1].path} (shape "
-                f"{br.shape}) indexes samples: the example batch size {batch} is not unique there and "
-                f"doubling the batch did not single one out; pass batch_dim= (0 for (N, ...) layouts, "
-                f"1 for sequence-first (L, N, D))."
-            )
-        br.batch_dim = dims[0]
+    reference = _merge_tensors(rec)
+    candidates = [0] if inputs_batch_first else [d for d in (0, 1) if d < tensors[0].ndim]
+    for input_dim in candidates:
+        batch = tensors[0].shape[input_dim]
+        dims = _sample_dims(branches, probe, args, kwargs, input_dim, batch)
+        if dims is None:
+            continue
+        if batch > 1 and not inputs_batch_first:
+            if not _samples_independent(branches, dims, probe, args, kwargs, input_dim, batch, reference):
+                continue
+        for i, br in enumerate(branches):
+            br.batch_dim = dims[i]
+        return
+    raise BatchDimError(
+        f"cannot tell which dimension of the residual stream indexes samples (tried input dimensions "
+        f"{candidates}; example input shape {tuple(tensors[0].shape)}); pass batch_dim= (0 for (N, ...) "
+        f"layouts, 1 for sequence-first (L, N, D)), and use an example batch of at least 2 samples."
+    )

@@ -1,0 +1,61 @@
+"""Per-block schedules: timm's exact linear convention, uniform, lists, callables, validation."""
+
+import math
+
+import pytest
+from timm.layers import calculate_drop_path_rates
+
+from droppath_surgery import InvalidRateError, ScheduleError, block_rates
+
+
+@pytest.mark.parametrize("n", [1, 2, 12, 24, 40])
+@pytest.mark.parametrize("rate", [0.0, 0.1, 0.37, 1.0])
+def test_linear_is_exactly_timms_calculate_drop_path_rates(n, rate):
+    assert block_rates(rate, "linear", n) == calculate_drop_path_rates(rate, n)
+
+
+def test_linear_runs_from_zero_to_rate():
+    rates = block_rates(0.2, "linear", 5)
+    assert rates[0] == 0.0 and math.isclose(rates[-1], 0.2, rel_tol=1e-7)
+    assert rates == sorted(rates)
+
+
+def test_uniform():
+    assert block_rates(0.3, "uniform", 4) == [0.3] * 4
+
+
+def test_explicit_list_and_callable():
+    assert block_rates(None, [0.0, 0.1, 0.2], 3) == [0.0, 0.1, 0.2]
+    assert block_rates(None, lambda i, n: 0.5 * i / n, 4) == [0.0, 0.125, 0.25, 0.375]
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.5, float("nan"), float("inf"), "high"])
+def test_named_schedule_rejects_bad_rate(rate):
+    with pytest.raises(InvalidRateError, match=r"\[0, 1\]"):
+        block_rates(rate, "linear", 4)
+
+
+def test_unknown_schedule_lists_the_choices():
+    with pytest.raises(ScheduleError, match="'cosine'.*'linear'.*'uniform'"):
+        block_rates(0.1, "cosine", 4)
+
+
+def test_wrong_length_list_says_the_length_to_pass():
+    with pytest.raises(ScheduleError, match="has 4 blocks.*the list has 3.*length 4"):
+        block_rates(None, [0.1, 0.1, 0.1], 4)
+
+
+@pytest.mark.parametrize("bad", [[0.1, float("nan")], [0.1, -0.1], [0.1, 1.5], [0.1, "x"]])
+def test_list_with_invalid_entry_names_the_block(bad):
+    with pytest.raises(ScheduleError, match="block 1"):
+        block_rates(None, bad, 2)
+
+
+def test_callable_returning_invalid_rate():
+    with pytest.raises(ScheduleError, match="callable"):
+        block_rates(None, lambda i, n: 1.5, 3)
+
+
+def test_schedule_of_wrong_type():
+    with pytest.raises(ScheduleError, match="must be a name"):
+        block_rates(0.1, 3.0, 3)

@@ -1,0 +1,277 @@
+"""The public API on a small model: apply, re-apply, set rate, report, remove, verify, atomicity."""
+
+import copy
+
+import pytest
+import torch
+from helpers import ModelSnapshot, TinyTransformer, bitwise_equal, eval_output, hook_count
+from scipy.stats import binomtest
+from torch import nn
+
+import droppath_surgery.ops as ops
+from droppath_surgery import (
+    DropPath,
+    ExampleInputsError,
+    InvalidRateError,
+    NoResidualBranchError,
+    NotPatchedError,
+    ScheduleError,
+    UnsupportedModelError,
+    VerificationError,
+    apply_drop_path,
+    drop_path_report,
+    is_patched,
+    remove_drop_path,
+    set_drop_path_rate,
+)
+
+
+@pytest.fixture
+def model():
+    return TinyTransformer(depth=4)
+
+
+@pytest.fixture
+def x():
+    return torch.randn(2, 5, 8)
+
+
+def drop_paths(model):
+    return [m for m in model.modules() if isinstance(m, DropPath)]
+
+
+def test_apply_patches_every_branch_and_eval_output_is_bitwise_unchanged(model, x):
+    before = eval_output(model, x)
+    report = apply_drop_path(model, 0.3, example_inputs=x)
+    assert len(report.sites) == 8 and report.verified is True
+    assert [s.rate for s in report.sites] == pytest.approx([0, 0, 0.1, 0.1, 0.2, 0.2, 0.3, 0.3])
+    assert bitwise_equal(before, eval_output(model, x))
+    assert len(drop_paths(model)) == 8
+
+
+def test_report_prints_a_readable_table(model, x):
+    text = str(apply_drop_path(model, 0.1, example_inputs=x))
+    lines = text.splitlines()
+    assert "8 branches in 4 blocks" in lines[0] and "verified bitwise unchanged" in lines[0]
+    assert lines[1].split()[:3] == ["block", "branch", "rate"]
+    assert "blocks.3.mlp.2" in text and "hook Linear" in text and "0.1000" in text
+
+
+def test_remove_is_an_exact_undo(model, x):
+    before_out = eval_output(model, x)
+    snap = ModelSnapshot(model)
+    apply_drop_path(model, 0.2, example_inputs=x)
+    assert is_patched(model)
+    assert remove_drop_path(model) == 8
+    # the PEFT unload checklist: no added modules, same objects, same state_dict, same outputs
+    snap.assert_same()
+    assert not drop_paths(model) and not is_patched(model)
+    assert bitwise_equal(before_out, eval_output(model, x))
+    assert remove_drop_path(model) == 0  # a second call does nothing
+    snap.assert_same()
+
+
+def test_remove_restores_the_same_placeholder_objects():
+    class B(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.drop_path = nn.Identity()
+
+        def forward(self, x):
+            return x + self.drop_path(self.fc(x))
+
+    model = nn.Sequential(B(), B())
+    originals = [b.drop_path for b in model]
+    apply_drop_path(model, 0.1, example_inputs=torch.randn(2, 4))
+    assert all(isinstance(b.drop_path, DropPath) for b in model)
+    remove_drop_path(model)
+    assert all(b.drop_path is o for b, o in zip(model, originals))
+
+
+def test_applying_again_reschedules_instead_of_stacking(model, x):
+    apply_drop_path(model, 0.1, example_inputs=x)
+    report = apply_drop_path(model, 0.4, schedule="uniform", example_inputs=x)
+    assert len(drop_paths(model)) == 8
+    assert all(s.rate == 0.4 for s in report.sites)
+    assert not any(isinstance(c, DropPath) for d in drop_paths(model) for c in d.children())
+    remove_drop_path(model)
+    assert not drop_paths(model) and hook_count(model) == 0
+
+
+def test_set_drop_path_rate_reschedules_without_running_the_model(model, x):
+    apply_drop_path(model, 0.1, example_inputs=x)
+    calls = []
+    handle = model.register_forward_pre_hook(lambda *a: calls.append(1))
+    set_drop_path_rate(model, 0.6)
+    assert calls == []
+    handle.remove()
+    report = drop_path_report(model)
+    assert [s.rate for s in report.sites] == pytest.approx([0, 0, 0.2, 0.2, 0.4, 0.4, 0.6, 0.6])
+    assert [d.rate for d in drop_paths(model)] == pytest.approx([0, 0, 0.2, 0.2, 0.4, 0.4, 0.6, 0.6])
+    set_drop_path_rate(model, schedule=[0.0, 0.1, 0.2, 0.3])
+    assert drop_path_report(model).schedule == "explicit list"
+    assert [d.rate for d in drop_paths(model)] == pytest.approx([0, 0, 0.1, 0.1, 0.2, 0.2, 0.3, 0.3])
+
+
+def test_set_drop_path_rate_validates_before_changing_anything(model, x):
+    apply_drop_path(model, 0.1, example_inputs=x)
+    rates = [d.rate for d in drop_paths(model)]
+    with pytest.raises(ScheduleError):
+        set_drop_path_rate(model, schedule=[0.1, 0.2])
+    with pytest.raises(InvalidRateError):
+        set_drop_path_rate(model, 1.5)
+    assert [d.rate for d in drop_paths(model)] == rates
+
+
+def test_report_and_set_rate_need_a_patched_model(model):
+    with pytest.raises(NotPatchedError, match="apply_drop_path"):
+        drop_path_report(model)
+    with pytest.raises(NotPatchedError):
+        set_drop_path_rate(model, 0.1)
+
+
+def test_filter_fn_chooses_branches_and_keeps_block_numbering(model, x):
+    report = apply_drop_path(model, 0.3, example_inputs=x, filter_fn=lambda m, fqn: "mlp" in fqn)
+    assert [s.path for s in report.sites] == [f"blocks.{i}.mlp.2" for i in range(4)]
+    assert [s.rate for s in report.sites] == pytest.approx([0, 0.1, 0.2, 0.3])
+    assert len(report.skipped) == 4 and all("filter_fn" in s.reason for s in report.skipped)
+
+
+def test_surgery_leaves_rng_flags_and_hooks_alone(model, x):
+    model.train()
+    model.blocks[1].eval()  # mixed flags must come back exactly
+    flags = [m.training for m in model.modules()]
+    rng = torch.get_rng_state()
+    hooks = hook_count(model)
+    apply_drop_path(model, 0.1, example_inputs=x)
+    assert torch.equal(rng, torch.get_rng_state())
+    original_modules = [m for m in model.modules() if not isinstance(m, DropPath)]
+    assert [m.training for m in original_modules] == flags
+    # each new DropPath takes the train/eval flag of the module it attaches to
+    for block in model.blocks:
+        assert block.mlp[2].surgery_drop_path.training == block.mlp[2].training
+    assert hook_count(model) == hooks + 8  # exactly one forward hook per hooked branch end, none from probing
+
+
+def test_every_site_is_applied_exactly_once_per_training_forward(model, x):
+    apply_drop_path(model, 0.5, example_inputs=x)
+    counts = {}
+    for i, d in enumerate(drop_paths(model)):
+        d.register_forward_hook(lambda m, a, o, i=i: counts.__setitem__(i, counts.get(i, 0) + 1))
+    model.train()
+    model(x)
+    assert counts == {i: 1 for i in range(8)}
+
+
+def test_per_site_drop_rate_in_training_passes_binomial_test(model):
+    # Uniform p = 0.3 at all 8 sites; record per-sample drop decisions at every site over
+    # 20 forwards of batch 256 (n = 5120 per site). Two-sided binomial test at 1e-4 per site.
+    apply_drop_path(model, 0.3, schedule="uniform", example_inputs=torch.randn(2, 5, 8))
+    drops = {}
+    for i, d in enumerate(drop_paths(model)):
+        d.register_forward_hook(
+            lambda m, a, o, i=i: drops.setdefault(i, []).append((o == 0).flatten(1).all(1) & (a[0] != 0).flatten(1).any(1))
+        )
+    model.train()
+    with torch.no_grad():
+        for _ in range(20):
+            model(torch.randn(256, 5, 8))
+    for i, seen in drops.items():
+        dropped = torch.cat(seen)
+        k, n = int(dropped.sum()), dropped.numel()
+        assert binomtest(k, n, 0.3).pvalue > 1e-4, f"site {i}: {k}/{n}"
+
+
+def test_bf16_model_small_rate_per_site_binomial():
+    # bf16 weights and activations at p = 0.004: n = 40960 samples per site, ~164 expected drops.
+    model = TinyTransformer(depth=2, dim=8).to(torch.bfloat16)
+    apply_drop_path(model, 0.004, schedule="uniform", example_inputs=torch.randn(2, 3, 8, dtype=torch.bfloat16))
+    drops = {}
+    for i, d in enumerate(drop_paths(model)):
+        d.register_forward_hook(lambda m, a, o, i=i: drops.setdefault(i, []).append((o == 0).flatten(1).all(1)))
+    model.train()
+    with torch.no_grad():
+        for _ in range(10):
+            out = model(torch.randn(4096, 3, 8, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    for i, seen in drops.items():
+        dropped = torch.cat(seen)
+        k, n = int(dropped.sum()), dropped.numel()
+        assert binomtest(k, n, 0.004).pvalue > 1e-4, f"site {i}: {k}/{n}"
+
+
+def test_deepcopy_keeps_drop_path_and_remove_works_on_the_copy(model, x):
+    apply_drop_path(model, 0.2, example_inputs=x)
+    twin = copy.deepcopy(model)
+    assert len(drop_paths(twin)) == 8 and is_patched(twin)
+    assert remove_drop_path(twin) == 8 and hook_count(twin) == 0
+    assert len(drop_paths(model)) == 8
+
+
+# --- bad input: clear errors, model exactly as it was ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(rate=-0.1), InvalidRateError, r"\[0, 1\].*-0.1"),
+        (dict(rate=1.5), InvalidRateError, r"\[0, 1\].*1.5"),
+        (dict(rate=float("nan")), InvalidRateError, r"\[0, 1\].*nan"),
+        (dict(schedule=[0.1, 0.2]), ScheduleError, "4 blocks.*length 4"),
+        (dict(schedule="cosine"), ScheduleError, "unknown schedule 'cosine'"),
+        (dict(schedule=lambda i, n: 2.0), ScheduleError, "callable"),
+        (dict(filter_fn=lambda m, fqn: False), NoResidualBranchError, "filter_fn"),
+        (dict(filter_fn="mlp"), TypeError, "filter_fn must be a callable"),
+        (dict(mode="tokens"), ValueError, "mode"),
+        (dict(example_inputs=torch.randn(2, 5, 9)), ExampleInputsError, "failed to run"),
+        (dict(example_inputs="pixels"), ExampleInputsError, "must be a tensor"),
+    ],
+)
+def test_errors_are_clear_and_leave_the_model_unchanged(model, x, kwargs, error, match):
+    kwargs.setdefault("example_inputs", x)
+    snap = ModelSnapshot(model)
+    with pytest.raises(error, match=match):
+        apply_drop_path(model, **kwargs)
+    snap.assert_same()
+
+
+def test_errors_on_a_patched_model_leave_the_previous_patch_in_place(model, x):
+    apply_drop_path(model, 0.1, example_inputs=x)
+    snap = ModelSnapshot(model)
+    with pytest.raises(ScheduleError):
+        apply_drop_path(model, schedule=[0.1], example_inputs=x)
+    snap.assert_same()
+    assert [s.rate for s in drop_path_report(model).sites][-1] == pytest.approx(0.1)
+
+
+def test_non_module_and_wrapped_models_are_rejected():
+    with pytest.raises(UnsupportedModelError, match="must be a torch.nn.Module"):
+        apply_drop_path(lambda x: x, 0.1)
+    with pytest.raises(UnsupportedModelError, match="torch.compile"):
+        apply_drop_path(torch.compile(TinyTransformer()), 0.1)
+
+
+def test_model_without_known_inputs_asks_for_example_inputs(model):
+    snap = ModelSnapshot(model)
+    with pytest.raises(ExampleInputsError, match="example_inputs="):
+        apply_drop_path(model, 0.1)
+    snap.assert_same()
+
+
+def test_verification_catches_a_patch_that_changes_eval_output(model, x, monkeypatch):
+    # A DropPath that (wrongly) scales in eval mode must be caught, undone and reported.
+    def broken_forward(self, inp):
+        return inp * 1.5
+
+    monkeypatch.setattr(ops.DropPath, "forward", broken_forward)
+    snap = ModelSnapshot(model)
+    with pytest.raises(VerificationError, match="elements differ"):
+        apply_drop_path(model, 0.1, example_inputs=x)
+    snap.assert_same()
+
+
+def test_verify_false_skips_the_check(model, x, monkeypatch):
+    monkeypatch.setattr(ops.DropPath, "forward", lambda self, inp: inp * 1.5)
+    report = apply_drop_path(model, 0.1, example_inputs=x, verify=False)
+    assert report.verified is None and len(report.sites) == 8

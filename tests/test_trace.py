@@ -1,0 +1,228 @@
+"""Finding residual branches with no per-model code: layouts, blocks, batch dims, what is not a site."""
+
+import pytest
+import torch
+from helpers import Block, ModelSnapshot, TinyTransformer
+from torch import nn
+
+from droppath_surgery import BatchDimError, NoResidualBranchError, apply_drop_path, find_residual_branches
+
+
+def test_tiny_transformer_two_branches_per_block_and_head_excluded():
+    model = TinyTransformer(depth=4)
+    x = torch.randn(2, 5, 8)
+    snap = ModelSnapshot(model)
+    report = find_residual_branches(model, x)
+    snap.assert_same()  # finding changes nothing: modules, state, flags, hooks, RNG
+    assert [(s.block, s.branch) for s in report.sites] == [(b, i) for b in range(4) for i in range(2)]
+    assert [s.path for s in report.sites[:2]] == ["blocks.0.attn", "blocks.0.mlp.2"]
+    assert report.sites[0].output_index == (0,)  # attention returns (out, weights)
+    assert all(s.batch_dim == 0 and s.kind == "hook" for s in report.sites)
+    assert all(not s.path.startswith("head") for s in report.sites)
+    assert report.num_blocks == 4
+
+
+def test_loop_over_module_list_in_the_parent_forward():
+    class FF(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 8))
+
+        def forward(self, x):
+            return self.net(x)
+
+    class Net(nn.Module):  # the lucidrains layout: blocks are pairs of branches in nested ModuleLists
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([nn.ModuleList([FF(), FF()]) for _ in range(3)])
+
+        def forward(self, x):
+            for attn, ff in self.layers:
+                x = attn(x) + x
+                x = ff(x) + x
+            return x
+
+    report = find_residual_branches(Net(), torch.randn(4, 5, 8), rate=0.1)
+    assert [s.block_path for s in report.sites] == ["layers.0", "layers.0", "layers.1", "layers.1", "layers.2", "layers.2"]
+    assert [s.rate for s in report.sites] == pytest.approx([0, 0, 0.05, 0.05, 0.1, 0.1])
+
+
+class SeqFirstBlock(nn.Module):
+    def __init__(self, dim=8):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, 2)  # sequence-first (L, N, D)
+        self.fc = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        h = self.norm(x)
+        x = x + self.attn(h, h, h)[0]
+        return x + self.fc(self.norm(x))
+
+
+class SeqFirstNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.Sequential(*[SeqFirstBlock() for _ in range(3)])
+
+    def forward(self, x):
+        return self.blocks(x)
+
+
+@pytest.mark.parametrize("shape", [(6, 3, 8), (3, 3, 8), (2, 2, 8)])
+def test_sequence_first_stream_is_found_to_have_batch_dim_1(shape):
+    # (L, N, D) inputs: the independence check rules out dim 0 (attention mixes tokens), also
+    # when L == N, where the sizes alone cannot tell.
+    report = find_residual_branches(SeqFirstNet(), torch.randn(*shape))
+    assert [s.batch_dim for s in report.sites] == [1] * 6
+
+
+def test_sequence_first_training_drops_whole_samples_never_tokens():
+    model = SeqFirstNet()
+    apply_drop_path(model, 0.5, schedule="uniform", example_inputs=torch.randn(6, 4, 8))
+    seen = []
+    for drop in [m for m in model.modules() if type(m).__name__ == "DropPath"]:
+        drop.register_forward_hook(lambda m, i, o: seen.append((i[0], o)))
+    model.train()
+    model(torch.randn(7, 64, 8))
+    assert len(seen) == 6
+    for x, y in seen:
+        per_sample_zero = (y == 0).all(dim=2).all(dim=0)  # (N,)
+        per_element_zero = (y == 0).all(dim=2)  # (L, N)
+        # every sample is either dropped at all positions or at none
+        assert torch.equal(per_element_zero.any(0), per_sample_zero)
+        assert 0 < per_sample_zero.sum() < 64
+
+
+def test_explicit_batch_dim_is_used_everywhere():
+    report = find_residual_branches(SeqFirstNet(), torch.randn(6, 3, 8), batch_dim=1)
+    assert {s.batch_dim for s in report.sites} == {1}
+    with pytest.raises(BatchDimError, match="out of range"):
+        find_residual_branches(SeqFirstNet(), torch.randn(6, 3, 8), batch_dim=5)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_torch_transformer_encoder(batch_first):
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=batch_first)
+    encoder = nn.TransformerEncoder(layer, 3, enable_nested_tensor=False)
+    x = torch.randn(3, 5, 16) if batch_first else torch.randn(5, 3, 16)
+    report = apply_drop_path(encoder, 0.1, example_inputs=x)
+    assert [s.path for s in report.sites[:2]] == ["layers.0.dropout1", "layers.0.dropout2"]
+    assert len(report.sites) == 6
+    assert {s.batch_dim for s in report.sites} == {0 if batch_first else 1}
+    # dropout1/2 have p = 0.1 > 0: kept (hooked), not replaced, so regular dropout still applies
+    assert all(s.kind == "hook" for s in report.sites)
+    assert isinstance(encoder.layers[0].dropout1, nn.Dropout)
+
+
+def test_inplace_residual_and_inplace_activation():
+    class Bottleneck(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(4, 4, 1)
+            self.act = nn.ReLU(inplace=True)
+            self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            shortcut = x
+            x = self.bn(self.conv2(self.act(self.conv1(x))))
+            x += shortcut
+            return self.act(x)
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(Bottleneck(), Bottleneck()))
+    report = apply_drop_path(net, 0.2, example_inputs=torch.randn(2, 3, 9, 9))
+    assert [s.path for s in report.sites] == ["1.0.bn", "1.1.bn"]
+    assert [s.rate for s in report.sites] == pytest.approx([0.0, 0.2])
+
+
+def test_shared_module_with_other_uses_is_not_given_drop_path():
+    # Like HF Swin: one dropout applied inside the attention branch (to windows) and at the end of
+    # the MLP branch. Drop path must go on the MLP branch's own module, never on the shared one.
+    class SwinLike(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.Linear(8, 8)
+            self.mlp = nn.Linear(8, 8)
+            self.dropout = nn.Dropout(0.0)
+            self.drop_path = nn.Identity()
+
+        def forward(self, x):
+            windows = x.reshape(-1, 2, 8)  # (batch * windows, tokens, dim)
+            a = self.dropout(self.attn(windows)).reshape(x.shape)
+            x = x + self.drop_path(a)
+            return self.dropout(self.mlp(x)) + x
+
+    net = nn.ModuleList([SwinLike(), SwinLike()])
+    model = nn.Sequential(*net)
+    report = apply_drop_path(model, 0.1, example_inputs=torch.randn(2, 4, 8))
+    assert [s.path for s in report.sites] == ["0.drop_path", "0.mlp", "1.drop_path", "1.mlp"]
+    assert type(model[0].dropout) is nn.Dropout and not model[0].dropout._forward_hooks
+
+
+def test_placeholder_shared_across_blocks_is_not_replaced():
+    shared = nn.Identity()
+
+    class B(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+            self.drop_path = shared
+
+        def forward(self, x):
+            return x + self.drop_path(self.fc(x))
+
+    model = nn.Sequential(B(), B(), B())
+    report = apply_drop_path(model, 0.2, example_inputs=torch.randn(2, 8))
+    # one Identity serves three blocks with three different rates: hook each block's fc instead
+    assert [s.path for s in report.sites] == ["0.fc", "1.fc", "2.fc"]
+    assert model[0].drop_path is shared
+
+
+def test_model_without_residual_branches_raises_and_is_untouched():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(2, 4)
+    snap = ModelSnapshot(model)
+    with pytest.raises(NoResidualBranchError, match="no residual branch"):
+        apply_drop_path(model, 0.1, example_inputs=x)
+    snap.assert_same()
+
+
+def test_residual_only_outside_the_block_stack_is_not_a_site():
+    class HeadOnly(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.mlp = nn.Linear(4, 4)
+
+        def forward(self, x):
+            x = self.fc(x)
+            return x + self.mlp(x)
+
+    with pytest.raises(NoResidualBranchError, match="outside the block stack"):
+        find_residual_branches(HeadOnly(), torch.randn(2, 4))
+
+
+def test_non_residual_additions_are_not_sites():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pos = nn.Parameter(torch.zeros(5, 8))
+            self.a = nn.Linear(8, 8)
+            self.b = nn.Linear(8, 8)
+            self.c = nn.Linear(8, 8)
+
+        def forward(self, x):
+            x = x + self.pos  # parameter, not computed from x
+            y = self.a(x) + self.b(x)  # two branches of one fork: neither is an ancestor of the other
+            return y + torch.ones_like(y)  # constant
+
+    with pytest.raises(NoResidualBranchError):
+        find_residual_branches(nn.Sequential(Block(), Block()), torch.randn(2, 5, 8))
+
+
+def test_batch_dim_ambiguity_resolved_by_doubling():
+    # batch 4 and 4 channels: sizes alone are ambiguous at every branch
+    net = nn.Sequential(*[Block(4) for _ in range(2)])
+    report = find_residual_branches(net, torch.randn(4, 4, 4))
+    assert {s.batch_dim for s in report.sites} == {0}
