@@ -1,0 +1,59 @@
+"""Patch time of apply_drop_path on a timm model over one eval forward of the same example input.
+
+Goals for vit_base_patch16_224: at most 2.5x with verify=True, at most 1.5x with verify=False.
+Each figure is the median of several runs, interleaved, in one process.
+
+    python benchmarks/bench_apply.py [--model vit_base_patch16_224] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import timm
+import torch
+
+from droppath_surgery import apply_drop_path, remove_drop_path
+from droppath_surgery.inputs import build
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="vit_base_patch16_224")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    model = timm.create_model(args.model, pretrained=False)
+    inputs, _ = build(model)
+
+    def forward() -> None:
+        model.eval()
+        with torch.no_grad():
+            model(*inputs)
+
+    def apply(verify: bool):
+        def run() -> None:
+            apply_drop_path(model, 0.1, verify=verify)
+            remove_drop_path(model)
+
+        return run
+
+    runs = {"eval forward": forward, "apply (verify=True)": apply(True), "apply (verify=False)": apply(False)}
+    for fn in runs.values():
+        fn()
+    times = {k: [] for k in runs}
+    for _ in range(args.repeats):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base = med["eval forward"]
+    print(f"{args.model}, example input {tuple(inputs[0].shape)}, {torch.get_num_threads()} threads")
+    for name, t in med.items():
+        print(f"  {name:22s} {t * 1e3:8.1f} ms  {t / base:5.2f}x one eval forward")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""timm models: placement and rates against timm's own ``drop_path_rate`` (the oracle), eval proof, undo."""
+
+import pytest
+import timm
+import torch
+from helpers import ModelSnapshot, bitwise_equal, eval_output
+from timm.layers import DropPath as TimmDropPath
+from torch import nn
+
+from droppath_surgery import DropPath, apply_drop_path, find_residual_branches, remove_drop_path
+from droppath_surgery.inputs import build
+
+# Small variants of each family keep CI fast; the same kwargs build the oracle model.
+MODELS = {
+    "vit_tiny_patch16_224": dict(img_size=64, depth=4),
+    "deit_tiny_patch16_224": dict(img_size=64, depth=4),
+    "beit_base_patch16_224": dict(img_size=64, depth=4, embed_dim=64, num_heads=2),
+    "eva02_tiny_patch14_224": dict(img_size=56, depth=4),
+    "swin_tiny_patch4_window7_224": dict(img_size=112, embed_dim=24, num_heads=(1, 2, 3, 4)),
+    "convnext_atto": dict(),
+}
+EXPECTED_BRANCHES = {
+    "vit_tiny_patch16_224": 8,
+    "deit_tiny_patch16_224": 8,
+    "beit_base_patch16_224": 8,
+    "eva02_tiny_patch14_224": 8,
+    "swin_tiny_patch4_window7_224": 24,  # 2 + 2 + 6 + 2 blocks, 2 branches each
+    "convnext_atto": 12,  # 2 + 2 + 6 + 2 blocks, 1 branch each
+}
+
+
+def timm_slots(model: nn.Module) -> dict[str, float]:
+    """Where timm itself puts drop path, with its rate: DropPath modules, and Identity at rate 0."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, TimmDropPath):
+            out[name] = m.drop_prob
+        elif isinstance(m, nn.Identity) and name.rsplit(".", 1)[-1].startswith("drop_path"):
+            out[name] = 0.0
+    return out
+
+
+def our_rates(model: nn.Module) -> dict[str, float]:
+    return {name: m.rate for name, m in model.named_modules() if isinstance(m, DropPath)}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_placement_and_rates_equal_timms_own_drop_path_rate(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, **MODELS[name])
+    oracle = timm.create_model(name, pretrained=False, drop_path_rate=0.1, **MODELS[name])
+    x = build(model)[0][0]
+    before = eval_output(model, x)
+    report = apply_drop_path(model, 0.1)
+    assert len(report.sites) == EXPECTED_BRANCHES[name]
+    assert all(s.kind == "replace" for s in report.sites)
+    # Same slots and exactly the same per-module rates as timm.create_model(name, drop_path_rate=0.1).
+    assert our_rates(model) == timm_slots(oracle)
+    assert bitwise_equal(before, eval_output(model, x))
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "convnext_atto"])
+def test_model_built_with_a_rate_is_rescheduled_and_undo_restores_timms_modules(name):
+    model = timm.create_model(name, pretrained=False, drop_path_rate=0.2, **MODELS[name])
+    oracle = timm.create_model(name, pretrained=False, drop_path_rate=0.3, **MODELS[name])
+    snap = ModelSnapshot(model)
+    apply_drop_path(model, 0.3)
+    assert our_rates(model) == timm_slots(oracle)
+    remove_drop_path(model)
+    snap.assert_same()  # the very same timm DropPath objects are back
+
+
+def test_example_inputs_follow_the_size_the_model_was_built_for():
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=96, depth=2)
+    assert model.pretrained_cfg["input_size"] == (3, 224, 224)
+    (x,), _ = build(model)
+    assert x.shape == (2, 3, 96, 96)
+    assert len(find_residual_branches(model).sites) == 4
+
+
+def test_uniform_schedule_and_batch_dim_on_timm_vit():
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, depth=4)
+    report = apply_drop_path(model, 0.2, schedule="uniform")
+    assert {s.rate for s in report.sites} == {0.2}
+    assert {s.batch_dim for s in report.sites} == {0}
+    assert [s.path for s in report.sites[:2]] == ["blocks.0.drop_path1", "blocks.0.drop_path2"]
+
+
+def test_training_step_runs_and_drops(tmp_path):
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=3)
+    apply_drop_path(model, 0.5, schedule="uniform")
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 3, (16,))
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
