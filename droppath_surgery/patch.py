@@ -28,6 +28,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from .errors import UnsupportedModelError
 from .ops import DropPath
 from .report import Site, Skipped
 from .trace import CONTAINERS, Branch, Trace
@@ -221,7 +222,10 @@ def attach(
                         parent._modules[name] = drop
             else:
                 if CHILD_NAME in att.module._modules or hasattr(att.module, CHILD_NAME):
-                    raise RuntimeError(f"{att.path} already has an attribute {CHILD_NAME!r}")
+                    raise UnsupportedModelError(
+                        f"{att.path} already has an attribute {CHILD_NAME!r}, where drop path would be "
+                        f"attached; rename that attribute, or leave this branch out with filter_fn."
+                    )
                 att.module.add_module(CHILD_NAME, drop)
                 att.module.register_forward_hook(DropBranchOutput(att.output_index))
     except BaseException:

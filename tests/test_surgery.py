@@ -275,3 +275,13 @@ def test_verify_false_skips_the_check(model, x, monkeypatch):
     monkeypatch.setattr(ops.DropPath, "forward", lambda self, inp: inp * 1.5)
     report = apply_drop_path(model, 0.1, example_inputs=x, verify=False)
     assert report.verified is None and len(report.sites) == 8
+
+
+def test_failure_in_the_middle_of_attaching_leaves_the_model_unchanged(model, x):
+    # The third block's mlp output layer already has the attribute drop path would use.
+    object.__setattr__(model.blocks[2].mlp[2], "surgery_drop_path", "taken")
+    snap = ModelSnapshot(model)
+    with pytest.raises(UnsupportedModelError, match="already has an attribute 'surgery_drop_path'"):
+        apply_drop_path(model, 0.1, example_inputs=x)
+    snap.assert_same()
+    assert not drop_paths(model)

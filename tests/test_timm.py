@@ -97,3 +97,21 @@ def test_training_step_runs_and_drops(tmp_path):
     opt.step()
     assert torch.isfinite(loss)
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_dropout_attention_dropout_and_position_dropout_are_not_sites():
+    kwargs = dict(img_size=64, depth=4, drop_rate=0.1, pos_drop_rate=0.1, attn_drop_rate=0.1, proj_drop_rate=0.1)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **kwargs)
+    oracle = timm.create_model("vit_tiny_patch16_224", pretrained=False, drop_path_rate=0.1, **kwargs)
+    apply_drop_path(model, 0.1)
+    assert our_rates(model) == timm_slots(oracle)
+    assert type(model.pos_drop) is nn.Dropout and type(model.blocks[0].attn.attn_drop) is nn.Dropout
+
+
+def test_model_on_the_meta_device_is_patched_and_checked_by_shape():
+    with torch.device("meta"):
+        model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, depth=4)
+    oracle = timm.create_model("vit_tiny_patch16_224", pretrained=False, drop_path_rate=0.1, img_size=64, depth=4)
+    report = apply_drop_path(model, 0.1)
+    assert our_rates(model) == timm_slots(oracle)
+    assert report.verified is False and "meta device" in str(report)

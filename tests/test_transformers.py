@@ -161,3 +161,10 @@ def test_no_hooks_left_by_probing_hf_model():
     hooks = hook_count(model)
     find_residual_branches(model)
     assert hook_count(model) == hooks
+
+
+def test_embedding_and_attention_dropout_are_not_sites():
+    model = FACTORIES["vit"](hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    report = apply_drop_path(model, 0.1)
+    assert {s.path for s in report.sites} == {f"layers.{i}.dropout" for i in range(LAYERS)}
+    assert type(model.embeddings.dropout) is nn.Dropout and not model.embeddings.dropout._forward_hooks
