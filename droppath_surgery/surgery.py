@@ -85,12 +85,12 @@ def _trace(model: nn.Module, example_inputs: Any, batch_dim: int | None) -> tupl
     if not trace.branches:
         extra = ""
         if trace.ignored:
-            extra = f" ({len(trace.ignored)} residual merges outside the block stack were ignored: " + ", ".join(
-                p for p, _ in trace.ignored[:3]
+            extra = f" ({len(trace.ignored)} residual merges were ignored: " + "; ".join(
+                f"{p}: {why}" for p, why in trace.ignored[:3]
             ) + ")"
         raise NoResidualBranchError(
-            f"found no residual branch in {type(model).__name__}{extra}: drop path needs blocks of the form "
-            f"x = x + f(x) inside a ModuleList/Sequential. If the model has them but they did not run "
+            f"found no residual branch in {type(model).__name__}{extra}: drop path needs repeated blocks "
+            f"of the form x = x + f(x) with a non-linear f. If the model has them but they did not run "
             f"on the example inputs, pass example_inputs= that exercise them."
         )
     return trace, args, kwargs

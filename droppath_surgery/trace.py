@@ -1,66 +1,41 @@
-"""Find residual branches by watching one forward pass.
+"""Turn one observed forward pass into residual branches: their ends, blocks and batch dimensions.
 
-The model runs once, in eval mode and without gradients, on example inputs while a
-``TorchFunctionMode`` records every torch operation and forward hooks record every module call.
-From that record we know, for each tensor, which tensors it was computed from and which module
-calls returned it. An addition ``s + b`` (or ``b + s``, ``s += b``, ``torch.add``) is a residual
-merge when ``s`` is an ancestor of ``b`` (the branch was computed from the stream it is added back
-to), both have the same shape, and ``b`` was returned by at least one module call: those calls, from
-the innermost to the outermost, are the branch's *end chain*. Nothing depends on class or attribute
-names, so the same code finds the branches of timm, Hugging Face, torchvision and hand-written
-models. In-place operations (``x += shortcut``, inplace activations) are decided at the moment of
-the operation, using each tensor's version counter to tell mutation from identity.
+``record.py`` watches the pass and reports every residual merge with the module calls that
+returned the branch (its end chain). Here each branch gets
 
-A branch belongs to a *block*: the innermost module on the call stack whose parent is a container
-(``Sequential``/``ModuleList``/``ModuleDict``); when the merge runs in a module that is no such
-element (``for attn, mlp in self.layers: x = x + attn(x); x = x + mlp(x)``), the outermost container
-element on the way to the branch end. A residual outside any container element (a stem, a pooling head such as SigLIP's
-attention-pool MLP) is not in the block stack and is reported as ignored, as timm does.
-
-The batch dimension of each branch is the dimension whose size equals the example batch size; if
-that is ambiguous, a second, traced pass with the batch doubled decides it. For inputs the user
-passed, whose layout we cannot know, a pass with only sample 0 changed checks that no other sample
-of any branch changes; a sequence-first ``(L, N, D)`` input fails that check for dimension 0 (attention
-spreads the change over the tokens) and passes it for dimension 1.
+* a *block*: the innermost module running the merge that is an element of a container
+  (``Sequential``/``ModuleList``/``ModuleDict``) or has a sibling of its own class (RegNet's
+  ``s1.b1, s1.b2``, DLA's trees), or that shares the class of such a block (a stage of depth one).
+  When the merge runs in a module that is no such block (``for attn, mlp in self.layers:
+  x = x + attn(x); x = x + mlp(x)``), the block is the outermost container element on the way to
+  the branch end. A residual outside any block (a stem, a pooling head such as SigLIP's
+  attention-pool MLP) is not in the block stack and is reported as ignored, as timm does.
+* a *block index*: blocks are numbered in execution order across all stages, counting also the
+  blocks of the same stack that have no residual branch (an EfficientNet block with a stride, whose
+  position still counts in timm's rate schedule). "The same stack" means a path of the same shape:
+  ``blocks.3.1`` and ``blocks.0.0`` (digits replaced), of a module that has children and is no container.
+* a *batch dimension*: the dimension whose size equals the example batch size; if that is
+  ambiguous, a second, recorded pass with the batch doubled decides it. For inputs the user passed,
+  whose layout we cannot know, a pass with only sample 0 changed checks that no other sample of any
+  branch changes; a sequence-first ``(L, N, D)`` input fails that check for dimension 0 (attention
+  spreads the change over the tokens) and passes it for dimension 1.
 """
 
 from __future__ import annotations
 
-import weakref
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
 from .errors import BatchDimError, ExampleInputsError
+from .record import Recorder, flat_args
 
 __all__ = ["BranchEnd", "Branch", "Trace", "trace_residual_branches", "CONTAINERS"]
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-
-_ADD_FUNCS = {torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, torch.Tensor.__iadd__, torch.Tensor.__radd__, torch.add}
-
-
-class _Node:
-    """One value of one tensor in the traced pass (an in-place op makes a new value)."""
-
-    __slots__ = ("serial", "parents", "live", "chain")
-
-    def __init__(self, serial: int, parents: tuple, live: bool) -> None:
-        self.serial = serial
-        self.parents = parents  # only live parents are kept: nothing else can lead to the stream
-        self.live = live  # computed from the example inputs
-        self.chain: list = []  # (call, output_index) of every module call that returned this value
-
-
-@dataclass(eq=False)
-class _Call:
-    module: nn.Module
-    index: int  # this is the module's index-th call in the pass
-    stack: tuple  # enclosing calls, outermost first (excluding this one)
-
 
 @dataclass(frozen=True)
 class BranchEnd:
@@ -96,133 +71,6 @@ class Trace:
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
 
-def _tensors(obj: Any, prefix: tuple = (), depth: int = 0):
-    """(tensor, index path) pairs inside nested tuples, lists and dicts (HF ModelOutput too)."""
-    if isinstance(obj, Tensor):
-        yield obj, prefix
-    elif depth < 4 and isinstance(obj, (tuple, list)):
-        for i, item in enumerate(obj):
-            yield from _tensors(item, prefix + (i,), depth + 1)
-    elif depth < 4 and isinstance(obj, dict):
-        for key, item in obj.items():
-            yield from _tensors(item, prefix + (key,), depth + 1)
-
-
-def _flat_args(args: tuple, kwargs: dict) -> list[Tensor]:
-    out = []
-    for a in (*args, *kwargs.values()):
-        if isinstance(a, Tensor):
-            out.append(a)
-        elif isinstance(a, (tuple, list)):
-            out.extend(x for x in a if isinstance(x, Tensor))
-    return out
-
-
-def _version(t: Tensor) -> int:
-    try:
-        return t._version
-    except RuntimeError:  # inference tensors carry no version counter
-        return -1
-
-
-class _Recorder(TorchFunctionMode):
-    def __init__(self, paths: dict[int, str]) -> None:
-        super().__init__()
-        self.paths = paths
-        self.nodes: dict[int, tuple[weakref.ref, _Node]] = {}
-        self.serial = 0
-        self.stack: list[_Call] = []
-        self.call_counts: dict[int, int] = {}
-        self.merges: list[tuple[_Node, Tensor, tuple]] = []  # (branch node, branch tensor, stack)
-
-    # -- values -------------------------------------------------------------------------------
-    def node_of(self, t: Tensor) -> _Node:
-        entry = self.nodes.get(id(t))
-        if entry is not None and entry[0]() is t:
-            return entry[1]
-        return self.new_node(t, ())
-
-    def new_node(self, t: Tensor, parents: tuple, live: bool = False) -> _Node:
-        self.serial += 1
-        node = _Node(self.serial, parents, live)
-        self.nodes[id(t)] = (weakref.ref(t), node)
-        return node
-
-    def mark_inputs(self, tensors) -> None:
-        for t in tensors:
-            self.new_node(t, (), live=True)
-
-    # -- module calls ---------------------------------------------------------------------------
-    def pre_hook(self, module, args):
-        n = self.call_counts.get(id(module), 0)
-        self.call_counts[id(module)] = n + 1
-        self.stack.append(_Call(module, n, tuple(self.stack)))
-
-    def post_hook(self, module, args, output):
-        call = self.stack.pop()
-        for t, index in _tensors(output):
-            node = self.node_of(t)
-            if node.live:
-                node.chain.append((call, index))
-
-    # -- torch operations -----------------------------------------------------------------------
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        inputs = _flat_args(args, kwargs)
-        if not inputs:
-            return func(*args, **kwargs)
-        nodes = [self.node_of(t) for t in inputs]
-        if func in _ADD_FUNCS and len(args) >= 2 and kwargs.get("alpha", 1) == 1:
-            self._check_merge(args[0], args[1])
-        versions = [_version(t) for t in inputs]
-        out = func(*args, **kwargs)
-        live_parents = tuple(n for n in nodes if n.live)
-        live = bool(live_parents)
-        mutated = set()
-        for t, v in zip(inputs, versions):
-            if _version(t) != v and id(t) not in mutated:
-                mutated.add(id(t))
-                self.new_node(t, live_parents, live)
-        if isinstance(out, Tensor):
-            outs = (out,)
-        elif isinstance(out, (tuple, list)):
-            outs = [o for o in out if isinstance(o, Tensor)]
-        else:
-            return out
-        input_ids = {id(t) for t in inputs}
-        for o in outs:
-            if id(o) in input_ids:
-                continue  # identity (e.g. contiguous(), eval dropout) or mutated above
-            self.new_node(o, live_parents, live)
-        return out
-
-    def _check_merge(self, a: Any, b: Any) -> None:
-        if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or a.shape != b.shape or a is b:
-            return
-        na, nb = self.node_of(a), self.node_of(b)
-        if not (na.live and nb.live):
-            return
-        for stream, branch, tensor in ((na, nb, b), (nb, na, a)):
-            if branch.chain and _is_ancestor(stream, branch):
-                self.merges.append((branch, tensor, tuple(self.stack)))
-                return
-
-
-def _is_ancestor(anc: _Node, node: _Node) -> bool:
-    """True if ``anc`` is a strict ancestor of ``node`` (only nodes created after ``anc`` are searched)."""
-    floor = anc.serial
-    todo = [node]
-    seen = {node.serial}
-    while todo:
-        for p in todo.pop().parents:
-            if p is anc:
-                return True
-            if p.serial > floor and p.serial not in seen:
-                seen.add(p.serial)
-                todo.append(p)
-    return False
-
-
 def _double(obj: Any, batch_dim: int, batch: int) -> Any:
     if isinstance(obj, Tensor):
         if obj.ndim > 0 and -obj.ndim <= batch_dim < obj.ndim and obj.shape[batch_dim] == batch:
@@ -238,20 +86,17 @@ def _double(obj: Any, batch_dim: int, batch: int) -> Any:
 
 
 class _Probe:
-    """One observed forward pass: module hooks on every module, plus the recorder mode."""
+    """Runs the model under a fresh ``Recorder``, with hooks on every module removed afterwards."""
 
-    def __init__(self, model: nn.Module, paths: dict[int, str]) -> None:
+    def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.paths = paths
 
-    def run(self, args: tuple, kwargs: dict) -> tuple[Any, _Recorder]:
-        rec = _Recorder(self.paths)
+    def run(self, args: tuple, kwargs: dict) -> tuple[Any, Recorder]:
+        rec = Recorder()
         handles = []
         try:
-            for module in self.model.modules():
-                handles.append(module.register_forward_pre_hook(rec.pre_hook))
-                handles.append(module.register_forward_hook(rec.post_hook))
-            rec.mark_inputs(_flat_args(args, kwargs))
+            handles = rec.watch(self.model)
+            rec.mark_inputs(flat_args(args, kwargs))
             with rec:
                 out = self.model(*args, **kwargs)
         finally:
@@ -268,48 +113,85 @@ def _parent_map(model: nn.Module) -> dict[int, nn.Module | None]:
     return parents
 
 
-def _find_block(stack: tuple, ends: list[BranchEnd], parents: dict, paths: dict) -> nn.Module | None:
-    """The block that holds a merge, or None when the merge is outside the block stack."""
-    candidate = None
-    for call in reversed(stack):  # innermost enclosing module first
-        parent = parents.get(id(call.module))
-        if isinstance(parent, CONTAINERS) and not isinstance(call.module, CONTAINERS):
-            candidate = call.module
-            break
-    if candidate is None and stack:
-        # The merge runs in a module that is not a block itself (``for f in self.layers: x = x + f(x)``):
-        # the block is the outermost container element, below that module, on the way to the branch end.
-        top = paths.get(id(stack[-1].module), "")
-        end_path = ends[-1].path
-        if not top or end_path.startswith(top + "."):
-            module = stack[-1].module
-            for part in (end_path[len(top) + 1 :] if top else end_path).split("."):
-                child = module._modules.get(part)
-                if child is None:
-                    break
-                if isinstance(module, CONTAINERS):
-                    candidate = child
-                    break
-                module = child
-    return candidate
+def _is_element(module: nn.Module, parents: dict) -> bool:
+    """An element of a container, or one of several siblings of the same class (``s1.b1``, ``s1.b2``)."""
+    parent = parents.get(id(module))
+    if parent is None or isinstance(module, CONTAINERS):
+        return False
+    if isinstance(parent, CONTAINERS):
+        return True
+    return any(child is not module and type(child) is type(module) for child in parent.children())
 
 
-def _branches_of(rec: _Recorder, model: nn.Module, paths: dict, parents: dict, ignored: list) -> list[Branch]:
-    branches = []
-    for node, tensor, stack in rec.merges:
-        ends = [
-            BranchEnd(call.module, paths.get(id(call.module), "<unregistered>"), call.index, index)
-            for call, index in node.chain
-            if id(call.module) in paths
-        ]
+def _loop_block(stack: tuple, end_path: str, paths: dict) -> nn.Module | None:
+    """For a merge run by a module that is no block (``for f in self.layers: x = x + f(x)``): the
+    outermost container element below that module on the way to the branch end."""
+    top = paths.get(id(stack[-1].module), "")
+    if top and not end_path.startswith(top + "."):
+        return None
+    module = stack[-1].module
+    for part in (end_path[len(top) + 1 :] if top else end_path).split("."):
+        child = module._modules.get(part)
+        if child is None:
+            return None
+        if isinstance(module, CONTAINERS):
+            return child
+        module = child
+    return None
+
+
+def _branches_of(rec: Recorder, paths: dict, parents: dict, ignored: list) -> list[Branch]:
+    found: list[tuple[Any, list[BranchEnd], nn.Module | None]] = []
+    for merge in rec.merges:
+        ends = [BranchEnd(c.module, paths[id(c.module)], c.index, i) for c, i in merge.end.chain if id(c.module) in paths]
         if not ends:
             continue
-        block = _find_block(stack, ends, parents, paths)
+        block = next((c.module for c in reversed(merge.stack) if _is_element(c.module, parents)), None)
+        if block is None and merge.stack:
+            block = _loop_block(merge.stack, ends[-1].path, paths)
+        found.append((merge, ends, block))
+    # A block of depth one in its stage has no twin: accept it by the class of the blocks found.
+    block_types = {type(b) for _, _, b in found if b is not None}
+    branches = []
+    for merge, ends, block in found:
+        if block is None:
+            block = next((c.module for c in reversed(merge.stack) if type(c.module) in block_types), None)
         if block is None:
             ignored.append((ends[-1].path, "outside the repeated block stack (stem, head or pooling)"))
             continue
-        branches.append(Branch(ends=ends, block=block, block_path=paths.get(id(block), ""), shape=tuple(tensor.shape)))
+        branches.append(Branch(ends=ends, block=block, block_path=paths.get(id(block), ""), shape=tuple(merge.tensor.shape)))
     return branches
+
+
+def _path_shape(path: str) -> str:
+    return re.sub(r"\d+", "*", path)
+
+
+def _number_blocks(branches: list[Branch], rec: Recorder, paths: dict) -> int:
+    """Number blocks in execution order, counting the blocks of the same stack without branches."""
+    shapes = {_path_shape(br.block_path) for br in branches}
+    first_call: dict[int, int] = {}
+    for call in rec.calls:
+        first_call.setdefault(id(call.module), call.order)
+    members = {id(br.block): br.block for br in branches}
+    for call in rec.calls:
+        m = call.module
+        path = paths.get(id(m))
+        if (
+            id(m) not in members
+            and path is not None
+            and _path_shape(path) in shapes
+            and not isinstance(m, CONTAINERS)
+            and next(m.children(), None) is not None
+        ):
+            members[id(m)] = m
+    order = {key: i for i, key in enumerate(sorted(members, key=lambda k: first_call.get(k, 1 << 60)))}
+    per_block: dict[int, int] = {}
+    for br in branches:
+        br.block_index = order[id(br.block)]
+        br.branch = per_block.get(id(br.block), 0)
+        per_block[id(br.block)] = br.branch + 1
+    return len(order)
 
 
 def trace_residual_branches(
@@ -330,7 +212,7 @@ def trace_residual_branches(
     for name, m in model.named_modules():  # the first path of a shared module wins
         paths[id(m)] = name
     parents = _parent_map(model)
-    probe = _Probe(model, paths)
+    probe = _Probe(model)
     try:
         outputs, rec = probe.run(args, kwargs)
     except Exception as exc:
@@ -340,29 +222,17 @@ def trace_residual_branches(
             f"dict of keyword arguments."
         ) from exc
     ignored: list[tuple[str, str]] = []
-    branches = _branches_of(rec, model, paths, parents, ignored)
-
-    # Blocks in execution order; branches numbered within each block.
-    order: dict[int, int] = {}
-    per_block: dict[int, int] = {}
-    for br in branches:
-        key = id(br.block)
-        if key not in order:
-            order[key] = len(order)
-        br.block_index = order[key]
-        br.branch = per_block.get(key, 0)
-        per_block[key] = br.branch + 1
-
+    branches = _branches_of(rec, paths, parents, ignored)
+    for merge in rec.linear_merges:
+        end = merge.end.chain[-1][0].module
+        ignored.append((paths.get(id(end), "?"), "a linear branch (only convolutions, linear layers, reshapes, sums): a re-parameterized skip such as a positional convolution, not a block branch"))
+    num_blocks = _number_blocks(branches, rec, paths)
     _assign_batch_dims(branches, probe, args, kwargs, batch_dim, rec, inputs_batch_first)
-    return Trace(branches=branches, num_blocks=len(order), calls=dict(rec.call_counts), outputs=outputs, ignored=ignored)
+    return Trace(branches=branches, num_blocks=num_blocks, calls=dict(rec.call_counts), outputs=outputs, ignored=ignored)
 
 
-def _merge_key(chain) -> tuple:
-    return tuple((id(call.module), call.index) for call, _ in chain)
-
-
-def _merge_tensors(rec: _Recorder) -> dict[tuple, Tensor]:
-    return {_merge_key(node.chain): tensor for node, tensor, _ in rec.merges}
+def _merge_tensors(rec: Recorder) -> dict[tuple, Tensor]:
+    return {tuple((id(c.module), c.index) for c, _ in m.end.chain): m.tensor for m in rec.merges}
 
 
 def _branch_key(br: Branch) -> tuple:
@@ -458,7 +328,7 @@ def _assign_batch_dims(branches, probe: _Probe, args, kwargs, batch_dim, rec, in
                 )
             br.batch_dim = batch_dim % len(br.shape)
         return
-    tensors = [t for t in _flat_args(args, kwargs) if t.ndim > 0]
+    tensors = [t for t in flat_args(args, kwargs) if t.ndim > 0]
     if not tensors:
         raise BatchDimError(
             "the example inputs hold no tensor with a batch dimension, so the batch dimension of the "

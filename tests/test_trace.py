@@ -149,9 +149,9 @@ def test_shared_module_with_other_uses_is_not_given_drop_path():
 
         def forward(self, x):
             windows = x.reshape(-1, 2, 8)  # (batch * windows, tokens, dim)
-            a = self.dropout(self.attn(windows)).reshape(x.shape)
+            a = self.dropout(self.attn(torch.relu(windows))).reshape(x.shape)
             x = x + self.drop_path(a)
-            return self.dropout(self.mlp(x)) + x
+            return self.dropout(self.mlp(torch.relu(x))) + x
 
     net = nn.ModuleList([SwinLike(), SwinLike()])
     model = nn.Sequential(*net)
@@ -170,7 +170,7 @@ def test_placeholder_shared_across_blocks_is_not_replaced():
             self.drop_path = shared
 
         def forward(self, x):
-            return x + self.drop_path(self.fc(x))
+            return x + self.drop_path(self.fc(torch.relu(x)))
 
     model = nn.Sequential(B(), B(), B())
     report = apply_drop_path(model, 0.2, example_inputs=torch.randn(2, 8))
@@ -197,9 +197,9 @@ def test_residual_only_outside_the_block_stack_is_not_a_site():
 
         def forward(self, x):
             x = self.fc(x)
-            return x + self.mlp(x)
+            return x + self.mlp(torch.relu(x))
 
-    with pytest.raises(NoResidualBranchError, match="outside the block stack"):
+    with pytest.raises(NoResidualBranchError, match="outside the repeated block stack"):
         find_residual_branches(HeadOnly(), torch.randn(2, 4))
 
 

@@ -1,0 +1,284 @@
+"""Watch one forward pass: where each tensor came from, which module calls returned it, and every
+residual merge, decided at the moment it happens.
+
+The model runs (the caller sets eval mode, ``torch.no_grad()`` and RNG isolation) while a
+``TorchFunctionMode`` records every torch operation and forward hooks on every module record every
+module call. Each tensor value gets a node: the live nodes it was computed from (live = computed
+from the example inputs), the module calls that returned it (its *end chain*, innermost first), the
+operation that made it, and whether that operation is linear.
+
+An addition ``a + b`` (also ``torch.add``, ``+=``) of two live tensors of the same shape is a
+residual merge when
+
+* one operand (the stream) is an ancestor of the other (the branch): ``x + f(x)``; or
+* both were computed from an input of the module call that runs the addition, one by a strictly
+  shorter path (the shortcut: ``downsample(x)`` in a ResNet block, or ``x + attn(x)`` in a parallel
+  block) and one by a longer path (the branch);
+
+and the branch is the output of a module call, possibly followed by per-sample-neutral scalings
+(``out * self.alpha``, ``gamma * out``: multiplications by parameters or numbers, which commute with
+a per-sample mask), and the branch computes something non-linear. A branch made only of linear
+operations (convolutions, linear layers, reshapes, sums) re-parameterizes the skip connection, such as
+a positional convolution ``x + dwconv(x)``: it is not a block branch, and is left alone.
+
+In-place operations (``x += shortcut``, inplace activations) are seen through each tensor's version
+counter: an operation that returns one of its inputs with an unchanged version is an identity
+(``contiguous()``, eval-mode dropout); with a changed version it made a new value.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+__all__ = ["Recorder", "Merge", "Call", "tensors_in", "flat_args"]
+
+_ADD = {torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, torch.Tensor.__iadd__, torch.Tensor.__radd__, torch.add}
+_MUL = {"mul", "mul_", "__mul__", "__rmul__", "__imul__"}
+_SCALE = _MUL | {"div", "div_", "__truediv__", "__itruediv__", "true_divide"}
+# Operations that are linear in their live inputs (with a single live input where it says so).
+_LINEAR_ANY = {
+    "add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__", "__rsub__", "__isub__",
+    "cat", "concat", "concatenate", "stack", "view", "reshape", "permute", "transpose", "flatten", "unflatten",
+    "contiguous", "squeeze", "unsqueeze", "expand", "expand_as", "clone", "to", "type_as", "float", "half",
+    "bfloat16", "__getitem__", "narrow", "select", "chunk", "split", "unbind", "roll", "pad", "neg",
+    "dropout", "identity", "flip", "repeat", "sum", "mean", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "pixel_shuffle", "pixel_unshuffle",
+    "view_as", "reshape_as", "movedim", "swapaxes", "t", "mT", "clamp_max_",
+}
+_LINEAR_ONE = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "linear", "matmul", "mm", "bmm",
+               "einsum", "__matmul__"} | _SCALE
+
+
+class Node:
+    """One value of one tensor in the recorded pass (an in-place operation makes a new value)."""
+
+    __slots__ = ("serial", "parents", "live", "chain", "linear", "scaled_from")
+
+    def __init__(self, serial: int, parents: tuple, live: bool, linear: bool = True, scaled_from=None) -> None:
+        self.serial = serial
+        self.parents = parents  # live parents only: nothing else can lead back to the stream
+        self.live = live  # computed from the example inputs
+        self.chain: list = []  # (Call, output index) of every module call that returned this value
+        self.linear = linear  # made by an operation that is linear in its live inputs
+        self.scaled_from = scaled_from  # the live node this is a per-sample-neutral scaling of
+
+
+@dataclass(eq=False)
+class Call:
+    """One call of one module."""
+
+    module: nn.Module
+    index: int  # this is the module's index-th call in the pass
+    order: int  # position among all module calls of the pass
+    stack: tuple  # enclosing calls, outermost first
+    inputs: tuple = ()  # live nodes of the call's tensor arguments
+
+
+@dataclass
+class Merge:
+    """A residual merge seen in the pass."""
+
+    end: Node  # the branch value returned by module calls (``end.chain``)
+    tensor: Tensor  # the branch tensor as added (same shape as the stream)
+    stack: tuple  # module calls enclosing the addition, outermost first
+    kind: str  # "residual" (stream is an ancestor) or "fork" (both from a common input)
+
+
+def tensors_in(obj: Any, prefix: tuple = (), depth: int = 0):
+    """(tensor, index path) pairs inside nested tuples, lists and dicts (HF ModelOutput too)."""
+    if isinstance(obj, Tensor):
+        yield obj, prefix
+    elif depth < 4 and isinstance(obj, (tuple, list)):
+        for i, item in enumerate(obj):
+            yield from tensors_in(item, prefix + (i,), depth + 1)
+    elif depth < 4 and isinstance(obj, dict):
+        for key, item in obj.items():
+            yield from tensors_in(item, prefix + (key,), depth + 1)
+
+
+def flat_args(args: tuple, kwargs: dict) -> list[Tensor]:
+    out = []
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, Tensor):
+            out.append(a)
+        elif isinstance(a, (tuple, list)):
+            out.extend(x for x in a if isinstance(x, Tensor))
+    return out
+
+
+def _version(t: Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # inference tensors carry no version counter
+        return -1
+
+
+def _search_back(node: Node, target: Node) -> tuple[int | None, list[Node]]:
+    """Breadth-first search from ``node`` towards ``target`` through live parents made after it.
+
+    Returns the length of the shortest path (None if ``target`` is no ancestor) and every node
+    visited: the values computed after ``target`` that ``node`` depends on.
+    """
+    floor = target.serial
+    seen = {node.serial}
+    frontier = [node]
+    visited = [node]
+    depth = 0
+    found = None
+    while frontier:
+        depth += 1
+        nxt = []
+        for n in frontier:
+            for p in n.parents:
+                if p is target:
+                    found = depth if found is None else found
+                elif p.serial > floor and p.serial not in seen:
+                    seen.add(p.serial)
+                    nxt.append(p)
+                    visited.append(p)
+        frontier = nxt
+    return found, visited
+
+
+def _branch_end(node: Node) -> Node | None:
+    """The value a module returned that this branch value is (a per-sample-neutral scaling of)."""
+    while not node.chain and node.scaled_from is not None:
+        node = node.scaled_from
+    return node if node.chain else None
+
+
+class Recorder(TorchFunctionMode):
+    """Records one forward pass. Use ``watch(model)`` for the hooks, then run the model inside ``with``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nodes: dict[int, tuple[weakref.ref, Node]] = {}
+        self.serial = 0
+        self.stack: list[Call] = []
+        self.calls: list[Call] = []
+        self.call_counts: dict[int, int] = {}
+        self.merges: list[Merge] = []
+        self.linear_merges: list[Merge] = []  # branches with only linear operations: not block branches
+
+    # -- values -------------------------------------------------------------------------------
+    def node_of(self, t: Tensor) -> Node:
+        entry = self.nodes.get(id(t))
+        if entry is not None and entry[0]() is t:
+            return entry[1]
+        return self.new_node(t, (), live=False)
+
+    def new_node(self, t: Tensor, parents: tuple, live: bool, linear: bool = True, scaled_from=None) -> Node:
+        self.serial += 1
+        node = Node(self.serial, parents, live, linear, scaled_from)
+        self.nodes[id(t)] = (weakref.ref(t), node)
+        return node
+
+    def mark_inputs(self, tensors) -> None:
+        for t in tensors:
+            self.new_node(t, (), live=True)
+
+    # -- module calls ---------------------------------------------------------------------------
+    def watch(self, model: nn.Module) -> list:
+        handles = []
+        for module in model.modules():
+            handles.append(module.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
+            handles.append(module.register_forward_hook(self._post_hook))
+        return handles
+
+    def _pre_hook(self, module, args, kwargs):
+        n = self.call_counts.get(id(module), 0)
+        self.call_counts[id(module)] = n + 1
+        inputs = tuple(node for node in (self.node_of(t) for t in flat_args(args, kwargs)) if node.live)
+        call = Call(module, n, len(self.calls), tuple(self.stack), inputs)
+        self.calls.append(call)
+        self.stack.append(call)
+
+    def _post_hook(self, module, args, output):
+        call = self.stack.pop()
+        for t, index in tensors_in(output):
+            node = self.node_of(t)
+            if node.live:
+                node.chain.append((call, index))
+
+    # -- torch operations -----------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        inputs = flat_args(args, kwargs)
+        if not inputs:
+            return func(*args, **kwargs)
+        nodes = [self.node_of(t) for t in inputs]
+        if func in _ADD and len(args) >= 2 and kwargs.get("alpha", 1) == 1:
+            self._check_merge(args[0], args[1])
+        versions = [_version(t) for t in inputs]
+        out = func(*args, **kwargs)
+        live_parents = tuple(n for n in nodes if n.live)
+        if not live_parents:
+            linear, scaled_from = True, None
+        else:
+            name = getattr(func, "__name__", "")
+            linear = name in _LINEAR_ANY or (name in _LINEAR_ONE and len(live_parents) == 1)
+            scaled_from = None
+            if name in _SCALE and len(live_parents) == 1 and isinstance(out, Tensor):
+                live_input = inputs[nodes.index(live_parents[0])]
+                divides_by_live = name not in _MUL and args[0] is not live_input
+                if live_input.shape == out.shape and not divides_by_live:
+                    scaled_from = live_parents[0]  # x * c, c * x or x / c: commutes with a per-sample mask
+        live = bool(live_parents)
+        mutated = set()
+        for t, v in zip(inputs, versions):
+            if _version(t) != v and id(t) not in mutated:
+                mutated.add(id(t))
+                self.new_node(t, live_parents, live, linear, scaled_from)
+        if isinstance(out, Tensor):
+            outs = (out,)
+        elif isinstance(out, (tuple, list)):
+            outs = [o for o in out if isinstance(o, Tensor)]
+        else:
+            return out
+        input_ids = {id(t) for t in inputs}
+        for o in outs:
+            if id(o) in input_ids:
+                continue  # identity (e.g. contiguous(), eval dropout) or mutated above
+            self.new_node(o, live_parents, live, linear, scaled_from if len(outs) == 1 else None)
+        return out
+
+    def _check_merge(self, a: Any, b: Any) -> None:
+        if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or a.shape != b.shape or a is b:
+            return
+        na, nb = self.node_of(a), self.node_of(b)
+        if not (na.live and nb.live):
+            return
+        stack = tuple(self.stack)
+        # x + f(x): the stream is an ancestor of the branch.
+        for stream, branch, tensor in ((na, nb, b), (nb, na, a)):
+            depth, visited = _search_back(branch, stream)
+            if depth is not None:
+                self._add_merge(branch, tensor, stack, "residual", visited)
+                return
+        # shortcut(x) + f(x): both computed from an input of the call running the addition.
+        if not stack:
+            return
+        for fork in stack[-1].inputs:
+            da, va = _search_back(na, fork)
+            db, vb = _search_back(nb, fork)
+            if da is None or db is None or da == db:
+                continue
+            (tensor, node, visited) = (a, na, va) if da > db else (b, nb, vb)
+            self._add_merge(node, tensor, stack, "fork", visited)
+            return
+
+    def _add_merge(self, branch: Node, tensor: Tensor, stack: tuple, kind: str, visited: list[Node]) -> None:
+        end = _branch_end(branch)
+        if end is None:
+            return
+        if all(n.linear for n in visited):
+            self.linear_merges.append(Merge(end, tensor, stack, kind))
+        else:
+            self.merges.append(Merge(end, tensor, stack, kind))
