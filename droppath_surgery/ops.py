@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from .errors import InvalidRateError
 
-__all__ = ["drop_path", "DropPath", "validate_rate"]
+__all__ = ["drop_path", "DropPath", "validate_rate", "is_placeholder"]
 
 _MODES = ("row", "batch")
 
@@ -201,3 +201,18 @@ class DropPath(nn.Module):
         if not self.scale_by_keep:
             parts.append("scale_by_keep=False")
         return ", ".join(parts)
+
+
+def is_placeholder(module: nn.Module) -> bool:
+    """True for a drop path slot: a module that is the identity in eval mode and holds no state
+    (``nn.Identity``, a dropout with ``p == 0``, or a parameterless DropPath-like module such as
+    timm's ``DropPath`` or torchvision's ``StochasticDepth``)."""
+    if isinstance(module, (DropPath, nn.Identity)):
+        return True
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return module.p == 0
+    name = type(module).__name__.lower()
+    if "droppath" in name or "stochasticdepth" in name:
+        has_state = any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+        return not has_state and not any(True for _ in module.children())
+    return False

@@ -29,7 +29,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from .errors import UnsupportedModelError
-from .ops import DropPath
+from .ops import DropPath, is_placeholder
 from .report import Site, Skipped
 from .trace import CONTAINERS, Branch, Trace
 
@@ -66,21 +66,6 @@ class Attachment:
     @property
     def batch_dim(self) -> int:
         return self.branches[0].batch_dim  # type: ignore[return-value]
-
-
-def is_placeholder(module: nn.Module) -> bool:
-    """True for modules that are the identity in eval mode and hold no state: safe to swap out."""
-    if isinstance(module, DropPath):
-        return True
-    if isinstance(module, nn.Identity):
-        return True
-    if isinstance(module, nn.modules.dropout._DropoutNd):
-        return module.p == 0
-    name = type(module).__name__.lower()
-    if "droppath" in name or "stochasticdepth" in name:
-        has_state = any(True for _ in module.parameters()) or any(True for _ in module.buffers())
-        return not has_state and not any(True for _ in module.children())
-    return False
 
 
 def plan_attachments(trace: Trace, root: nn.Module) -> tuple[list[Attachment], list[Skipped]]:

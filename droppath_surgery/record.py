@@ -19,7 +19,9 @@ and the branch is the output of a module call, possibly followed by per-sample-n
 (``out * self.alpha``, ``gamma * out``: multiplications by parameters or numbers, which commute with
 a per-sample mask), and the branch computes something non-linear. A branch made only of linear
 operations (convolutions, linear layers, reshapes, sums) re-parameterizes the skip connection, such as
-a positional convolution ``x + dwconv(x)``: it is not a block branch, and is left alone.
+a positional convolution ``x + dwconv(x)`` or a re-parameterizable conv/batch-norm mixer: it is not a
+block branch, and is left alone, unless it ends in a drop path slot (an ``Identity`` or DropPath-like
+module), which is the architecture saying that it is one (PoolFormer's ``pool(x) - x`` mixer).
 
 In-place operations (``x += shortcut``, inplace activations) are seen through each tensor's version
 counter: an operation that returns one of its inputs with an unchanged version is an identity
@@ -37,6 +39,8 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from .ops import is_placeholder
+
 __all__ = ["Recorder", "Merge", "Call", "tensors_in", "flat_args"]
 
 _ADD = {torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, torch.Tensor.__iadd__, torch.Tensor.__radd__, torch.add}
@@ -50,7 +54,7 @@ _LINEAR_ANY = {
     "bfloat16", "__getitem__", "narrow", "select", "chunk", "split", "unbind", "roll", "pad", "neg",
     "dropout", "identity", "flip", "repeat", "sum", "mean", "avg_pool1d", "avg_pool2d", "avg_pool3d",
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "pixel_shuffle", "pixel_unshuffle",
-    "view_as", "reshape_as", "movedim", "swapaxes", "t", "mT", "clamp_max_",
+    "view_as", "reshape_as", "movedim", "swapaxes", "t", "mT", "batch_norm",  # eval batch norm is affine
 }
 _LINEAR_ONE = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "linear", "matmul", "mm", "bmm",
                "einsum", "__matmul__"} | _SCALE
@@ -278,7 +282,7 @@ class Recorder(TorchFunctionMode):
         end = _branch_end(branch)
         if end is None:
             return
-        if all(n.linear for n in visited):
+        if all(n.linear for n in visited) and not any(is_placeholder(c.module) for c, _ in end.chain):
             self.linear_merges.append(Merge(end, tensor, stack, kind))
         else:
             self.merges.append(Merge(end, tensor, stack, kind))

@@ -10,6 +10,12 @@ Named schedules (``rate`` is the rate of the deepest block):
   (a float32 ``torch.linspace``), so the per-module rates are identical to
   ``timm.create_model(name, drop_path_rate=rate)``.
 * ``"uniform"``: every block gets ``rate`` (DeiT III, DINOv2).
+* ``"efficientnet"``: ``rate * i / n``, the convention of timm's EfficientNet / MobileNet builder
+  and torchvision's EfficientNet: the first block gets 0 and the last stays below ``rate``. Blocks
+  without a residual branch (a strided block) still count in ``n`` and in ``i``, as there.
+
+ResNet's ``rate * i / (n - 1)`` (timm ResNet, torchvision Swin/ConvNeXt, HF Swin) is ``"linear"``
+(equal to float32 rounding, below 1e-7).
 
 An explicit list gives one rate per block; a callable ``f(block_index, num_blocks) -> rate`` is
 called once per block. Lists and callables give the rates themselves, so the ``rate`` argument is
@@ -39,9 +45,14 @@ def _uniform(rate: float, n: int) -> list[float]:
     return [rate] * n
 
 
+def _efficientnet(rate: float, n: int) -> list[float]:
+    return [rate * i / n for i in range(n)]
+
+
 SCHEDULES: dict[str, Callable[[float, int], list[float]]] = {
     "linear": _linear,
     "uniform": _uniform,
+    "efficientnet": _efficientnet,
 }
 
 

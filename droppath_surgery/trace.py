@@ -140,26 +140,53 @@ def _loop_block(stack: tuple, end_path: str, paths: dict) -> nn.Module | None:
     return None
 
 
+def _composite(block: nn.Module, parents: dict) -> nn.Module:
+    """A block that is one of several different modules in a container that is itself an element of
+    a container (DaViT's ``Sequential(SpatialBlock, ChannelBlock)`` per layer) belongs to that
+    composite block: the pair is one block of the stack, with one rate."""
+    parent = parents.get(id(block))
+    if isinstance(parent, CONTAINERS) and isinstance(parents.get(id(parent)), CONTAINERS):
+        if len({type(c) for c in parent.children()}) > 1:
+            return parent
+    return block
+
+
 def _branches_of(rec: Recorder, paths: dict, parents: dict, ignored: list) -> list[Branch]:
     found: list[tuple[Any, list[BranchEnd], nn.Module | None]] = []
     for merge in rec.merges:
         ends = [BranchEnd(c.module, paths[id(c.module)], c.index, i) for c, i in merge.end.chain if id(c.module) in paths]
         if not ends:
             continue
-        block = next((c.module for c in reversed(merge.stack) if _is_element(c.module, parents)), None)
-        if block is None and merge.stack:
-            block = _loop_block(merge.stack, ends[-1].path, paths)
+        if merge.kind == "fork":
+            # shortcut(x) + f(x) counts only when the module running it is a block itself (a ResNet
+            # block with a projection, a parallel block), not in a stem or a dual-path downsampler.
+            top = merge.stack[-1].module
+            block = top if _is_element(top, parents) else None
+        else:
+            block = next((c.module for c in reversed(merge.stack) if _is_element(c.module, parents)), None)
+            if block is None and merge.stack:
+                block = _loop_block(merge.stack, ends[-1].path, paths)
         found.append((merge, ends, block))
     # A block of depth one in its stage has no twin: accept it by the class of the blocks found.
     block_types = {type(b) for _, _, b in found if b is not None}
-    branches = []
+    resolved = []
     for merge, ends, block in found:
-        if block is None:
+        if block is None and merge.kind != "fork":
             block = next((c.module for c in reversed(merge.stack) if type(c.module) in block_types), None)
         if block is None:
-            ignored.append((ends[-1].path, "outside the repeated block stack (stem, head or pooling)"))
+            ignored.append((ends[-1].path, "outside the repeated block stack (stem, head, pooling or downsampling)"))
             continue
-        branches.append(Branch(ends=ends, block=block, block_path=paths.get(id(block), ""), shape=tuple(merge.tensor.shape)))
+        resolved.append((merge, ends, _composite(block, parents)))
+    # A "block" that holds other blocks is a stage: its own residuals (e.g. around a downsampler)
+    # are outside the block stack.
+    block_paths = {paths.get(id(b), "") for _, _, b in resolved}
+    branches = []
+    for merge, ends, block in resolved:
+        path = paths.get(id(block), "")
+        if any(other.startswith(path + ".") for other in block_paths):
+            ignored.append((ends[-1].path, f"a stage-level residual in {path}, which holds blocks of its own"))
+            continue
+        branches.append(Branch(ends=ends, block=block, block_path=path, shape=tuple(merge.tensor.shape)))
     return branches
 
 

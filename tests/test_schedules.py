@@ -59,3 +59,7 @@ def test_callable_returning_invalid_rate():
 def test_schedule_of_wrong_type():
     with pytest.raises(ScheduleError, match="must be a name"):
         block_rates(0.1, 3.0, 3)
+
+
+def test_efficientnet_builder_convention():
+    assert block_rates(0.2, "efficientnet", 4) == [0.0, 0.05, 0.1, 0.15000000000000002]
