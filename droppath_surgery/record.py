@@ -3,25 +3,27 @@ residual merge, decided at the moment it happens.
 
 The model runs (the caller sets eval mode, ``torch.no_grad()`` and RNG isolation) while a
 ``TorchFunctionMode`` records every torch operation and forward hooks on every module record every
-module call. Each tensor value gets a node: the live nodes it was computed from (live = computed
-from the example inputs), the module calls that returned it (its *end chain*, innermost first), the
-operation that made it, and whether that operation is linear.
+module call. Each tensor value gets a node: the values it was computed from, whether it is live
+(computed from the example inputs), the module calls that returned it (its *end chain*, innermost
+first), and what the operation that made it was like (linear or not, mixing channels/tokens or not).
 
-An addition ``a + b`` (also ``torch.add``, ``+=``) of two live tensors of the same shape is a
-residual merge when
+An addition ``a + b`` (also ``torch.add``, ``+=``) of two tensors of the same shape is a residual
+merge when
 
-* one operand (the stream) is an ancestor of the other (the branch): ``x + f(x)``; or
-* both were computed from an input of the module call that runs the addition, one by a strictly
-  shorter path (the shortcut: ``downsample(x)`` in a ResNet block, or ``x + attn(x)`` in a parallel
-  block) and one by a longer path (the branch);
+* one operand (the stream) is an ancestor of the other, live, operand (the branch): ``x + f(x)``; the
+  stream may be a parameter, as CaiT's class token; or
+* both are live and were computed from an input of the module call that runs the addition, one by a
+  strictly shorter path (the shortcut: ``downsample(x)`` in a ResNet block, or ``x + attn(x)`` in a
+  parallel block) and one by a longer path (the branch);
 
 and the branch is the output of a module call, possibly followed by per-sample-neutral scalings
 (``out * self.alpha``, ``gamma * out``: multiplications by parameters or numbers, which commute with
-a per-sample mask), and the branch computes something non-linear. A branch made only of linear
-operations (convolutions, linear layers, reshapes, sums) re-parameterizes the skip connection, such as
-a positional convolution ``x + dwconv(x)`` or a re-parameterizable conv/batch-norm mixer: it is not a
-block branch, and is left alone, unless it ends in a drop path slot (an ``Identity`` or DropPath-like
-module), which is the architecture saying that it is one (PoolFormer's ``pool(x) - x`` mixer).
+a per-sample mask). The branch must also compute something: at least one non-linear operation and
+one that mixes channels or tokens. A branch of only linear operations (a positional convolution
+``x + dwconv(x)``, a re-parameterizable conv/batch-norm mixer) or only per-channel ones (a
+depthwise conv with an activation, as in DaViT's positional encoding) re-parameterizes the skip and
+is not a block branch, unless it ends in a drop path slot: ``trace.py`` decides, with the merge's
+``computes`` flag.
 
 In-place operations (``x += shortcut``, inplace activations) are seen through each tensor's version
 counter: an operation that returns one of its inputs with an unchanged version is an identity
@@ -31,15 +33,12 @@ counter: an operation that returns one of its inputs with an unchanged version i
 from __future__ import annotations
 
 import weakref
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
-
-from .ops import is_placeholder
 
 __all__ = ["Recorder", "Merge", "Call", "tensors_in", "flat_args"]
 
@@ -54,23 +53,51 @@ _LINEAR_ANY = {
     "bfloat16", "__getitem__", "narrow", "select", "chunk", "split", "unbind", "roll", "pad", "neg",
     "dropout", "identity", "flip", "repeat", "sum", "mean", "avg_pool1d", "avg_pool2d", "avg_pool3d",
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "pixel_shuffle", "pixel_unshuffle",
-    "view_as", "reshape_as", "movedim", "swapaxes", "t", "mT", "batch_norm",  # eval batch norm is affine
+    "view_as", "reshape_as", "movedim", "swapaxes", "t", "mT", "__get__",  # tensor properties: .T, .mT, .data
+    "batch_norm",  # eval batch norm is affine
 }
-_LINEAR_ONE = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "linear", "matmul", "mm", "bmm",
-               "einsum", "__matmul__"} | _SCALE
+_CONV = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
+_MATMUL = {"linear", "matmul", "mm", "bmm", "einsum", "__matmul__", "addmm", "baddbmm", "scaled_dot_product_attention"}
+_LINEAR_ONE = (_CONV | _MATMUL | _SCALE) - {"scaled_dot_product_attention"}
+
+
+# Operations known not to mix channels (elementwise, activations, normalizations, pooling, layout).
+# Anything not known is assumed to mix (fused attention kernels, custom ops): that errs towards
+# finding a branch rather than missing one.
+_PER_CHANNEL = _LINEAR_ANY | _SCALE | {
+    "relu", "relu_", "relu6", "gelu", "silu", "silu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "hardswish",
+    "hardswish_", "hardsigmoid", "leaky_relu", "leaky_relu_", "elu", "mish", "softplus", "hardtanh", "prelu",
+    "layer_norm", "group_norm", "rms_norm", "instance_norm", "normalize", "max_pool1d", "max_pool2d",
+    "max_pool3d", "adaptive_max_pool2d", "interpolate", "upsample", "exp", "log", "sqrt", "rsqrt", "pow", "__pow__",
+    "abs", "clamp", "clamp_", "where", "erf", "sin", "cos", "masked_fill", "__setitem__", "zeros_like",
+    "ones_like", "empty_like", "full_like", "new_zeros", "new_ones", "new_empty", "new_full", "size", "dim",
+    "type", "detach", "requires_grad_", "square", "reciprocal", "sign", "floor", "ceil", "round", "amax",
+    "amin", "max", "min", "var", "std", "var_mean", "std_mean", "softmax", "log_softmax",
+}
+
+
+def _mixes(name: str, args: tuple, kwargs: dict) -> bool:
+    """Does this operation mix channels? (A depthwise convolution, an activation or a norm does not.)"""
+    if name in _MATMUL:
+        return True
+    if name in _CONV:
+        weight = args[1] if len(args) > 1 else kwargs.get("weight")
+        return isinstance(weight, Tensor) and weight.ndim > 1 and weight.shape[1] > 1
+    return name not in _PER_CHANNEL
 
 
 class Node:
     """One value of one tensor in the recorded pass (an in-place operation makes a new value)."""
 
-    __slots__ = ("serial", "parents", "live", "chain", "linear", "scaled_from")
+    __slots__ = ("serial", "parents", "live", "chain", "linear", "mixing", "scaled_from")
 
-    def __init__(self, serial: int, parents: tuple, live: bool, linear: bool = True, scaled_from=None) -> None:
+    def __init__(self, serial: int, parents: tuple, live: bool, linear=True, mixing=False, scaled_from=None) -> None:
         self.serial = serial
-        self.parents = parents  # live parents only: nothing else can lead back to the stream
+        self.parents = parents  # the values it was computed from
         self.live = live  # computed from the example inputs
         self.chain: list = []  # (Call, output index) of every module call that returned this value
         self.linear = linear  # made by an operation that is linear in its live inputs
+        self.mixing = mixing  # made by an operation that mixes channels or tokens (not depthwise)
         self.scaled_from = scaled_from  # the live node this is a per-sample-neutral scaling of
 
 
@@ -93,6 +120,7 @@ class Merge:
     tensor: Tensor  # the branch tensor as added (same shape as the stream)
     stack: tuple  # module calls enclosing the addition, outermost first
     kind: str  # "residual" (stream is an ancestor) or "fork" (both from a common input)
+    computes: bool  # the branch has a non-linear operation and one that mixes channels
 
 
 def tensors_in(obj: Any, prefix: tuple = (), depth: int = 0):
@@ -169,7 +197,6 @@ class Recorder(TorchFunctionMode):
         self.calls: list[Call] = []
         self.call_counts: dict[int, int] = {}
         self.merges: list[Merge] = []
-        self.linear_merges: list[Merge] = []  # branches with only linear operations: not block branches
 
     # -- values -------------------------------------------------------------------------------
     def node_of(self, t: Tensor) -> Node:
@@ -178,9 +205,9 @@ class Recorder(TorchFunctionMode):
             return entry[1]
         return self.new_node(t, (), live=False)
 
-    def new_node(self, t: Tensor, parents: tuple, live: bool, linear: bool = True, scaled_from=None) -> Node:
+    def new_node(self, t: Tensor, parents: tuple, live: bool, linear=True, mixing=False, scaled_from=None) -> Node:
         self.serial += 1
-        node = Node(self.serial, parents, live, linear, scaled_from)
+        node = Node(self.serial, parents, live, linear, mixing, scaled_from)
         self.nodes[id(t)] = (weakref.ref(t), node)
         return node
 
@@ -223,23 +250,22 @@ class Recorder(TorchFunctionMode):
         versions = [_version(t) for t in inputs]
         out = func(*args, **kwargs)
         live_parents = tuple(n for n in nodes if n.live)
-        if not live_parents:
-            linear, scaled_from = True, None
-        else:
-            name = getattr(func, "__name__", "")
-            linear = name in _LINEAR_ANY or (name in _LINEAR_ONE and len(live_parents) == 1)
-            scaled_from = None
-            if name in _SCALE and len(live_parents) == 1 and isinstance(out, Tensor):
-                live_input = inputs[nodes.index(live_parents[0])]
-                divides_by_live = name not in _MUL and args[0] is not live_input
-                if live_input.shape == out.shape and not divides_by_live:
-                    scaled_from = live_parents[0]  # x * c, c * x or x / c: commutes with a per-sample mask
+        name = getattr(func, "__name__", "")
+        linear = not live_parents or name in _LINEAR_ANY or (name in _LINEAR_ONE and len(live_parents) == 1)
+        mixing = bool(live_parents) and _mixes(name, args, kwargs)
+        scaled_from = None
+        if name in _SCALE and len(live_parents) == 1 and isinstance(out, Tensor):
+            live_input = inputs[nodes.index(live_parents[0])]
+            divides_by_live = name not in _MUL and args[0] is not live_input
+            if live_input.shape == out.shape and not divides_by_live:
+                scaled_from = live_parents[0]  # x * c, c * x or x / c: commutes with a per-sample mask
+        parents = tuple(nodes)
         live = bool(live_parents)
         mutated = set()
         for t, v in zip(inputs, versions):
             if _version(t) != v and id(t) not in mutated:
                 mutated.add(id(t))
-                self.new_node(t, live_parents, live, linear, scaled_from)
+                self.new_node(t, parents, live, linear, mixing, scaled_from)
         if isinstance(out, Tensor):
             outs = (out,)
         elif isinstance(out, (tuple, list)):
@@ -250,24 +276,28 @@ class Recorder(TorchFunctionMode):
         for o in outs:
             if id(o) in input_ids:
                 continue  # identity (e.g. contiguous(), eval dropout) or mutated above
-            self.new_node(o, live_parents, live, linear, scaled_from if len(outs) == 1 else None)
+            self.new_node(o, parents, live, linear, mixing, scaled_from if len(outs) == 1 else None)
         return out
 
     def _check_merge(self, a: Any, b: Any) -> None:
         if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or a.shape != b.shape or a is b:
             return
         na, nb = self.node_of(a), self.node_of(b)
-        if not (na.live and nb.live):
+        if not (na.live or nb.live):
             return
         stack = tuple(self.stack)
         # x + f(x): the stream is an ancestor of the branch.
         for stream, branch, tensor in ((na, nb, b), (nb, na, a)):
+            if not branch.live:
+                continue
             depth, visited = _search_back(branch, stream)
             if depth is not None:
                 self._add_merge(branch, tensor, stack, "residual", visited)
                 return
         # shortcut(x) + f(x): both computed from an input of the call running the addition.
         if not stack:
+            return
+        if not (na.live and nb.live):
             return
         for fork in stack[-1].inputs:
             da, va = _search_back(na, fork)
@@ -282,7 +312,5 @@ class Recorder(TorchFunctionMode):
         end = _branch_end(branch)
         if end is None:
             return
-        if all(n.linear for n in visited) and not any(is_placeholder(c.module) for c, _ in end.chain):
-            self.linear_merges.append(Merge(end, tensor, stack, kind))
-        else:
-            self.merges.append(Merge(end, tensor, stack, kind))
+        computes = any(not n.linear for n in visited) and any(n.mixing for n in visited)
+        self.merges.append(Merge(end, tensor, stack, kind, computes))

@@ -3,13 +3,21 @@
 ``record.py`` watches the pass and reports every residual merge with the module calls that
 returned the branch (its end chain). Here each branch gets
 
+* a check that it computes something: a branch with no non-linear operation or none that mixes
+  channels (a positional convolution ``x + dwconv(x)``, a re-parameterizable conv/batch-norm mixer)
+  is ignored, unless it ends in a placeholder the architecture named as a drop path slot
+  (PoolFormer's ``pool(x) - x`` mixer ends in ``drop_path1``).
 * a *block*: the innermost module running the merge that is an element of a container
-  (``Sequential``/``ModuleList``/``ModuleDict``) or has a sibling of its own class (RegNet's
-  ``s1.b1, s1.b2``, DLA's trees), or that shares the class of such a block (a stage of depth one).
-  When the merge runs in a module that is no such block (``for attn, mlp in self.layers:
-  x = x + attn(x); x = x + mlp(x)``), the block is the outermost container element on the way to
-  the branch end. A residual outside any block (a stem, a pooling head such as SigLIP's
-  attention-pool MLP) is not in the block stack and is reported as ignored, as timm does.
+  (``Sequential``/``ModuleList``/``ModuleDict``); failing that, the innermost one with a sibling of
+  its own class (RegNet's ``s1.b1, s1.b2``, DLA's trees), or of the class of a block found (a stage of
+  depth one). When the merge runs in a module that is no such block (``for attn, mlp in self.layers:
+  x = x + attn(x); x = x + mlp(x)``), the block is the outermost container element on the way to the
+  branch end. Two refinements: a block that is one of *different* modules in a container nested in a
+  container (DaViT's ``Sequential(SpatialBlock, ChannelBlock)``) gives way to that pair; a "block" that
+  holds other blocks is a stage, and its residual belongs to the module below it on the stack (LeViT's
+  residual downsampler). A projection merge ``shortcut(x) + f(x)`` counts only when the block runs it
+  itself. A residual outside any block (a stem, a pooling head such as SigLIP's attention-pool MLP) is
+  not in the block stack and is reported as ignored, as timm does.
 * a *block index*: blocks are numbered in execution order across all stages, counting also the
   blocks of the same stack that have no residual branch (an EfficientNet block with a stride, whose
   position still counts in timm's rate schedule). "The same stack" means a path of the same shape:
@@ -31,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import BatchDimError, ExampleInputsError
+from .ops import is_placeholder
 from .record import Recorder, flat_args
 
 __all__ = ["BranchEnd", "Branch", "Trace", "trace_residual_branches", "CONTAINERS"]
@@ -113,14 +122,25 @@ def _parent_map(model: nn.Module) -> dict[int, nn.Module | None]:
     return parents
 
 
-def _is_element(module: nn.Module, parents: dict) -> bool:
-    """An element of a container, or one of several siblings of the same class (``s1.b1``, ``s1.b2``)."""
+def _in_container(module: nn.Module, parents: dict) -> bool:
+    return isinstance(parents.get(id(module)), CONTAINERS) and not isinstance(module, CONTAINERS)
+
+
+def _has_twin(module: nn.Module, parents: dict) -> bool:
+    """One of several siblings of the same class (RegNet's ``s1.b1, s1.b2``, DLA's trees)."""
     parent = parents.get(id(module))
     if parent is None or isinstance(module, CONTAINERS):
         return False
-    if isinstance(parent, CONTAINERS):
-        return True
     return any(child is not module and type(child) is type(module) for child in parent.children())
+
+
+def _block_on_stack(stack: tuple, parents: dict) -> nn.Module | None:
+    """The innermost container element running the merge; failing that, the innermost twin."""
+    for test in (_in_container, _has_twin):
+        block = next((c.module for c in reversed(stack) if test(c.module, parents)), None)
+        if block is not None:
+            return block
+    return None
 
 
 def _loop_block(stack: tuple, end_path: str, paths: dict) -> nn.Module | None:
@@ -151,43 +171,60 @@ def _composite(block: nn.Module, parents: dict) -> nn.Module:
     return block
 
 
+def _drop_path_slot(end: BranchEnd) -> bool:
+    """A placeholder that the architecture named as a drop path / stochastic depth slot."""
+    name = end.path.rsplit(".", 1)[-1].lower()
+    return is_placeholder(end.module) and ("drop" in name or "stochastic" in name or "droppath" in type(end.module).__name__.lower())
+
+
 def _branches_of(rec: Recorder, paths: dict, parents: dict, ignored: list) -> list[Branch]:
     found: list[tuple[Any, list[BranchEnd], nn.Module | None]] = []
     for merge in rec.merges:
         ends = [BranchEnd(c.module, paths[id(c.module)], c.index, i) for c, i in merge.end.chain if id(c.module) in paths]
         if not ends:
             continue
-        if merge.kind == "fork":
-            # shortcut(x) + f(x) counts only when the module running it is a block itself (a ResNet
-            # block with a projection, a parallel block), not in a stem or a dual-path downsampler.
-            top = merge.stack[-1].module
-            block = top if _is_element(top, parents) else None
-        else:
-            block = next((c.module for c in reversed(merge.stack) if _is_element(c.module, parents)), None)
-            if block is None and merge.stack:
-                block = _loop_block(merge.stack, ends[-1].path, paths)
+        if not merge.computes and not any(_drop_path_slot(e) for e in ends):
+            ignored.append((ends[-1].path, _LINEAR_REASON))
+            continue
+        block = _block_on_stack(merge.stack, parents)
+        if block is None and merge.stack and merge.kind == "residual":
+            block = _loop_block(merge.stack, ends[-1].path, paths)
         found.append((merge, ends, block))
     # A block of depth one in its stage has no twin: accept it by the class of the blocks found.
     block_types = {type(b) for _, _, b in found if b is not None}
-    resolved = []
-    for merge, ends, block in found:
-        if block is None and merge.kind != "fork":
+    for i, (merge, ends, block) in enumerate(found):
+        if block is None:
             block = next((c.module for c in reversed(merge.stack) if type(c.module) in block_types), None)
+            found[i] = (merge, ends, block)
+    # A "block" that holds other blocks is a stage: a residual run inside it belongs to the module
+    # below it on the stack (LeViT's downsampler with its residual MLP), or to none.
+    block_paths = {paths.get(id(b), "") for _, _, b in found if b is not None}
+    branches = []
+    for merge, ends, block in found:
+        if block is not None:
+            path = paths.get(id(block), "")
+            if any(other.startswith(path + ".") for other in block_paths):
+                modules = [c.module for c in merge.stack]
+                inner = modules[modules.index(block) + 1 :] if block in modules else []
+                block = inner[0] if inner else None
+        if block is not None:
+            block = _composite(block, parents)
+        # shortcut(x) + f(x) counts only when the block runs it itself (a ResNet block with a
+        # projection, a parallel block), not deeper inside (a re-parameterizable multi-branch conv).
+        if block is not None and merge.kind == "fork" and merge.stack[-1].module is not block:
+            block = None
         if block is None:
             ignored.append((ends[-1].path, "outside the repeated block stack (stem, head, pooling or downsampling)"))
             continue
-        resolved.append((merge, ends, _composite(block, parents)))
-    # A "block" that holds other blocks is a stage: its own residuals (e.g. around a downsampler)
-    # are outside the block stack.
-    block_paths = {paths.get(id(b), "") for _, _, b in resolved}
-    branches = []
-    for merge, ends, block in resolved:
         path = paths.get(id(block), "")
-        if any(other.startswith(path + ".") for other in block_paths):
-            ignored.append((ends[-1].path, f"a stage-level residual in {path}, which holds blocks of its own"))
-            continue
         branches.append(Branch(ends=ends, block=block, block_path=path, shape=tuple(merge.tensor.shape)))
     return branches
+
+
+_LINEAR_REASON = (
+    "the branch is linear or per-channel (a positional or re-parameterizable convolution), not a block "
+    "branch; blocks need a non-linear operation and one that mixes channels"
+)
 
 
 def _path_shape(path: str) -> str:
@@ -250,9 +287,6 @@ def trace_residual_branches(
         ) from exc
     ignored: list[tuple[str, str]] = []
     branches = _branches_of(rec, paths, parents, ignored)
-    for merge in rec.linear_merges:
-        end = merge.end.chain[-1][0].module
-        ignored.append((paths.get(id(end), "?"), "a linear branch (only convolutions, linear layers, reshapes, sums): a re-parameterized skip such as a positional convolution, not a block branch"))
     num_blocks = _number_blocks(branches, rec, paths)
     _assign_batch_dims(branches, probe, args, kwargs, batch_dim, rec, inputs_batch_first)
     return Trace(branches=branches, num_blocks=num_blocks, calls=dict(rec.call_counts), outputs=outputs, ignored=ignored)
