@@ -7,7 +7,8 @@
     set_drop_path_rate(model, 0.2)         # re-schedule, no forward pass
     remove_drop_path(model)                # the original modules, the same objects, are back
 
-The data path, one module each: ``trace`` (model -> residual branches) -> ``schedules``
+The data path, one module each: ``record`` (one observed forward pass) -> ``trace`` (residual
+branches, blocks, batch dims) -> ``schedules``
 (per-block rates) -> ``patch`` (attach / detach) -> ``verify`` (bitwise eval proof), with
 ``ops`` (the DropPath op), ``inputs`` (example inputs for timm / HF / torchvision models),
 ``report`` (site records and table) and ``surgery`` (the public functions).
