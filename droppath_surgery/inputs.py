@@ -5,8 +5,8 @@ inputs for models it recognises, with a private generator (the global RNG is not
 model's device and in its floating dtype:
 
 * timm: ``pretrained_cfg['input_size']``, with the spatial size the model was actually built for
-  (``patch_embed.img_size``, so ``create_model(name, img_size=384)`` is probed at 384) and the
-  channels of its first convolution;
+  (``patch_embed.img_size``, so ``create_model(name, img_size=384)`` is probed at 384) and its
+  ``in_chans`` (else the channels of its first convolution);
 * Hugging Face: ``config.image_size`` and ``config.num_channels`` for vision models
   (``pixel_values``), ``input_ids`` within ``config.vocab_size`` for text models, both for
   two-tower models such as ``CLIPModel``;
@@ -86,7 +86,8 @@ def _timm_inputs(model: nn.Module, device, dtype, gen) -> dict:
     img_size = getattr(patch_embed, "img_size", None)
     if img_size is not None:
         height, width = _pair(img_size)
-    channels = _first_conv_channels(model) or channels
+    in_chans = getattr(model, "in_chans", None)
+    channels = in_chans if isinstance(in_chans, int) else (_first_conv_channels(model) or channels)
     return {"args": (_image(EXAMPLE_BATCH, channels, (height, width), device, dtype, gen),)}
 
 

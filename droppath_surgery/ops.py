@@ -176,8 +176,9 @@ class DropPath(nn.Module):
         value = validate_rate(value)
         with torch.no_grad():
             self.keep_prob.fill_(1.0 - value)
-        self._rate = value
-        self._active = value > 0.0
+        # plain attributes: skip nn.Module.__setattr__'s bookkeeping (this runs every step)
+        object.__setattr__(self, "_rate", value)
+        object.__setattr__(self, "_active", value > 0.0)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or not self._active:

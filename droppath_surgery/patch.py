@@ -218,13 +218,12 @@ def attach(
         raise
 
 
-def patched_modules(root: nn.Module) -> list[DropPath]:
-    """Every DropPath attached by this library, in block order, each once."""
-    seen: dict[int, DropPath] = {}
-    for module in root.modules():
-        if isinstance(module, DropPath) and hasattr(module, _META):
-            seen.setdefault(id(module), module)
-    return sorted(seen.values(), key=lambda d: min((s.block, s.branch) for s in info_of(d).sites))
+def patched_modules(root: nn.Module, *, ordered: bool = True) -> list[DropPath]:
+    """Every DropPath attached by this library, each once (in block order when ``ordered``)."""
+    found = [m for m in root.modules() if isinstance(m, DropPath) and _META in m.__dict__]
+    if ordered:
+        found.sort(key=lambda d: min((s.block, s.branch) for s in info_of(d).sites))
+    return found
 
 
 def info_of(drop: DropPath) -> "PatchInfo":

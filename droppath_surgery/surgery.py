@@ -261,7 +261,7 @@ def set_drop_path_rate(model: nn.Module, rate: float = 0.1, *, schedule: Schedul
     Rates are validated before any is changed; use ``drop_path_report`` to see them.
     """
     model = _check_model(model)
-    drops = patched_modules(model)
+    drops = patched_modules(model, ordered=False)
     if not drops:
         raise NotPatchedError(
             f"{type(model).__name__} has no drop path to re-schedule; call apply_drop_path(model, rate) first."

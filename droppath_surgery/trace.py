@@ -206,7 +206,7 @@ def _branches_of(rec: Recorder, paths: dict, parents: dict, ignored: list) -> li
             if any(other.startswith(path + ".") for other in block_paths):
                 modules = [c.module for c in merge.stack]
                 inner = modules[modules.index(block) + 1 :] if block in modules else []
-                block = inner[0] if inner else None
+                block = inner[0] if inner and merge.kind == "residual" else None
         if block is not None:
             block = _composite(block, parents)
         # shortcut(x) + f(x) counts only when the block runs it itself (a ResNet block with a
