@@ -135,12 +135,12 @@ def _has_twin(module: nn.Module, parents: dict) -> bool:
 
 
 def _block_on_stack(stack: tuple, parents: dict) -> nn.Module | None:
-    """The innermost container element running the merge; failing that, the innermost twin."""
-    for test in (_in_container, _has_twin):
-        block = next((c.module for c in reversed(stack) if test(c.module, parents)), None)
-        if block is not None:
-            return block
-    return None
+    """The innermost container element running the merge; failing that, the module running it if
+    it has a twin."""
+    block = next((c.module for c in reversed(stack) if _in_container(c.module, parents)), None)
+    if block is None and stack and _has_twin(stack[-1].module, parents):
+        block = stack[-1].module
+    return block
 
 
 def _loop_block(stack: tuple, end_path: str, paths: dict) -> nn.Module | None:
@@ -190,12 +190,15 @@ def _branches_of(rec: Recorder, paths: dict, parents: dict, ignored: list) -> li
         if block is None and merge.stack and merge.kind == "residual":
             block = _loop_block(merge.stack, ends[-1].path, paths)
         found.append((merge, ends, block))
-    # A block of depth one in its stage has no twin: accept it by the class of the blocks found.
+    # A block of depth one in its stage has no twin: accept it by the class of the blocks found;
+    # failing that, take the innermost module with a twin anywhere on the stack (DLA's trees).
     block_types = {type(b) for _, _, b in found if b is not None}
     for i, (merge, ends, block) in enumerate(found):
         if block is None:
             block = next((c.module for c in reversed(merge.stack) if type(c.module) in block_types), None)
-            found[i] = (merge, ends, block)
+        if block is None:
+            block = next((c.module for c in reversed(merge.stack) if _has_twin(c.module, parents)), None)
+        found[i] = (merge, ends, block)
     # A "block" that holds other blocks is a stage: a residual run inside it belongs to the module
     # below it on the stack (LeViT's downsampler with its residual MLP), or to none.
     block_paths = {paths.get(id(b), "") for _, _, b in found if b is not None}
