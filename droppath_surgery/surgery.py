@@ -101,6 +101,7 @@ def _plan(
 ) -> tuple[list[Attachment], list[Skipped], list[float]]:
     rates = block_rates(rate, schedule, trace.num_blocks)
     attachments, skipped = plan_attachments(trace, model)
+    skipped = [Skipped(path, "", why) for path, why in trace.ignored] + skipped
     if filter_fn is not None:
         kept = []
         for att in attachments:

@@ -115,3 +115,60 @@ def test_model_on_the_meta_device_is_patched_and_checked_by_shape():
     report = apply_drop_path(model, 0.1)
     assert our_rates(model) == timm_slots(oracle)
     assert report.verified is False and "meta device" in str(report)
+
+
+def timm_rates_by_block(oracle: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """Rate of each block where timm applies a DropPath in forward (its parent module is the block).
+    Slots that forward never calls (EfficientNet blocks without a skip) are not branches."""
+    called = set()
+    handles = [
+        m.register_forward_hook(lambda mod, a, o, name=name: called.add(name))
+        for name, m in oracle.named_modules()
+        if isinstance(m, TimmDropPath)
+    ]
+    eval_output(oracle, x)
+    for h in handles:
+        h.remove()
+    return {name.rsplit(".", 1)[0]: m.drop_prob for name, m in oracle.named_modules() if name in called}
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, schedule, per_block",
+    [
+        ("resnet18", {}, "linear", 1),  # None slots, in-place x += shortcut, projection shortcuts
+        ("resnet26d", {}, "linear", 1),  # avg-pool + conv projection shortcuts (ResNet-D)
+        ("regnetx_002", {}, "linear", 1),  # blocks s1.b1 as attributes, no containers; depth-1 stages
+        ("efficientnet_b0", {}, "efficientnet", 1),  # r*i/n over all blocks, strided ones included
+        ("mobilenetv3_small_050", {}, "efficientnet", 1),
+    ],
+)
+def test_convolutional_families_match_timm_per_block(name, kwargs, schedule, per_block):
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    oracle = timm.create_model(name, pretrained=False, drop_path_rate=0.2, **kwargs)
+    x = build(model)[0][0]
+    before = eval_output(model, x)
+    report = apply_drop_path(model, 0.2, schedule=schedule)
+    theirs = timm_rates_by_block(oracle, x)
+    ours = {}
+    for s in report.sites:
+        ours.setdefault(s.block_path, []).append(s.rate)
+    assert all(len(v) == per_block for v in ours.values())
+    # every block where timm drops has a branch with the same rate; our other blocks have rate 0
+    assert {k: ours[k][0] for k in theirs} == pytest.approx(theirs, abs=1e-6)
+    assert all(v == [0.0] for k, v in ours.items() if k not in theirs)
+    assert bitwise_equal(before, eval_output(model, x))
+
+
+def test_resnet_branch_ends_where_timm_puts_drop_path():
+    model = timm.create_model("resnet18", pretrained=False)
+    report = find_residual_branches(model)
+    assert len(report.sites) == 8  # 2 + 2 + 2 + 2 BasicBlocks, three with a projection shortcut
+    assert [s.path for s in report.sites[:3]] == ["layer1.0.bn2", "layer1.1.bn2", "layer2.0.bn2"]
+
+
+def test_poolformer_linear_mixer_with_a_drop_path_slot_is_a_branch():
+    # EfficientFormer's token mixer is pool(x) - x: linear, yet timm drops it (it ends in drop_path1).
+    model = timm.create_model("efficientformer_l1", pretrained=False)
+    oracle = timm.create_model("efficientformer_l1", pretrained=False, drop_path_rate=0.1)
+    apply_drop_path(model, 0.1)
+    assert our_rates(model) == timm_slots(oracle)

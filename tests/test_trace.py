@@ -226,3 +226,91 @@ def test_batch_dim_ambiguity_resolved_by_doubling():
     net = nn.Sequential(*[Block(4) for _ in range(2)])
     report = find_residual_branches(net, torch.randn(4, 4, 4))
     assert {s.batch_dim for s in report.sites} == {0}
+
+
+class Gelu(nn.Module):
+    def forward(self, x):
+        return nn.functional.gelu(x)
+
+
+def test_parallel_block_has_two_branches():
+    class Parallel(nn.Module):  # x + attn(norm(x)) + mlp(norm(x)), as GPT-J / ViT-22B blocks
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.LayerNorm(8)
+            self.attn = nn.Sequential(nn.Linear(8, 8), Gelu())
+            self.mlp = nn.Sequential(nn.Linear(8, 16), Gelu(), nn.Linear(16, 8))
+
+        def forward(self, x):
+            h = self.norm(x)
+            return x + self.attn(h) + self.mlp(h)
+
+    report = find_residual_branches(nn.Sequential(Parallel(), Parallel()), torch.randn(2, 5, 8))
+    assert [(s.block_path, s.path) for s in report.sites] == [("0", "0.attn.1"), ("0", "0.mlp.2"), ("1", "1.attn.1"), ("1", "1.mlp.2")]
+
+
+def test_projection_shortcut_block():
+    class Down(nn.Module):
+        def __init__(self, cin, cout):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+            self.act = nn.ReLU()
+            self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+            self.shortcut = nn.Conv2d(cin, cout, 1)
+
+        def forward(self, x):
+            return self.shortcut(x) + self.conv2(self.act(self.conv1(x)))
+
+    model = nn.Sequential(Down(3, 4), Down(4, 4))
+    report = find_residual_branches(model, torch.randn(2, 3, 6, 6))
+    assert [s.path for s in report.sites] == ["0.conv2", "1.conv2"]
+
+
+def test_positional_convolution_is_not_a_branch():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cpe = nn.Conv2d(4, 4, 3, padding=1, groups=4)  # x + dwconv(x): positional encoding
+            self.act = nn.Identity()
+            self.mlp = nn.Sequential(nn.Conv2d(4, 8, 1), nn.GELU(), nn.Conv2d(8, 4, 1))
+
+        def forward(self, x):
+            x = x + self.act(self.cpe(x))
+            return x + self.mlp(x)
+
+    report = find_residual_branches(nn.Sequential(Block(), Block()), torch.randn(2, 4, 5, 5))
+    assert [s.path for s in report.sites] == ["0.mlp.2", "1.mlp.2"]
+    assert [(s.path, "positional" in s.reason) for s in report.skipped] == [("0.act", True), ("1.act", True)]
+
+
+def test_blocks_without_containers_are_found_by_their_twins():
+    class B(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 8))
+
+        def forward(self, x):
+            return x + self.f(x)
+
+    class Stage(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            for i in range(n):
+                self.add_module(f"b{i + 1}", B())
+
+        def forward(self, x):
+            for b in self.children():
+                x = b(x)
+            return x
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.s1, self.s2 = Stage(1), Stage(3)  # a stage of depth one has no twin of its own
+
+        def forward(self, x):
+            return self.s2(self.s1(x))
+
+    report = find_residual_branches(Net(), torch.randn(2, 8), rate=0.3)
+    assert [s.block_path for s in report.sites] == ["s1.b1", "s2.b1", "s2.b2", "s2.b3"]
+    assert [s.rate for s in report.sites] == pytest.approx([0, 0.1, 0.2, 0.3])
