@@ -124,6 +124,37 @@ def scenario_ddp(rank: int, sync: bool, checkpointing: bool, patch_after_wrap: b
     return result
 
 
+def scenario_compiled_sync(rank: int) -> dict:
+    """A patched model under torch.compile(fullgraph=True) with synced masks: the broadcast traces."""
+    import torch._dynamo
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    from droppath_surgery import apply_drop_path
+    from droppath_surgery.training import sync_drop_path_masks
+
+    torch._dynamo.reset()
+    model = tiny_vit()
+    apply_drop_path(model, 0.5, schedule="uniform")
+    sync_drop_path_masks(model)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter, fullgraph=True).train()
+    x, y = batches(rank, same_data=True)[0]
+    torch.manual_seed(100 + rank)
+    outputs = []
+    for _ in range(2):
+        out = compiled(x)
+        nn.functional.cross_entropy(out, y).backward()
+        outputs.append(out.detach())
+    logits = torch.stack(outputs)
+    eager = model(x).detach()  # eager, rank 0's next masks: must also agree across ranks
+    return {
+        "frames": counter.frame_count,
+        "graph_breaks": sum(torch._dynamo.utils.counters["graph_break"].values()),
+        "outputs_same_on_all_ranks": same_on_all_ranks(logits) and same_on_all_ranks(eager),
+        "steps_differ": not torch.equal(logits[0], logits[1]),
+    }
+
+
 def fsdp2_reason_unsupported() -> str | None:
     try:
         from torch.distributed.fsdp import fully_shard  # noqa: F401
@@ -166,6 +197,7 @@ SCENARIOS = {
     "ddp_default": lambda rank: scenario_ddp(rank, sync=False, checkpointing=False, patch_after_wrap=False),
     "ddp_sync": lambda rank: scenario_ddp(rank, sync=True, checkpointing=False, patch_after_wrap=True),
     "ddp_sync_checkpointing": lambda rank: scenario_ddp(rank, sync=True, checkpointing=True, patch_after_wrap=False),
+    "compiled_sync": scenario_compiled_sync,
     "fsdp2_default": lambda rank: scenario_fsdp2(rank, sync=False),
     "fsdp2_sync": lambda rank: scenario_fsdp2(rank, sync=True),
 }

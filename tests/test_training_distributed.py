@@ -14,7 +14,7 @@ from droppath_surgery.training import sync_drop_path_masks
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available in this torch build")
 
-SCENARIOS = ["ddp_default", "ddp_sync", "ddp_sync_checkpointing", "fsdp2_default", "fsdp2_sync"]
+SCENARIOS = ["ddp_default", "ddp_sync", "ddp_sync_checkpointing", "compiled_sync", "fsdp2_default", "fsdp2_sync"]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,13 @@ def test_ddp_gradient_checkpointing_recomputes_the_synced_masks(results):
     assert r["masks_same_on_all_ranks"] and r["params_same_on_all_ranks"]
     # Checkpointing recomputed the very masks of the forward pass (else gradients would differ).
     assert r["max_diff_to_single_process"] < 1e-5
+
+
+def test_synced_masks_compile_with_fullgraph_and_no_recompile(results):
+    r = results["compiled_sync"]
+    assert r["frames"] == 1 and r["graph_breaks"] == 0  # the broadcast is a traced functional collective
+    assert r["outputs_same_on_all_ranks"]  # same data, different seeds: same masks, same outputs
+    assert r["steps_differ"]  # and the masks change from step to step
 
 
 def _fsdp(results, name):
