@@ -70,7 +70,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--rate-changes", type=int, default=100)
     parser.add_argument("--baseline", action="store_true", help="also time the compiled unpatched model")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device, dtype = args.device, getattr(torch, args.dtype)
     torch.manual_seed(0)
 
