@@ -106,31 +106,31 @@ def test_hundred_rate_changes_cause_no_recompile_and_take_effect_at_once(make):
     apply_drop_path(model, 0.1)
     counter = CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(model, backend=counter, fullgraph=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 4, (8,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 4, (4,))
     model.train()
     rates = torch.linspace(0.01, 1.0, 100).tolist()
-    differs_from_previous_rate = 0
+    differs_from_half_rate = 0
     with torch._dynamo.config.patch(error_on_recompile=True):
-        for rate in rates:
+        for i, rate in enumerate(rates):
             set_drop_path_rate(model, rate)
-            torch.manual_seed(1)
+            torch.manual_seed(i)
             out = logits_of(compiled(x))
-            loss = torch.nn.functional.cross_entropy(out, y)
-            loss.backward()
-            # The eager model with the same masks (same seed) and the same rate: the compiled
-            # graph must read the new rate now, not at some later recompile.
+            torch.nn.functional.cross_entropy(out, y).backward()
+            # The eager model with the same masks (same seed), weights and rate: the compiled graph
+            # must have read the new rate at once, not at some later recompile.
             with torch.no_grad():
-                torch.manual_seed(1)
+                torch.manual_seed(i)
                 torch.testing.assert_close(out.detach(), logits_of(model(x)), rtol=1e-5, atol=1e-5)
-                set_drop_path_rate(model, rate / 2)
-                torch.manual_seed(1)
-                differs_from_previous_rate += not torch.allclose(out, logits_of(model(x)), rtol=1e-5, atol=1e-5)
-                set_drop_path_rate(model, rate)
+                if i % 4 == 0:  # teeth: the rate matters for these masks and this input
+                    set_drop_path_rate(model, rate / 2)
+                    torch.manual_seed(i)
+                    differs_from_half_rate += not torch.allclose(out, logits_of(model(x)), rtol=1e-5, atol=1e-5)
+                    set_drop_path_rate(model, rate)
             optimizer.step()
             optimizer.zero_grad()
     assert counter.frame_count == 1
-    assert differs_from_previous_rate > 50  # the rate matters for this input (the check has teeth)
+    assert differs_from_half_rate > 15  # of 25 checks: the rate matters for this input
     assert drop_path_report(model).sites[-1].rate == pytest.approx(1.0)
 
 
