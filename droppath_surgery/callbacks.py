@@ -51,7 +51,8 @@ def _hf_callback() -> type:
         from transformers import TrainerCallback
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "DropPathTrainerCallback needs Hugging Face transformers: pip install 'droppath-surgery[hf]'"
+            "DropPathTrainerCallback needs Hugging Face transformers and accelerate: "
+            "pip install 'droppath-surgery[trainer]'"
         ) from exc
 
     class DropPathTrainerCallback(_Driver, TrainerCallback):
