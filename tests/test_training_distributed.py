@@ -12,7 +12,10 @@ from droppath_surgery import apply_drop_path
 from droppath_surgery.errors import DistributedError
 from droppath_surgery.training import sync_drop_path_masks
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available in this torch build")
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(),
+    reason="torch.distributed with gloo is not available in this torch build",
+)
 
 SCENARIOS = ["ddp_default", "ddp_sync", "ddp_sync_checkpointing", "compiled_sync", "fsdp2_default", "fsdp2_sync"]
 

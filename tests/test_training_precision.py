@@ -18,7 +18,11 @@ class ResidualMLP(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(
             nn.ModuleDict(
-                dict(norm=nn.LayerNorm(dim), f=nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim)), g=nn.Linear(dim, dim))
+                dict(
+                    norm=nn.LayerNorm(dim),
+                    f=nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim)),
+                    g=nn.Linear(dim, dim),
+                )
             )
             for _ in range(depth)
         )
@@ -125,7 +129,8 @@ def test_channels_last_in_a_patched_convnext_under_autocast():
 
     def hook(module, args, out):
         (x,) = args
-        formats.append((x.is_contiguous(memory_format=torch.channels_last), out.is_contiguous(memory_format=torch.channels_last), x.dtype == out.dtype))
+        cl = torch.channels_last
+        formats.append((x.is_contiguous(memory_format=cl), out.is_contiguous(memory_format=cl), x.dtype == out.dtype))
 
     drops = patched_modules(model)
     for d in drops:
