@@ -11,11 +11,14 @@ The data path, one module each: ``record`` (one observed forward pass) -> ``trac
 branches, blocks, batch dims) -> ``schedules``
 (per-block rates) -> ``patch`` (attach / detach) -> ``verify`` (bitwise eval proof), with
 ``ops`` (the DropPath op), ``inputs`` (example inputs for timm / HF / torchvision models),
-``report`` (site records and table) and ``surgery`` (the public functions).
+``report`` (site records and table) and ``surgery`` (the public functions). Training integration:
+``training`` (time schedules, ``DropPathScheduler``, ``sync_drop_path_masks``) and ``callbacks``
+(Hugging Face ``Trainer`` and PyTorch Lightning callbacks, imported on first use).
 """
 
 from .errors import (
     BatchDimError,
+    DistributedError,
     DropPathError,
     ExampleInputsError,
     InvalidRateError,
@@ -36,6 +39,7 @@ from .surgery import (
     remove_drop_path,
     set_drop_path_rate,
 )
+from .training import DropPathScheduler, sync_drop_path_masks
 
 __version__ = "0.1.0"
 
@@ -53,6 +57,8 @@ __all__ = [
     "Skipped",
     "SCHEDULES",
     "block_rates",
+    "DropPathScheduler",
+    "sync_drop_path_masks",
     "DropPathError",
     "InvalidRateError",
     "ScheduleError",
@@ -62,4 +68,5 @@ __all__ = [
     "VerificationError",
     "NotPatchedError",
     "UnsupportedModelError",
+    "DistributedError",
 ]

@@ -42,3 +42,7 @@ class NotPatchedError(DropPathError, ValueError):
 
 class UnsupportedModelError(DropPathError, TypeError):
     """The object is not an ``nn.Module``, or is a wrapper that must be unwrapped first."""
+
+
+class DistributedError(DropPathError, RuntimeError):
+    """A distributed option (such as identical masks on all ranks) needs a set-up that is missing."""

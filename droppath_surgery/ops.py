@@ -20,6 +20,11 @@ How the mask is made, and why:
 * The scale is folded into the small mask, so the activation is read and written once forward
   (``x * mask``) and once backward (``grad * mask``).
 * ``p = 1`` gives zeros (with zero gradients), never NaN; ``1 / keep`` is never formed from 0.
+* Under data parallelism each rank draws its own masks from its own global RNG. With
+  ``DropPath.sync_group`` set to a process group's name, the uniform numbers drawn on the group's
+  first rank are broadcast (one functional collective of ``N`` floats per call, traceable by
+  ``torch.compile``) and every rank uses them: identical masks on all ranks. The numbers are still
+  drawn from the global RNG first, so gradient checkpointing recomputes the same masks.
 """
 
 from __future__ import annotations
@@ -60,7 +65,16 @@ def _check_mode(mode: str) -> None:
         )
 
 
-def _scaled_mask(x: Tensor, keep: Tensor, batch_dim: int, mode: str, scale_by_keep: bool) -> Tensor:
+def _broadcast_from_first_rank(u: Tensor, group_name: str) -> Tensor:
+    """``u`` as drawn on rank 0 of the process group called ``group_name``, on every rank."""
+    from torch.distributed import _functional_collectives as funcol
+
+    return funcol.wait_tensor(funcol.broadcast(u, 0, group_name))
+
+
+def _scaled_mask(
+    x: Tensor, keep: Tensor, batch_dim: int, mode: str, scale_by_keep: bool, sync_group: str | None = None
+) -> Tensor:
     """The per-sample multiplier: 0 for dropped samples, an unbiased ``1/keep`` for kept ones."""
     shape = [1] * x.ndim
     if mode == "row":
@@ -68,6 +82,8 @@ def _scaled_mask(x: Tensor, keep: Tensor, batch_dim: int, mode: str, scale_by_ke
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
     keep = keep.to(device=x.device, dtype=work)
     u = torch.rand(shape, dtype=work, device=x.device)
+    if sync_group is not None:
+        u = _broadcast_from_first_rank(u, sync_group)
     kept = u < keep
     if not scale_by_keep:
         return kept.to(x.dtype)
@@ -165,6 +181,7 @@ class DropPath(nn.Module):
         self.register_buffer("keep_prob", torch.tensor(1.0 - rate, dtype=torch.float32), persistent=False)
         self._rate = rate
         self._active = rate > 0.0
+        self.sync_group: str | None = None
 
     @property
     def rate(self) -> float:
@@ -184,7 +201,12 @@ class DropPath(nn.Module):
         if not self.training or not self._active:
             return x
         dim = self.batch_dim if self.batch_dim >= 0 else self.batch_dim + x.ndim
-        return x * _scaled_mask(x, self.keep_prob, dim, self.mode, self.scale_by_keep)
+        return x * _scaled_mask(x, self.keep_prob, dim, self.mode, self.scale_by_keep, self.sync_group)
+
+    def __setstate__(self, state: dict) -> None:
+        # Modules pickled before ``sync_group`` existed load with masks drawn per rank.
+        state.setdefault("sync_group", None)
+        super().__setstate__(state)
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
         # model.half() / .to(dtype) would cast the keep probability; keep it exact in float32.
@@ -201,6 +223,8 @@ class DropPath(nn.Module):
             parts.append(f"mode={self.mode!r}")
         if not self.scale_by_keep:
             parts.append("scale_by_keep=False")
+        if self.sync_group is not None:
+            parts.append(f"sync_group={self.sync_group!r}")
         return ", ".join(parts)
 
 

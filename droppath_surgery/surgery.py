@@ -63,6 +63,20 @@ def _check_model(model: Any) -> nn.Module:
     return model
 
 
+def _check_not_compiled(model: nn.Module) -> None:
+    """Attaching under compiled code would be silently ignored: torch.compile does not guard on hooks."""
+    for path, module in model.named_modules():
+        wrapped = type(module).__name__ == "OptimizedModule" and hasattr(module, "_orig_mod")
+        if wrapped or getattr(module, "_compiled_call_impl", None) is not None:
+            where = f"its submodule {path!r}" if path else "the model"
+            how = "torch.compile(...)" if wrapped else ".compile()"
+            raise UnsupportedModelError(
+                f"{where} is already compiled ({how}); code compiled before patching would keep running "
+                f"without the drop path hooks (torch.compile does not guard on module hooks). Apply drop "
+                f"path to the model before compiling it (or any part of it), then compile."
+            )
+
+
 def _check_options(rate: Any, schedule: Schedule, filter_fn: Any, mode: str) -> None:
     if isinstance(schedule, str) and schedule in SCHEDULES:
         validate_rate(rate, "rate")
@@ -152,6 +166,7 @@ def find_residual_branches(
     that ``rate`` and ``schedule`` would give (0 by default).
     """
     model = _check_model(model)
+    _check_not_compiled(model)
     _check_options(rate, schedule, filter_fn, "row")
     trace, _, _ = _trace(model, example_inputs, batch_dim)
     attachments, skipped, rates = _plan(model, trace, rate, schedule, filter_fn)
@@ -195,6 +210,7 @@ def apply_drop_path(
     The model's train/eval flags, the global RNG state and its hooks are left as they were.
     """
     model = _check_model(model)
+    _check_not_compiled(model)
     _check_options(rate, schedule, filter_fn, mode)
     previous = snapshot_patches(model)
     detach(model)
