@@ -21,7 +21,7 @@ class ResidualMLP(nn.Module):
                 dict(
                     norm=nn.LayerNorm(dim),
                     f=nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim)),
-                    g=nn.Linear(dim, dim),
+                    g=nn.Sequential(nn.Linear(dim, dim), nn.GELU()),
                 )
             )
             for _ in range(depth)
