@@ -282,3 +282,17 @@ def test_rows_not_at_parity_say_why_and_the_markdown_lists_them(subset_rows):
         assert f"| {r.family} | {r.model} |" in text
     for r in failing:
         assert f"**{r.library}:{r.family}**" in text
+
+
+def test_timm_example_inputs_use_in_chans_not_a_stem_conv():
+    # TResNet's first conv follows a space-to-depth stem (48 input channels for a 3-channel image).
+    import timm
+
+    from droppath_surgery.inputs import build
+
+    with torch.device("meta"):
+        tresnet = timm.create_model("tresnet_m", pretrained=False)
+        gray = timm.create_model("resnet18", pretrained=False, in_chans=1)
+    assert next(m for m in tresnet.modules() if isinstance(m, nn.Conv2d)).in_channels == 48
+    assert build(tresnet)[0][0].shape == (2, 3, 224, 224)
+    assert build(gray)[0][0].shape == (2, 1, 224, 224)
