@@ -690,6 +690,9 @@ TIMM_MODELS = {
 TIMM_MODEL_OVERRIDES = {
     # test_efficientnet, _gn, _ln, _evos (0.36M) have no block with a skip connection.
     "efficientnet": "mobilenetv2_035",
+    # ese_vovnet19b_slim_dw .. vovnet39a have no residual OSA block (timm still applies their
+    # drop path, to the whole block output); eca_vovnet39b is the smallest with residual blocks.
+    "vovnet": "eca_vovnet39b",
 }
 
 # Smaller inputs for the slowest models, which run at any size (their default sizes are 384-896):
@@ -811,7 +814,7 @@ def timm_row(family: str, subset: bool = False) -> Row:
     if kwargs:
         row.model += "(" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")"
     if family in TIMM_MODEL_OVERRIDES:
-        row.info = f"not the smallest model ({TIMM_MODELS.get(family)}), which has no residual block"
+        row.info = f"not the smallest model ({TIMM_MODELS.get(family)}), which has no residual block with drop path"
     accepts, _ = timm_accepts_drop_path_rate(name, kwargs)
     row.counted = accepts
     convention = TIMM_CONVENTION.get(family, "linear")
