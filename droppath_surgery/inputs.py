@@ -86,8 +86,8 @@ def _timm_inputs(model: nn.Module, device, dtype, gen) -> dict:
     img_size = getattr(patch_embed, "img_size", None)
     if img_size is not None:
         height, width = _pair(img_size)
-    in_chans = getattr(model, "in_chans", None)
-    channels = in_chans if isinstance(in_chans, int) else (_first_conv_channels(model) or channels)
+    in_chans = getattr(model, "in_chans", None)  # timm models keep it; a first conv may follow a space-to-depth stem
+    channels = in_chans if isinstance(in_chans, int) and in_chans > 0 else (_first_conv_channels(model) or channels)
     return {"args": (_image(EXAMPLE_BATCH, channels, (height, width), device, dtype, gen),)}
 
 
