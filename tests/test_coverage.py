@@ -53,7 +53,7 @@ class ResBlock(nn.Module):
         self.skip = skip
 
     def forward(self, x):
-        y = self.bn(self.conv(x))
+        y = self.bn(self.conv(torch.relu(x)))  # a non-linear branch (linear ones are not block branches)
         if not self.skip:
             return y
         if self.drop_path is not None:
@@ -180,11 +180,13 @@ def test_hook_sites_match_none_slots_per_block_and_rates_per_branch():
         "layers.0": (1, 0), "layers.1": (1, 0), "layers.3": (1, 0)
     }
     site_ok, rate_ok, reasons = cov.compare(report.sites, expected, check_rates=True, rate=0.3)
-    # Our linear schedule spreads 0..0.3 over the 3 residual blocks; the toy counts the skip-less block too.
+    # The engine numbers all 5 blocks of the stack (skip-less ones too) and spreads 0..0.3 over them;
+    # the toy's own formula counts 4 blocks (it leaves out its last, shortcut-less block).
     assert site_ok and not rate_ok
-    assert "layers.1: native 0.1, engine 0.15" in " ".join(reasons)
+    assert "layers.1: native 0.1, engine 0.075" in " ".join(reasons)
     assert "native rates are r*k/3 with k = 0,1,3" in " ".join(reasons)
-    report = apply_drop_path(model, 0.3, schedule=[0.0, 0.1, 0.3], example_inputs=x)
+    assert report.num_blocks == 5
+    report = apply_drop_path(model, 0.3, schedule=[0.0, 0.1, 0.0, 0.3, 0.0], example_inputs=x)
     assert cov.compare(report.sites, expected, check_rates=True) == (True, True, [])
 
 
