@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from droppath_surgery import DropPath, apply_drop_path
 from droppath_surgery.patch import patched_modules
+from training_fixtures import single_thread  # noqa: F401  (autouse: one CPU thread)
 
 RATE = 0.5
 

@@ -23,6 +23,7 @@ from droppath_surgery import (
     set_drop_path_rate,
 )
 from droppath_surgery.training import DropPathScheduler, Late
+from training_fixtures import single_thread  # noqa: F401  (autouse: one CPU thread)
 
 
 def timm_vit():

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from training_fixtures import single_thread  # noqa: F401  (autouse: one CPU thread)
 
 pytest.importorskip("sklearn", reason="the example needs scikit-learn (pip install 'droppath-surgery[examples]')")
 pytest.importorskip("matplotlib", reason="the example needs matplotlib (pip install 'droppath-surgery[examples]')")

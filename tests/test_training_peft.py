@@ -9,6 +9,7 @@ from helpers import TinyTransformer, bitwise_equal, eval_output
 
 from droppath_surgery import apply_drop_path, remove_drop_path
 from droppath_surgery.patch import info_of, patched_modules
+from training_fixtures import single_thread  # noqa: F401  (autouse: one CPU thread)
 
 peft = pytest.importorskip("peft", reason="peft is not installed (pip install 'droppath-surgery[test]')")
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from droppath_surgery import DropPath, apply_drop_path
 from droppath_surgery.patch import patched_modules
+from training_fixtures import single_thread  # noqa: F401  (autouse: one CPU thread)
 
 
 class ResidualMLP(nn.Module):

@@ -13,6 +13,7 @@ from helpers import TinyTransformer, bitwise_equal, eval_output, hook_count
 from droppath_surgery import apply_drop_path, drop_path_report, is_patched, remove_drop_path, set_drop_path_rate
 from droppath_surgery.patch import patched_modules
 from droppath_surgery.training import sync_drop_path_masks
+from training_fixtures import single_thread  # noqa: F401  (autouse: one CPU thread)
 
 
 def timm_vit():

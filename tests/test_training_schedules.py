@@ -29,6 +29,7 @@ from droppath_surgery.training import (
     ProgressiveLayerDrop,
     unwrap_model,
 )
+from training_fixtures import single_thread  # noqa: F401  (autouse: one CPU thread)
 
 X = torch.randn(2, 5, 8)
 
