@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from .errors import InvalidRateError
 
-__all__ = ["drop_path", "DropPath", "validate_rate", "is_placeholder"]
+__all__ = ["drop_path", "DropPath", "validate_rate", "is_placeholder", "is_drop_path_slot"]
 
 _MODES = ("row", "batch")
 
@@ -241,3 +241,12 @@ def is_placeholder(module: nn.Module) -> bool:
         has_state = any(True for _ in module.parameters()) or any(True for _ in module.buffers())
         return not has_state and not any(True for _ in module.children())
     return False
+
+
+def is_drop_path_slot(module: nn.Module, path: str) -> bool:
+    """A placeholder the architecture named as a drop path / stochastic depth slot (``drop_path1``,
+    ``stochastic_depth``, or a DropPath-like class)."""
+    name = path.rsplit(".", 1)[-1].lower()
+    return is_placeholder(module) and (
+        "drop" in name or "stochastic" in name or "droppath" in type(module).__name__.lower()
+    )

@@ -4,8 +4,9 @@ Choosing where to attach (``plan_attachments``): each branch has an end chain, t
 returned its output, innermost first. A module can carry drop path for a set of branches only if
 *every* call it made in the traced pass is the end of one of those branches and they all belong to
 the same block (so one rate fits) and share a batch dimension; containers are never used. We pick,
-for each branch, the outermost such module whose attachment does not also cover a branch that is
-already covered, so every branch is dropped exactly once per forward. A module shared between a
+for each branch, the architecture's own drop path slot if it is such a module, else the outermost
+one, whose attachment does not also cover a branch that is already covered, so every branch is
+dropped exactly once per forward. A module shared between a
 branch end and other uses (HF Swin's ``dropout``, also applied to attention windows) is therefore
 never chosen, and the next module inward (its ``mlp``) is.
 
@@ -29,7 +30,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from .errors import UnsupportedModelError
-from .ops import DropPath, is_placeholder
+from .ops import DropPath, is_drop_path_slot, is_placeholder
 from .report import Site, Skipped
 from .trace import CONTAINERS, Branch, Trace
 
@@ -95,8 +96,11 @@ def plan_attachments(trace: Trace, root: nn.Module) -> tuple[list[Attachment], l
     for b, br in enumerate(trace.branches):
         if b in covered:
             continue
+        # The architecture's own drop path slot first (``drop_path1`` rather than a ``layer_scale1``
+        # Identity on the same tensor), then the outermost module.
+        candidates = sorted(reversed(br.ends), key=lambda e: not is_drop_path_slot(e.module, e.path))
         chosen = None
-        for end in reversed(br.ends):
+        for end in candidates:
             if not usable(end.module):
                 continue
             group = sorted({i for i, _ in refs[id(end.module)]})

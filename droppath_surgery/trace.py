@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import BatchDimError, ExampleInputsError
-from .ops import is_placeholder
+from .ops import is_drop_path_slot
 from .record import Recorder, flat_args
 
 __all__ = ["BranchEnd", "Branch", "Trace", "trace_residual_branches", "CONTAINERS"]
@@ -171,19 +171,13 @@ def _composite(block: nn.Module, parents: dict) -> nn.Module:
     return block
 
 
-def _drop_path_slot(end: BranchEnd) -> bool:
-    """A placeholder that the architecture named as a drop path / stochastic depth slot."""
-    name = end.path.rsplit(".", 1)[-1].lower()
-    return is_placeholder(end.module) and ("drop" in name or "stochastic" in name or "droppath" in type(end.module).__name__.lower())
-
-
 def _branches_of(rec: Recorder, paths: dict, parents: dict, ignored: list) -> list[Branch]:
     found: list[tuple[Any, list[BranchEnd], nn.Module | None]] = []
     for merge in rec.merges:
         ends = [BranchEnd(c.module, paths[id(c.module)], c.index, i) for c, i in merge.end.chain if id(c.module) in paths]
         if not ends:
             continue
-        if not merge.computes and not any(_drop_path_slot(e) for e in ends):
+        if not merge.computes and not any(is_drop_path_slot(e.module, e.path) for e in ends):
             ignored.append((ends[-1].path, _LINEAR_REASON))
             continue
         block = _block_on_stack(merge.stack, parents)
