@@ -731,7 +731,7 @@ SUBSET = {
     "torchvision": ["convnext_tiny", "swin_t"],
 }
 EXPECTED_AT_PARITY = {
-    "timm": ["vision_transformer", "swin_transformer", "convnext"],
+    "timm": ["vision_transformer", "swin_transformer", "convnext", "resnet"],
     "hf": ["ViT", "BEiT", "Swin", "ConvNext"],
     "torchvision": ["convnext_tiny", "swin_t"],
 }
