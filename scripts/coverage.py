@@ -61,8 +61,6 @@ import argparse
 import collections
 import contextlib
 import json
-import math
-import os
 import platform
 import signal
 import sys

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import timm
-import torch
 
 from droppath_surgery import find_residual_branches
 from droppath_surgery.cli import main, parse_model_args, parse_spec

@@ -1,7 +1,6 @@
 """torchvision models: example inputs are built, and rates match its own StochasticDepth convention."""
 
 import pytest
-import torch
 import torchvision
 from helpers import bitwise_equal, eval_output
 from torchvision.ops import StochasticDepth

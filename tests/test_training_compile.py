@@ -7,10 +7,8 @@ global generator in program order, so compiled and eager runs from one seed draw
 """
 
 import pytest
-import timm
 import torch
 import torch._dynamo
-import transformers as T
 from helpers import TinyTransformer
 from torch._dynamo.testing import CompileCounterWithBackend
 
@@ -23,21 +21,7 @@ from droppath_surgery import (
     set_drop_path_rate,
 )
 from droppath_surgery.training import DropPathScheduler, Late
-from training_fixtures import single_thread  # noqa: F401  (autouse: one CPU thread)
-
-
-def timm_vit():
-    return timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=4
-    )
-
-
-def hf_vit():
-    config = T.ViTConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        image_size=32, patch_size=8, num_labels=4,
-    )
-    return T.ViTForImageClassification(config)
+from training_fixtures import hf_vit, single_thread, timm_vit  # noqa: F401  (single_thread: autouse)
 
 
 def logits_of(out):

@@ -2,28 +2,14 @@
 own unload / merge_and_unload still work, and remove_drop_path works on what they return."""
 
 import pytest
-import timm
 import torch
-import transformers as T
 from helpers import TinyTransformer, bitwise_equal, eval_output
 
 from droppath_surgery import apply_drop_path, remove_drop_path
 from droppath_surgery.patch import info_of, patched_modules
-from training_fixtures import single_thread  # noqa: F401  (autouse: one CPU thread)
+from training_fixtures import hf_vit, single_thread, timm_vit  # noqa: F401  (single_thread: autouse)
 
 peft = pytest.importorskip("peft", reason="peft is not installed (pip install 'droppath-surgery[test]')")
-
-
-def timm_vit():
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=4)
-
-
-def hf_vit():
-    config = T.ViTConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        image_size=32, patch_size=8, num_labels=4,
-    )
-    return T.ViTForImageClassification(config)
 
 
 def hf_lora_targets(model):

@@ -5,27 +5,13 @@ import copy
 import io
 
 import pytest
-import timm
 import torch
-import transformers as T
 from helpers import TinyTransformer, bitwise_equal, eval_output, hook_count
 
 from droppath_surgery import apply_drop_path, drop_path_report, is_patched, remove_drop_path, set_drop_path_rate
 from droppath_surgery.patch import patched_modules
 from droppath_surgery.training import sync_drop_path_masks
-from training_fixtures import single_thread  # noqa: F401  (autouse: one CPU thread)
-
-
-def timm_vit():
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=4)
-
-
-def hf_vit():
-    config = T.ViTConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        image_size=32, patch_size=8, num_labels=4,
-    )
-    return T.ViTForImageClassification(config)
+from training_fixtures import hf_vit, single_thread, timm_vit  # noqa: F401  (single_thread: autouse)
 
 
 # (factory, input, expected site kinds)
