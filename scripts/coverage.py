@@ -204,12 +204,28 @@ def _native_rate(module: Any) -> float:
     return float("nan")
 
 
+def _twin_types(modules: dict[str, nn.Module]) -> set[type]:
+    """Classes of modules that have a sibling of their own class (RegNet's ``s3.b1``, ``s3.b2``)."""
+    by_parent: dict[str, list[type]] = collections.defaultdict(list)
+    for name, m in modules.items():
+        if name:
+            by_parent[name.rpartition(".")[0]].append(type(m))
+    return {t for types in by_parent.values() for t in types if types.count(t) > 1 and not issubclass(t, CONTAINERS)}
+
+
 def tree_block(path: str, modules: dict[str, nn.Module]) -> str | None:
-    """The innermost strict ancestor of ``path`` that is a non-container element of a container."""
+    """The innermost strict ancestor of ``path`` that is a non-container element of a container;
+    in a model without containers, the innermost ancestor of a class that has twins somewhere
+    (RegNet's ``s1.b1``, alone in its stage, is a block like ``s3.b1``), as the engine decides."""
     parts = path.split(".")
     for k in range(len(parts) - 1, 0, -1):
         anc, parent = ".".join(parts[:k]), ".".join(parts[: k - 1])
         if isinstance(modules.get(parent), CONTAINERS) and not isinstance(modules.get(anc), CONTAINERS):
+            return anc
+    twins = _twin_types(modules)
+    for k in range(len(parts) - 1, 0, -1):
+        anc = ".".join(parts[:k])
+        if type(modules.get(anc)) in twins:
             return anc
     return None
 
