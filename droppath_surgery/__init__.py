@@ -38,6 +38,7 @@ from .surgery import (
     is_patched,
     remove_drop_path,
     set_drop_path_rate,
+    unwrap_model,
 )
 from .training import DropPathScheduler, sync_drop_path_masks
 
@@ -50,6 +51,7 @@ __all__ = [
     "find_residual_branches",
     "drop_path_report",
     "is_patched",
+    "unwrap_model",
     "DropPath",
     "drop_path",
     "DropPathReport",

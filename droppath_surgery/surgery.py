@@ -38,6 +38,7 @@ __all__ = [
     "remove_drop_path",
     "drop_path_report",
     "is_patched",
+    "unwrap_model",
 ]
 
 FilterFn = Callable[[nn.Module, str], bool]
@@ -60,6 +61,24 @@ def _check_model(model: Any) -> nn.Module:
             f"model is wrapped by {name}; patch the inner model before wrapping it (apply_drop_path"
             f"(model, ...) and then {name}(model, ...)), or pass wrapped.module."
         )
+    return model
+
+
+def unwrap_model(model: Any) -> nn.Module:
+    """The module inside ``torch.compile`` (``OptimizedModule``), DDP and DataParallel wrappers.
+
+    Changing rates on the inner module is what a wrapped model runs with: no structure changes, only
+    buffers written in place. (Attaching drop path itself must happen before wrapping.)
+    """
+    for _ in range(16):
+        if type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif type(model).__name__ in ("DistributedDataParallel", "DataParallel") and isinstance(
+            getattr(model, "module", None), nn.Module
+        ):
+            model = model.module
+        else:
+            break
     return model
 
 
@@ -260,12 +279,12 @@ def _verify(model: nn.Module, reference: Any, state_before: dict, args: tuple, k
 
 def is_patched(model: nn.Module) -> bool:
     """True if ``apply_drop_path`` has patched this model (and it has not been removed)."""
-    return bool(patched_modules(_check_model(model)))
+    return bool(patched_modules(_check_model(unwrap_model(model))))
 
 
 def drop_path_report(model: nn.Module) -> DropPathReport:
     """The report of an already patched model: its sites and current rates."""
-    model = _check_model(model)
+    model = _check_model(unwrap_model(model))
     drops = patched_modules(model)
     if not drops:
         raise NotPatchedError(f"{type(model).__name__} has no drop path from droppath-surgery; call apply_drop_path first.")
@@ -275,9 +294,11 @@ def drop_path_report(model: nn.Module) -> DropPathReport:
 def set_drop_path_rate(model: nn.Module, rate: float = 0.1, *, schedule: Schedule = "linear") -> None:
     """Re-schedule an already patched model without running it (cheap enough for every step).
 
-    Rates are validated before any is changed; use ``drop_path_report`` to see them.
+    Rates are validated before any is changed; use ``drop_path_report`` to see them. A model wrapped
+    by ``torch.compile`` or DDP after patching is unwrapped: only buffers are written, which the
+    compiled code reads without recompiling.
     """
-    model = _check_model(model)
+    model = _check_model(unwrap_model(model))
     drops = patched_modules(model, ordered=False)
     if not drops:
         raise NotPatchedError(
@@ -298,4 +319,4 @@ def remove_drop_path(model: nn.Module) -> int:
     this library added is removed. Returns the number of DropPath modules removed; a second call
     removes nothing and returns 0.
     """
-    return detach(_check_model(model))
+    return detach(_check_model(unwrap_model(model)))

@@ -46,7 +46,7 @@ from torch import nn
 from .errors import DistributedError, InvalidRateError, NotPatchedError, ScheduleError
 from .ops import validate_rate
 from .patch import info_of, patched_modules
-from .surgery import set_drop_path_rate
+from .surgery import set_drop_path_rate, unwrap_model
 
 __all__ = [
     "TimeSchedule",
@@ -199,26 +199,6 @@ class ProgressiveLayerDrop(TimeSchedule):
 
     def __call__(self, t: float) -> float:
         return min(1.0, max(0.0, 1.0 - self.keep(t)))
-
-
-def unwrap_model(model: Any) -> nn.Module:
-    """The module inside ``torch.compile`` (``OptimizedModule``), DDP and DataParallel wrappers.
-
-    Changing rates on the inner module is what a wrapped model runs with: no structure changes, only
-    buffers written in place. (Attaching drop path itself must happen before wrapping.)
-    """
-    seen = 0
-    while seen < 16:
-        seen += 1
-        if type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        elif type(model).__name__ in ("DistributedDataParallel", "DataParallel") and isinstance(
-            getattr(model, "module", None), nn.Module
-        ):
-            model = model.module
-        else:
-            break
-    return model
 
 
 def _check_per_layer(per_layer: Any) -> PerLayer:
