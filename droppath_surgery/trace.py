@@ -67,6 +67,7 @@ class Branch:
     branch: int = 0  # position among the block's branches
     shape: tuple = ()
     batch_dim: int | None = None
+    key: tuple = ()  # identifies the same merge in another recorded pass (see _merge_key)
 
 
 @dataclass
@@ -214,7 +215,9 @@ def _branches_of(rec: Recorder, paths: dict, parents: dict, ignored: list) -> li
             ignored.append((ends[-1].path, "outside the repeated block stack (stem, head, pooling or downsampling)"))
             continue
         path = paths.get(id(block), "")
-        branches.append(Branch(ends=ends, block=block, block_path=path, shape=tuple(merge.tensor.shape)))
+        branches.append(
+            Branch(ends=ends, block=block, block_path=path, shape=tuple(merge.tensor.shape), key=_merge_key(merge))
+        )
     return branches
 
 
@@ -289,12 +292,13 @@ def trace_residual_branches(
     return Trace(branches=branches, num_blocks=num_blocks, calls=dict(rec.call_counts), outputs=outputs, ignored=ignored)
 
 
+def _merge_key(merge) -> tuple:
+    """The module calls that ended a merge's branch: the same in every pass over the same model."""
+    return tuple((id(c.module), c.index) for c, _ in merge.end.chain)
+
+
 def _merge_tensors(rec: Recorder) -> dict[tuple, Tensor]:
-    return {tuple((id(c.module), c.index) for c, _ in m.end.chain): m.tensor for m in rec.merges}
-
-
-def _branch_key(br: Branch) -> tuple:
-    return tuple((id(e.module), e.call) for e in br.ends)
+    return {_merge_key(m): m.tensor for m in rec.merges}
 
 
 def _perturb_first_sample(obj: Any, dim: int, batch: int, gen: torch.Generator) -> Any:
@@ -335,7 +339,7 @@ def _sample_dims(branches, probe: _Probe, args, kwargs, input_dim: int, batch: i
         doubled = _merge_tensors(rec2)
         for i in unresolved:
             shape = branches[i].shape
-            other = doubled.get(_branch_key(branches[i]))
+            other = doubled.get(branches[i].key)
             if other is None or other.ndim != len(shape):
                 return None
             grown = [d for d, (a, b) in enumerate(zip(shape, other.shape)) if b == 2 * a and a > 0]
@@ -356,7 +360,7 @@ def _samples_independent(branches, dims, probe: _Probe, args, kwargs, input_dim:
     _, rec = probe.run(_perturb_first_sample(args, input_dim, batch, gen), _perturb_first_sample(kwargs, input_dim, batch, gen))
     perturbed = _merge_tensors(rec)
     for i, br in enumerate(branches):
-        before, after = reference.get(_branch_key(br)), perturbed.get(_branch_key(br))
+        before, after = reference.get(br.key), perturbed.get(br.key)
         if before is None or after is None or before.shape != after.shape:
             continue
         d = dims[i]
