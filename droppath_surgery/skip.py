@@ -83,7 +83,7 @@ class SkipState:
         drop = self.drop
         keep = drop.keep_prob.to(device)
         if drop.kept_count == "fixed":
-            k = min(batch, max(1, math.ceil(batch * (1.0 - drop._rate) - 1e-9)))
+            k = drop.kept_for(batch)
             u = torch.rand(2 * batch + 1, device=device)
             if drop.sync_group is not None:
                 u = _broadcast_from_first_rank(u, drop.sync_group)
@@ -161,6 +161,7 @@ class SkipDropPath(DropPath):
         self.kept_count = kept_count
         self.min_skip_rate = validate_rate(min_skip_rate, "min_skip_rate")
         self.skip_states: list[SkipState] = []
+        self._kept_counts: dict[int, int] = {}  # batch size -> samples computed (kept_count="fixed")
         self._forced_mask: tuple | None = None  # set by check_exact only
         self._probe_log: list | None = None  # set by check_exact only
         self._update_skipping()
@@ -169,6 +170,21 @@ class SkipDropPath(DropPath):
     def rate(self, value: float) -> None:
         DropPath.rate.fset(self, value)  # type: ignore[attr-defined]
         self._update_skipping()
+        for batch in self._kept_counts:
+            self._kept_counts[batch] = self._count(batch)
+
+    def _count(self, batch: int) -> int:
+        return min(batch, max(1, math.ceil(batch * (1.0 - self._rate) - 1e-9)))
+
+    def kept_for(self, batch: int) -> int:
+        """How many samples a branch computes with ``kept_count="fixed"``: ``ceil(B * (1 - p))``, at
+        least 1. Kept per batch size in a dict that rate changes update, so compiled code reads an
+        int that changes only when the count does: a rate change that keeps the count recompiles
+        nothing (reading the float rate would recompile on every change)."""
+        k = self._kept_counts.get(batch)
+        if k is None:
+            k = self._kept_counts[batch] = self._count(batch)
+        return k
 
     def _update_skipping(self) -> None:
         # A plain bool attribute: torch.compile guards on it, so crossing min_skip_rate recompiles once.

@@ -484,3 +484,50 @@ def test_compiles_with_fullgraph_and_fixed_count():
         h.remove()
     assert seen == [3, 3]  # the hooks ran while tracing, on the subset
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
+def test_rate_changes_recompile_only_when_the_kept_count_changes():
+    """With kept_count="fixed" the compiled step reads an int count, not the float rate: over rates
+    that keep ceil(8 * (1 - p)) the same nothing recompiles (after the first call, which fills the
+    count cache), and each new count compiles once."""
+    torch.manual_seed(0)
+    model = timm_vit()
+    apply_drop_path(model, 0.5, schedule="uniform", skip_dropped=True)
+    model.train()
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
+    x = torch.randn(8, 3, 32, 32)
+    counts = []
+    for rate in (0.5, 0.5, 0.52, 0.55, 0.6, 0.65, 0.7, 0.5):
+        set_drop_path_rate(model, rate, schedule="uniform")
+        compiled(x).sum().backward()
+        counts.append((model.blocks[0].drop_path1.kept_for(8), len(graphs)))
+    torch._dynamo.reset()
+    assert counts == [(4, 1), (4, 2), (4, 2), (4, 2), (4, 2), (3, 3), (3, 3), (4, 3)]
+
+
+def test_copies_and_pickles_keep_skipping():
+    import copy
+    import io
+
+    torch.manual_seed(0)
+    model = timm_vit()
+    apply_drop_path(model, 0.5, schedule="uniform", skip_dropped=True)
+    x = torch.randn(8, 3, 32, 32)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    for other in (copy.deepcopy(model), torch.load(buffer, weights_only=False)):
+        other.train()
+        assert _branch_batches(other, x) == [4, 4]
+        entries = [h for m in other.modules() for h in m._forward_pre_hooks.values() if isinstance(h, SkipEntry)]
+        drops = {id(m) for m in other.modules() if isinstance(m, SkipDropPath)}
+        assert entries and all(id(e.state.drop) in drops for e in entries)  # the copy's own DropPaths
+    model.train()
+    assert _branch_batches(model, x) == [4, 4]
