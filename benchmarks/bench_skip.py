@@ -40,7 +40,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from droppath_surgery import apply_drop_path, set_drop_path_rate  # noqa: E402
+from droppath_surgery import apply_drop_path, set_drop_path_rate
 
 
 def _hf_vit(img: int) -> nn.Module:
@@ -86,9 +86,10 @@ class Memory:
             libc.mallopt(-1, 1 << 16)  # M_TRIM_THRESHOLD
 
     def _status(self, key: str) -> int:
-        for line in open("/proc/self/status"):
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
         return 0
 
     def start(self) -> int:

@@ -14,13 +14,12 @@ import math
 
 import pytest
 import torch
+from helpers import ModelSnapshot, bitwise_equal, eval_output, hook_count
 from torch import nn
+from training_fixtures import hf_vit, single_thread, timm_vit  # noqa: F401
 
 from droppath_surgery import apply_drop_path, remove_drop_path, set_drop_path_rate
 from droppath_surgery.skip import SkipDropPath, SkipEntry, SkipState
-
-from helpers import ModelSnapshot, bitwise_equal, eval_output, hook_count
-from training_fixtures import hf_vit, single_thread, timm_vit  # noqa: F401
 
 BATCH = 6
 
@@ -153,7 +152,7 @@ def test_timm_blocks_skip_exactly(monkeypatch, family):
 def _hf(kind):
     import transformers as T
 
-    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    small = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
     if kind == "vit":
         return hf_vit(), "pixel_values"
     if kind == "clip":
