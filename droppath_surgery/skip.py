@@ -223,7 +223,7 @@ class SkipDropPath(DropPath):
 
 def _get(args: tuple, kwargs: dict, location: tuple) -> Any:
     key = location[0]
-    value = args[key] if isinstance(key, int) else kwargs.get(key)
+    value = (args[key] if key < len(args) else None) if isinstance(key, int) else kwargs.get(key)
     if len(location) > 1 and isinstance(value, (tuple, list)):
         value = value[location[1]]
     return value
@@ -258,12 +258,11 @@ class SkipEntry:
         if not state.active():
             return None
         if self.draws:
-            first = next(
-                (t for t in (_get(args, kwargs, a.location) for a in self.args) if isinstance(t, Tensor)), None
-            )
+            found = ((_get(args, kwargs, a.location), a.batch_dim) for a in self.args)
+            first = next(((t, d) for t, d in found if isinstance(t, Tensor) and t.ndim > d), None)
             if first is None:
                 return None
-            state.draw(first.shape[self.args[0].batch_dim], first.device)
+            state.draw(first[0].shape[first[1]], first[0].device)
         if state.pending is None:
             return None
         idx, batch = state.pending[0], state.pending[-1]

@@ -530,3 +530,31 @@ def test_copies_and_pickles_keep_skipping():
         assert entries and all(id(e.state.drop) in drops for e in entries)  # the copy's own DropPaths
     model.train()
     assert _branch_batches(model, x) == [4, 4]
+
+
+@pytest.mark.parametrize("kept_count, syncs", [("fixed", False), ("random", True)])
+def test_fixed_count_makes_no_host_synchronizing_op(kept_count, syncs):
+    """Ops that would synchronize with the device (reading a value to the host: ``.item()``,
+    ``nonzero``) are absent from a skipping training step with kept_count="fixed", and present with
+    "random" (which shows the check can see them)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    model = timm_vit()
+    apply_drop_path(model, 0.5, schedule="uniform", skip_dropped=True, kept_count=kept_count)
+    model.train()
+    x = torch.randn(6, 3, 32, 32)
+    with Ops() as ops:
+        model(x).sum().backward()
+    found = ops.names & {"_local_scalar_dense", "nonzero", "item"}
+    assert bool(found) == syncs, found
+    assert "topk" in ops.names if kept_count == "fixed" else "nonzero" in ops.names
