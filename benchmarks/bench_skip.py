@@ -13,9 +13,10 @@ reported, so both see the same machine load.
 Columns:
 * ``time mask/skip``: median step time of the masked form over the skipping form (> 1: skip is faster);
 * ``peak skip/mask``: peak memory during a step, over the memory before it. On CUDA from
-  ``torch.cuda.max_memory_allocated``; on CPU from the process's peak resident set (``VmHWM``,
-  reset through ``/proc/self/clear_refs`` before each step, with glibc told to return large
-  blocks to the system at once so that the peak is the step's own);
+  ``torch.cuda.max_memory_allocated``; on CPU from the peak resident set (``VmHWM``, reset through
+  ``/proc/self/clear_refs`` before each step) of a child process in which glibc returns blocks
+  over 64 KiB to the system at once, so that the peak is the step's own (that slows allocation,
+  so the times come from this process, with the default allocator);
 * ``saved skip/mask``: bytes of the tensors autograd saves for backward, parameters left out
   (activation memory), exact;
 * ``f``: the fraction of the masked step spent in residual branches, estimated from one more pair of
@@ -30,7 +31,9 @@ from __future__ import annotations
 import argparse
 import copy
 import ctypes
+import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -143,7 +146,7 @@ class Form:
         return elapsed, peak, sum(saved.values())
 
 
-def bench_model(key: str, args) -> None:
+def _forms(key: str, args, announce: bool) -> dict:
     title, build = MODELS[key]
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -160,7 +163,7 @@ def bench_model(key: str, args) -> None:
         patch_s = time.perf_counter() - t0
         model.train()
         forms[name] = Form(model, x, y, args)
-        if skip:
+        if skip and announce:
             skipping = sum(s.compute == "skip" for s in report.sites)
             print(
                 f"\n{title}, batch {args.batch}, {args.img}x{args.img}, {args.dtype}, {device}"
@@ -169,39 +172,78 @@ def bench_model(key: str, args) -> None:
             )
             for note in report.notes[:3]:
                 print("  ", note)
-    del base
-    memory = Memory(device)
     for form in forms.values():
         form.step()  # warm-up (and compilation)
+    return forms
+
+
+def _set_rate(forms: dict, rate: float) -> None:
+    for form in forms.values():
+        set_drop_path_rate(form.model, rate, schedule="uniform")
+
+
+def cpu_peaks(key: str, args) -> dict:
+    """In this (child) process: the peak-over-start memory of one step of each form at each rate.
+    glibc is told to serve blocks over 64 KiB from mmap and return them at once, so the resident
+    set follows the live tensors; that slows allocation, so no time is measured here."""
+    memory = Memory(torch.device("cpu"))
+    forms = _forms(key, args, announce=False)
+    peaks = {}
+    for rate in args.rates:
+        _set_rate(forms, rate)
+        peaks[rate] = [form.step(memory)[1] for form in forms.values()]
+    return peaks
+
+
+def bench_model(key: str, args) -> None:
+    forms = _forms(key, args, announce=True)
+    device = torch.device(args.device)
+    memory = Memory(device) if device.type == "cuda" else None
 
     def measure(rate: float, repeats: int) -> dict:
-        for form in forms.values():
-            set_drop_path_rate(form.model, rate, schedule="uniform")
+        _set_rate(forms, rate)
         times: dict = {n: [] for n in forms}
-        peaks: dict = {n: [] for n in forms}
+        peaks: dict = {n: 0 for n in forms}
         saved: dict = {n: 0 for n in forms}
         for _ in range(repeats):
             for n, form in forms.items():
                 t, peak, s = form.step(memory)
                 times[n].append(t)
-                peaks[n].append(peak)
+                peaks[n] = max(peaks[n], peak)
                 saved[n] = s
-        return {n: (statistics.median(times[n]), max(peaks[n]), saved[n]) for n in forms}
+        return {n: (statistics.median(times[n]), peaks[n], saved[n]) for n in forms}
 
     # The branch fraction: masked at rate 0 (all computed) vs skipping at rate 1 (one sample each).
     full = measure(0.0, args.repeats)["mask"][0]
     one = measure(1.0, args.repeats)["skip"][0]
     f = (full - one) / (full * (1 - 1 / args.batch))
     print(f"  branch fraction f = {f:.2f} (masked step at rate 0: {full:.3f} s, skipping at rate 1: {one:.3f} s)")
+    rows = [(rate, measure(rate, args.repeats)) for rate in args.rates]
+    forms.clear()  # free the models before the memory child runs
+    if device.type == "cpu":
+        child = subprocess.run(
+            [sys.executable, __file__, "--memory-child", key, *_passthrough(args)],
+            capture_output=True, text=True, check=True,
+        )
+        peaks = {float(k): v for k, v in json.loads(child.stdout.strip().splitlines()[-1]).items()}
+    else:
+        peaks = {rate: [r["mask"][1], r["skip"][1]] for rate, r in rows}
     print("  rate  mask s   skip s   time mask/skip  limit 1/(1-fp)  peak skip/mask  saved skip/mask")
-    for rate in args.rates:
-        r = measure(rate, args.repeats)
-        (tm, pm, sm), (ts, ps, ss) = r["mask"], r["skip"]
+    for rate, r in rows:
+        (tm, _, sm), (ts, _, ss) = r["mask"], r["skip"]
+        pm, ps = peaks[rate]
         print(
             f"  {rate:<4}  {tm:7.3f}  {ts:7.3f}  {tm / ts:14.2f}  {1 / (1 - f * rate):14.2f}  "
             f"{ps / pm if pm else float('nan'):14.2f}  {ss / sm if sm else float('nan'):15.2f}"
         )
-        sys.stdout.flush()
+    print("  peak MiB (mask, skip) at each rate: " + ", ".join(f"{r}: {m / 2**20:.0f}, {k / 2**20:.0f}" for r, (m, k) in peaks.items()))
+    sys.stdout.flush()
+
+
+def _passthrough(args) -> list[str]:
+    out = ["--rates", *map(str, args.rates), "--batch", str(args.batch), "--img", str(args.img)]
+    out += ["--dtype", args.dtype, "--threads", str(args.threads)]
+    return out
 
 
 def main() -> None:
@@ -215,9 +257,13 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.memory_child:
+        print(json.dumps(cpu_peaks(args.memory_child, args)))
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     for key in args.models:
         bench_model(key, args)
