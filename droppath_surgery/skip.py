@@ -145,7 +145,8 @@ def scatter_rows(src: Tensor, idx: Tensor, dim: int, batch: int) -> Tensor:
     """A zero tensor of ``batch`` rows along ``dim`` holding ``src``'s rows at ``idx`` (distinct);
     ``index_put`` rather than ``index_add``, which is slow on CPU (see ``take_rows``)."""
     moved = src.movedim(dim, 0)
-    out = moved.new_zeros((batch, *moved.shape[1:])).index_put((idx,), moved)
+    # In place on a fresh zero tensor (no grad of its own): the out-of-place form would copy it.
+    out = moved.new_zeros((batch, *moved.shape[1:])).index_put_((idx,), moved)
     return out.movedim(0, dim)
 
 
