@@ -12,16 +12,23 @@ returned the branch (its end chain). Here each branch gets
   its own class (RegNet's ``s1.b1, s1.b2``, DLA's trees), or of the class of a block found (a stage of
   depth one). When the merge runs in a module that is no such block (``for attn, mlp in self.layers:
   x = x + attn(x); x = x + mlp(x)``), the block is the outermost container element on the way to the
-  branch end. Two refinements: a block that is one of *different* modules in a container nested in a
-  container (DaViT's ``Sequential(SpatialBlock, ChannelBlock)``) gives way to that pair; a "block" that
-  holds other blocks is a stage, and its residual belongs to the module below it on the stack (LeViT's
-  residual downsampler). A projection merge ``shortcut(x) + f(x)`` counts only when the block runs it
-  itself. A residual outside any block (a stem, a pooling head such as SigLIP's attention-pool MLP) is
-  not in the block stack and is reported as ignored, as timm does.
-* a *block index*: blocks are numbered in execution order across all stages, counting also the
-  blocks of the same stack that have no residual branch (an EfficientNet block with a stride, whose
-  position still counts in timm's rate schedule). "The same stack" means a path of the same shape:
-  ``blocks.3.1`` and ``blocks.0.0`` (digits replaced), of a module that has children and is no container.
+  branch end. A "block" that holds other blocks is a stage, and its residual belongs to the module
+  below it on the stack (LeViT's residual downsampler). A projection merge ``shortcut(x) + f(x)``
+  counts only when the block runs it itself. A residual outside any block (a stem, a pooling head
+  such as SigLIP's attention-pool MLP) is not in the block stack and is reported as ignored, as timm
+  does.
+* a *unit* of the schedule: the block itself, or a repeated composite of different blocks. A
+  container of different block classes, every one running a residual branch, inside a container
+  all of whose elements repeat that same sequence of classes (DaViT's ``Sequential(SpatialBlock,
+  ChannelBlock)`` per layer) is one unit with one rate; its blocks keep their own paths. A stage
+  ``Sequential(downsample, Block, ...)`` is no composite (its downsampler has no branch), nor is a
+  stage mixing block classes that the other stages do not repeat (MobileNetV5).
+* a *block index*: units are numbered in execution order across all stages, counting also the
+  modules of the same stack that have no residual branch but are blocks (an EfficientNet block with
+  a stride, whose position still counts in timm's rate schedule): of a path of the same shape
+  (``blocks.3.1`` and ``blocks.0.0``, digits replaced), with children, no container, and of a block
+  class found or holding a drop path slot of its own (timm's ``DepthwiseSeparableConv`` without
+  skip). A stage's plain downsampler (StarNet's ``stages.1.0 = ConvBN``) is not counted.
 * a *batch dimension*: the dimension whose size equals the example batch size; if that is
   ambiguous, a second, recorded pass with the batch doubled decides it. For inputs the user passed,
   whose layout we cannot know, a pass with only sample 0 changed checks that no other sample of any
@@ -63,6 +70,7 @@ class Branch:
     ends: list[BranchEnd]  # innermost module call first
     block: nn.Module
     block_path: str
+    unit: nn.Module | None = None  # the module numbered in the schedule: the block or its composite
     block_index: int = -1
     branch: int = 0  # position among the block's branches
     shape: tuple = ()
@@ -161,15 +169,28 @@ def _loop_block(stack: tuple, end_path: str, paths: dict) -> nn.Module | None:
     return None
 
 
-def _composite(block: nn.Module, parents: dict) -> nn.Module:
-    """A block that is one of several different modules in a container that is itself an element of
-    a container (DaViT's ``Sequential(SpatialBlock, ChannelBlock)`` per layer) belongs to that
-    composite block: the pair is one block of the stack, with one rate."""
+def _composite(block: nn.Module, parents: dict, blocks: set) -> nn.Module:
+    """The unit of the rate schedule that ``block`` belongs to: itself, or a repeated composite.
+
+    A composite is a container of *different* block classes, each running residual branches
+    (``blocks``: ids of the blocks found), inside a container all of whose elements repeat the same
+    sequence of classes: DaViT's ``blocks = Sequential(Sequential(SpatialBlock, ChannelBlock), ...)``,
+    built as one block of the schedule with one rate. A stage ``Sequential(downsample, Block,
+    Block)`` is no composite (its downsample has no branch, and stages of other depths differ), nor
+    is a stage that mixes block classes (MobileNetV5's ``Sequential(UIR, MobileAttention, UIR, ...)``)
+    unless every stage repeats it.
+    """
     parent = parents.get(id(block))
-    if isinstance(parent, CONTAINERS) and isinstance(parents.get(id(parent)), CONTAINERS):
-        if len({type(c) for c in parent.children()}) > 1:
-            return parent
-    return block
+    grand = parents.get(id(parent))
+    if not (isinstance(parent, CONTAINERS) and isinstance(grand, CONTAINERS)):
+        return block
+    signature = [type(c) for c in parent.children()]
+    if len(set(signature)) < 2 or not all(id(c) in blocks for c in parent.children()):
+        return block
+    for element in grand.children():
+        if not isinstance(element, CONTAINERS) or [type(c) for c in element.children()] != signature:
+            return block
+    return parent
 
 
 def _branches_of(rec: Recorder, paths: dict, parents: dict, ignored: list) -> list[Branch]:
@@ -205,8 +226,6 @@ def _branches_of(rec: Recorder, paths: dict, parents: dict, ignored: list) -> li
                 modules = [c.module for c in merge.stack]
                 inner = modules[modules.index(block) + 1 :] if block in modules else []
                 block = inner[0] if inner and merge.kind == "residual" else None
-        if block is not None:
-            block = _composite(block, parents)
         # shortcut(x) + f(x) counts only when the block runs it itself (a ResNet block with a
         # projection, a parallel block), not deeper inside (a re-parameterizable multi-branch conv).
         if block is not None and merge.kind == "fork" and merge.stack[-1].module is not block:
@@ -218,6 +237,10 @@ def _branches_of(rec: Recorder, paths: dict, parents: dict, ignored: list) -> li
         branches.append(
             Branch(ends=ends, block=block, block_path=path, shape=tuple(merge.tensor.shape), key=_merge_key(merge))
         )
+    # The unit of the schedule: the block, or the repeated composite of different blocks it is in.
+    blocks = {id(br.block) for br in branches}
+    for br in branches:
+        br.unit = _composite(br.block, parents, blocks)
     return branches
 
 
@@ -232,12 +255,15 @@ def _path_shape(path: str) -> str:
 
 
 def _number_blocks(branches: list[Branch], rec: Recorder, paths: dict) -> int:
-    """Number blocks in execution order, counting the blocks of the same stack without branches."""
-    shapes = {_path_shape(br.block_path) for br in branches}
+    """Number the schedule's units in execution order, counting also the blocks of the same stack
+    without branches: modules at a path of the same shape, of a block class found or holding a drop
+    path slot of their own (timm's strided EfficientNet blocks), not a stage's plain downsampler."""
+    shapes = {_path_shape(paths.get(id(br.unit), br.block_path)) for br in branches}
+    unit_types = {type(br.unit) for br in branches}
     first_call: dict[int, int] = {}
     for call in rec.calls:
         first_call.setdefault(id(call.module), call.order)
-    members = {id(br.block): br.block for br in branches}
+    members = {id(br.unit): br.unit for br in branches}
     for call in rec.calls:
         m = call.module
         path = paths.get(id(m))
@@ -247,12 +273,13 @@ def _number_blocks(branches: list[Branch], rec: Recorder, paths: dict) -> int:
             and _path_shape(path) in shapes
             and not isinstance(m, CONTAINERS)
             and next(m.children(), None) is not None
+            and (type(m) in unit_types or any(is_drop_path_slot(c, n) for n, c in m.named_children()))
         ):
             members[id(m)] = m
     order = {key: i for i, key in enumerate(sorted(members, key=lambda k: first_call.get(k, 1 << 60)))}
     per_block: dict[int, int] = {}
     for br in branches:
-        br.block_index = order[id(br.block)]
+        br.block_index = order[id(br.unit)]
         br.branch = per_block.get(id(br.block), 0)
         per_block[id(br.block)] = br.branch + 1
     return len(order)

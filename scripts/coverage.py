@@ -230,6 +230,16 @@ def tree_block(path: str, modules: dict[str, nn.Module]) -> str | None:
     return None
 
 
+def stage_blocks(slots) -> None:
+    """A slot's block that holds the blocks of other slots is a stage (LeViT's ``stages.1`` holds its
+    residual downsampler and ``stages.1.blocks.*``): the slot belongs to the child of the stage on its
+    path (``stages.1.downsample``), as the engine assigns a residual run inside a stage."""
+    blocks = {s.block for s in slots if s.block is not None}
+    for s in slots:
+        if s.block is not None and any(b.startswith(s.block + ".") for b in blocks):
+            s.block = ".".join(s.path.split(".")[: s.block.count(".") + 2])
+
+
 @dataclass
 class Slot:
     path: str
@@ -317,6 +327,7 @@ def native_slots(model: nn.Module, run: Callable[[nn.Module], Any]) -> list[Slot
     modules = dict(model.named_modules())
     for s in slots.values():
         s.block = tree_block(s.path, modules)
+    stage_blocks(slots.values())
     watch = _MergeWatch()
     counter = [0]
     records: list[tuple[Slot, dict]] = []

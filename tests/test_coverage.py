@@ -231,6 +231,18 @@ def test_tree_block_is_the_innermost_container_element():
     assert cov.tree_block("1.blocks.0.f", modules) == "1.blocks.0"
 
 
+def test_a_slot_of_a_stage_that_holds_blocks_belongs_to_the_stage_child_on_its_path():
+    # LeViT: stages.1 = Stage(downsample=Downsample(... drop_path), blocks=Sequential(Block, ...)).
+    Slot = cov.Slot
+    slots = [
+        Slot("stages.1.downsample.drop_path", "stages.1", 0.1, "DropPath"),
+        Slot("stages.1.blocks.0.drop_path1", "stages.1.blocks.0", 0.1, "DropPath"),
+        Slot("stages.2.blocks.0.drop_path1", "stages.2.blocks.0", 0.1, "DropPath"),
+    ]
+    cov.stage_blocks(slots)
+    assert [s.block for s in slots] == ["stages.1.downsample", "stages.1.blocks.0", "stages.2.blocks.0"]
+
+
 def test_schedules_are_found_by_value(monkeypatch):
     assert cov.schedule_for("linear") == "linear"
     assert cov.schedule_for("uniform") == "uniform"

@@ -314,3 +314,53 @@ def test_blocks_without_containers_are_found_by_their_twins():
     report = find_residual_branches(Net(), torch.randn(2, 8), rate=0.3)
     assert [s.block_path for s in report.sites] == ["s1.b1", "s2.b1", "s2.b2", "s2.b3"]
     assert [s.rate for s in report.sites] == pytest.approx([0, 0.1, 0.2, 0.3])
+
+
+class _Res(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.f = nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 8))
+
+    def forward(self, x):
+        return x + self.f(x)
+
+
+class _ResB(_Res):
+    pass
+
+
+class _Down(nn.Module):  # a plain downsampler in a stage: no residual, no drop path slot
+    def __init__(self):
+        super().__init__()
+        self.fc, self.norm = nn.Linear(8, 8), nn.LayerNorm(8)
+
+    def forward(self, x):
+        return self.norm(self.fc(x))
+
+
+def test_repeated_pair_of_different_blocks_shares_one_rate_but_keeps_its_paths():
+    # DaViT: blocks = Sequential(Sequential(SpatialBlock, ChannelBlock), ...): each pair is one
+    # block of the schedule (one rate), while each sub-block is named by its own path.
+    model = nn.Sequential(*[nn.Sequential(_Res(), _ResB()) for _ in range(3)])
+    report = find_residual_branches(model, torch.randn(2, 8), rate=0.2)
+    assert [s.block_path for s in report.sites] == ["0.0", "0.1", "1.0", "1.1", "2.0", "2.1"]
+    assert [s.block for s in report.sites] == [0, 0, 1, 1, 2, 2]
+    assert [s.rate for s in report.sites] == pytest.approx([0, 0, 0.1, 0.1, 0.2, 0.2])
+    assert report.num_blocks == 3
+
+
+def test_stage_of_a_downsampler_and_blocks_is_no_composite_and_the_downsampler_is_not_counted():
+    # StarNet / LowFormer: stages = Sequential(Sequential(down, Block), Sequential(down, Block, Block)).
+    model = nn.Sequential(nn.Sequential(_Down(), _Res()), nn.Sequential(_Down(), _Res(), _Res()))
+    report = find_residual_branches(model, torch.randn(2, 8), rate=0.2)
+    assert [s.block_path for s in report.sites] == ["0.1", "1.1", "1.2"]
+    assert [s.rate for s in report.sites] == pytest.approx([0, 0.1, 0.2])
+    assert report.num_blocks == 3
+
+
+def test_stage_mixing_block_classes_is_no_composite():
+    # MobileNetV5: a stage Sequential(UIR, MobileAttention, UIR, ...) next to stages of one class.
+    model = nn.Sequential(nn.Sequential(_Res(), _Res()), nn.Sequential(_Res(), _ResB(), _Res()))
+    report = find_residual_branches(model, torch.randn(2, 8), rate=0.4)
+    assert [s.block_path for s in report.sites] == ["0.0", "0.1", "1.0", "1.1", "1.2"]
+    assert [s.rate for s in report.sites] == pytest.approx([0, 0.1, 0.2, 0.3, 0.4])
