@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["Recorder", "Merge", "Call", "tensors_in", "flat_args"]
+__all__ = ["Recorder", "Merge", "Call", "LayoutOp", "tensors_in", "flat_args"]
 
 _ADD = {torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, torch.Tensor.__iadd__, torch.Tensor.__radd__, torch.add}
 _MUL = {"mul", "mul_", "__mul__", "__rmul__", "__imul__"}
@@ -55,6 +55,13 @@ _LINEAR_ANY = {
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "pixel_shuffle", "pixel_unshuffle",
     "view_as", "reshape_as", "movedim", "swapaxes", "t", "mT", "__get__",  # tensor properties: .T, .mT, .data
     "batch_norm",  # eval batch norm is affine
+}
+# Operations that only move, select or re-view the elements of their one live input (``self``): a
+# branch may pass through them after the module that returned it (NextViT's
+# ``x + out.transpose(-1, -2).reshape(B, C, H, W)``, RexNet's ``x[:, :c] + shortcut``).
+_LAYOUT = {
+    "view", "reshape", "permute", "transpose", "flatten", "unflatten", "contiguous", "squeeze", "unsqueeze",
+    "__getitem__", "narrow", "movedim", "swapaxes", "view_as", "reshape_as", "t",
 }
 _CONV = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
 _MATMUL = {"linear", "matmul", "mm", "bmm", "einsum", "__matmul__", "addmm", "baddbmm", "scaled_dot_product_attention"}
@@ -89,9 +96,11 @@ def _mixes(name: str, args: tuple, kwargs: dict) -> bool:
 class Node:
     """One value of one tensor in the recorded pass (an in-place operation makes a new value)."""
 
-    __slots__ = ("serial", "parents", "live", "chain", "linear", "mixing", "scaled_from")
+    __slots__ = ("serial", "parents", "live", "chain", "linear", "mixing", "scaled_from", "layout_from")
 
-    def __init__(self, serial: int, parents: tuple, live: bool, linear=True, mixing=False, scaled_from=None) -> None:
+    def __init__(
+        self, serial: int, parents: tuple, live: bool, linear=True, mixing=False, scaled_from=None, layout_from=None
+    ) -> None:
         self.serial = serial
         self.parents = parents  # the values it was computed from
         self.live = live  # computed from the example inputs
@@ -99,6 +108,7 @@ class Node:
         self.linear = linear  # made by an operation that is linear in its live inputs
         self.mixing = mixing  # made by an operation that mixes channels or tokens (not depthwise)
         self.scaled_from = scaled_from  # the live node this is a per-sample-neutral scaling of
+        self.layout_from = layout_from  # (live node, LayoutOp) when a layout operation made it from that node
 
 
 @dataclass(eq=False)
@@ -112,6 +122,24 @@ class Call:
     inputs: tuple = ()  # live nodes of the call's tensor arguments
 
 
+_SELF = object()  # stands for the live input in a recorded layout operation's arguments
+
+
+@dataclass(frozen=True)
+class LayoutOp:
+    """A layout operation on the way from a branch's module output to the merge, replayable on any
+    tensor of the input's shape (``trace.py`` replays it on sample indices to map the batch dim)."""
+
+    func: Any
+    args: tuple  # with ``_SELF`` for the live input
+    kwargs: dict
+    in_shape: tuple
+
+    def __call__(self, t: Tensor) -> Any:
+        args = tuple(t if a is _SELF else a for a in self.args)
+        return self.func(*args, **self.kwargs)
+
+
 @dataclass
 class Merge:
     """A residual merge seen in the pass."""
@@ -121,6 +149,7 @@ class Merge:
     stack: tuple  # module calls enclosing the addition, outermost first
     kind: str  # "residual" (stream is an ancestor) or "fork" (both from a common input)
     computes: bool  # the branch has a non-linear operation and one that mixes channels
+    layout: tuple = ()  # layout operations from the module output (``end``) to ``tensor``, in order
 
 
 def tensors_in(obj: Any, prefix: tuple = (), depth: int = 0):
@@ -179,11 +208,19 @@ def _search_back(node: Node, target: Node) -> tuple[int | None, list[Node]]:
     return found, visited
 
 
-def _branch_end(node: Node) -> Node | None:
-    """The value a module returned that this branch value is (a per-sample-neutral scaling of)."""
-    while not node.chain and node.scaled_from is not None:
-        node = node.scaled_from
-    return node if node.chain else None
+def _branch_end(node: Node) -> tuple[Node | None, tuple]:
+    """The value a module returned that this branch value is, up to per-sample-neutral scalings and
+    layout operations; and those layout operations, in the order they ran."""
+    layout = []
+    while not node.chain:
+        if node.scaled_from is not None:
+            node = node.scaled_from
+        elif node.layout_from is not None:
+            node, op = node.layout_from
+            layout.append(op)
+        else:
+            return None, ()
+    return node, tuple(reversed(layout))
 
 
 class Recorder(TorchFunctionMode):
@@ -205,9 +242,11 @@ class Recorder(TorchFunctionMode):
             return entry[1]
         return self.new_node(t, (), live=False)
 
-    def new_node(self, t: Tensor, parents: tuple, live: bool, linear=True, mixing=False, scaled_from=None) -> Node:
+    def new_node(
+        self, t: Tensor, parents: tuple, live: bool, linear=True, mixing=False, scaled_from=None, layout_from=None
+    ) -> Node:
         self.serial += 1
-        node = Node(self.serial, parents, live, linear, mixing, scaled_from)
+        node = Node(self.serial, parents, live, linear, mixing, scaled_from, layout_from)
         self.nodes[id(t)] = (weakref.ref(t), node)
         return node
 
@@ -259,6 +298,18 @@ class Recorder(TorchFunctionMode):
             divides_by_live = name not in _MUL and args[0] is not live_input
             if live_input.shape == out.shape and not divides_by_live:
                 scaled_from = live_parents[0]  # x * c, c * x or x / c: commutes with a per-sample mask
+        layout_from = None
+        if (
+            name in _LAYOUT
+            and len(live_parents) == 1
+            and isinstance(out, Tensor)
+            and args
+            and isinstance(args[0], Tensor)
+            and nodes[0] is live_parents[0]
+            and not any(isinstance(a, Tensor) for a in (*args[1:], *kwargs.values()))
+        ):
+            op = LayoutOp(func, (_SELF, *args[1:]), dict(kwargs), tuple(args[0].shape))
+            layout_from = (live_parents[0], op)
         parents = tuple(nodes)
         live = bool(live_parents)
         mutated = set()
@@ -276,7 +327,8 @@ class Recorder(TorchFunctionMode):
         for o in outs:
             if id(o) in input_ids:
                 continue  # identity (e.g. contiguous(), eval dropout) or mutated above
-            self.new_node(o, parents, live, linear, mixing, scaled_from if len(outs) == 1 else None)
+            single = len(outs) == 1
+            self.new_node(o, parents, live, linear, mixing, scaled_from if single else None, layout_from if single else None)
         return out
 
     def _check_merge(self, a: Any, b: Any) -> None:
@@ -309,8 +361,12 @@ class Recorder(TorchFunctionMode):
             return
 
     def _add_merge(self, branch: Node, tensor: Tensor, stack: tuple, kind: str, visited: list[Node]) -> None:
-        end = _branch_end(branch)
+        end, layout = _branch_end(branch)
         if end is None:
             return
+        if layout and not (stack and any(stack[-1] in call.stack for call, _ in end.chain)):
+            # Through layout operations only to a module run by the call that adds: a slice of the
+            # stream (TNT's ``patch_embed[:, 1:] + proj(...)``) leads back to the previous block.
+            return
         computes = any(not n.linear for n in visited) and any(n.mixing for n in visited)
-        self.merges.append(Merge(end, tensor, stack, kind, computes))
+        self.merges.append(Merge(end, tensor, stack, kind, computes, layout))

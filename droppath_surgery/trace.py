@@ -76,6 +76,7 @@ class Branch:
     shape: tuple = ()
     batch_dim: int | None = None
     key: tuple = ()  # identifies the same merge in another recorded pass (see _merge_key)
+    layout: tuple = ()  # layout operations from the module output to the merged tensor (record.LayoutOp)
 
 
 @dataclass
@@ -169,31 +170,47 @@ def _loop_block(stack: tuple, end_path: str, paths: dict) -> nn.Module | None:
     return None
 
 
-def _composite(block: nn.Module, parents: dict, blocks: set) -> nn.Module:
+def _composite(block: nn.Module, parents: dict, blocks: set, by_shape: dict) -> nn.Module:
     """The unit of the rate schedule that ``block`` belongs to: itself, or a repeated composite.
 
     A composite is a container of *different* block classes, each running residual branches
-    (``blocks``: ids of the blocks found), inside a container all of whose elements repeat the same
-    sequence of classes: DaViT's ``blocks = Sequential(Sequential(SpatialBlock, ChannelBlock), ...)``,
-    built as one block of the schedule with one rate. A stage ``Sequential(downsample, Block,
-    Block)`` is no composite (its downsample has no branch, and stages of other depths differ), nor
-    is a stage that mixes block classes (MobileNetV5's ``Sequential(UIR, MobileAttention, UIR, ...)``)
-    unless every stage repeats it.
+    (``blocks``: ids of the blocks found), such that every container at a path of the same shape
+    (``by_shape``) holds that same sequence of classes: DaViT's ``stages.*.blocks.*`` =
+    ``Sequential(SpatialBlock, ChannelBlock)``, torchvision MaxViT's ``blocks.*.layers.*.layers`` =
+    ``(MBconv, window_attention, grid_attention)``, each built as one block of the schedule with one
+    rate. A stage ``Sequential(downsample, Block, Block)`` is no composite (its downsample has no
+    branch, and stages of other depths differ), nor is a stage that mixes block classes
+    (MobileNetV5's ``Sequential(UIR, MobileAttention, UIR, ...)``) unless every stage repeats it.
     """
     parent = parents.get(id(block))
-    grand = parents.get(id(parent))
-    if not (isinstance(parent, CONTAINERS) and isinstance(grand, CONTAINERS)):
+    if not isinstance(parent, CONTAINERS):
         return block
     signature = [type(c) for c in parent.children()]
     if len(set(signature)) < 2 or not all(id(c) in blocks for c in parent.children()):
         return block
-    for element in grand.children():
-        if not isinstance(element, CONTAINERS) or [type(c) for c in element.children()] != signature:
+    shape = next((sh for sh, mods in by_shape.items() if any(m is parent for m in mods)), None)
+    if shape is None:
+        return block
+    for other in by_shape[shape]:
+        if not isinstance(other, CONTAINERS) or [type(c) for c in other.children()] != signature:
             return block
     return parent
 
 
-def _branches_of(rec: Recorder, paths: dict, parents: dict, ignored: list) -> list[Branch]:
+def _nesting_unit(unit: nn.Module, ancestors: list, stack_shapes: set, paths: dict) -> nn.Module:
+    """A block nested in a member of the block stack shares that member's rate: the outermost
+    strict ancestor at a path of the same shape as a block found (MobileViT's transformer layers in
+    ``stages.2.1``, a ``stages.*.*`` block like the bottleneck ``stages.1.1``)."""
+    for anc in ancestors:  # outermost first
+        if anc is unit:
+            break
+        path = paths.get(id(anc))
+        if path and not isinstance(anc, CONTAINERS) and _path_shape(path) in stack_shapes:
+            return anc
+    return unit
+
+
+def _branches_of(rec: Recorder, paths: dict, parents: dict, modules: dict, ignored: list) -> list[Branch]:
     found: list[tuple[Any, list[BranchEnd], nn.Module | None]] = []
     for merge in rec.merges:
         ends = [BranchEnd(c.module, paths[id(c.module)], c.index, i) for c, i in merge.end.chain if id(c.module) in paths]
@@ -235,13 +252,33 @@ def _branches_of(rec: Recorder, paths: dict, parents: dict, ignored: list) -> li
             continue
         path = paths.get(id(block), "")
         branches.append(
-            Branch(ends=ends, block=block, block_path=path, shape=tuple(merge.tensor.shape), key=_merge_key(merge))
+            Branch(
+                ends=ends,
+                block=block,
+                block_path=path,
+                shape=tuple(merge.tensor.shape),
+                key=_merge_key(merge),
+                layout=merge.layout,
+            )
         )
-    # The unit of the schedule: the block, or the repeated composite of different blocks it is in.
+    # The unit of the schedule: the block, the repeated composite of different blocks it is in, or
+    # the member of the block stack it is nested in.
     blocks = {id(br.block) for br in branches}
+    by_shape: dict[str, list] = {}
+    for name, m in modules.items():
+        by_shape.setdefault(_path_shape(name), []).append(m)
     for br in branches:
-        br.unit = _composite(br.block, parents, blocks)
+        br.unit = _composite(br.block, parents, blocks, by_shape)
+    stack_shapes = {_path_shape(paths.get(id(br.unit), "")) for br in branches}
+    for br in branches:
+        ancestors = []
+        m = br.unit
+        while m is not None:
+            ancestors.append(m)
+            m = parents.get(id(m))
+        br.unit = _nesting_unit(br.unit, list(reversed(ancestors)), stack_shapes, paths)
     return branches
+
 
 
 _LINEAR_REASON = (
@@ -280,8 +317,8 @@ def _number_blocks(branches: list[Branch], rec: Recorder, paths: dict) -> int:
     per_block: dict[int, int] = {}
     for br in branches:
         br.block_index = order[id(br.unit)]
-        br.branch = per_block.get(id(br.block), 0)
-        per_block[id(br.block)] = br.branch + 1
+        br.branch = per_block.get(id(br.unit), 0)  # position among the branches with this index
+        per_block[id(br.unit)] = br.branch + 1
     return len(order)
 
 
@@ -313,10 +350,63 @@ def trace_residual_branches(
             f"dict of keyword arguments."
         ) from exc
     ignored: list[tuple[str, str]] = []
-    branches = _branches_of(rec, paths, parents, ignored)
+    branches = _branches_of(rec, paths, parents, dict(model.named_modules()), ignored)
     num_blocks = _number_blocks(branches, rec, paths)
     _assign_batch_dims(branches, probe, args, kwargs, batch_dim, rec, inputs_batch_first)
+    unmapped = [br for br in branches if br.batch_dim is None]
+    if unmapped:
+        for br in unmapped:
+            ignored.append((br.ends[-1].path, _UNMAPPED_REASON))
+        branches = [br for br in branches if br.batch_dim is not None]
+        num_blocks = _number_blocks(branches, rec, paths) if branches else 0
     return Trace(branches=branches, num_blocks=num_blocks, calls=dict(rec.call_counts), outputs=outputs, ignored=ignored)
+
+
+_UNMAPPED_REASON = (
+    "the branch reaches the residual through layout operations (view, reshape, permute, slicing) that do "
+    "not keep whole samples of the module output together (e.g. windows or tokens of several samples), so "
+    "dropping at the module would not drop whole samples of the residual"
+)
+
+
+def _sample_ids(shape: tuple, dim: int) -> Tensor:
+    """A tensor of ``shape`` whose every element holds its index along ``dim``."""
+    view = [1] * len(shape)
+    view[dim] = shape[dim]
+    return torch.arange(shape[dim]).view(view).expand(shape).contiguous()
+
+
+def _end_batch_dim(br: Branch, merged_dim: int) -> int | None:
+    """The batch dimension of a branch's module output, given that of the merged tensor.
+
+    The layout operations between them are replayed on sample indices: dimension ``d`` of the
+    output is the batch when indexing samples along ``d`` and replaying gives, element for element,
+    the sample indices of the merged tensor along ``merged_dim``. Then dropping sample ``i`` of the
+    output drops exactly sample ``i`` of the branch as added. None when no dimension (or more than
+    one) does: the layout mixes samples with tokens or windows.
+    """
+    if not br.layout:
+        return merged_dim
+    if merged_dim is None:
+        return None
+    end_shape = tuple(br.layout[0].in_shape)
+    target = _sample_ids(br.shape, merged_dim)
+    matches = []
+    for d, size in enumerate(end_shape):
+        if size != br.shape[merged_dim]:
+            continue
+        t = _sample_ids(end_shape, d)
+        try:
+            for op in br.layout:
+                t = op(t)
+        except Exception:  # an operation that cannot be replayed off its device or dtype
+            return None
+        if isinstance(t, Tensor) and t.shape == target.shape and torch.equal(t, target):
+            matches.append(d)
+    if len(matches) != 1:
+        return None
+    br.shape = end_shape  # from here on the branch is the module output, where drop path goes
+    return matches[0]
 
 
 def _merge_key(merge) -> tuple:
@@ -415,7 +505,7 @@ def _assign_batch_dims(branches, probe: _Probe, args, kwargs, batch_dim, rec, in
                     f"batch_dim={batch_dim} is out of range for the branch ending at {br.ends[-1].path} "
                     f"with shape {br.shape}; pass the dimension that indexes samples."
                 )
-            br.batch_dim = batch_dim % len(br.shape)
+            br.batch_dim = _end_batch_dim(br, batch_dim % len(br.shape))
         return
     tensors = [t for t in flat_args(args, kwargs) if t.ndim > 0]
     if not tensors:
@@ -434,7 +524,7 @@ def _assign_batch_dims(branches, probe: _Probe, args, kwargs, batch_dim, rec, in
             if not _samples_independent(branches, dims, probe, args, kwargs, input_dim, batch, reference):
                 continue
         for i, br in enumerate(branches):
-            br.batch_dim = dims[i]
+            br.batch_dim = _end_batch_dim(br, dims[i])
         return
     raise BatchDimError(
         f"cannot tell which dimension of the residual stream indexes samples (tried input dimensions "
