@@ -14,16 +14,27 @@ merge when
   stream may be a parameter, as CaiT's class token; or
 * both are live and were computed from an input of the module call that runs the addition, one by a
   strictly shorter path (the shortcut: ``downsample(x)`` in a ResNet block, or ``x + attn(x)`` in a
-  parallel block) and one by a longer path (the branch);
+  parallel block) and one by a longer path (the branch); paths through another input of the call do
+  not count (CoaT's ``f(x4) + g(x3)``, with ``x4`` made from ``x3`` before the call, is no merge);
 
 and the branch is the output of a module call, possibly followed by per-sample-neutral scalings
 (``out * self.alpha``, ``gamma * out``: multiplications by parameters or numbers, which commute with
-a per-sample mask). The branch must also compute something: at least one non-linear operation and
+a per-sample mask) and layout operations on it alone (``view``, ``reshape``, ``permute``,
+``transpose``, ``flatten``, slicing: NextViT's ``x + out.transpose(-1, -2).reshape(B, C, H, W)``,
+RexNet's ``x[:, :c] + shortcut``). Layout operations are recorded (``LayoutOp``) so that ``trace.py``
+can replay them on sample indices: the branch counts only if one dimension of the module output maps
+exactly onto the batch dimension of the tensor added (not tokens, not windows of several samples),
+and only if the module runs inside the call that adds (a slice of the stream, TNT's
+``patch_embed[:, 1:]``, leads back to the previous block, which is no branch). The branch must also compute something: at least one non-linear operation and
 one that mixes channels or tokens. A branch of only linear operations (a positional convolution
 ``x + dwconv(x)``, a re-parameterizable conv/batch-norm mixer) or only per-channel ones (a
 depthwise conv with an activation, as in DaViT's positional encoding) re-parameterizes the skip and
 is not a block branch, unless it ends in a drop path slot: ``trace.py`` decides, with the merge's
 ``computes`` flag.
+
+A merge whose stream was computed inside the call running the addition is flagged
+(``Merge.inner_stream``): ``trace.py`` ignores it when that call is a part of the block rather than
+the block itself (SwiftFormer's attention returns ``proj(attn * key) + query``).
 
 In-place operations (``x += shortcut``, inplace activations) are seen through each tensor's version
 counter: an operation that returns one of its inputs with an unchanged version is an identity
@@ -120,6 +131,7 @@ class Call:
     order: int  # position among all module calls of the pass
     stack: tuple  # enclosing calls, outermost first
     inputs: tuple = ()  # live nodes of the call's tensor arguments
+    start: int = 0  # serial of the last value made before the call began
 
 
 _SELF = object()  # stands for the live input in a recorded layout operation's arguments
@@ -150,6 +162,7 @@ class Merge:
     kind: str  # "residual" (stream is an ancestor) or "fork" (both from a common input)
     computes: bool  # the branch has a non-linear operation and one that mixes channels
     layout: tuple = ()  # layout operations from the module output (``end``) to ``tensor``, in order
+    inner_stream: bool = False  # the stream was computed inside the call running the addition
 
 
 def tensors_in(obj: Any, prefix: tuple = (), depth: int = 0):
@@ -181,8 +194,9 @@ def _version(t: Tensor) -> int:
         return -1
 
 
-def _search_back(node: Node, target: Node) -> tuple[int | None, list[Node]]:
-    """Breadth-first search from ``node`` towards ``target`` through live parents made after it.
+def _search_back(node: Node, target: Node, barrier: frozenset = frozenset()) -> tuple[int | None, list[Node]]:
+    """Breadth-first search from ``node`` towards ``target`` through live parents made after it,
+    not through the nodes whose serials are in ``barrier``.
 
     Returns the length of the shortest path (None if ``target`` is no ancestor) and every node
     visited: the values computed after ``target`` that ``node`` depends on.
@@ -200,7 +214,7 @@ def _search_back(node: Node, target: Node) -> tuple[int | None, list[Node]]:
             for p in n.parents:
                 if p is target:
                     found = depth if found is None else found
-                elif p.serial > floor and p.serial not in seen:
+                elif p.serial > floor and p.serial not in seen and p.serial not in barrier:
                     seen.add(p.serial)
                     nxt.append(p)
                     visited.append(p)
@@ -266,7 +280,7 @@ class Recorder(TorchFunctionMode):
         n = self.call_counts.get(id(module), 0)
         self.call_counts[id(module)] = n + 1
         inputs = tuple(node for node in (self.node_of(t) for t in flat_args(args, kwargs)) if node.live)
-        call = Call(module, n, len(self.calls), tuple(self.stack), inputs)
+        call = Call(module, n, len(self.calls), tuple(self.stack), inputs, self.serial)
         self.calls.append(call)
         self.stack.append(call)
 
@@ -344,7 +358,8 @@ class Recorder(TorchFunctionMode):
                 continue
             depth, visited = _search_back(branch, stream)
             if depth is not None:
-                self._add_merge(branch, tensor, stack, "residual", visited)
+                inner = bool(stack) and stream.live and stream.serial > stack[-1].start
+                self._add_merge(branch, tensor, stack, "residual", visited, inner)
                 return
         # shortcut(x) + f(x): both computed from an input of the call running the addition.
         if not stack:
@@ -352,15 +367,20 @@ class Recorder(TorchFunctionMode):
         if not (na.live and nb.live):
             return
         for fork in stack[-1].inputs:
-            da, va = _search_back(na, fork)
-            db, vb = _search_back(nb, fork)
+            # Each operand must come from the fork input itself, not through another input of the
+            # call (CoaT: cur4, from x4 and through it from x3, is no branch of x3).
+            barrier = frozenset(n.serial for n in stack[-1].inputs if n is not fork)
+            da, va = _search_back(na, fork, barrier)
+            db, vb = _search_back(nb, fork, barrier)
             if da is None or db is None or da == db:
                 continue
             (tensor, node, visited) = (a, na, va) if da > db else (b, nb, vb)
             self._add_merge(node, tensor, stack, "fork", visited)
             return
 
-    def _add_merge(self, branch: Node, tensor: Tensor, stack: tuple, kind: str, visited: list[Node]) -> None:
+    def _add_merge(
+        self, branch: Node, tensor: Tensor, stack: tuple, kind: str, visited: list[Node], inner_stream: bool = False
+    ) -> None:
         end, layout = _branch_end(branch)
         if end is None:
             return
@@ -369,4 +389,4 @@ class Recorder(TorchFunctionMode):
             # stream (TNT's ``patch_embed[:, 1:] + proj(...)``) leads back to the previous block.
             return
         computes = any(not n.linear for n in visited) and any(n.mixing for n in visited)
-        self.merges.append(Merge(end, tensor, stack, kind, computes, layout))
+        self.merges.append(Merge(end, tensor, stack, kind, computes, layout, inner_stream))

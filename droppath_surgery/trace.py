@@ -14,7 +14,12 @@ returned the branch (its end chain). Here each branch gets
   x = x + attn(x); x = x + mlp(x)``), the block is the outermost container element on the way to the
   branch end. A "block" that holds other blocks is a stage, and its residual belongs to the module
   below it on the stack (LeViT's residual downsampler). A projection merge ``shortcut(x) + f(x)``
-  counts only when the block runs it itself. A residual outside any block (a stem, a pooling head
+  counts only when the block runs it itself; a residual run by a part of the block on a value that
+  part computed itself (an attention's internal skip, SwiftFormer) is no branch of the block. In a
+  model whose blocks name drop path slots (a placeholder called ``drop_path*`` / ``stochastic*``), a
+  block class holding none is one the architecture does not drop (GC ViT's ``MbConvBlock`` in its
+  stem, downsamplers and global-context feature blocks); with no slot anywhere (timm ResNet, Hugging
+  Face BERT) every residual block counts. A residual outside any block (a stem, a pooling head
   such as SigLIP's attention-pool MLP) is not in the block stack and is reported as ignored, as timm
   does.
 * a *unit* of the schedule: the block itself, or a repeated composite of different blocks. A
@@ -30,7 +35,13 @@ returned the branch (its end chain). Here each branch gets
   class found or holding a drop path slot of its own (timm's ``DepthwiseSeparableConv`` without
   skip). A stage's plain downsampler (StarNet's ``stages.1.0 = ConvBN``) is not counted.
 * a *batch dimension*: the dimension whose size equals the example batch size; if that is
-  ambiguous, a second, recorded pass with the batch doubled decides it. For inputs the user passed,
+  ambiguous, a second, recorded pass with the batch doubled decides it. For a branch that reaches the
+  residual through layout operations, that is the batch dimension of the tensor added; the layout
+  operations are replayed on a tensor of sample indices laid out like the module output, and the
+  module output's batch dimension is the one dimension whose indices arrive exactly as the samples of
+  the tensor added. With none (attention windows of several samples: SAM ViT at a size with more
+  than one window) the branch is ignored with the reason; the check holds for the traced shapes, so
+  a model whose layout depends on the input size must be traced at the size it is trained at. For inputs the user passed,
   whose layout we cannot know, a pass with only sample 0 changed checks that no other sample of any
   branch changes; a sequence-first ``(L, N, D)`` input fails that check for dimension 0 (attention
   spreads the change over the tokens) and passes it for dimension 1.
@@ -46,7 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import BatchDimError, ExampleInputsError
-from .ops import is_drop_path_slot
+from .ops import is_drop_path_slot, is_placeholder
 from .record import Recorder, flat_args
 
 __all__ = ["BranchEnd", "Branch", "Trace", "trace_residual_branches", "CONTAINERS"]
@@ -210,7 +221,7 @@ def _nesting_unit(unit: nn.Module, ancestors: list, stack_shapes: set, paths: di
     return unit
 
 
-def _branches_of(rec: Recorder, paths: dict, parents: dict, modules: dict, ignored: list) -> list[Branch]:
+def _branches_of(rec: Recorder, paths: dict, parents: dict, named: dict, ignored: list) -> list[Branch]:
     found: list[tuple[Any, list[BranchEnd], nn.Module | None]] = []
     for merge in rec.merges:
         ends = [BranchEnd(c.module, paths[id(c.module)], c.index, i) for c, i in merge.end.chain if id(c.module) in paths]
@@ -250,6 +261,17 @@ def _branches_of(rec: Recorder, paths: dict, parents: dict, modules: dict, ignor
         if block is None:
             ignored.append((ends[-1].path, "outside the repeated block stack (stem, head, pooling or downsampling)"))
             continue
+        # x + f(x) run inside a part of the block, on a value that part computed itself
+        # (SwiftFormer's attention: proj(attn * key) + query), is no residual of the block's stream;
+        # unless that part is itself of a block class (RepViT's pre_block in its downsampler).
+        if (
+            merge.kind == "residual"
+            and merge.inner_stream
+            and any(c.module is block for c in merge.stack[:-1])
+            and type(merge.stack[-1].module) not in block_types
+        ):
+            ignored.append((ends[-1].path, _INNER_REASON))
+            continue
         path = paths.get(id(block), "")
         branches.append(
             Branch(
@@ -261,11 +283,24 @@ def _branches_of(rec: Recorder, paths: dict, parents: dict, modules: dict, ignor
                 layout=merge.layout,
             )
         )
+    # In a model whose blocks name drop path slots, a block class that has none is one the
+    # architecture does not drop (GC ViT's MbConvBlock in its stem, downsamplers and global-context
+    # feature blocks).
+    has_slot = {id(br.block): _names_drop_path_slot(br.block) for br in branches}
+    slotted = {type(br.block) for br in branches if has_slot[id(br.block)]}
+    if slotted:
+        kept = []
+        for br in branches:
+            if type(br.block) in slotted or has_slot[id(br.block)]:
+                kept.append(br)
+            else:
+                ignored.append((br.ends[-1].path, _SLOTLESS_REASON))
+        branches = kept
     # The unit of the schedule: the block, the repeated composite of different blocks it is in, or
     # the member of the block stack it is nested in.
     blocks = {id(br.block) for br in branches}
     by_shape: dict[str, list] = {}
-    for name, m in modules.items():
+    for name, m in named.items():
         by_shape.setdefault(_path_shape(name), []).append(m)
     for br in branches:
         br.unit = _composite(br.block, parents, blocks, by_shape)
@@ -279,6 +314,26 @@ def _branches_of(rec: Recorder, paths: dict, parents: dict, modules: dict, ignor
         br.unit = _nesting_unit(br.unit, list(reversed(ancestors)), stack_shapes, paths)
     return branches
 
+
+
+_INNER_REASON = (
+    "a residual inside a part of its block, on a value that part computed itself, not on the block's "
+    "stream (an attention's internal skip)"
+)
+_SLOTLESS_REASON = (
+    "its block class has no drop path slot while the model's other blocks have one: the architecture "
+    "does not drop it (a stem, downsampling or side block)"
+)
+
+
+def _names_drop_path_slot(block: nn.Module) -> bool:
+    """The block holds a placeholder named as a drop path / stochastic depth slot (not a dropout)."""
+    for name, m in block.named_modules():
+        last = name.rsplit(".", 1)[-1].lower()
+        named = "drop_path" in last or "droppath" in last or "stochastic" in last
+        if name and is_placeholder(m) and (named or "droppath" in type(m).__name__.lower()):
+            return True
+    return False
 
 
 _LINEAR_REASON = (

@@ -512,3 +512,114 @@ def test_blocks_nested_in_a_member_of_the_block_stack_share_its_rate():
     assert [s.block_path for s in report.sites] == ["0.0", "0.1", "1.0", "1.1.inner.0", "1.1.inner.1", "1.1.inner.2"]
     assert [s.rate for s in report.sites] == pytest.approx([0, 0.1, 0.2, 0.3, 0.3, 0.3])
     assert report.num_blocks == 4
+
+
+def _mlp():
+    return nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 8))
+
+
+def test_operand_reaching_the_fork_input_only_through_another_input_is_no_branch():
+    # CoaT's parallel block: cur4 = f(x4) + g(x3), with x4 computed from x3 before the call. f(x4)
+    # is no branch of x3 (it reaches x3 only through the other input x4).
+    class Parallel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f, self.g = _mlp(), _mlp()
+
+        def forward(self, x3, x4):
+            return self.f(x4) + self.g(x3)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.h = _mlp()
+            self.blocks = nn.ModuleList([Parallel(), Parallel()])
+            self.res = nn.ModuleList([_Res(), _Res()])
+
+        def forward(self, x):
+            for res, block in zip(self.res, self.blocks):
+                x = res(x)
+                x = block(x, self.h(x))
+            return x
+
+    report = find_residual_branches(Net(), torch.randn(2, 8))
+    assert [s.block_path for s in report.sites] == ["res.0", "res.1"]
+
+
+def test_skip_inside_a_part_of_the_block_on_a_value_it_computed_is_no_branch():
+    # SwiftFormer's attention returns proj(attn * key) + query, query computed inside it.
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.proj = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            q = self.q(x)
+            return self.proj(torch.tanh(q) * x) + q
+
+    class Blk(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn, self.mlp = Attn(), _mlp()
+
+        def forward(self, x):
+            x = x + self.attn(x)
+            return x + self.mlp(x)
+
+    report = find_residual_branches(nn.Sequential(Blk(), Blk()), torch.randn(2, 8))
+    assert [s.path for s in report.sites] == ["0.attn", "0.mlp.2", "1.attn", "1.mlp.2"]
+    assert [s.path for s in report.skipped] == ["0.attn.proj", "1.attn.proj"]
+    assert "internal skip" in report.skipped[0].reason
+
+
+def test_block_class_without_a_drop_path_slot_is_not_dropped_when_the_others_have_one():
+    # GC ViT: MbConvBlock residuals in the stem and downsamplers hold no drop path slot; its
+    # transformer blocks hold drop_path1/2 (nn.Identity in a build without drop path).
+    class Slotted(_Res):
+        def __init__(self):
+            super().__init__()
+            self.drop_path = nn.Identity()
+
+        def forward(self, x):
+            return x + self.drop_path(self.f(x))
+
+    class Net(nn.Module):
+        def __init__(self, cls):
+            super().__init__()
+            self.stem = nn.Sequential(_Res(), _Res())
+            self.blocks = nn.Sequential(cls(), cls())
+
+        def forward(self, x):
+            return self.blocks(self.stem(x))
+
+    report = find_residual_branches(Net(Slotted), torch.randn(2, 8), rate=0.1)
+    assert [s.path for s in report.sites] == ["blocks.0.drop_path", "blocks.1.drop_path"]
+    assert [s.rate for s in report.sites] == pytest.approx([0.0, 0.1])  # the stem is not counted
+    assert [s.path for s in report.skipped] == ["stem.0.f", "stem.1.f"]
+    assert "no drop path slot" in report.skipped[0].reason
+    # No block names a slot: every residual block is dropped, as before.
+    report = find_residual_branches(Net(_Res), torch.randn(2, 8))
+    assert len(report.sites) == 4
+
+
+def test_skip_inside_a_nested_block_of_a_block_class_is_kept():
+    # RepViT: its downsampler runs a whole RepViTBlock (pre_block: x = mix(x); x + mlp(x)) first.
+    class RB(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mix, self.mlp = nn.Linear(8, 8), _mlp()
+
+        def forward(self, x):
+            x = self.mix(x)
+            return x + self.mlp(x)
+
+    class Down(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pre_block, self.reduce = RB(), nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.reduce(self.pre_block(x))
+
+    report = find_residual_branches(nn.Sequential(Down(), RB(), RB()), torch.randn(2, 8))
+    assert [s.path for s in report.sites] == ["0.pre_block.mlp.2", "1.mlp.2", "2.mlp.2"]
