@@ -181,7 +181,7 @@ def _loop_block(stack: tuple, end_path: str, paths: dict) -> nn.Module | None:
     return None
 
 
-def _composite(block: nn.Module, parents: dict, blocks: set, by_shape: dict) -> nn.Module:
+def _composite(block: nn.Module, parents: dict, paths: dict, blocks: set, by_shape: dict) -> nn.Module:
     """The unit of the rate schedule that ``block`` belongs to: itself, or a repeated composite.
 
     A composite is a container of *different* block classes, each running residual branches
@@ -199,10 +199,10 @@ def _composite(block: nn.Module, parents: dict, blocks: set, by_shape: dict) -> 
     signature = [type(c) for c in parent.children()]
     if len(set(signature)) < 2 or not all(id(c) in blocks for c in parent.children()):
         return block
-    shape = next((sh for sh, mods in by_shape.items() if any(m is parent for m in mods)), None)
-    if shape is None:
+    path = paths.get(id(parent))
+    if path is None:
         return block
-    for other in by_shape[shape]:
+    for other in by_shape[_path_shape(path)]:
         if not isinstance(other, CONTAINERS) or [type(c) for c in other.children()] != signature:
             return block
     return parent
@@ -286,7 +286,7 @@ def _branches_of(rec: Recorder, paths: dict, parents: dict, named: dict, ignored
     # In a model whose blocks name drop path slots, a block class that has none is one the
     # architecture does not drop (GC ViT's MbConvBlock in its stem, downsamplers and global-context
     # feature blocks).
-    has_slot = {id(br.block): _names_drop_path_slot(br.block) for br in branches}
+    has_slot = {id(b): _names_drop_path_slot(b) for b in {id(br.block): br.block for br in branches}.values()}
     slotted = {type(br.block) for br in branches if has_slot[id(br.block)]}
     if slotted:
         kept = []
@@ -303,7 +303,7 @@ def _branches_of(rec: Recorder, paths: dict, parents: dict, named: dict, ignored
     for name, m in named.items():
         by_shape.setdefault(_path_shape(name), []).append(m)
     for br in branches:
-        br.unit = _composite(br.block, parents, blocks, by_shape)
+        br.unit = _composite(br.block, parents, paths, blocks, by_shape)
     stack_shapes = {_path_shape(paths.get(id(br.unit), "")) for br in branches}
     for br in branches:
         ancestors = []

@@ -435,6 +435,11 @@ def test_batch_dim_is_mapped_through_the_layout_to_the_module_output():
     assert torch.allclose(y[:, ~dropped], branch[:, ~dropped] * 2, atol=1e-6)
 
 
+def test_explicit_batch_dim_of_the_stream_is_mapped_to_the_module_output():
+    report = find_residual_branches(nn.Sequential(_SeqFirstBlock(), _SeqFirstBlock()), torch.randn(3, 8, 2, 2), batch_dim=0)
+    assert [(s.path, s.batch_dim, s.shape) for s in report.sites] == [("0.attn", 1, (4, 3, 8)), ("1.attn", 1, (4, 3, 8))]
+
+
 def test_slice_of_a_module_output_added_to_the_shortcut_is_a_branch():
     class RexBlock(nn.Module):  # RexNet: x = cat([f(x)[:, :c] + shortcut, f(x)[:, c:]])
         def __init__(self, c=4, extra=2):
