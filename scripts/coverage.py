@@ -3,7 +3,7 @@
 of Hugging Face transformers built from small configs, and torchvision models, against where each
 library places drop path itself.
 
-    python scripts/coverage.py                      # full table -> docs/coverage.md (about 20 min, 2 cores)
+    python scripts/coverage.py                      # full table -> docs/coverage.md (about 3 min, 2 cores)
     python scripts/coverage.py --subset --out -     # the CI subset, printed
     python scripts/coverage.py --only timm:resnet hf:Swin --out -
 
