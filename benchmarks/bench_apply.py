@@ -1,7 +1,8 @@
 """Patch time of apply_drop_path on a timm model over one eval forward of the same example input.
 
 Goals for vit_base_patch16_224: at most 2.5x with verify=True, at most 1.5x with verify=False.
-Each figure is the median of several runs, interleaved, in one process.
+``skip_dropped=True`` adds the apply-time exactness check (a masked and a skipping pass on a batch
+of 4). Each figure is the median of several runs, interleaved, in one process.
 
     python benchmarks/bench_apply.py [--model vit_base_patch16_224] [--repeats 5]
 """
@@ -32,14 +33,19 @@ def main() -> None:
         with torch.no_grad():
             model(*inputs)
 
-    def apply(verify: bool):
+    def apply(verify: bool, skip_dropped: bool = False):
         def run() -> None:
-            apply_drop_path(model, 0.1, verify=verify)
+            apply_drop_path(model, 0.1, verify=verify, skip_dropped=skip_dropped)
             remove_drop_path(model)
 
         return run
 
-    runs = {"eval forward": forward, "apply (verify=True)": apply(True), "apply (verify=False)": apply(False)}
+    runs = {
+        "eval forward": forward,
+        "apply (verify=True)": apply(True),
+        "apply (verify=False)": apply(False),
+        "apply (skip_dropped)": apply(True, skip_dropped=True),
+    }
     for fn in runs.values():
         fn()
     times = {k: [] for k in runs}

@@ -206,7 +206,7 @@ def plot_rates(report, path: str, title: str) -> None:
 
 
 def inspect_command(args: argparse.Namespace) -> int:
-    from . import SCHEDULES, find_residual_branches
+    from . import SCHEDULES, apply_drop_path, find_residual_branches
     from .errors import DropPathError
     from .ops import validate_rate
 
@@ -221,13 +221,18 @@ def inspect_command(args: argparse.Namespace) -> int:
         _matplotlib()
     model = build_model(args.model, pretrained=args.pretrained, model_args=parse_model_args(args.model_arg), hf_class=args.hf_class)
     try:
-        report = find_residual_branches(model, rate=args.rate, schedule=args.schedule)
+        if args.skip_dropped:
+            # The model was built here and is thrown away: patching it shows which branches skip.
+            report = apply_drop_path(model, args.rate, schedule=args.schedule, skip_dropped=True)
+        else:
+            report = find_residual_branches(model, rate=args.rate, schedule=args.schedule)
     except DropPathError as exc:
         raise CliError(_one_line(exc)) from None
     weights = "pretrained weights" if args.pretrained else "random weights"
     params = sum(p.numel() for p in model.parameters())
+    call = f"apply_drop_path(model, {args.rate}, schedule={args.schedule!r}{', skip_dropped=True' if args.skip_dropped else ''})"
     print(f"{args.model} ({type(model).__name__}, {params / 1e6:.1f}M parameters, {weights}): rates that "
-          f"apply_drop_path(model, {args.rate}, schedule={args.schedule!r}) would give; nothing was changed")
+          f"{call} would give; " + ("the model built here was patched to find out" if args.skip_dropped else "nothing was changed"))
     print(report)
     if args.plot:
         plot_rates(report, args.plot, f"{args.model}: schedule {args.schedule!r}, rate {args.rate}")
@@ -252,6 +257,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help=f"a named per-block schedule: {', '.join(sorted(SCHEDULES))} (default %(default)s: timm's)")
     p.add_argument("--pretrained", action="store_true", help="load pretrained weights (needs the network)")
     p.add_argument("--plot", metavar="FILE.png", help="draw the per-block rate schedule (needs matplotlib)")
+    p.add_argument("--skip-dropped", action="store_true",
+                   help="also show which branches would run on the kept samples only (skip_dropped=True), and why "
+                   "the others would mask")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
                    help="passed to the model constructor (timm/torchvision) or config (hf), e.g. img_size=384; repeatable")
     p.add_argument("--hf-class", metavar="CLASS",

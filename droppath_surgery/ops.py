@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from .errors import InvalidRateError
 
-__all__ = ["drop_path", "DropPath", "validate_rate", "is_placeholder", "is_drop_path_slot"]
+__all__ = ["drop_path", "DropPath", "validate_rate", "is_placeholder", "is_drop_path_slot", "unbiased_scale"]
 
 _MODES = ("row", "batch")
 
@@ -89,18 +89,31 @@ def _scaled_mask(
         return kept.to(x.dtype)
     zero = torch.zeros((), dtype=work, device=x.device)
     keep_safe = keep.clamp_min(torch.finfo(work).tiny)
-    scale = 1.0 / keep_safe
-    out_info = torch.finfo(x.dtype)
+    # u / keep is uniform in [0, 1) given kept: it picks the rounding without another draw.
+    scale = unbiased_scale(keep, u / keep_safe, x.dtype)
+    return torch.where(kept, scale, zero).to(x.dtype)
+
+
+def unbiased_scale(keep: Tensor, v: Tensor, dtype: torch.dtype) -> Tensor:
+    """``1 / keep`` as a number representable in ``dtype`` whose expectation is exactly ``1 / keep``.
+
+    ``keep`` and ``v`` are in the working precision (float32, or float64); ``v`` holds uniform
+    numbers in [0, 1), one per kept sample. In float32/float64 the result is ``1 / keep`` itself. In
+    bf16 / fp16 ``1 / keep`` is split into ``lo + frac * ulp`` on the grid of ``dtype``, and ``lo`` or
+    ``lo + ulp`` is picked with probability ``(1 - frac, frac)``: a stochastically rounded scale.
+    The result stays in the working precision (its values are exact in ``dtype``).
+    """
+    work = keep.dtype
+    scale = 1.0 / keep.clamp_min(torch.finfo(work).tiny)
+    out_info = torch.finfo(dtype)
     if out_info.eps > torch.finfo(work).eps:
-        # bf16 / fp16: split 1/keep into lo + frac * ulp on the grid of x.dtype, then pick lo or
-        # lo + ulp with probability (1 - frac, frac). u / keep is uniform in [0, 1) given kept.
         scale = scale.clamp_max(out_info.max)
         _, exponent = torch.frexp(scale)
-        ulp = torch.ldexp(torch.full((), out_info.eps, dtype=work, device=x.device), exponent - 1)
+        ulp = torch.ldexp(torch.full((), out_info.eps, dtype=work, device=keep.device), exponent - 1)
         lo = torch.floor(scale / ulp) * ulp
         frac = (scale - lo) / ulp
-        scale = lo + ulp * ((u / keep_safe) < frac).to(work)
-    return torch.where(kept, scale, zero).to(x.dtype)
+        scale = lo + ulp * (v < frac).to(work)
+    return scale.expand(v.shape) if scale.shape != v.shape else scale
 
 
 def drop_path(

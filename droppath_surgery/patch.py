@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from .errors import UnsupportedModelError
 from .ops import DropPath, is_drop_path_slot, is_placeholder
 from .report import Site, Skipped
+from .skip import SkipDropPath, SkipEntry, remove_entries
 from .trace import CONTAINERS, Branch, Trace
 
 __all__ = ["Attachment", "PatchInfo", "plan_attachments", "attach", "detach", "patched_modules", "info_of", "sites_for", "CHILD_NAME"]
@@ -48,6 +49,7 @@ class PatchInfo:
     sites: list[Site]
     num_blocks: int
     schedule: str
+    notes: list[str] = field(default_factory=list)  # e.g. why a branch masks instead of skipping
 
 
 @dataclass
@@ -196,12 +198,19 @@ def attach(
     schedule: str = "linear",
     mode: str = "row",
     scale_by_keep: bool = True,
-) -> None:
-    """Attach a DropPath for every attachment; on any error, undo what was done and re-raise."""
+    skip: dict | None = None,
+) -> list[DropPath]:
+    """Attach a DropPath for every attachment (a ``SkipDropPath`` with the options in ``skip`` when
+    given) and return them, in the order of ``attachments``; on any error, undo what was done and
+    re-raise."""
     registrations = _registrations(root)
+    drops: list[DropPath] = []
     try:
         for att in attachments:
-            drop = DropPath(rates[att.block_index], batch_dim=att.batch_dim, mode=mode, scale_by_keep=scale_by_keep)
+            options = dict(batch_dim=att.batch_dim, mode=mode, scale_by_keep=scale_by_keep)
+            rate = rates[att.block_index]
+            drop = SkipDropPath(rate, **skip, **options) if skip is not None else DropPath(rate, **options)
+            drops.append(drop)
             drop.train(att.module.training)
             object.__setattr__(drop, _META, PatchInfo(sites_for(att, rates), num_blocks, schedule))
             if att.kind == "replace":
@@ -220,6 +229,7 @@ def attach(
     except BaseException:
         detach(root)
         raise
+    return drops
 
 
 def patched_modules(root: nn.Module, *, ordered: bool = True) -> list[DropPath]:
@@ -236,8 +246,11 @@ def info_of(drop: DropPath) -> "PatchInfo":
 
 
 def detach(root: nn.Module) -> int:
-    """Remove every DropPath this library attached; put back the original modules. Returns the count."""
+    """Remove every DropPath this library attached, and the hooks that go with it (``SkipEntry``
+    pre-hooks of skipping branches included); put back the original modules. Returns the number of
+    DropPath modules removed."""
     removed = 0
+    remove_entries(root)
     for parent, name, child in _registrations(root):
         if isinstance(child, DropPath) and hasattr(child, _ORIGINAL):
             parent._modules[name] = getattr(child, _ORIGINAL)
@@ -261,6 +274,7 @@ class Snapshot:
 
     registrations: list[tuple[nn.Module, str, nn.Module]]
     hooks: list[tuple[nn.Module, Any, Any]]
+    pre_hooks: list[tuple[nn.Module, Any, Any]] = field(default_factory=list)
 
 
 def snapshot_patches(root: nn.Module) -> Snapshot:
@@ -271,7 +285,10 @@ def snapshot_patches(root: nn.Module) -> Snapshot:
         for key, hook in m._forward_hooks.items()
         if isinstance(hook, DropBranchOutput)
     ]
-    return Snapshot(regs, hooks)
+    pre_hooks = [
+        (m, key, hook) for m in root.modules() for key, hook in m._forward_pre_hooks.items() if isinstance(hook, SkipEntry)
+    ]
+    return Snapshot(regs, hooks, pre_hooks)
 
 
 def restore_patches(snapshot: Snapshot) -> None:
@@ -280,3 +297,6 @@ def restore_patches(snapshot: Snapshot) -> None:
         parent._modules[name] = child
     for module, key, hook in snapshot.hooks:
         module._forward_hooks[key] = hook
+    for module, key, hook in snapshot.pre_hooks:
+        module._forward_pre_hooks[key] = hook
+        module._forward_pre_hooks_with_kwargs[key] = True

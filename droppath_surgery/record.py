@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["Recorder", "Merge", "Call", "LayoutOp", "tensors_in", "flat_args"]
+__all__ = ["Recorder", "Merge", "Call", "Node", "LayoutOp", "tensors_in", "flat_args", "arg_locations"]
 
 _ADD = {torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, torch.Tensor.__iadd__, torch.Tensor.__radd__, torch.add}
 _MUL = {"mul", "mul_", "__mul__", "__rmul__", "__imul__"}
@@ -107,12 +107,13 @@ def _mixes(name: str, args: tuple, kwargs: dict) -> bool:
 class Node:
     """One value of one tensor in the recorded pass (an in-place operation makes a new value)."""
 
-    __slots__ = ("serial", "parents", "live", "chain", "linear", "mixing", "scaled_from", "layout_from")
+    __slots__ = ("serial", "parents", "live", "chain", "linear", "mixing", "scaled_from", "op", "layout_from")
 
     def __init__(
-        self, serial: int, parents: tuple, live: bool, linear=True, mixing=False, scaled_from=None, layout_from=None
+        self, serial: int, parents: tuple, live: bool, linear=True, mixing=False, scaled_from=None, op="", layout_from=None
     ) -> None:
         self.serial = serial
+        self.op = op  # name of the operation that made it ("" for inputs, parameters, constants)
         self.parents = parents  # the values it was computed from
         self.live = live  # computed from the example inputs
         self.chain: list = []  # (Call, output index) of every module call that returned this value
@@ -131,7 +132,9 @@ class Call:
     order: int  # position among all module calls of the pass
     stack: tuple  # enclosing calls, outermost first
     inputs: tuple = ()  # live nodes of the call's tensor arguments
-    start: int = 0  # serial of the last value made before the call began
+    args: tuple = ()  # (location, node, shape) of each tensor argument; see ``arg_locations``
+    first: int = 0  # serials of the values made during the call are in (first, last]
+    last: int = 1 << 62
 
 
 _SELF = object()  # stands for the live input in a recorded layout operation's arguments
@@ -161,6 +164,8 @@ class Merge:
     stack: tuple  # module calls enclosing the addition, outermost first
     kind: str  # "residual" (stream is an ancestor) or "fork" (both from a common input)
     computes: bool  # the branch has a non-linear operation and one that mixes channels
+    start: Node | None = None  # the stream (residual) or the common input (fork) the branch starts from
+    serial: int = 0  # serial of the last value made before the addition
     layout: tuple = ()  # layout operations from the module output (``end``) to ``tensor``, in order
     inner_stream: bool = False  # the stream was computed inside the call running the addition
 
@@ -175,6 +180,19 @@ def tensors_in(obj: Any, prefix: tuple = (), depth: int = 0):
     elif depth < 4 and isinstance(obj, dict):
         for key, item in obj.items():
             yield from tensors_in(item, prefix + (key,), depth + 1)
+
+
+def arg_locations(args: tuple, kwargs: dict):
+    """(location, tensor) for each tensor argument: ``(i,)`` or ``(name,)`` for an argument,
+    ``(i, j)`` / ``(name, j)`` for an element of a tuple or list argument (the tensors ``flat_args``
+    returns, in the same order)."""
+    for key, a in (*enumerate(args), *kwargs.items()):
+        if isinstance(a, Tensor):
+            yield (key,), a
+        elif isinstance(a, (tuple, list)):
+            for j, x in enumerate(a):
+                if isinstance(x, Tensor):
+                    yield (key, j), x
 
 
 def flat_args(args: tuple, kwargs: dict) -> list[Tensor]:
@@ -248,6 +266,7 @@ class Recorder(TorchFunctionMode):
         self.calls: list[Call] = []
         self.call_counts: dict[int, int] = {}
         self.merges: list[Merge] = []
+        self.all_nodes: list[Node] = []  # every value, in serial order
 
     # -- values -------------------------------------------------------------------------------
     def node_of(self, t: Tensor) -> Node:
@@ -257,11 +276,12 @@ class Recorder(TorchFunctionMode):
         return self.new_node(t, (), live=False)
 
     def new_node(
-        self, t: Tensor, parents: tuple, live: bool, linear=True, mixing=False, scaled_from=None, layout_from=None
+        self, t: Tensor, parents: tuple, live: bool, linear=True, mixing=False, scaled_from=None, op="", layout_from=None
     ) -> Node:
         self.serial += 1
-        node = Node(self.serial, parents, live, linear, mixing, scaled_from, layout_from)
+        node = Node(self.serial, parents, live, linear, mixing, scaled_from, op, layout_from)
         self.nodes[id(t)] = (weakref.ref(t), node)
+        self.all_nodes.append(node)
         return node
 
     def mark_inputs(self, tensors) -> None:
@@ -279,13 +299,15 @@ class Recorder(TorchFunctionMode):
     def _pre_hook(self, module, args, kwargs):
         n = self.call_counts.get(id(module), 0)
         self.call_counts[id(module)] = n + 1
-        inputs = tuple(node for node in (self.node_of(t) for t in flat_args(args, kwargs)) if node.live)
-        call = Call(module, n, len(self.calls), tuple(self.stack), inputs, self.serial)
+        located = tuple((loc, self.node_of(t), tuple(t.shape)) for loc, t in arg_locations(args, kwargs))
+        inputs = tuple(node for _, node, _ in located if node.live)
+        call = Call(module, n, len(self.calls), tuple(self.stack), inputs, located, first=self.serial)
         self.calls.append(call)
         self.stack.append(call)
 
     def _post_hook(self, module, args, output):
         call = self.stack.pop()
+        call.last = self.serial
         for t, index in tensors_in(output):
             node = self.node_of(t)
             if node.live:
@@ -330,7 +352,7 @@ class Recorder(TorchFunctionMode):
         for t, v in zip(inputs, versions):
             if _version(t) != v and id(t) not in mutated:
                 mutated.add(id(t))
-                self.new_node(t, parents, live, linear, mixing, scaled_from)
+                self.new_node(t, parents, live, linear, mixing, scaled_from, name)
         if isinstance(out, Tensor):
             outs = (out,)
         elif isinstance(out, (tuple, list)):
@@ -342,7 +364,9 @@ class Recorder(TorchFunctionMode):
             if id(o) in input_ids:
                 continue  # identity (e.g. contiguous(), eval dropout) or mutated above
             single = len(outs) == 1
-            self.new_node(o, parents, live, linear, mixing, scaled_from if single else None, layout_from if single else None)
+            self.new_node(
+                o, parents, live, linear, mixing, scaled_from if single else None, name, layout_from if single else None
+            )
         return out
 
     def _check_merge(self, a: Any, b: Any) -> None:
@@ -358,8 +382,8 @@ class Recorder(TorchFunctionMode):
                 continue
             depth, visited = _search_back(branch, stream)
             if depth is not None:
-                inner = bool(stack) and stream.live and stream.serial > stack[-1].start
-                self._add_merge(branch, tensor, stack, "residual", visited, inner)
+                inner = bool(stack) and stream.live and stream.serial > stack[-1].first
+                self._add_merge(branch, tensor, stack, "residual", visited, stream, inner)
                 return
         # shortcut(x) + f(x): both computed from an input of the call running the addition.
         if not stack:
@@ -375,11 +399,18 @@ class Recorder(TorchFunctionMode):
             if da is None or db is None or da == db:
                 continue
             (tensor, node, visited) = (a, na, va) if da > db else (b, nb, vb)
-            self._add_merge(node, tensor, stack, "fork", visited)
+            self._add_merge(node, tensor, stack, "fork", visited, fork)
             return
 
     def _add_merge(
-        self, branch: Node, tensor: Tensor, stack: tuple, kind: str, visited: list[Node], inner_stream: bool = False
+        self,
+        branch: Node,
+        tensor: Tensor,
+        stack: tuple,
+        kind: str,
+        visited: list[Node],
+        start: Node,
+        inner_stream: bool = False,
     ) -> None:
         end, layout = _branch_end(branch)
         if end is None:
@@ -389,4 +420,4 @@ class Recorder(TorchFunctionMode):
             # stream (TNT's ``patch_embed[:, 1:] + proj(...)``) leads back to the previous block.
             return
         computes = any(not n.linear for n in visited) and any(n.mixing for n in visited)
-        self.merges.append(Merge(end, tensor, stack, kind, computes, layout, inner_stream))
+        self.merges.append(Merge(end, tensor, stack, kind, computes, start, self.serial, layout, inner_stream))

@@ -25,6 +25,8 @@ class Site:
         output_index: for hooks, where in the module's output the branch tensor is (``()`` when the
             output is the tensor itself, ``(0,)`` for the first element of a tuple).
         shape: shape of the branch output seen in the traced forward pass.
+        compute: ``"mask"`` (the branch runs on every sample and dropped ones are zeroed) or
+            ``"skip"`` (in training it runs on the kept samples only; ``skip_dropped=True``).
     """
 
     path: str
@@ -37,6 +39,7 @@ class Site:
     replaced: str
     output_index: tuple = ()
     shape: tuple = ()
+    compute: str = "mask"
 
     def with_rate(self, rate: float) -> "Site":
         return Site(**{**self.__dict__, "rate": rate})
@@ -83,7 +86,7 @@ class DropPathReport:
             title += f", rates {min(rates):.3f}..{max(rates):.3f}"
         if self.verified is not None:
             title += ", eval output verified bitwise unchanged" if self.verified else ", not verified"
-        header = ("block", "branch", "rate", "kind", "batch dim", "shape", "path")
+        header: tuple = ("block", "branch", "rate", "kind", "batch dim", "shape", "path")
         rows = [
             (
                 str(s.block),
@@ -96,6 +99,9 @@ class DropPathReport:
             )
             for s in self.sites
         ]
+        if any(s.compute != "mask" for s in self.sites):
+            header = (*header[:4], "compute", *header[4:])
+            rows = [(*r[:4], s.compute, *r[4:]) for r, s in zip(rows, self.sites)]
         widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
         lines = [title, "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
         lines.append("  ".join("-" * w for w in widths))

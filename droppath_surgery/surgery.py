@@ -10,9 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from dataclasses import replace
+
 from torch import nn
 
 from . import inputs as _inputs
+from .branch_inputs import branch_inputs
 from .errors import NoResidualBranchError, NotPatchedError, UnsupportedModelError, VerificationError
 from .ops import _check_mode, validate_rate
 from .patch import (
@@ -28,6 +31,7 @@ from .patch import (
 )
 from .report import DropPathReport, Skipped
 from .schedules import SCHEDULES, Schedule, block_rates, describe
+from .skip import DEFAULT_MIN_SKIP_RATE, KEPT_COUNTS, arm, check_exact
 from .trace import Trace, trace_residual_branches
 from .verify import compare_outputs, compare_state, has_meta_tensors, observation, state_fingerprint
 
@@ -104,6 +108,25 @@ def _check_options(rate: Any, schedule: Schedule, filter_fn: Any, mode: str) -> 
     _check_mode(mode)
 
 
+def _check_skip_options(skip_dropped: Any, kept_count: Any, min_skip_rate: Any, mode: str) -> dict | None:
+    if not isinstance(skip_dropped, bool):
+        raise TypeError(f"skip_dropped must be True or False, got {skip_dropped!r}.")
+    if kept_count not in KEPT_COUNTS:
+        raise ValueError(
+            f"kept_count must be 'fixed' (static shapes: ceil(B * (1 - p)) samples computed, no host sync) or "
+            f"'random' (independent per-sample decisions, data-dependent shapes), got {kept_count!r}."
+        )
+    validate_rate(min_skip_rate, "min_skip_rate")
+    if not skip_dropped:
+        return None
+    if mode != "row":
+        raise ValueError(
+            f"skip_dropped=True runs each branch on the kept samples, which needs per-sample decisions; got "
+            f"mode={mode!r}. Use mode='row' with skip_dropped=True, or skip_dropped=False with mode='batch'."
+        )
+    return {"kept_count": kept_count, "min_skip_rate": float(min_skip_rate)}
+
+
 def _model_name(model: nn.Module) -> str:
     cfg = getattr(model, "pretrained_cfg", None)
     arch = cfg.get("architecture") if isinstance(cfg, dict) else None
@@ -153,11 +176,13 @@ def _plan(
 
 
 def _report(model: nn.Module, schedule: Schedule, skipped=(), verified=None, num_blocks=None, sites=None) -> DropPathReport:
+    notes: list[str] = []
     if sites is None:
         sites = []
         for drop in patched_modules(model):
             info = info_of(drop)
             sites.extend(info.sites)
+            notes.extend(info.notes)
             num_blocks, schedule = info.num_blocks, info.schedule
     sites = sorted(sites, key=lambda s: (s.block, s.branch))
     return DropPathReport(
@@ -167,6 +192,7 @@ def _report(model: nn.Module, schedule: Schedule, skipped=(), verified=None, num
         skipped=tuple(skipped),
         model_name=_model_name(model),
         verified=verified,
+        notes=tuple(notes),
     )
 
 
@@ -204,6 +230,9 @@ def apply_drop_path(
     batch_dim: int | None = None,
     mode: str = "row",
     scale_by_keep: bool = True,
+    skip_dropped: bool = False,
+    kept_count: str = "fixed",
+    min_skip_rate: float = DEFAULT_MIN_SKIP_RATE,
 ) -> DropPathReport:
     """Add drop path to every residual branch of ``model``, in place, and return a report.
 
@@ -224,6 +253,18 @@ def apply_drop_path(
         batch_dim: the dimension of the residual stream that indexes samples; inferred when None.
         mode: ``"row"`` (per sample) or ``"batch"`` (whole batch).
         scale_by_keep: scale kept samples by ``1 / (1 - rate)``.
+        skip_dropped: in training, run each residual branch only on the samples that keep it and
+            add its output back for them (scaled as the masked form), so dropped samples cost no
+            compute or activation memory. Only where that is exact: a branch with batch statistics,
+            one whose code assumes the full batch, or one whose values leave it other than through
+            its end masks instead; the report's ``compute`` column and notes say which and why.
+        kept_count: with ``skip_dropped``: ``"fixed"`` computes exactly ``ceil(B * (1 - p))``
+            samples per branch (static shapes, no host synchronization, compiles with
+            ``fullgraph=True``; each sample is still kept with probability exactly ``1 - p``), or
+            ``"random"`` (independent per-sample decisions as in masking: data-dependent shapes and
+            one host synchronization per branch).
+        min_skip_rate: with ``skip_dropped``: a branch whose current rate is below this masks
+            instead (the index bookkeeping costs more than the few skipped samples save).
 
     Applying to an already patched model replaces the previous drop path (it does not stack).
     The model's train/eval flags, the global RNG state and its hooks are left as they were.
@@ -231,15 +272,29 @@ def apply_drop_path(
     model = _check_model(model)
     _check_not_compiled(model)
     _check_options(rate, schedule, filter_fn, mode)
+    skip = _check_skip_options(skip_dropped, kept_count, min_skip_rate, mode)
     previous = snapshot_patches(model)
     detach(model)
     try:
         state_before = state_fingerprint(model)
         trace, args, kwargs = _trace(model, example_inputs, batch_dim)
         attachments, skipped, rates = _plan(model, trace, rate, schedule, filter_fn)
-        attach(
-            model, attachments, rates, trace.num_blocks, schedule=describe(schedule), mode=mode, scale_by_keep=scale_by_keep
+        drops = attach(
+            model,
+            attachments,
+            rates,
+            trace.num_blocks,
+            schedule=describe(schedule),
+            mode=mode,
+            scale_by_keep=scale_by_keep,
+            skip=skip,
         )
+        if skip is not None:
+            try:
+                _arm_skipping(model, trace, attachments, drops, args, kwargs, batch_dim)
+            except BaseException:
+                detach(model)
+                raise
         if verify:
             try:
                 _verify(model, trace.outputs, state_before, args, kwargs)
@@ -252,8 +307,28 @@ def apply_drop_path(
     report = _report(model, schedule, skipped, verified=True if verify else None)
     if verify and has_meta_tensors(trace.outputs):
         report.verified = False
-        report.notes = ("the model is on the meta device: eval outputs were compared by shape and dtype only",)
+        report.notes += ("the model is on the meta device: eval outputs were compared by shape and dtype only",)
     return report
+
+
+def _arm_skipping(model, trace: Trace, attachments: list[Attachment], drops, args, kwargs, batch_dim) -> None:
+    """Set up compute skipping on every attached branch where it is exact; the rest mask."""
+    paths = {id(m): name for name, m in model.named_modules()}
+    armed = []
+    for att, drop in zip(attachments, drops):
+        for br in att.branches:
+            armed.append(arm(drop, br.batch_dim, att.path, branch_inputs(trace, br, paths)))
+    input_dim = trace.input_batch_dim if trace.input_batch_dim is not None else (batch_dim or 0)
+    with observation(model, (args, kwargs)):
+        check_exact(model, armed, drops, args, kwargs, input_dim)
+    by_drop: dict[int, list] = {}
+    for a in armed:
+        by_drop.setdefault(id(a.state.drop), []).append(a)
+    for drop in drops:
+        info = info_of(drop)
+        mine = by_drop.get(id(drop), [])
+        info.sites = [replace(site, compute="skip" if a.state.enabled else "mask") for site, a in zip(info.sites, mine)]
+        info.notes = [f"masks instead of skipping: {a.state.path} (block {s.block}): {a.reason}" for s, a in zip(info.sites, mine) if a.reason]
 
 
 def _verify(model: nn.Module, reference: Any, state_before: dict, args: tuple, kwargs: dict) -> None:

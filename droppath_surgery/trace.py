@@ -87,6 +87,7 @@ class Branch:
     shape: tuple = ()
     batch_dim: int | None = None
     key: tuple = ()  # identifies the same merge in another recorded pass (see _merge_key)
+    merge: Any = field(default=None, repr=False, compare=False)  # the recorded Merge (record.py)
     layout: tuple = ()  # layout operations from the module output to the merged tensor (record.LayoutOp)
 
 
@@ -99,6 +100,8 @@ class Trace:
     calls: dict[int, int]  # id(module) -> number of calls in the pass
     outputs: Any  # the model's outputs on the example inputs (eval mode, no grad)
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    recorder: Any = field(default=None, repr=False)  # the Recorder of the traced pass
+    input_batch_dim: int | None = None  # the inputs' batch dimension (None when batch_dim= was given)
 
 
 def _double(obj: Any, batch_dim: int, batch: int) -> Any:
@@ -280,6 +283,7 @@ def _branches_of(rec: Recorder, paths: dict, parents: dict, named: dict, ignored
                 block_path=path,
                 shape=tuple(merge.tensor.shape),
                 key=_merge_key(merge),
+                merge=merge,
                 layout=merge.layout,
             )
         )
@@ -407,14 +411,22 @@ def trace_residual_branches(
     ignored: list[tuple[str, str]] = []
     branches = _branches_of(rec, paths, parents, dict(model.named_modules()), ignored)
     num_blocks = _number_blocks(branches, rec, paths)
-    _assign_batch_dims(branches, probe, args, kwargs, batch_dim, rec, inputs_batch_first)
+    input_dim = _assign_batch_dims(branches, probe, args, kwargs, batch_dim, rec, inputs_batch_first)
     unmapped = [br for br in branches if br.batch_dim is None]
     if unmapped:
         for br in unmapped:
             ignored.append((br.ends[-1].path, _UNMAPPED_REASON))
         branches = [br for br in branches if br.batch_dim is not None]
         num_blocks = _number_blocks(branches, rec, paths) if branches else 0
-    return Trace(branches=branches, num_blocks=num_blocks, calls=dict(rec.call_counts), outputs=outputs, ignored=ignored)
+    return Trace(
+        branches=branches,
+        num_blocks=num_blocks,
+        calls=dict(rec.call_counts),
+        outputs=outputs,
+        ignored=ignored,
+        recorder=rec,
+        input_batch_dim=input_dim,
+    )
 
 
 _UNMAPPED_REASON = (
@@ -543,16 +555,17 @@ def _samples_independent(branches, dims, probe: _Probe, args, kwargs, input_dim:
     return True
 
 
-def _assign_batch_dims(branches, probe: _Probe, args, kwargs, batch_dim, rec, inputs_batch_first: bool) -> None:
+def _assign_batch_dims(branches, probe: _Probe, args, kwargs, batch_dim, rec, inputs_batch_first: bool) -> int | None:
     """Set ``batch_dim`` on every branch.
 
     With ``batch_dim`` given, it is used everywhere. Otherwise the inputs' batch dimension is 0 for
     inputs built here, and 0 or 1 for user inputs, decided by an independence check (sequence-first
     ``(L, N, D)`` inputs then resolve to 1). Each branch's own batch dimension is the one whose size
-    is the batch size, or, if that is ambiguous, the one that doubles with the batch.
+    is the batch size, or, if that is ambiguous, the one that doubles with the batch. Returns the
+    inputs' batch dimension (None when ``batch_dim`` was given).
     """
     if not branches:
-        return
+        return 0 if inputs_batch_first else None
     if batch_dim is not None:
         for br in branches:
             if not -len(br.shape) <= batch_dim < len(br.shape):
@@ -561,7 +574,7 @@ def _assign_batch_dims(branches, probe: _Probe, args, kwargs, batch_dim, rec, in
                     f"with shape {br.shape}; pass the dimension that indexes samples."
                 )
             br.batch_dim = _end_batch_dim(br, batch_dim % len(br.shape))
-        return
+        return None
     tensors = [t for t in flat_args(args, kwargs) if t.ndim > 0]
     if not tensors:
         raise BatchDimError(
@@ -580,7 +593,7 @@ def _assign_batch_dims(branches, probe: _Probe, args, kwargs, batch_dim, rec, in
                 continue
         for i, br in enumerate(branches):
             br.batch_dim = _end_batch_dim(br, dims[i])
-        return
+        return input_dim
     raise BatchDimError(
         f"cannot tell which dimension of the residual stream indexes samples (tried input dimensions "
         f"{candidates}; example input shape {tuple(tensors[0].shape)}); pass batch_dim= (0 for (N, ...) "

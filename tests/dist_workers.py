@@ -72,18 +72,18 @@ def same_on_all_ranks(t: torch.Tensor) -> bool:
     return all(torch.equal(gathered[0], g) for g in gathered[1:])
 
 
-def reference(rate: float, data, seed: int) -> torch.Tensor:
+def reference(rate: float, data, seed: int, skip_dropped: bool = False) -> torch.Tensor:
     """Single process: the same model, data and global seed as rank 0."""
     from droppath_surgery import apply_drop_path
 
     model = tiny_vit()
-    apply_drop_path(model, rate, schedule="uniform")
+    apply_drop_path(model, rate, schedule="uniform", skip_dropped=skip_dropped)
     torch.manual_seed(seed)
     train(model, data)
     return flat_params(model)
 
 
-def scenario_ddp(rank: int, sync: bool, checkpointing: bool, patch_after_wrap: bool) -> dict:
+def scenario_ddp(rank: int, sync: bool, checkpointing: bool, patch_after_wrap: bool, skip_dropped: bool = False) -> dict:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from droppath_surgery import UnsupportedModelError, apply_drop_path
@@ -100,7 +100,8 @@ def scenario_ddp(rank: int, sync: bool, checkpointing: bool, patch_after_wrap: b
             result["wrapper_error"] = str(exc)
         apply_drop_path(ddp.module, rate, schedule="uniform")
     else:
-        apply_drop_path(model, rate, schedule="uniform")
+        report = apply_drop_path(model, rate, schedule="uniform", skip_dropped=skip_dropped)
+        result["skipping_sites"] = sum(s.compute == "skip" for s in report.sites)
         ddp = DDP(model)
     if checkpointing:
         model.set_grad_checkpointing()
@@ -119,7 +120,7 @@ def scenario_ddp(rank: int, sync: bool, checkpointing: bool, patch_after_wrap: b
     if sync and rank == 0:
         # Same data everywhere and rank 0's masks everywhere: DDP's averaged gradient is rank 0's,
         # so training must match one process with rank 0's seed and no checkpointing.
-        ref = reference(rate, data, seed=100)
+        ref = reference(rate, data, seed=100, skip_dropped=skip_dropped)
         result["max_diff_to_single_process"] = (ref - params).abs().max().item()
     return result
 
@@ -197,6 +198,7 @@ SCENARIOS = {
     "ddp_default": lambda rank: scenario_ddp(rank, sync=False, checkpointing=False, patch_after_wrap=False),
     "ddp_sync": lambda rank: scenario_ddp(rank, sync=True, checkpointing=False, patch_after_wrap=True),
     "ddp_sync_checkpointing": lambda rank: scenario_ddp(rank, sync=True, checkpointing=True, patch_after_wrap=False),
+    "ddp_skip_sync": lambda rank: scenario_ddp(rank, sync=True, checkpointing=False, patch_after_wrap=False, skip_dropped=True),
     "compiled_sync": scenario_compiled_sync,
     "fsdp2_default": lambda rank: scenario_fsdp2(rank, sync=False),
     "fsdp2_sync": lambda rank: scenario_fsdp2(rank, sync=True),

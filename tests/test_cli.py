@@ -67,6 +67,20 @@ def test_timm_sites_and_linear_rates_are_those_of_find_residual_branches(capsys)
     assert "random weights" in out and "nothing was changed" in out and "verified" not in out
 
 
+def test_skip_dropped_shows_which_branches_skip_and_why_others_mask(capsys):
+    code, out, err = run_cli(
+        capsys, "inspect", "timm:resnet10t", "--rate", "0.3", "--skip-dropped", "--model-arg", "num_classes=3"
+    )
+    assert code == 0, err
+    assert "skip_dropped=True" in out and "masks instead of skipping" in out and "batch statistics" in out
+    code, out, err = run_cli(
+        capsys, "inspect", "timm:vit_tiny_patch16_224", "--skip-dropped",
+        "--model-arg", "img_size=32", "--model-arg", "depth=2", "--model-arg", "patch_size=8",
+    )
+    assert code == 0, err
+    assert out.count(" skip ") == 4 and "masks instead" not in out
+
+
 def test_uniform_schedule_and_model_args(capsys):
     code, out, err = run_cli(
         capsys, "inspect", "timm:vit_tiny_patch16_224", "--schedule", "uniform", "--rate", "0.3",

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(
     reason="torch.distributed with gloo is not available in this torch build",
 )
 
-SCENARIOS = ["ddp_default", "ddp_sync", "ddp_sync_checkpointing", "compiled_sync", "fsdp2_default", "fsdp2_sync"]
+SCENARIOS = ["ddp_default", "ddp_sync", "ddp_sync_checkpointing", "ddp_skip_sync", "compiled_sync", "fsdp2_default", "fsdp2_sync"]
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,16 @@ def test_ddp_with_synced_masks_draws_rank_zeros_masks_on_every_rank(results):
     assert r["params_same_on_all_ranks"]
     assert r["masks_same_on_all_ranks"]  # although the ranks' RNGs differ
     # Same data on both ranks and rank 0's masks everywhere: equals one process with rank 0's seed.
+    assert r["max_diff_to_single_process"] < 1e-5
+
+
+def test_ddp_skip_dropped_with_synced_kept_samples(results):
+    """skip_dropped=True under DDP: every rank computes rank 0's kept samples (the uniform numbers are
+    broadcast), and training equals one skipping process with rank 0's seed."""
+    r = results["ddp_skip_sync"]
+    assert r["skipping_sites"] == 4
+    assert r["masks_same_on_all_ranks"] and r["params_same_on_all_ranks"]
+    assert 0.3 < r["drop_fraction"] < 0.7
     assert r["max_diff_to_single_process"] < 1e-5
 
 
