@@ -14,16 +14,27 @@ merge when
   stream may be a parameter, as CaiT's class token; or
 * both are live and were computed from an input of the module call that runs the addition, one by a
   strictly shorter path (the shortcut: ``downsample(x)`` in a ResNet block, or ``x + attn(x)`` in a
-  parallel block) and one by a longer path (the branch);
+  parallel block) and one by a longer path (the branch); paths through another input of the call do
+  not count (CoaT's ``f(x4) + g(x3)``, with ``x4`` made from ``x3`` before the call, is no merge);
 
 and the branch is the output of a module call, possibly followed by per-sample-neutral scalings
 (``out * self.alpha``, ``gamma * out``: multiplications by parameters or numbers, which commute with
-a per-sample mask). The branch must also compute something: at least one non-linear operation and
+a per-sample mask) and layout operations on it alone (``view``, ``reshape``, ``permute``,
+``transpose``, ``flatten``, slicing: NextViT's ``x + out.transpose(-1, -2).reshape(B, C, H, W)``,
+RexNet's ``x[:, :c] + shortcut``). Layout operations are recorded (``LayoutOp``) so that ``trace.py``
+can replay them on sample indices: the branch counts only if one dimension of the module output maps
+exactly onto the batch dimension of the tensor added (not tokens, not windows of several samples),
+and only if the module runs inside the call that adds (a slice of the stream, TNT's
+``patch_embed[:, 1:]``, leads back to the previous block, which is no branch). The branch must also compute something: at least one non-linear operation and
 one that mixes channels or tokens. A branch of only linear operations (a positional convolution
 ``x + dwconv(x)``, a re-parameterizable conv/batch-norm mixer) or only per-channel ones (a
 depthwise conv with an activation, as in DaViT's positional encoding) re-parameterizes the skip and
 is not a block branch, unless it ends in a drop path slot: ``trace.py`` decides, with the merge's
 ``computes`` flag.
+
+A merge whose stream was computed inside the call running the addition is flagged
+(``Merge.inner_stream``): ``trace.py`` ignores it when that call is a part of the block rather than
+the block itself (SwiftFormer's attention returns ``proj(attn * key) + query``).
 
 In-place operations (``x += shortcut``, inplace activations) are seen through each tensor's version
 counter: an operation that returns one of its inputs with an unchanged version is an identity
@@ -40,7 +51,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["Recorder", "Merge", "Call", "Node", "tensors_in", "flat_args", "arg_locations"]
+__all__ = ["Recorder", "Merge", "Call", "Node", "LayoutOp", "tensors_in", "flat_args", "arg_locations"]
 
 _ADD = {torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, torch.Tensor.__iadd__, torch.Tensor.__radd__, torch.add}
 _MUL = {"mul", "mul_", "__mul__", "__rmul__", "__imul__"}
@@ -55,6 +66,13 @@ _LINEAR_ANY = {
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "pixel_shuffle", "pixel_unshuffle",
     "view_as", "reshape_as", "movedim", "swapaxes", "t", "mT", "__get__",  # tensor properties: .T, .mT, .data
     "batch_norm",  # eval batch norm is affine
+}
+# Operations that only move, select or re-view the elements of their one live input (``self``): a
+# branch may pass through them after the module that returned it (NextViT's
+# ``x + out.transpose(-1, -2).reshape(B, C, H, W)``, RexNet's ``x[:, :c] + shortcut``).
+_LAYOUT = {
+    "view", "reshape", "permute", "transpose", "flatten", "unflatten", "contiguous", "squeeze", "unsqueeze",
+    "__getitem__", "narrow", "movedim", "swapaxes", "view_as", "reshape_as", "t",
 }
 _CONV = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
 _MATMUL = {"linear", "matmul", "mm", "bmm", "einsum", "__matmul__", "addmm", "baddbmm", "scaled_dot_product_attention"}
@@ -89,9 +107,11 @@ def _mixes(name: str, args: tuple, kwargs: dict) -> bool:
 class Node:
     """One value of one tensor in the recorded pass (an in-place operation makes a new value)."""
 
-    __slots__ = ("serial", "parents", "live", "chain", "linear", "mixing", "scaled_from", "op")
+    __slots__ = ("serial", "parents", "live", "chain", "linear", "mixing", "scaled_from", "op", "layout_from")
 
-    def __init__(self, serial: int, parents: tuple, live: bool, linear=True, mixing=False, scaled_from=None, op="") -> None:
+    def __init__(
+        self, serial: int, parents: tuple, live: bool, linear=True, mixing=False, scaled_from=None, op="", layout_from=None
+    ) -> None:
         self.serial = serial
         self.op = op  # name of the operation that made it ("" for inputs, parameters, constants)
         self.parents = parents  # the values it was computed from
@@ -100,6 +120,7 @@ class Node:
         self.linear = linear  # made by an operation that is linear in its live inputs
         self.mixing = mixing  # made by an operation that mixes channels or tokens (not depthwise)
         self.scaled_from = scaled_from  # the live node this is a per-sample-neutral scaling of
+        self.layout_from = layout_from  # (live node, LayoutOp) when a layout operation made it from that node
 
 
 @dataclass(eq=False)
@@ -116,6 +137,24 @@ class Call:
     last: int = 1 << 62
 
 
+_SELF = object()  # stands for the live input in a recorded layout operation's arguments
+
+
+@dataclass(frozen=True)
+class LayoutOp:
+    """A layout operation on the way from a branch's module output to the merge, replayable on any
+    tensor of the input's shape (``trace.py`` replays it on sample indices to map the batch dim)."""
+
+    func: Any
+    args: tuple  # with ``_SELF`` for the live input
+    kwargs: dict
+    in_shape: tuple
+
+    def __call__(self, t: Tensor) -> Any:
+        args = tuple(t if a is _SELF else a for a in self.args)
+        return self.func(*args, **self.kwargs)
+
+
 @dataclass
 class Merge:
     """A residual merge seen in the pass."""
@@ -127,6 +166,8 @@ class Merge:
     computes: bool  # the branch has a non-linear operation and one that mixes channels
     start: Node | None = None  # the stream (residual) or the common input (fork) the branch starts from
     serial: int = 0  # serial of the last value made before the addition
+    layout: tuple = ()  # layout operations from the module output (``end``) to ``tensor``, in order
+    inner_stream: bool = False  # the stream was computed inside the call running the addition
 
 
 def tensors_in(obj: Any, prefix: tuple = (), depth: int = 0):
@@ -171,8 +212,9 @@ def _version(t: Tensor) -> int:
         return -1
 
 
-def _search_back(node: Node, target: Node) -> tuple[int | None, list[Node]]:
-    """Breadth-first search from ``node`` towards ``target`` through live parents made after it.
+def _search_back(node: Node, target: Node, barrier: frozenset = frozenset()) -> tuple[int | None, list[Node]]:
+    """Breadth-first search from ``node`` towards ``target`` through live parents made after it,
+    not through the nodes whose serials are in ``barrier``.
 
     Returns the length of the shortest path (None if ``target`` is no ancestor) and every node
     visited: the values computed after ``target`` that ``node`` depends on.
@@ -190,7 +232,7 @@ def _search_back(node: Node, target: Node) -> tuple[int | None, list[Node]]:
             for p in n.parents:
                 if p is target:
                     found = depth if found is None else found
-                elif p.serial > floor and p.serial not in seen:
+                elif p.serial > floor and p.serial not in seen and p.serial not in barrier:
                     seen.add(p.serial)
                     nxt.append(p)
                     visited.append(p)
@@ -198,11 +240,19 @@ def _search_back(node: Node, target: Node) -> tuple[int | None, list[Node]]:
     return found, visited
 
 
-def _branch_end(node: Node) -> Node | None:
-    """The value a module returned that this branch value is (a per-sample-neutral scaling of)."""
-    while not node.chain and node.scaled_from is not None:
-        node = node.scaled_from
-    return node if node.chain else None
+def _branch_end(node: Node) -> tuple[Node | None, tuple]:
+    """The value a module returned that this branch value is, up to per-sample-neutral scalings and
+    layout operations; and those layout operations, in the order they ran."""
+    layout = []
+    while not node.chain:
+        if node.scaled_from is not None:
+            node = node.scaled_from
+        elif node.layout_from is not None:
+            node, op = node.layout_from
+            layout.append(op)
+        else:
+            return None, ()
+    return node, tuple(reversed(layout))
 
 
 class Recorder(TorchFunctionMode):
@@ -225,9 +275,11 @@ class Recorder(TorchFunctionMode):
             return entry[1]
         return self.new_node(t, (), live=False)
 
-    def new_node(self, t: Tensor, parents: tuple, live: bool, linear=True, mixing=False, scaled_from=None, op="") -> Node:
+    def new_node(
+        self, t: Tensor, parents: tuple, live: bool, linear=True, mixing=False, scaled_from=None, op="", layout_from=None
+    ) -> Node:
         self.serial += 1
-        node = Node(self.serial, parents, live, linear, mixing, scaled_from, op)
+        node = Node(self.serial, parents, live, linear, mixing, scaled_from, op, layout_from)
         self.nodes[id(t)] = (weakref.ref(t), node)
         self.all_nodes.append(node)
         return node
@@ -282,6 +334,18 @@ class Recorder(TorchFunctionMode):
             divides_by_live = name not in _MUL and args[0] is not live_input
             if live_input.shape == out.shape and not divides_by_live:
                 scaled_from = live_parents[0]  # x * c, c * x or x / c: commutes with a per-sample mask
+        layout_from = None
+        if (
+            name in _LAYOUT
+            and len(live_parents) == 1
+            and isinstance(out, Tensor)
+            and args
+            and isinstance(args[0], Tensor)
+            and nodes[0] is live_parents[0]
+            and not any(isinstance(a, Tensor) for a in (*args[1:], *kwargs.values()))
+        ):
+            op = LayoutOp(func, (_SELF, *args[1:]), dict(kwargs), tuple(args[0].shape))
+            layout_from = (live_parents[0], op)
         parents = tuple(nodes)
         live = bool(live_parents)
         mutated = set()
@@ -299,7 +363,10 @@ class Recorder(TorchFunctionMode):
         for o in outs:
             if id(o) in input_ids:
                 continue  # identity (e.g. contiguous(), eval dropout) or mutated above
-            self.new_node(o, parents, live, linear, mixing, scaled_from if len(outs) == 1 else None, name)
+            single = len(outs) == 1
+            self.new_node(
+                o, parents, live, linear, mixing, scaled_from if single else None, name, layout_from if single else None
+            )
         return out
 
     def _check_merge(self, a: Any, b: Any) -> None:
@@ -315,7 +382,8 @@ class Recorder(TorchFunctionMode):
                 continue
             depth, visited = _search_back(branch, stream)
             if depth is not None:
-                self._add_merge(branch, tensor, stack, "residual", visited, stream)
+                inner = bool(stack) and stream.live and stream.serial > stack[-1].first
+                self._add_merge(branch, tensor, stack, "residual", visited, stream, inner)
                 return
         # shortcut(x) + f(x): both computed from an input of the call running the addition.
         if not stack:
@@ -323,17 +391,33 @@ class Recorder(TorchFunctionMode):
         if not (na.live and nb.live):
             return
         for fork in stack[-1].inputs:
-            da, va = _search_back(na, fork)
-            db, vb = _search_back(nb, fork)
+            # Each operand must come from the fork input itself, not through another input of the
+            # call (CoaT: cur4, from x4 and through it from x3, is no branch of x3).
+            barrier = frozenset(n.serial for n in stack[-1].inputs if n is not fork)
+            da, va = _search_back(na, fork, barrier)
+            db, vb = _search_back(nb, fork, barrier)
             if da is None or db is None or da == db:
                 continue
             (tensor, node, visited) = (a, na, va) if da > db else (b, nb, vb)
             self._add_merge(node, tensor, stack, "fork", visited, fork)
             return
 
-    def _add_merge(self, branch: Node, tensor: Tensor, stack: tuple, kind: str, visited: list[Node], start: Node) -> None:
-        end = _branch_end(branch)
+    def _add_merge(
+        self,
+        branch: Node,
+        tensor: Tensor,
+        stack: tuple,
+        kind: str,
+        visited: list[Node],
+        start: Node,
+        inner_stream: bool = False,
+    ) -> None:
+        end, layout = _branch_end(branch)
         if end is None:
             return
+        if layout and not (stack and any(stack[-1] in call.stack for call, _ in end.chain)):
+            # Through layout operations only to a module run by the call that adds: a slice of the
+            # stream (TNT's ``patch_embed[:, 1:] + proj(...)``) leads back to the previous block.
+            return
         computes = any(not n.linear for n in visited) and any(n.mixing for n in visited)
-        self.merges.append(Merge(end, tensor, stack, kind, computes, start, self.serial))
+        self.merges.append(Merge(end, tensor, stack, kind, computes, start, self.serial, layout, inner_stream))

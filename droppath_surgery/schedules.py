@@ -1,7 +1,8 @@
 """Per-block drop rates: named schedules, explicit lists and callables, all validated.
 
-Both residual branches of a block share the block's rate. Blocks are numbered 0..n-1 in the order
-the forward pass runs them, across all stages.
+All residual branches of a block share the block's rate (a block here is a unit of the schedule:
+see ``trace.py``; DaViT's spatial/channel pair is one). Blocks are numbered 0..n-1 in the order the
+forward pass runs them, across all stages.
 
 Named schedules (``rate`` is the rate of the deepest block):
 
@@ -16,6 +17,10 @@ Named schedules (``rate`` is the rate of the deepest block):
 
 ResNet's ``rate * i / (n - 1)`` (timm ResNet, torchvision Swin/ConvNeXt, HF Swin) is ``"linear"``
 (equal to float32 rounding, below 1e-7).
+
+Conventions that depend on *which* block it is rather than on its index (timm keeps CaiT's and
+XCiT's class-attention blocks at rate 0, VOLO's outlookers at 0 while counting them, NextViT scales
+the rate per branch) are not named schedules: a schedule sees only ``(rate, n)``. Pass a list for them.
 
 An explicit list gives one rate per block; a callable ``f(block_index, num_blocks) -> rate`` is
 called once per block. Lists and callables give the rates themselves, so the ``rate`` argument is

@@ -12,18 +12,36 @@ returned the branch (its end chain). Here each branch gets
   its own class (RegNet's ``s1.b1, s1.b2``, DLA's trees), or of the class of a block found (a stage of
   depth one). When the merge runs in a module that is no such block (``for attn, mlp in self.layers:
   x = x + attn(x); x = x + mlp(x)``), the block is the outermost container element on the way to the
-  branch end. Two refinements: a block that is one of *different* modules in a container nested in a
-  container (DaViT's ``Sequential(SpatialBlock, ChannelBlock)``) gives way to that pair; a "block" that
-  holds other blocks is a stage, and its residual belongs to the module below it on the stack (LeViT's
-  residual downsampler). A projection merge ``shortcut(x) + f(x)`` counts only when the block runs it
-  itself. A residual outside any block (a stem, a pooling head such as SigLIP's attention-pool MLP) is
-  not in the block stack and is reported as ignored, as timm does.
-* a *block index*: blocks are numbered in execution order across all stages, counting also the
-  blocks of the same stack that have no residual branch (an EfficientNet block with a stride, whose
-  position still counts in timm's rate schedule). "The same stack" means a path of the same shape:
-  ``blocks.3.1`` and ``blocks.0.0`` (digits replaced), of a module that has children and is no container.
+  branch end. A "block" that holds other blocks is a stage, and its residual belongs to the module
+  below it on the stack (LeViT's residual downsampler). A projection merge ``shortcut(x) + f(x)``
+  counts only when the block runs it itself; a residual run by a part of the block on a value that
+  part computed itself (an attention's internal skip, SwiftFormer) is no branch of the block. In a
+  model whose blocks name drop path slots (a placeholder called ``drop_path*`` / ``stochastic*``), a
+  block class holding none is one the architecture does not drop (GC ViT's ``MbConvBlock`` in its
+  stem, downsamplers and global-context feature blocks); with no slot anywhere (timm ResNet, Hugging
+  Face BERT) every residual block counts. A residual outside any block (a stem, a pooling head
+  such as SigLIP's attention-pool MLP) is not in the block stack and is reported as ignored, as timm
+  does.
+* a *unit* of the schedule: the block itself, or a repeated composite of different blocks. A
+  container of different block classes, every one running a residual branch, inside a container
+  all of whose elements repeat that same sequence of classes (DaViT's ``Sequential(SpatialBlock,
+  ChannelBlock)`` per layer) is one unit with one rate; its blocks keep their own paths. A stage
+  ``Sequential(downsample, Block, ...)`` is no composite (its downsampler has no branch), nor is a
+  stage mixing block classes that the other stages do not repeat (MobileNetV5).
+* a *block index*: units are numbered in execution order across all stages, counting also the
+  modules of the same stack that have no residual branch but are blocks (an EfficientNet block with
+  a stride, whose position still counts in timm's rate schedule): of a path of the same shape
+  (``blocks.3.1`` and ``blocks.0.0``, digits replaced), with children, no container, and of a block
+  class found or holding a drop path slot of its own (timm's ``DepthwiseSeparableConv`` without
+  skip). A stage's plain downsampler (StarNet's ``stages.1.0 = ConvBN``) is not counted.
 * a *batch dimension*: the dimension whose size equals the example batch size; if that is
-  ambiguous, a second, recorded pass with the batch doubled decides it. For inputs the user passed,
+  ambiguous, a second, recorded pass with the batch doubled decides it. For a branch that reaches the
+  residual through layout operations, that is the batch dimension of the tensor added; the layout
+  operations are replayed on a tensor of sample indices laid out like the module output, and the
+  module output's batch dimension is the one dimension whose indices arrive exactly as the samples of
+  the tensor added. With none (attention windows of several samples: SAM ViT at a size with more
+  than one window) the branch is ignored with the reason; the check holds for the traced shapes, so
+  a model whose layout depends on the input size must be traced at the size it is trained at. For inputs the user passed,
   whose layout we cannot know, a pass with only sample 0 changed checks that no other sample of any
   branch changes; a sequence-first ``(L, N, D)`` input fails that check for dimension 0 (attention
   spreads the change over the tokens) and passes it for dimension 1.
@@ -39,7 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import BatchDimError, ExampleInputsError
-from .ops import is_drop_path_slot
+from .ops import is_drop_path_slot, is_placeholder
 from .record import Recorder, flat_args
 
 __all__ = ["BranchEnd", "Branch", "Trace", "trace_residual_branches", "CONTAINERS"]
@@ -63,12 +81,14 @@ class Branch:
     ends: list[BranchEnd]  # innermost module call first
     block: nn.Module
     block_path: str
+    unit: nn.Module | None = None  # the module numbered in the schedule: the block or its composite
     block_index: int = -1
     branch: int = 0  # position among the block's branches
     shape: tuple = ()
     batch_dim: int | None = None
     key: tuple = ()  # identifies the same merge in another recorded pass (see _merge_key)
     merge: Any = field(default=None, repr=False, compare=False)  # the recorded Merge (record.py)
+    layout: tuple = ()  # layout operations from the module output to the merged tensor (record.LayoutOp)
 
 
 @dataclass
@@ -164,18 +184,47 @@ def _loop_block(stack: tuple, end_path: str, paths: dict) -> nn.Module | None:
     return None
 
 
-def _composite(block: nn.Module, parents: dict) -> nn.Module:
-    """A block that is one of several different modules in a container that is itself an element of
-    a container (DaViT's ``Sequential(SpatialBlock, ChannelBlock)`` per layer) belongs to that
-    composite block: the pair is one block of the stack, with one rate."""
+def _composite(block: nn.Module, parents: dict, paths: dict, blocks: set, by_shape: dict) -> nn.Module:
+    """The unit of the rate schedule that ``block`` belongs to: itself, or a repeated composite.
+
+    A composite is a container of *different* block classes, each running residual branches
+    (``blocks``: ids of the blocks found), such that every container at a path of the same shape
+    (``by_shape``) holds that same sequence of classes: DaViT's ``stages.*.blocks.*`` =
+    ``Sequential(SpatialBlock, ChannelBlock)``, torchvision MaxViT's ``blocks.*.layers.*.layers`` =
+    ``(MBconv, window_attention, grid_attention)``, each built as one block of the schedule with one
+    rate. A stage ``Sequential(downsample, Block, Block)`` is no composite (its downsample has no
+    branch, and stages of other depths differ), nor is a stage that mixes block classes
+    (MobileNetV5's ``Sequential(UIR, MobileAttention, UIR, ...)``) unless every stage repeats it.
+    """
     parent = parents.get(id(block))
-    if isinstance(parent, CONTAINERS) and isinstance(parents.get(id(parent)), CONTAINERS):
-        if len({type(c) for c in parent.children()}) > 1:
-            return parent
-    return block
+    if not isinstance(parent, CONTAINERS):
+        return block
+    signature = [type(c) for c in parent.children()]
+    if len(set(signature)) < 2 or not all(id(c) in blocks for c in parent.children()):
+        return block
+    path = paths.get(id(parent))
+    if path is None:
+        return block
+    for other in by_shape[_path_shape(path)]:
+        if not isinstance(other, CONTAINERS) or [type(c) for c in other.children()] != signature:
+            return block
+    return parent
 
 
-def _branches_of(rec: Recorder, paths: dict, parents: dict, ignored: list) -> list[Branch]:
+def _nesting_unit(unit: nn.Module, ancestors: list, stack_shapes: set, paths: dict) -> nn.Module:
+    """A block nested in a member of the block stack shares that member's rate: the outermost
+    strict ancestor at a path of the same shape as a block found (MobileViT's transformer layers in
+    ``stages.2.1``, a ``stages.*.*`` block like the bottleneck ``stages.1.1``)."""
+    for anc in ancestors:  # outermost first
+        if anc is unit:
+            break
+        path = paths.get(id(anc))
+        if path and not isinstance(anc, CONTAINERS) and _path_shape(path) in stack_shapes:
+            return anc
+    return unit
+
+
+def _branches_of(rec: Recorder, paths: dict, parents: dict, named: dict, ignored: list) -> list[Branch]:
     found: list[tuple[Any, list[BranchEnd], nn.Module | None]] = []
     for merge in rec.merges:
         ends = [BranchEnd(c.module, paths[id(c.module)], c.index, i) for c, i in merge.end.chain if id(c.module) in paths]
@@ -208,8 +257,6 @@ def _branches_of(rec: Recorder, paths: dict, parents: dict, ignored: list) -> li
                 modules = [c.module for c in merge.stack]
                 inner = modules[modules.index(block) + 1 :] if block in modules else []
                 block = inner[0] if inner and merge.kind == "residual" else None
-        if block is not None:
-            block = _composite(block, parents)
         # shortcut(x) + f(x) counts only when the block runs it itself (a ResNet block with a
         # projection, a parallel block), not deeper inside (a re-parameterizable multi-branch conv).
         if block is not None and merge.kind == "fork" and merge.stack[-1].module is not block:
@@ -217,13 +264,80 @@ def _branches_of(rec: Recorder, paths: dict, parents: dict, ignored: list) -> li
         if block is None:
             ignored.append((ends[-1].path, "outside the repeated block stack (stem, head, pooling or downsampling)"))
             continue
+        # x + f(x) run inside a part of the block, on a value that part computed itself
+        # (SwiftFormer's attention: proj(attn * key) + query), is no residual of the block's stream;
+        # unless that part is itself of a block class (RepViT's pre_block in its downsampler).
+        if (
+            merge.kind == "residual"
+            and merge.inner_stream
+            and any(c.module is block for c in merge.stack[:-1])
+            and type(merge.stack[-1].module) not in block_types
+        ):
+            ignored.append((ends[-1].path, _INNER_REASON))
+            continue
         path = paths.get(id(block), "")
         branches.append(
             Branch(
-                ends=ends, block=block, block_path=path, shape=tuple(merge.tensor.shape), key=_merge_key(merge), merge=merge
+                ends=ends,
+                block=block,
+                block_path=path,
+                shape=tuple(merge.tensor.shape),
+                key=_merge_key(merge),
+                merge=merge,
+                layout=merge.layout,
             )
         )
+    # In a model whose blocks name drop path slots, a block class that has none is one the
+    # architecture does not drop (GC ViT's MbConvBlock in its stem, downsamplers and global-context
+    # feature blocks).
+    has_slot = {id(b): _names_drop_path_slot(b) for b in {id(br.block): br.block for br in branches}.values()}
+    slotted = {type(br.block) for br in branches if has_slot[id(br.block)]}
+    if slotted:
+        kept = []
+        for br in branches:
+            if type(br.block) in slotted or has_slot[id(br.block)]:
+                kept.append(br)
+            else:
+                ignored.append((br.ends[-1].path, _SLOTLESS_REASON))
+        branches = kept
+    # The unit of the schedule: the block, the repeated composite of different blocks it is in, or
+    # the member of the block stack it is nested in.
+    blocks = {id(br.block) for br in branches}
+    by_shape: dict[str, list] = {}
+    for name, m in named.items():
+        by_shape.setdefault(_path_shape(name), []).append(m)
+    for br in branches:
+        br.unit = _composite(br.block, parents, paths, blocks, by_shape)
+    stack_shapes = {_path_shape(paths.get(id(br.unit), "")) for br in branches}
+    for br in branches:
+        ancestors = []
+        m = br.unit
+        while m is not None:
+            ancestors.append(m)
+            m = parents.get(id(m))
+        br.unit = _nesting_unit(br.unit, list(reversed(ancestors)), stack_shapes, paths)
     return branches
+
+
+
+_INNER_REASON = (
+    "a residual inside a part of its block, on a value that part computed itself, not on the block's "
+    "stream (an attention's internal skip)"
+)
+_SLOTLESS_REASON = (
+    "its block class has no drop path slot while the model's other blocks have one: the architecture "
+    "does not drop it (a stem, downsampling or side block)"
+)
+
+
+def _names_drop_path_slot(block: nn.Module) -> bool:
+    """The block holds a placeholder named as a drop path / stochastic depth slot (not a dropout)."""
+    for name, m in block.named_modules():
+        last = name.rsplit(".", 1)[-1].lower()
+        named = "drop_path" in last or "droppath" in last or "stochastic" in last
+        if name and is_placeholder(m) and (named or "droppath" in type(m).__name__.lower()):
+            return True
+    return False
 
 
 _LINEAR_REASON = (
@@ -237,12 +351,15 @@ def _path_shape(path: str) -> str:
 
 
 def _number_blocks(branches: list[Branch], rec: Recorder, paths: dict) -> int:
-    """Number blocks in execution order, counting the blocks of the same stack without branches."""
-    shapes = {_path_shape(br.block_path) for br in branches}
+    """Number the schedule's units in execution order, counting also the blocks of the same stack
+    without branches: modules at a path of the same shape, of a block class found or holding a drop
+    path slot of their own (timm's strided EfficientNet blocks), not a stage's plain downsampler."""
+    shapes = {_path_shape(paths.get(id(br.unit), br.block_path)) for br in branches}
+    unit_types = {type(br.unit) for br in branches}
     first_call: dict[int, int] = {}
     for call in rec.calls:
         first_call.setdefault(id(call.module), call.order)
-    members = {id(br.block): br.block for br in branches}
+    members = {id(br.unit): br.unit for br in branches}
     for call in rec.calls:
         m = call.module
         path = paths.get(id(m))
@@ -252,14 +369,15 @@ def _number_blocks(branches: list[Branch], rec: Recorder, paths: dict) -> int:
             and _path_shape(path) in shapes
             and not isinstance(m, CONTAINERS)
             and next(m.children(), None) is not None
+            and (type(m) in unit_types or any(is_drop_path_slot(c, n) for n, c in m.named_children()))
         ):
             members[id(m)] = m
     order = {key: i for i, key in enumerate(sorted(members, key=lambda k: first_call.get(k, 1 << 60)))}
     per_block: dict[int, int] = {}
     for br in branches:
-        br.block_index = order[id(br.block)]
-        br.branch = per_block.get(id(br.block), 0)
-        per_block[id(br.block)] = br.branch + 1
+        br.block_index = order[id(br.unit)]
+        br.branch = per_block.get(id(br.unit), 0)  # position among the branches with this index
+        per_block[id(br.unit)] = br.branch + 1
     return len(order)
 
 
@@ -291,9 +409,15 @@ def trace_residual_branches(
             f"dict of keyword arguments."
         ) from exc
     ignored: list[tuple[str, str]] = []
-    branches = _branches_of(rec, paths, parents, ignored)
+    branches = _branches_of(rec, paths, parents, dict(model.named_modules()), ignored)
     num_blocks = _number_blocks(branches, rec, paths)
     input_dim = _assign_batch_dims(branches, probe, args, kwargs, batch_dim, rec, inputs_batch_first)
+    unmapped = [br for br in branches if br.batch_dim is None]
+    if unmapped:
+        for br in unmapped:
+            ignored.append((br.ends[-1].path, _UNMAPPED_REASON))
+        branches = [br for br in branches if br.batch_dim is not None]
+        num_blocks = _number_blocks(branches, rec, paths) if branches else 0
     return Trace(
         branches=branches,
         num_blocks=num_blocks,
@@ -303,6 +427,53 @@ def trace_residual_branches(
         recorder=rec,
         input_batch_dim=input_dim,
     )
+
+
+_UNMAPPED_REASON = (
+    "the branch reaches the residual through layout operations (view, reshape, permute, slicing) that do "
+    "not keep whole samples of the module output together (e.g. windows or tokens of several samples), so "
+    "dropping at the module would not drop whole samples of the residual"
+)
+
+
+def _sample_ids(shape: tuple, dim: int) -> Tensor:
+    """A tensor of ``shape`` whose every element holds its index along ``dim``."""
+    view = [1] * len(shape)
+    view[dim] = shape[dim]
+    return torch.arange(shape[dim]).view(view).expand(shape).contiguous()
+
+
+def _end_batch_dim(br: Branch, merged_dim: int) -> int | None:
+    """The batch dimension of a branch's module output, given that of the merged tensor.
+
+    The layout operations between them are replayed on sample indices: dimension ``d`` of the
+    output is the batch when indexing samples along ``d`` and replaying gives, element for element,
+    the sample indices of the merged tensor along ``merged_dim``. Then dropping sample ``i`` of the
+    output drops exactly sample ``i`` of the branch as added. None when no dimension (or more than
+    one) does: the layout mixes samples with tokens or windows.
+    """
+    if not br.layout:
+        return merged_dim
+    if merged_dim is None:
+        return None
+    end_shape = tuple(br.layout[0].in_shape)
+    target = _sample_ids(br.shape, merged_dim)
+    matches = []
+    for d, size in enumerate(end_shape):
+        if size != br.shape[merged_dim]:
+            continue
+        t = _sample_ids(end_shape, d)
+        try:
+            for op in br.layout:
+                t = op(t)
+        except Exception:  # an operation that cannot be replayed off its device or dtype
+            return None
+        if isinstance(t, Tensor) and t.shape == target.shape and torch.equal(t, target):
+            matches.append(d)
+    if len(matches) != 1:
+        return None
+    br.shape = end_shape  # from here on the branch is the module output, where drop path goes
+    return matches[0]
 
 
 def _merge_key(merge) -> tuple:
@@ -402,7 +573,7 @@ def _assign_batch_dims(branches, probe: _Probe, args, kwargs, batch_dim, rec, in
                     f"batch_dim={batch_dim} is out of range for the branch ending at {br.ends[-1].path} "
                     f"with shape {br.shape}; pass the dimension that indexes samples."
                 )
-            br.batch_dim = batch_dim % len(br.shape)
+            br.batch_dim = _end_batch_dim(br, batch_dim % len(br.shape))
         return None
     tensors = [t for t in flat_args(args, kwargs) if t.ndim > 0]
     if not tensors:
@@ -421,7 +592,7 @@ def _assign_batch_dims(branches, probe: _Probe, args, kwargs, batch_dim, rec, in
             if not _samples_independent(branches, dims, probe, args, kwargs, input_dim, batch, reference):
                 continue
         for i, br in enumerate(branches):
-            br.batch_dim = dims[i]
+            br.batch_dim = _end_batch_dim(br, dims[i])
         return input_dim
     raise BatchDimError(
         f"cannot tell which dimension of the residual stream indexes samples (tried input dimensions "

@@ -3,7 +3,7 @@
 of Hugging Face transformers built from small configs, and torchvision models, against where each
 library places drop path itself.
 
-    python scripts/coverage.py                      # full table -> docs/coverage.md (about 20 min, 2 cores)
+    python scripts/coverage.py                      # full table -> docs/coverage.md (about 3 min, 2 cores)
     python scripts/coverage.py --subset --out -     # the CI subset, printed
     python scripts/coverage.py --only timm:resnet hf:Swin --out -
 
@@ -230,6 +230,16 @@ def tree_block(path: str, modules: dict[str, nn.Module]) -> str | None:
     return None
 
 
+def stage_blocks(slots) -> None:
+    """A slot's block that holds the blocks of other slots is a stage (LeViT's ``stages.1`` holds its
+    residual downsampler and ``stages.1.blocks.*``): the slot belongs to the child of the stage on its
+    path (``stages.1.downsample``), as the engine assigns a residual run inside a stage."""
+    blocks = {s.block for s in slots if s.block is not None}
+    for s in slots:
+        if s.block is not None and any(b.startswith(s.block + ".") for b in blocks):
+            s.block = ".".join(s.path.split(".")[: s.block.count(".") + 2])
+
+
 @dataclass
 class Slot:
     path: str
@@ -317,6 +327,7 @@ def native_slots(model: nn.Module, run: Callable[[nn.Module], Any]) -> list[Slot
     modules = dict(model.named_modules())
     for s in slots.values():
         s.block = tree_block(s.path, modules)
+    stage_blocks(slots.values())
     watch = _MergeWatch()
     counter = [0]
     records: list[tuple[Slot, dict]] = []
@@ -737,15 +748,62 @@ TIMM_CONVENTION: dict[str, str] = {
     "mobilenetv5": "per_n",
 }
 
+# Why a family is not at parity, read off the library's source: shown next to the measured reason
+# in "Not at parity" (it explains, it never changes a verdict). An entry for a row at parity is
+# listed as stale in the notes.
+WHY_NOT_AT_PARITY: dict[str, str] = {
+    "timm:cait": "timm builds the class-attention blocks (`blocks_token_only`) without drop path (rate 0) "
+    "while the self-attention blocks get the uniform rate; a named schedule sees only (rate, number of blocks) "
+    "and cannot tell the second stack. To match, pass a list: `[r] * 24 + [0, 0]`.",
+    "timm:xcit": "timm builds the class-attention blocks (`cls_attn_blocks`) without drop path (rate 0) while "
+    "the XCA blocks get the uniform rate; a named schedule cannot tell the second stack. To match, pass a list.",
+    "timm:volo": "timm passes no rate to the outlooker blocks of stage 1 (rate 0) yet counts them in its ramp "
+    "`r * i / (sum(layers) - 1)`, and builds the post (class-attention) blocks at rate 0: not a schedule over "
+    "the blocks. To match, pass a list.",
+    "timm:cpubone": "each attention block (`stages.k.i`, no residual of its own) holds three residual "
+    "sub-blocks (`total.0.0`, `total.0.1`, `total.1`) that timm gives the block's one rate; no block of the "
+    "`stages.*.*` stack has a residual, so nothing shows that they form one unit. timm's ramp also counts the "
+    "strided blocks of stages 0-1 but not the downsamplers of stages 2-3.",
+    "timm:crossvit": "MultiScaleBlock runs two parallel stacks of transformer blocks: timm gives block i of each "
+    "stack the same rate `dpr[i]` and the fusion blocks the last one, and advances its ramp by max(stack depths) + "
+    "fusion depth per MultiScaleBlock: an indexing no schedule over the blocks expresses.",
+    "timm:csatv2": "timm leaves its transformer blocks without drop path unless `transformer_drop_path=True` "
+    "(default False): rate 0, and not counted in its ramp. The engine finds their residual branches and counts them.",
+    "timm:cspnext": "timm's ramp covers `stage_depths[:-1]`: the last stage's block (no identity shortcut) is "
+    "left out, while the engine counts a branchless block of the same class in the stack, as timm's EfficientNet "
+    "builder counts its strided blocks.",
+    "timm:iformer": "timm reserves a ramp position for each RepCPE positional convolution (a residual it builds "
+    "with a drop path slot at rate 0, the engine takes it because of that slot) and rates the SHMA/FFN blocks "
+    "after it by their own positions; the engine gives RepCPE the rate of its position.",
+    "timm:lowformer": "timm's ramp counts the strided blocks of stages 1-2 (ResidualBlock without shortcut) but "
+    "not the identical strided downsample blocks that open stages 3-4: the same structure, so no general rule "
+    "tells them apart.",
+    "timm:nextvit": "NextTransformerBlock scales its rate within the block (mhsa r*0.75, mhca r*0.25, mlp r): "
+    "per-branch rates; the engine gives every branch of a block the block's rate. Sites match.",
+    "timm:rdnet": "RDNet's blocks concatenate (dense connections) rather than add: no x + f(x). timm drops each "
+    "dense block's output before the concatenation, which is no residual branch.",
+    "timm:resnest": "timm's ResNestBottleneck applies its drop path to the block input `x` (feeding the "
+    "downsample shortcut), not to the residual branch `out`: its slots are off any residual, so there is "
+    "nothing to match; the engine drops the branch of the blocks it finds.",
+    "timm:vitamin": "the hybrid stem inside `patch_embed` (`patch_embed.backbone.stages`) holds MbConv blocks "
+    "with drop path slots built at rate 0 and outside timm's ramp; they look like the transformer blocks (blocks "
+    "with slots), so the engine counts them.",
+    "timm:swiftformer": "SwiftFormerEncoder builds its LocalRepresentation branch without a rate (its drop "
+    "path slot stays at 0) while the attention and MLP branches of the same block get the block's rate: "
+    "per-branch rates within one block; the engine gives every branch of a block the block's rate. Sites match.",
+}
+
 # The subset that CI runs (tests/test_coverage.py): a transformer, a hierarchical and a
 # convolutional family per library, and where the engine is expected to be at parity.
 SUBSET = {
-    "timm": ["vision_transformer", "swin_transformer", "convnext", "resnet"],
+    "timm": ["vision_transformer", "swin_transformer", "convnext", "resnet", "starnet", "levit", "mobilevit", "rexnet"],
     "hf": ["ViT", "BEiT", "Swin", "ConvNext"],
     "torchvision": ["convnext_tiny", "swin_t"],
 }
 EXPECTED_AT_PARITY = {
-    "timm": ["vision_transformer", "swin_transformer", "convnext", "resnet"],
+    # starnet: a stage's downsampler is no block; levit: a residual downsampler in a stage;
+    # mobilevit: transformer layers nested in a block share its rate; rexnet: x[:, :c] + shortcut.
+    "timm": ["vision_transformer", "swin_transformer", "convnext", "resnet", "starnet", "levit", "mobilevit", "rexnet"],
     "hf": ["ViT", "BEiT", "Swin", "ConvNext"],
     "torchvision": ["convnext_tiny", "swin_t"],
 }
@@ -1214,12 +1272,17 @@ def to_markdown(rows: list[Row], elapsed: float, subset: bool) -> str:
     if not failures:
         out.append("None.")
     for r in failures:
-        out.append(f"- **{r.library}:{r.family}** (`{r.model}`): {_join(r.reason, r.info) or 'see the row'}")
+        why = WHY_NOT_AT_PARITY.get(f"{r.library}:{r.family}")
+        line = f"- **{r.library}:{r.family}** (`{r.model}`): {_join(r.reason, r.info) or 'see the row'}"
+        out.append(line + (f"  \n  *Why:* {why}" if why else ""))
+    stale = [r for r in rows if r.at_parity and f"{r.library}:{r.family}" in WHY_NOT_AT_PARITY]
     notes = [r for r in rows if r.counted and r.at_parity and (r.reason or "not the smallest" in r.info or "off any" in r.info)]
-    if notes:
+    if notes or stale:
         out += ["", "## Notes on rows at parity", ""]
         for r in notes:
             out.append(f"- {r.library}:{r.family} (`{r.model}`): {_join(r.reason, r.info)}")
+        for r in stale:
+            out.append(f"- {r.library}:{r.family}: at parity now; its entry in `WHY_NOT_AT_PARITY` is stale")
     info = [r for r in rows if not r.counted]
     if info:
         out += ["", "## Not compared (no native drop path to compare with, or the class does not exist)", ""]

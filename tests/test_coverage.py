@@ -231,6 +231,18 @@ def test_tree_block_is_the_innermost_container_element():
     assert cov.tree_block("1.blocks.0.f", modules) == "1.blocks.0"
 
 
+def test_a_slot_of_a_stage_that_holds_blocks_belongs_to_the_stage_child_on_its_path():
+    # LeViT: stages.1 = Stage(downsample=Downsample(... drop_path), blocks=Sequential(Block, ...)).
+    Slot = cov.Slot
+    slots = [
+        Slot("stages.1.downsample.drop_path", "stages.1", 0.1, "DropPath"),
+        Slot("stages.1.blocks.0.drop_path1", "stages.1.blocks.0", 0.1, "DropPath"),
+        Slot("stages.2.blocks.0.drop_path1", "stages.2.blocks.0", 0.1, "DropPath"),
+    ]
+    cov.stage_blocks(slots)
+    assert [s.block for s in slots] == ["stages.1.downsample", "stages.1.blocks.0", "stages.2.blocks.0"]
+
+
 def test_schedules_are_found_by_value(monkeypatch):
     assert cov.schedule_for("linear") == "linear"
     assert cov.schedule_for("uniform") == "uniform"
@@ -298,3 +310,22 @@ def test_timm_example_inputs_use_in_chans_not_a_stem_conv():
     assert next(m for m in tresnet.modules() if isinstance(m, nn.Conv2d)).in_channels == 48
     assert build(tresnet)[0][0].shape == (2, 3, 224, 224)
     assert build(gray)[0][0].shape == (2, 1, 224, 224)
+
+
+def test_why_is_shown_next_to_the_measured_reason_and_stale_entries_are_listed(monkeypatch):
+    rows = [
+        cov.Row("timm", "fam_a", model="a", branches=2, blocks=1, native=2, site="no", rate="yes", eval_ok="yes", reason="engine: 2 branches"),
+        cov.Row("timm", "fam_b", model="b", branches=2, blocks=1, native=2, site="yes", rate="yes", eval_ok="yes"),
+    ]
+    monkeypatch.setitem(cov.WHY_NOT_AT_PARITY, "timm:fam_a", "timm does A")
+    monkeypatch.setitem(cov.WHY_NOT_AT_PARITY, "timm:fam_b", "timm does B")
+    text = cov.to_markdown(rows, 1.0, False)
+    failing = text.split("## Not at parity, with the reason")[1].split("##")[0]
+    assert "**timm:fam_a** (`a`): engine: 2 branches" in failing and "*Why:* timm does A" in failing
+    assert "fam_b" not in failing  # an explanation never makes or hides a failure
+    assert "timm:fam_b: at parity now; its entry in `WHY_NOT_AT_PARITY` is stale" in text
+
+
+def test_every_explanation_names_a_known_family():
+    families = {f"timm:{f}" for f in cov.TIMM_MODELS} | {f"torchvision:{c.name}" for c in cov.TV_MODELS}
+    assert set(cov.WHY_NOT_AT_PARITY) <= families

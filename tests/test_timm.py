@@ -172,3 +172,25 @@ def test_poolformer_linear_mixer_with_a_drop_path_slot_is_a_branch():
     oracle = timm.create_model("efficientformer_l1", pretrained=False, drop_path_rate=0.1)
     apply_drop_path(model, 0.1)
     assert our_rates(model) == timm_slots(oracle)
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("tnt_s_legacy_patch16_224", dict(depth=2)),  # patch[:, 1:] + proj(pixel): no branch back to the stream
+        ("rexnet_100", {}),  # x[:, :c] + shortcut: the slice of the block's output is its branch
+        ("nextvit_small", dict(depths=(1, 1, 5, 1))),  # x + mhsa(x).transpose(-1, -2).reshape(B, C, H, W)
+    ],
+)
+def test_branches_through_layout_operations_match_timms_slots(name, kwargs):
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    oracle = timm.create_model(name, pretrained=False, drop_path_rate=0.1, **kwargs)
+    x = build(model)[0][0]
+    before = eval_output(model, x)
+    report = apply_drop_path(model, 0.1)
+    assert bitwise_equal(before, eval_output(model, x))
+    if name == "rexnet_100":  # no slot in a build without drop path: hooks, compared per block
+        theirs = timm_rates_by_block(oracle, x)
+        assert {s.block_path: s.rate for s in report.sites} == pytest.approx(theirs, abs=1e-6)
+    else:  # the same slots (NextViT scales its mhsa/mhca rates by 0.75/0.25 within a block: not compared)
+        assert set(our_rates(model)) == set(timm_slots(oracle))

@@ -314,3 +314,317 @@ def test_blocks_without_containers_are_found_by_their_twins():
     report = find_residual_branches(Net(), torch.randn(2, 8), rate=0.3)
     assert [s.block_path for s in report.sites] == ["s1.b1", "s2.b1", "s2.b2", "s2.b3"]
     assert [s.rate for s in report.sites] == pytest.approx([0, 0.1, 0.2, 0.3])
+
+
+class _Res(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.f = nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 8))
+
+    def forward(self, x):
+        return x + self.f(x)
+
+
+class _ResB(_Res):
+    pass
+
+
+class _Down(nn.Module):  # a plain downsampler in a stage: no residual, no drop path slot
+    def __init__(self):
+        super().__init__()
+        self.fc, self.norm = nn.Linear(8, 8), nn.LayerNorm(8)
+
+    def forward(self, x):
+        return self.norm(self.fc(x))
+
+
+def test_repeated_pair_of_different_blocks_shares_one_rate_but_keeps_its_paths():
+    # DaViT: blocks = Sequential(Sequential(SpatialBlock, ChannelBlock), ...): each pair is one
+    # block of the schedule (one rate), while each sub-block is named by its own path.
+    model = nn.Sequential(*[nn.Sequential(_Res(), _ResB()) for _ in range(3)])
+    report = find_residual_branches(model, torch.randn(2, 8), rate=0.2)
+    assert [s.block_path for s in report.sites] == ["0.0", "0.1", "1.0", "1.1", "2.0", "2.1"]
+    assert [s.block for s in report.sites] == [0, 0, 1, 1, 2, 2]
+    assert [s.rate for s in report.sites] == pytest.approx([0, 0, 0.1, 0.1, 0.2, 0.2])
+    assert report.num_blocks == 3
+
+
+def test_stage_of_a_downsampler_and_blocks_is_no_composite_and_the_downsampler_is_not_counted():
+    # StarNet / LowFormer: stages = Sequential(Sequential(down, Block), Sequential(down, Block, Block)).
+    model = nn.Sequential(nn.Sequential(_Down(), _Res()), nn.Sequential(_Down(), _Res(), _Res()))
+    report = find_residual_branches(model, torch.randn(2, 8), rate=0.2)
+    assert [s.block_path for s in report.sites] == ["0.1", "1.1", "1.2"]
+    assert [s.rate for s in report.sites] == pytest.approx([0, 0.1, 0.2])
+    assert report.num_blocks == 3
+
+
+def test_stage_mixing_block_classes_is_no_composite():
+    # MobileNetV5: a stage Sequential(UIR, MobileAttention, UIR, ...) next to stages of one class.
+    model = nn.Sequential(nn.Sequential(_Res(), _Res()), nn.Sequential(_Res(), _ResB(), _Res()))
+    report = find_residual_branches(model, torch.randn(2, 8), rate=0.4)
+    assert [s.block_path for s in report.sites] == ["0.0", "0.1", "1.0", "1.1", "1.2"]
+    assert [s.rate for s in report.sites] == pytest.approx([0, 0.1, 0.2, 0.3, 0.4])
+
+
+class _TokenMixer(nn.Module):  # (B, C, H, W) -> (B, H*W, C)
+    def __init__(self, c=8):
+        super().__init__()
+        self.f = nn.Sequential(nn.Linear(c, c), nn.GELU(), nn.Linear(c, c))
+
+    def forward(self, x):
+        return self.f(x.flatten(2).transpose(1, 2))
+
+
+class _LayoutBlock(nn.Module):
+    """NextViT's ``x + out.transpose(-1, -2).reshape(B, C, H, W)``; ``seq_first`` returns the branch
+    as (H*W, B, C) and transposes it back, so the batch is dimension 1 of the module output."""
+
+    def __init__(self, seq_first=False):
+        super().__init__()
+        self.mixer, self.seq_first = _TokenMixer(), seq_first
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        out = self.mixer(x)
+        if self.seq_first:
+            out = self.mixer(x).transpose(0, 1).contiguous()  # (N, B, C): a module output below
+            return x + out.permute(1, 2, 0).reshape(b, c, h, w)
+        return x + out.transpose(-1, -2).reshape(b, c, h, w)
+
+
+class _SeqFirstOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mixer = _TokenMixer()
+
+    def forward(self, x):
+        return self.mixer(x).transpose(0, 1)  # (H*W, B, C)
+
+
+class _SeqFirstBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = _SeqFirstOut()
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        return x + self.attn(x).permute(1, 2, 0).reshape(b, c, h, w)
+
+
+def test_branch_through_layout_operations_is_found_at_the_module_output():
+    model = nn.Sequential(_LayoutBlock(), _LayoutBlock())
+    x = torch.randn(2, 8, 3, 3)
+    before = model.eval()(x)
+    report = apply_drop_path(model, 0.1, example_inputs=x)
+    assert [(s.path, s.batch_dim, s.shape) for s in report.sites] == [("0.mixer", 0, (2, 9, 8)), ("1.mixer", 0, (2, 9, 8))]
+    assert torch.equal(before, model.eval()(x))
+
+
+def test_batch_dim_is_mapped_through_the_layout_to_the_module_output():
+    model = nn.Sequential(_SeqFirstBlock(), _SeqFirstBlock())
+    report = apply_drop_path(model, 0.5, schedule="uniform", example_inputs=torch.randn(3, 8, 2, 2))
+    assert [(s.path, s.batch_dim) for s in report.sites] == [("0.attn", 1), ("1.attn", 1)]
+    model.train()
+    x = torch.randn(64, 8, 2, 2)
+    branch = model[0].attn.mixer(x).transpose(0, 1)  # (4, 64, 8)
+    torch.manual_seed(0)
+    y = model[0].attn(x)
+    dropped = (y == 0).all(dim=2).all(dim=0)  # whole samples, never tokens
+    assert torch.equal((y == 0).all(dim=2).any(dim=0), dropped)
+    assert 0 < dropped.sum() < 64
+    assert torch.allclose(y[:, ~dropped], branch[:, ~dropped] * 2, atol=1e-6)
+
+
+def test_explicit_batch_dim_of_the_stream_is_mapped_to_the_module_output():
+    report = find_residual_branches(nn.Sequential(_SeqFirstBlock(), _SeqFirstBlock()), torch.randn(3, 8, 2, 2), batch_dim=0)
+    assert [(s.path, s.batch_dim, s.shape) for s in report.sites] == [("0.attn", 1, (4, 3, 8)), ("1.attn", 1, (4, 3, 8))]
+
+
+def test_slice_of_a_module_output_added_to_the_shortcut_is_a_branch():
+    class RexBlock(nn.Module):  # RexNet: x = cat([f(x)[:, :c] + shortcut, f(x)[:, c:]])
+        def __init__(self, c=4, extra=2):
+            super().__init__()
+            self.c = c
+            self.conv = nn.Sequential(nn.Conv2d(c, c + extra, 1), nn.ReLU(), nn.Conv2d(c + extra, c + extra, 1))
+            self.out = nn.Conv2d(c + extra, c, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            y = torch.cat([y[:, : self.c] + x, y[:, self.c :]], dim=1)
+            return self.out(y)
+
+    report = find_residual_branches(nn.Sequential(RexBlock(), RexBlock()), torch.randn(2, 4, 3, 3))
+    assert [(s.path, s.batch_dim) for s in report.sites] == [("0.conv.2", 0), ("1.conv.2", 0)]
+
+
+class _WindowBlock(nn.Module):
+    """SAM ViT: attention on windows of (B * windows, ws, ws, C), un-partitioned before the add."""
+
+    def __init__(self, ws=2, c=8):
+        super().__init__()
+        self.ws = ws
+        self.attn = nn.Sequential(nn.Linear(c, c), nn.GELU(), nn.Linear(c, c))
+
+    def forward(self, x):  # (B, H, W, C)
+        b, h, w, c = x.shape
+        ws = self.ws
+        win = x.view(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws, ws, c)
+        out = self.attn(win)
+        out = out.view(b, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+        return x + out
+
+
+def test_branch_on_windows_of_several_samples_is_not_dropped_per_window():
+    model = nn.Sequential(_WindowBlock(), _WindowBlock())
+    with pytest.raises(NoResidualBranchError):
+        find_residual_branches(model, torch.randn(2, 4, 4, 8))  # 4 windows per sample
+    # One window per sample: the window is the sample, and dropping it is drop path.
+    report = find_residual_branches(model, torch.randn(2, 2, 2, 8))
+    assert [(s.path, s.batch_dim) for s in report.sites] == [("0.attn.2", 0), ("1.attn.2", 0)]
+
+
+def test_composite_held_by_a_layer_module_shares_one_rate():
+    # torchvision MaxViT: blocks.*.layers.* = MaxVitLayer(layers=Sequential(MBconv, window, grid)).
+    class Layer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.Sequential(_Res(), _ResB(), _ResB())
+
+        def forward(self, x):
+            return self.layers(x)
+
+    model = nn.Sequential(Layer(), Layer())
+    report = find_residual_branches(model, torch.randn(2, 8), rate=0.1)
+    assert [(s.block, s.branch, s.block_path) for s in report.sites] == [
+        (b, i, f"{b}.layers.{i}") for b in range(2) for i in range(3)
+    ]
+    assert [s.rate for s in report.sites] == pytest.approx([0] * 3 + [0.1] * 3)
+
+
+def test_blocks_nested_in_a_member_of_the_block_stack_share_its_rate():
+    # MobileViT: stages.2.1 (a MobileVitBlock, no residual of its own) holds transformer layers;
+    # timm gives them the rate of stages.2.1, a block of the stack stages.*.* like stages.1.1.
+    class Holder(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.inner = nn.Sequential(*[_Res() for _ in range(n)])
+
+        def forward(self, x):
+            return self.inner(x)
+
+    model = nn.Sequential(nn.Sequential(_Res(), _Res()), nn.Sequential(_Res(), Holder(3)))
+    report = find_residual_branches(model, torch.randn(2, 8), rate=0.3)
+    assert [s.block_path for s in report.sites] == ["0.0", "0.1", "1.0", "1.1.inner.0", "1.1.inner.1", "1.1.inner.2"]
+    assert [s.rate for s in report.sites] == pytest.approx([0, 0.1, 0.2, 0.3, 0.3, 0.3])
+    assert report.num_blocks == 4
+
+
+def _mlp():
+    return nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 8))
+
+
+def test_operand_reaching_the_fork_input_only_through_another_input_is_no_branch():
+    # CoaT's parallel block: cur4 = f(x4) + g(x3), with x4 computed from x3 before the call. f(x4)
+    # is no branch of x3 (it reaches x3 only through the other input x4).
+    class Parallel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f, self.g = _mlp(), _mlp()
+
+        def forward(self, x3, x4):
+            return self.f(x4) + self.g(x3)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.h = _mlp()
+            self.blocks = nn.ModuleList([Parallel(), Parallel()])
+            self.res = nn.ModuleList([_Res(), _Res()])
+
+        def forward(self, x):
+            for res, block in zip(self.res, self.blocks):
+                x = res(x)
+                x = block(x, self.h(x))
+            return x
+
+    report = find_residual_branches(Net(), torch.randn(2, 8))
+    assert [s.block_path for s in report.sites] == ["res.0", "res.1"]
+
+
+def test_skip_inside_a_part_of_the_block_on_a_value_it_computed_is_no_branch():
+    # SwiftFormer's attention returns proj(attn * key) + query, query computed inside it.
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.proj = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            q = self.q(x)
+            return self.proj(torch.tanh(q) * x) + q
+
+    class Blk(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn, self.mlp = Attn(), _mlp()
+
+        def forward(self, x):
+            x = x + self.attn(x)
+            return x + self.mlp(x)
+
+    report = find_residual_branches(nn.Sequential(Blk(), Blk()), torch.randn(2, 8))
+    assert [s.path for s in report.sites] == ["0.attn", "0.mlp.2", "1.attn", "1.mlp.2"]
+    assert [s.path for s in report.skipped] == ["0.attn.proj", "1.attn.proj"]
+    assert "internal skip" in report.skipped[0].reason
+
+
+def test_block_class_without_a_drop_path_slot_is_not_dropped_when_the_others_have_one():
+    # GC ViT: MbConvBlock residuals in the stem and downsamplers hold no drop path slot; its
+    # transformer blocks hold drop_path1/2 (nn.Identity in a build without drop path).
+    class Slotted(_Res):
+        def __init__(self):
+            super().__init__()
+            self.drop_path = nn.Identity()
+
+        def forward(self, x):
+            return x + self.drop_path(self.f(x))
+
+    class Net(nn.Module):
+        def __init__(self, cls):
+            super().__init__()
+            self.stem = nn.Sequential(_Res(), _Res())
+            self.blocks = nn.Sequential(cls(), cls())
+
+        def forward(self, x):
+            return self.blocks(self.stem(x))
+
+    report = find_residual_branches(Net(Slotted), torch.randn(2, 8), rate=0.1)
+    assert [s.path for s in report.sites] == ["blocks.0.drop_path", "blocks.1.drop_path"]
+    assert [s.rate for s in report.sites] == pytest.approx([0.0, 0.1])  # the stem is not counted
+    assert [s.path for s in report.skipped] == ["stem.0.f", "stem.1.f"]
+    assert "no drop path slot" in report.skipped[0].reason
+    # No block names a slot: every residual block is dropped, as before.
+    report = find_residual_branches(Net(_Res), torch.randn(2, 8))
+    assert len(report.sites) == 4
+
+
+def test_skip_inside_a_nested_block_of_a_block_class_is_kept():
+    # RepViT: its downsampler runs a whole RepViTBlock (pre_block: x = mix(x); x + mlp(x)) first.
+    class RB(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mix, self.mlp = nn.Linear(8, 8), _mlp()
+
+        def forward(self, x):
+            x = self.mix(x)
+            return x + self.mlp(x)
+
+    class Down(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pre_block, self.reduce = RB(), nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.reduce(self.pre_block(x))
+
+    report = find_residual_branches(nn.Sequential(Down(), RB(), RB()), torch.randn(2, 8))
+    assert [s.path for s in report.sites] == ["0.pre_block.mlp.2", "1.mlp.2", "2.mlp.2"]
