@@ -32,8 +32,9 @@ Which samples are kept (``kept_count``):
 Where skipping would not be exact the branch is masked instead, and the report says why: the
 static reasons of ``branch_inputs.py``, and a run-time check (``check_exact``) that runs every
 skippable branch on a fixed subset of a grown example batch and compares with the masked form.
-Below ``min_skip_rate`` a branch masks (the index bookkeeping costs more than the few skipped
-samples save); switching happens when the rate changes, e.g. through ``set_drop_path_rate``.
+Below ``min_skip_rate`` (default 0.1, from ``benchmarks/bench_skip.py``: no gain below it on a
+ViT-S at batch 32) a branch masks (the index bookkeeping costs more than the few skipped samples
+save); switching happens when the rate changes, e.g. through ``set_drop_path_rate``.
 """
 
 from __future__ import annotations
