@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from .branch_inputs import BranchInputs, EntryArg
 from .ops import DropPath, _broadcast_from_first_rank, unbiased_scale, validate_rate
+from .trace import map_batch_tensors
 
 __all__ = ["DEFAULT_MIN_SKIP_RATE", "KEPT_COUNTS", "SkipDropPath", "SkipEntry", "SkipState", "arm", "check_exact", "disarm"]
 
@@ -337,20 +338,14 @@ PROBE_BATCH = 4
 def _grow(obj: Any, dim: int, batch: int, target: int) -> Any:
     """The example inputs with at least ``target`` samples: copies of the batch, each rolled along
     its last dimension so that no two samples are equal (a branch that mixes samples then shows)."""
-    if isinstance(obj, Tensor):
-        if obj.ndim == 0 or not -obj.ndim <= dim < obj.ndim or obj.shape[dim] != batch:
-            return obj
-        reps = -(-target // batch)
-        last = obj.ndim - 1
-        rolls = [obj if i == 0 or last == dim % obj.ndim else obj.roll(i, dims=last) for i in range(reps)]
+    reps = -(-target // batch)
+
+    def grow(t: Tensor) -> Tensor:
+        last = t.ndim - 1
+        rolls = [t if i == 0 or last == dim % t.ndim else t.roll(i, dims=last) for i in range(reps)]
         return torch.cat(rolls, dim=dim)
-    if isinstance(obj, tuple):
-        return tuple(_grow(o, dim, batch, target) for o in obj)
-    if isinstance(obj, list):
-        return [_grow(o, dim, batch, target) for o in obj]
-    if isinstance(obj, dict):
-        return {k: _grow(v, dim, batch, target) for k, v in obj.items()}
-    return obj
+
+    return map_batch_tensors(obj, dim, batch, grow)
 
 
 def _close(a: Tensor, b: Tensor) -> tuple[bool, float]:

@@ -50,6 +50,7 @@ returned the branch (its end chain). Here each branch gets
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,18 +105,24 @@ class Trace:
     input_batch_dim: int | None = None  # the inputs' batch dimension (None when batch_dim= was given)
 
 
-def _double(obj: Any, batch_dim: int, batch: int) -> Any:
+def map_batch_tensors(obj: Any, dim: int, batch: int, fn: Callable[[Tensor], Tensor]) -> Any:
+    """``obj`` (tensors in tuples, lists and dicts) with ``fn`` applied to every tensor that has
+    ``batch`` entries along ``dim``; everything else is returned as it is."""
     if isinstance(obj, Tensor):
-        if obj.ndim > 0 and -obj.ndim <= batch_dim < obj.ndim and obj.shape[batch_dim] == batch:
-            return torch.cat([obj, obj], dim=batch_dim)
+        if obj.ndim > 0 and -obj.ndim <= dim < obj.ndim and obj.shape[dim] == batch:
+            return fn(obj)
         return obj
     if isinstance(obj, tuple):
-        return tuple(_double(o, batch_dim, batch) for o in obj)
+        return tuple(map_batch_tensors(o, dim, batch, fn) for o in obj)
     if isinstance(obj, list):
-        return [_double(o, batch_dim, batch) for o in obj]
+        return [map_batch_tensors(o, dim, batch, fn) for o in obj]
     if isinstance(obj, dict):
-        return {k: _double(v, batch_dim, batch) for k, v in obj.items()}
+        return {k: map_batch_tensors(v, dim, batch, fn) for k, v in obj.items()}
     return obj
+
+
+def _double(obj: Any, batch_dim: int, batch: int) -> Any:
+    return map_batch_tensors(obj, batch_dim, batch, lambda t: torch.cat([t, t], dim=batch_dim))
 
 
 class _Probe:
@@ -487,10 +494,9 @@ def _merge_tensors(rec: Recorder) -> dict[tuple, Tensor]:
 
 def _perturb_first_sample(obj: Any, dim: int, batch: int, gen: torch.Generator) -> Any:
     """A copy of the inputs in which sample 0 (index 0 along ``dim``) differs and the rest are equal."""
-    if isinstance(obj, Tensor):
-        if obj.ndim == 0 or not -obj.ndim <= dim < obj.ndim or obj.shape[dim] != batch:
-            return obj
-        out = obj.clone()
+
+    def perturb(t: Tensor) -> Tensor:
+        out = t.clone()
         first = out.select(dim, 0)
         if out.is_floating_point():
             noise = torch.randn(first.shape, generator=gen, dtype=torch.float32).to(first.device, first.dtype)
@@ -498,13 +504,8 @@ def _perturb_first_sample(obj: Any, dim: int, batch: int, gen: torch.Generator) 
         elif first.numel() > 1:
             first.copy_(first.flatten().roll(1).view_as(first))
         return out
-    if isinstance(obj, tuple):
-        return tuple(_perturb_first_sample(o, dim, batch, gen) for o in obj)
-    if isinstance(obj, list):
-        return [_perturb_first_sample(o, dim, batch, gen) for o in obj]
-    if isinstance(obj, dict):
-        return {k: _perturb_first_sample(v, dim, batch, gen) for k, v in obj.items()}
-    return obj
+
+    return map_batch_tensors(obj, dim, batch, perturb)
 
 
 def _sample_dims(branches, probe: _Probe, args, kwargs, input_dim: int, batch: int) -> dict[int, int] | None:
