@@ -25,8 +25,10 @@ class Site:
         output_index: for hooks, where in the module's output the branch tensor is (``()`` when the
             output is the tensor itself, ``(0,)`` for the first element of a tuple).
         shape: shape of the branch output seen in the traced forward pass.
-        compute: ``"mask"`` (the branch runs on every sample and dropped ones are zeroed) or
-            ``"skip"`` (in training it runs on the kept samples only; ``skip_dropped=True``).
+        compute: ``"mask"`` (the branch runs on every sample and dropped ones are zeroed),
+            ``"skip"`` (in training it runs on the kept samples only; ``skip_dropped=True``) or
+            ``"mask<min"`` (it could skip, but its current rate is below ``min_skip_rate``, so it
+            masks until a rate change raises it).
     """
 
     path: str

@@ -50,10 +50,11 @@ from .branch_inputs import BranchInputs, EntryArg
 from .ops import DropPath, _broadcast_from_first_rank, unbiased_scale, validate_rate
 from .trace import map_batch_tensors
 
-__all__ = ["DEFAULT_MIN_SKIP_RATE", "KEPT_COUNTS", "SkipDropPath", "SkipEntry", "SkipState", "arm", "check_exact", "disarm"]
+__all__ = ["BELOW_MIN_SKIP_RATE", "DEFAULT_MIN_SKIP_RATE", "KEPT_COUNTS", "SkipDropPath", "SkipEntry", "SkipState", "arm", "check_exact", "disarm"]
 
 KEPT_COUNTS = ("fixed", "random")
 DEFAULT_MIN_SKIP_RATE = 0.1
+BELOW_MIN_SKIP_RATE = "mask<min"  # a report's compute value: could skip, masks at its current rate
 
 
 class SkipError(RuntimeError):

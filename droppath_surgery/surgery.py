@@ -31,7 +31,7 @@ from .patch import (
 )
 from .report import DropPathReport, Skipped
 from .schedules import SCHEDULES, Schedule, block_rates, describe
-from .skip import DEFAULT_MIN_SKIP_RATE, KEPT_COUNTS, arm, check_exact
+from .skip import BELOW_MIN_SKIP_RATE, DEFAULT_MIN_SKIP_RATE, KEPT_COUNTS, SkipDropPath, arm, check_exact
 from .trace import Trace, trace_residual_branches
 from .verify import compare_outputs, compare_state, has_meta_tensors, observation, state_fingerprint
 
@@ -179,11 +179,22 @@ def _report(model: nn.Module, schedule: Schedule, skipped=(), verified=None, num
     notes: list[str] = []
     if sites is None:
         sites = []
+        below: dict[float, int] = {}  # min_skip_rate -> skipping branches masking below it now
         for drop in patched_modules(model):
             info = info_of(drop)
-            sites.extend(info.sites)
+            mine = info.sites
+            if isinstance(drop, SkipDropPath) and drop.rate < drop.min_skip_rate:
+                mine = [replace(s, compute=BELOW_MIN_SKIP_RATE) if s.compute == "skip" else s for s in mine]
+                below[drop.min_skip_rate] = below.get(drop.min_skip_rate, 0) + sum(s.compute != "mask" for s in mine)
+            sites.extend(mine)
             notes.extend(info.notes)
             num_blocks, schedule = info.num_blocks, info.schedule
+        notes.extend(
+            f"{n} branches could skip but mask at their current rate, below min_skip_rate={m:g} (skipping "
+            f"costs more than it saves there); they skip once their rate reaches it ({BELOW_MIN_SKIP_RATE!r} "
+            "in the compute column)"
+            for m, n in below.items() if n
+        )
     sites = sorted(sites, key=lambda s: (s.block, s.branch))
     return DropPathReport(
         sites=tuple(sites),

@@ -18,7 +18,7 @@ from helpers import ModelSnapshot, bitwise_equal, eval_output, hook_count
 from torch import nn
 from training_fixtures import hf_vit, single_thread, timm_vit  # noqa: F401
 
-from droppath_surgery import apply_drop_path, remove_drop_path, set_drop_path_rate
+from droppath_surgery import apply_drop_path, drop_path_report, remove_drop_path, set_drop_path_rate
 from droppath_surgery.skip import SkipDropPath, SkipEntry, SkipState
 
 BATCH = 6
@@ -282,7 +282,9 @@ def test_batch_coupled_branches_mask_and_say_why():
     torch.manual_seed(0)
     model = MixNet()
     # mixing samples is what makes the batch dimension undecidable by tracing: say it
-    report = apply_drop_path(model, 0.5, skip_dropped=True, example_inputs=torch.randn(3, 8), batch_dim=0)
+    report = apply_drop_path(
+        model, 0.5, schedule="uniform", skip_dropped=True, example_inputs=torch.randn(3, 8), batch_dim=0
+    )
     computes = {s.path: s.compute for s in report.sites}
     assert computes == {"blocks.0.f": "mask", "blocks.0.g.1": "skip", "blocks.1.f": "mask", "blocks.1.g.1": "skip"}
     text = "\n".join(report.notes)
@@ -305,7 +307,7 @@ def test_branch_that_reshapes_with_the_full_batch_size_masks():
     import transformers as T
 
     config = T.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4)
-    report = apply_drop_path(T.SwinModel(config), 0.3, skip_dropped=True)
+    report = apply_drop_path(T.SwinModel(config), 0.3, schedule="uniform", skip_dropped=True)
     by_branch = {(s.block, s.branch): s.compute for s in report.sites}
     assert by_branch == {(0, 0): "mask", (0, 1): "skip", (1, 0): "mask", (1, 1): "skip"}
     assert all("is invalid for input of size" in n for n in report.notes)
@@ -363,12 +365,17 @@ def _branch_batches(model, x):
 
 def test_below_min_skip_rate_the_branch_masks_and_rescheduling_switches():
     model = timm_vit()
-    apply_drop_path(model, 0.05, schedule="uniform", skip_dropped=True, min_skip_rate=0.1)
+    report = apply_drop_path(model, 0.05, schedule="uniform", skip_dropped=True, min_skip_rate=0.1)
+    assert report.sites and all(s.compute == "mask<min" for s in report.sites)
+    assert any("below min_skip_rate=0.1" in n for n in report.notes), report.notes
     model.train()
     x = torch.randn(8, 3, 32, 32)
     assert _branch_batches(model, x) == [8, 8]
     set_drop_path_rate(model, 0.5, schedule="uniform")
     assert _branch_batches(model, x) == [4, 4]  # ceil(8 * 0.5)
+    report = drop_path_report(model)
+    assert all(s.compute == "skip" for s in report.sites)
+    assert not any("min_skip_rate" in n for n in report.notes), report.notes
     set_drop_path_rate(model, 0.0, schedule="uniform")
     assert _branch_batches(model, x) == [8, 8]
     model.eval()
