@@ -164,7 +164,7 @@ def fsdp2_reason_unsupported() -> str | None:
     return None
 
 
-def scenario_fsdp2(rank: int, sync: bool) -> dict:
+def scenario_fsdp2(rank: int, sync: bool, skip_dropped: bool = False) -> dict:
     from torch.distributed.fsdp import fully_shard
 
     from droppath_surgery import apply_drop_path, set_drop_path_rate
@@ -173,7 +173,9 @@ def scenario_fsdp2(rank: int, sync: bool) -> dict:
     result: dict = {}
     rate = 0.5
     model = tiny_vit()
-    apply_drop_path(model, rate, schedule="uniform")  # before sharding: no collectives needed
+    # before sharding: no collectives needed
+    report = apply_drop_path(model, rate, schedule="uniform", skip_dropped=skip_dropped)
+    result["skipping_sites"] = sum(s.compute == "skip" for s in report.sites)
     masks = record_masks(model)
     for block in model.blocks:
         fully_shard(block)
@@ -187,9 +189,11 @@ def scenario_fsdp2(rank: int, sync: bool) -> dict:
     set_drop_path_rate(model, 0.25)  # re-scheduling a sharded model: buffers only, no collective
     params = flat_params(model)
     result["params_same_on_all_ranks"] = same_on_all_ranks(params)
-    result["masks_same_on_all_ranks"] = same_on_all_ranks(torch.stack(masks).to(torch.uint8))
+    stacked = torch.stack(masks).to(torch.uint8)
+    result["masks_same_on_all_ranks"] = same_on_all_ranks(stacked)
+    result["drop_fraction"] = stacked.float().mean().item()
     if sync and rank == 0:
-        ref = reference(rate, data, seed=100)
+        ref = reference(rate, data, seed=100, skip_dropped=skip_dropped)
         result["max_diff_to_single_process"] = (ref - params).abs().max().item()
     return result
 
@@ -202,6 +206,7 @@ SCENARIOS = {
     "compiled_sync": scenario_compiled_sync,
     "fsdp2_default": lambda rank: scenario_fsdp2(rank, sync=False),
     "fsdp2_sync": lambda rank: scenario_fsdp2(rank, sync=True),
+    "fsdp2_skip_sync": lambda rank: scenario_fsdp2(rank, sync=True, skip_dropped=True),
 }
 
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(
     reason="torch.distributed with gloo is not available in this torch build",
 )
 
-SCENARIOS = ["ddp_default", "ddp_sync", "ddp_sync_checkpointing", "ddp_skip_sync", "compiled_sync", "fsdp2_default", "fsdp2_sync"]
+SCENARIOS = ["ddp_default", "ddp_sync", "ddp_sync_checkpointing", "ddp_skip_sync", "compiled_sync", "fsdp2_default", "fsdp2_sync", "fsdp2_skip_sync"]
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,16 @@ def test_fsdp2_fully_shard_trains_a_patched_model(results):
 def test_fsdp2_with_synced_masks_matches_a_single_process(results):
     r = _fsdp(results, "fsdp2_sync")
     assert r["masks_same_on_all_ranks"]
+    assert r["max_diff_to_single_process"] < 1e-5
+
+
+def test_fsdp2_skip_dropped_with_synced_kept_samples_matches_a_single_process(results):
+    """skip_dropped=True on a model sharded with fully_shard after patching: the entry hooks subset
+    the unsharded blocks' inputs, and training equals one skipping process with rank 0's seed."""
+    r = _fsdp(results, "fsdp2_skip_sync")
+    assert r["skipping_sites"] == 4
+    assert r["masks_same_on_all_ranks"] and r["params_same_on_all_ranks"]
+    assert 0.3 < r["drop_fraction"] < 0.7
     assert r["max_diff_to_single_process"] < 1e-5
 
 
