@@ -1,4 +1,5 @@
-"""Quickstart: add drop path to a timm ViT and a Hugging Face ViT, train a step, change the rate, undo.
+"""Quickstart: add drop path to a timm ViT and a Hugging Face ViT, train a step, change the rate, undo;
+then the same with skip_dropped=True, where dropped samples skip the branch compute.
 
     python examples/quickstart.py               # random weights, nothing downloaded
     python examples/quickstart.py --pretrained  # real checkpoints (needs the network)
@@ -57,6 +58,14 @@ def main() -> None:
         set_drop_path_rate(model, 2 * args.rate, schedule="uniform")  # cheap; no forward pass
         print(f"after set_drop_path_rate: {sorted({s.rate for s in drop_path_report(model).sites})}")
         print(f"removed {remove_drop_path(model)} DropPath modules; the original modules are back\n")
+
+    # Large rates (0.3-0.5, ViT-L/H): run each branch only on the samples that keep it.
+    model = timm_vit(args.pretrained)
+    report = apply_drop_path(model, 0.4, schedule="uniform", skip_dropped=True)
+    skipping = sum(s.compute == "skip" for s in report.sites)
+    print(f"== timm, skip_dropped=True: {skipping}/{len(report.sites)} branches skip the dropped samples ==")
+    print(f"training step loss: {train_step(model, images, labels):.4f}")
+    print(f"removed {remove_drop_path(model)} DropPath modules; the original modules are back")
 
 
 if __name__ == "__main__":
