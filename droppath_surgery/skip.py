@@ -123,14 +123,14 @@ class SkipState:
     def finish(self, y: Tensor) -> Tensor:
         """The branch output of the kept samples, scaled and scattered into the full batch."""
         idx, weights, v, last, batch = self.pending  # type: ignore[misc]
-        self.pending = None
         dim = self.batch_dim if self.batch_dim >= 0 else self.batch_dim + y.ndim
         k = idx.shape[0]
-        if y.shape[dim] != k:
+        if y.shape[dim] != k:  # raised with the draw still pending: check_exact blames this branch
             raise SkipError(
                 f"the branch ending at {self.path} returned {y.shape[dim]} samples on dim {dim} but ran on {k}; "
                 f"its code does not follow the traced pass. Apply drop path without skip_dropped=True."
             )
+        self.pending = None
         if weights is None:
             weights = self.weights(v, last, y.dtype)
         shape = [1] * y.ndim

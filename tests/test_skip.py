@@ -313,6 +313,42 @@ def test_branch_that_reshapes_with_the_full_batch_size_masks():
     assert all("is invalid for input of size" in n for n in report.notes)
 
 
+class ReshapeWithOuterBatch(nn.Module):
+    """timm CSATv2's TransformerBlock: the batch size is read before the branch and the branch output
+    is reshaped with it and ``-1`` before its drop path slot, which on a subset gives the full
+    batch's row count (no error)."""
+
+    def __init__(self, dim=8):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.drop_path1 = nn.Identity()
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x):  # (B, C, H, W)
+        b, c, h, w = x.shape
+        t = self.attn(self.norm(x.flatten(2).transpose(1, 2)))
+        x = x + self.drop_path1(t.transpose(1, 2).reshape(b, -1, h, w))
+        return x + self.mlp(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def test_branch_that_returns_the_wrong_number_of_samples_masks():
+    model = nn.Sequential(ReshapeWithOuterBatch(), ReshapeWithOuterBatch())
+    report = apply_drop_path(
+        model, 0.5, schedule="uniform", skip_dropped=True, example_inputs=torch.randn(2, 8, 2, 2)
+    )
+    by_branch = {(s.block, s.branch): s.compute for s in report.sites}
+    assert by_branch == {(0, 0): "mask", (0, 1): "skip", (1, 0): "mask", (1, 1): "skip"}, report
+    assert sum("returned 4 samples on dim 0 but ran on 3" in n for n in report.notes) == 2, report.notes
+    seen = []
+    for block in model:
+        for part in (block.attn, block.mlp):
+            part.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[0]))
+    model.train()
+    model(torch.randn(6, 8, 2, 2)).sum().backward()  # attention masks (all 6), MLP skips (3 of 6)
+    assert seen == [6, 3, 6, 3]
+
+
 def test_eval_unchanged_and_exact_undo():
     torch.manual_seed(0)
     model = timm_vit()
