@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from .branch_inputs import BranchInputs, EntryArg
 from .ops import DropPath, _broadcast_from_first_rank, unbiased_scale, validate_rate
 from .trace import map_batch_tensors
+from .verify import rng_restored
 
 __all__ = ["BELOW_MIN_SKIP_RATE", "DEFAULT_MIN_SKIP_RATE", "KEPT_COUNTS", "SkipDropPath", "SkipEntry", "SkipState", "arm", "check_exact", "disarm"]
 
@@ -378,9 +379,11 @@ def check_exact(
 
     Runs under the caller's ``observation`` (eval mode, no grad, RNG restored). With one fixed kept
     set for every branch (sample 1 dropped, the last computed sample weighted 0, the others 1.5),
-    the model runs once masked and then skipping; the first branch end whose output differs beyond
-    float tolerance, or the branch that was running when the model raised, is disarmed with the
-    reason, and the skipping pass is repeated until it agrees. Returns the number of passes run.
+    the model runs once masked and then skipping, every pass from the same random state; the first
+    branch end whose output differs beyond float tolerance, or the branch that was running when the
+    model raised, is disarmed with the reason, and the skipping pass is repeated until it agrees.
+    A difference before any skipping branch ran (a model whose passes differ by themselves) disarms
+    them all. Returns the number of passes run.
     """
     if not any(a.state.enabled for a in armed):
         return 0
@@ -405,7 +408,10 @@ def check_exact(
             for state in drop.skip_states:
                 state.pending = None
                 state.forced = forced if skipping and state.enabled else None
-        return model(*args, **kwargs)
+        # Every pass from the same random state: random ops of the model's own (ViT-MAE's patch
+        # masking runs in eval mode too) then draw the same numbers in each pass.
+        with rng_restored(model, (args, kwargs)):
+            return model(*args, **kwargs)
 
     try:
         reference_out = run(False)
@@ -421,6 +427,11 @@ def check_exact(
             if culprit is None:
                 if error is not None:
                     raise error
+                if why:  # a difference that no skipping branch ran before: the passes themselves differ
+                    for a in armed:
+                        if a.state.enabled:
+                            disarm(a, f"the model does not repeat its outputs from one pass to the next ({why}), "
+                                   "so skipping cannot be shown exact")
                 return passes
             disarm(culprit, f"running it on a subset of the batch is not exact: {why}")
         return passes

@@ -60,6 +60,7 @@ from torch import Tensor, nn
 from .errors import BatchDimError, ExampleInputsError
 from .ops import is_drop_path_slot, is_placeholder
 from .record import Recorder, flat_args
+from .verify import rng_restored
 
 __all__ = ["BranchEnd", "Branch", "Trace", "trace_residual_branches", "CONTAINERS"]
 
@@ -126,7 +127,8 @@ def _double(obj: Any, batch_dim: int, batch: int) -> Any:
 
 
 class _Probe:
-    """Runs the model under a fresh ``Recorder``, with hooks on every module removed afterwards."""
+    """Runs the model under a fresh ``Recorder``, with hooks on every module removed afterwards and
+    the random state as it was before."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -137,7 +139,9 @@ class _Probe:
         try:
             handles = rec.watch(self.model)
             rec.mark_inputs(flat_args(args, kwargs))
-            with rec:
+            # Every pass from the same random state, so that passes compared with each other (the
+            # sample-independence check) see the same draws of a model that is random in eval mode.
+            with rng_restored(self.model, (args, kwargs)), rec:
                 out = self.model(*args, **kwargs)
         finally:
             for h in handles:

@@ -32,12 +32,18 @@ def _cuda_devices(model: nn.Module, inputs: Any) -> list[int]:
     return sorted(devices)
 
 
+def rng_restored(model: nn.Module, inputs: Any = None) -> contextlib.AbstractContextManager:
+    """The global random state (CPU and the CUDA devices of ``model`` and ``inputs``) saved and
+    restored on exit: passes run one after another inside it each draw the same random numbers."""
+    return torch.random.fork_rng(devices=_cuda_devices(model, inputs))
+
+
 @contextlib.contextmanager
 def observation(model: nn.Module, inputs: Any = None) -> Iterator[None]:
     """Eval mode, no grad, RNG state saved and restored, train flags restored exactly."""
     flags = train_flags(model)
     try:
-        with torch.random.fork_rng(devices=_cuda_devices(model, inputs)), torch.no_grad():
+        with rng_restored(model, inputs), torch.no_grad():
             model.eval()
             yield
     finally:

@@ -349,6 +349,73 @@ def test_branch_that_returns_the_wrong_number_of_samples_masks():
     assert seen == [6, 3, 6, 3]
 
 
+class NoisyEmbed(nn.Module):
+    """Random in eval mode too, before the blocks (ViT-MAE's patch masking draws in every mode)."""
+
+    def __init__(self):
+        super().__init__()
+        self.flaky = False  # the test turns on noise that no random state controls
+
+    def forward(self, x):
+        x = x + torch.rand_like(x)
+        if self.flaky:
+            self.calls = getattr(self, "calls", 0) + 1
+            x = x + self.calls * torch.arange(x.shape[-1])  # not a constant: LayerNorm would remove it
+        return x
+
+
+class TwoBranchBlock(nn.Module):
+    def __init__(self, dim=8):
+        super().__init__()
+        self.f = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.g = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x):
+        x = x + self.f(x)
+        return x + self.g(x)
+
+
+def test_random_ops_of_the_model_do_not_count_against_skipping():
+    """The apply-time check runs every pass from the same random state, so a model that draws random
+    numbers in eval mode before its blocks still skips (the first branch was blamed before)."""
+    model = nn.Sequential(NoisyEmbed(), TwoBranchBlock(), TwoBranchBlock())
+    report = apply_drop_path(model, 0.5, schedule="uniform", skip_dropped=True, example_inputs=torch.randn(2, 5, 8))
+    assert report.sites and all(s.compute == "skip" for s in report.sites), report
+
+
+def test_hf_vit_mae_skips_everywhere():
+    import transformers as T
+
+    config = T.ViTMAEConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+    )
+    report = apply_drop_path(T.ViTMAEModel(config), 0.3, schedule="uniform", skip_dropped=True)
+    assert report.sites and all(s.compute == "skip" for s in report.sites), report
+
+
+def test_a_model_whose_passes_differ_by_themselves_masks_everywhere(monkeypatch):
+    """Noise no random state controls, on during the check only (eval verification passes): no branch
+    can be shown exact, so all mask, with the reason (before, the check found no one to blame and
+    let every branch after the first skip)."""
+    import droppath_surgery.surgery as surgery
+
+    model = nn.Sequential(NoisyEmbed(), TwoBranchBlock(), TwoBranchBlock())
+    original = surgery.check_exact
+
+    def flaky_check(*args, **kwargs):
+        model[0].flaky = True
+        try:
+            return original(*args, **kwargs)
+        finally:
+            model[0].flaky = False
+
+    monkeypatch.setattr(surgery, "check_exact", flaky_check)
+    report = apply_drop_path(model, 0.5, schedule="uniform", skip_dropped=True, example_inputs=torch.randn(2, 5, 8))
+    assert report.sites and all(s.compute == "mask" for s in report.sites), report
+    assert len(report.notes) == len(report.sites)
+    assert all("does not repeat its outputs" in n for n in report.notes[1:]), report.notes
+
+
 def test_eval_unchanged_and_exact_undo():
     torch.manual_seed(0)
     model = timm_vit()
