@@ -9,7 +9,7 @@
 
 The data path, one module each: ``record`` (one observed forward pass) -> ``trace`` (residual
 branches, blocks, batch dims) -> ``schedules``
-(per-block rates) -> ``patch`` (attach / detach) -> ``verify`` (bitwise eval proof), with
+(per-block rates, per-branch mappings, and ``timm_schedule``: timm's own per-branch rates) -> ``patch`` (attach / detach) -> ``verify`` (bitwise eval proof), with
 ``ops`` (the DropPath op), ``inputs`` (example inputs for timm / HF / torchvision models),
 ``report`` (site records and table) and ``surgery`` (the public functions). Training integration:
 ``training`` (time schedules, ``DropPathScheduler``, ``sync_drop_path_masks``) and ``callbacks``

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import collections
 import difflib
 import os
 import sys
@@ -182,11 +183,11 @@ def plot_rates(report, path: str, title: str) -> None:
     plt = _matplotlib()
     rates = report.block_rates
     blocks = sorted(rates)
-    branches = [sum(1 for s in report.sites if s.block == b) for b in blocks]
+    points = collections.Counter((s.block, s.rate) for s in report.sites)  # per-branch rates may differ in a block
     fig, ax = plt.subplots(figsize=(7, 3.2), dpi=120)
     ax.step(blocks, [rates[b] for b in blocks], where="mid", color="tab:blue", lw=1.5)
-    ax.scatter(blocks, [rates[b] for b in blocks], s=[12 * n for n in branches], color="tab:blue", zorder=3,
-               label="block (marker size: branches)")
+    ax.scatter([b for b, _ in points], [r for _, r in points], s=[12 * n for n in points.values()], color="tab:blue",
+               zorder=3, label="branches of a block (marker size: how many)")
     ax.set_xlabel(f"block (execution order, {report.num_blocks} blocks)")
     ax.set_ylabel("drop rate")
     ax.set_ylim(bottom=0)
@@ -205,14 +206,20 @@ def plot_rates(report, path: str, title: str) -> None:
 # -- commands ---------------------------------------------------------------------------------------
 
 
+def _schedule_names() -> list[str]:
+    from .schedules import SCHEDULES, TIMM
+
+    return sorted([*SCHEDULES, TIMM])
+
+
 def inspect_command(args: argparse.Namespace) -> int:
-    from . import SCHEDULES, apply_drop_path, find_residual_branches
+    from . import apply_drop_path, find_residual_branches
     from .errors import DropPathError
     from .ops import validate_rate
 
     # Check the cheap things before building a model.
-    if args.schedule not in SCHEDULES:
-        raise CliError(f"unknown schedule {args.schedule!r}; choose one of {', '.join(sorted(SCHEDULES))}", USAGE_ERROR)
+    if args.schedule not in _schedule_names():
+        raise CliError(f"unknown schedule {args.schedule!r}; choose one of {', '.join(_schedule_names())}", USAGE_ERROR)
     try:
         validate_rate(args.rate, "--rate")
     except DropPathError as exc:
@@ -251,10 +258,9 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", help="timm:NAME, hf:FOLDER_OR_HUB_ID or torchvision:NAME")
     p.add_argument("--rate", type=float, default=0.1, help="drop rate of the deepest block (default %(default)s)")
-    from .schedules import SCHEDULES
-
     p.add_argument("--schedule", default="linear",
-                   help=f"a named per-block schedule: {', '.join(sorted(SCHEDULES))} (default %(default)s: timm's)")
+                   help=f"a named schedule: {', '.join(_schedule_names())} (default %(default)s: timm's default ramp; "
+                   "'timm': per branch, the rates timm's own constructor gives, for timm: models)")
     p.add_argument("--pretrained", action="store_true", help="load pretrained weights (needs the network)")
     p.add_argument("--plot", metavar="FILE.png", help="draw the per-block rate schedule (needs matplotlib)")
     p.add_argument("--skip-dropped", action="store_true",

@@ -33,6 +33,7 @@ from .errors import UnsupportedModelError
 from .ops import DropPath, is_drop_path_slot, is_placeholder
 from .report import Site, Skipped
 from .skip import SkipDropPath, SkipEntry, remove_entries
+from .timm_schedule import Target
 from .trace import CONTAINERS, Branch, Trace
 
 __all__ = ["Attachment", "PatchInfo", "plan_attachments", "attach", "detach", "patched_modules", "info_of", "sites_for", "CHILD_NAME"]
@@ -171,12 +172,17 @@ def _registrations(root: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
     return [(parent, name, child) for parent in root.modules() for name, child in parent._modules.items() if child is not None]
 
 
-def sites_for(att: Attachment, rates: list[float]) -> list[Site]:
+def target_of(att: Attachment) -> Target:
+    """What a schedule needs to know of an attachment to rate it."""
+    return Target(att.path, att.kind, att.block_index, att.branches[0].block_path)
+
+
+def sites_for(att: Attachment, rate: float) -> list[Site]:
     return [
         Site(
             path=att.path,
             block=br.block_index,
-            rate=rates[br.block_index],
+            rate=rate,
             kind=att.kind,
             batch_dim=br.batch_dim,  # type: ignore[arg-type]
             block_path=br.block_path,
@@ -200,19 +206,18 @@ def attach(
     scale_by_keep: bool = True,
     skip: dict | None = None,
 ) -> list[DropPath]:
-    """Attach a DropPath for every attachment (a ``SkipDropPath`` with the options in ``skip`` when
-    given) and return them, in the order of ``attachments``; on any error, undo what was done and
-    re-raise."""
+    """Attach a DropPath for every attachment, at the rate of the same position in ``rates`` (a
+    ``SkipDropPath`` with the options in ``skip`` when given), and return them, in the order of
+    ``attachments``; on any error, undo what was done and re-raise."""
     registrations = _registrations(root)
     drops: list[DropPath] = []
     try:
-        for att in attachments:
+        for att, rate in zip(attachments, rates, strict=True):
             options = dict(batch_dim=att.batch_dim, mode=mode, scale_by_keep=scale_by_keep)
-            rate = rates[att.block_index]
             drop = SkipDropPath(rate, **skip, **options) if skip is not None else DropPath(rate, **options)
             drops.append(drop)
             drop.train(att.module.training)
-            object.__setattr__(drop, _META, PatchInfo(sites_for(att, rates), num_blocks, schedule))
+            object.__setattr__(drop, _META, PatchInfo(sites_for(att, rate), num_blocks, schedule))
             if att.kind == "replace":
                 object.__setattr__(drop, _ORIGINAL, att.module)
                 for parent, name, child in registrations:

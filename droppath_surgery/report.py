@@ -74,8 +74,12 @@ class DropPathReport:
 
     @property
     def block_rates(self) -> dict[int, float]:
-        """The rate of each block that has patched branches."""
-        return {s.block: s.rate for s in self.sites}
+        """The rate of each block that has patched branches (the highest of its branches, where a
+        per-branch schedule such as ``"timm"`` on NextViT gives them different rates)."""
+        out: dict[int, float] = {}
+        for s in self.sites:
+            out[s.block] = max(s.rate, out.get(s.block, s.rate))
+        return out
 
     def __len__(self) -> int:
         return len(self.sites)

@@ -28,9 +28,10 @@ from .patch import (
     restore_patches,
     sites_for,
     snapshot_patches,
+    target_of,
 )
 from .report import DropPathReport, Skipped
-from .schedules import SCHEDULES, Schedule, block_rates, describe
+from .schedules import SCHEDULES, TIMM, Schedule, Target, branch_rates, describe
 from .skip import BELOW_MIN_SKIP_RATE, DEFAULT_MIN_SKIP_RATE, KEPT_COUNTS, SkipDropPath, arm, check_exact
 from .trace import Trace, trace_residual_branches
 from .verify import compare_outputs, compare_state, has_meta_tensors, observation, state_fingerprint
@@ -101,7 +102,7 @@ def _check_not_compiled(model: nn.Module) -> None:
 
 
 def _check_options(rate: Any, schedule: Schedule, filter_fn: Any, mode: str) -> None:
-    if isinstance(schedule, str) and schedule in SCHEDULES:
+    if isinstance(schedule, str) and (schedule in SCHEDULES or schedule == TIMM):
         validate_rate(rate, "rate")
     if filter_fn is not None and not callable(filter_fn):
         raise TypeError(f"filter_fn must be a callable (module, fqn) -> bool or None, got {type(filter_fn).__name__}.")
@@ -155,7 +156,6 @@ def _trace(model: nn.Module, example_inputs: Any, batch_dim: int | None) -> tupl
 def _plan(
     model: nn.Module, trace: Trace, rate: Any, schedule: Schedule, filter_fn: FilterFn | None
 ) -> tuple[list[Attachment], list[Skipped], list[float]]:
-    rates = block_rates(rate, schedule, trace.num_blocks)
     attachments, skipped = plan_attachments(trace, model)
     skipped = [Skipped(path, "", why) for path, why in trace.ignored] + skipped
     if filter_fn is not None:
@@ -172,6 +172,7 @@ def _plan(
             f"found {len(trace.branches)} residual branches in {type(model).__name__} but none can carry drop "
             f"path ({reasons}); relax filter_fn or pass example_inputs that exercise other branches."
         )
+    rates = branch_rates(model, rate, schedule, trace.num_blocks, [target_of(att) for att in attachments])
     return attachments, skipped, rates
 
 
@@ -226,7 +227,7 @@ def find_residual_branches(
     _check_options(rate, schedule, filter_fn, "row")
     trace, _, _ = _trace(model, example_inputs, batch_dim)
     attachments, skipped, rates = _plan(model, trace, rate, schedule, filter_fn)
-    sites = [s for att in attachments for s in sites_for(att, rates)]
+    sites = [s for att, r in zip(attachments, rates) for s in sites_for(att, r)]
     return _report(model, schedule, skipped, None, trace.num_blocks, sites)
 
 
@@ -251,9 +252,12 @@ def apply_drop_path(
         model: any ``nn.Module`` with residual blocks (timm, Hugging Face, torchvision or your own).
         rate: the drop rate of the deepest block for named schedules (``"linear"``: 0 at the first
             block up to ``rate`` at the last, as timm's ``drop_path_rate``; ``"uniform"``: ``rate``
-            everywhere). Not used when ``schedule`` is a list or a callable.
-        schedule: ``"linear"``, ``"uniform"``, a list with one rate per block, or a callable
-            ``(block_index, num_blocks) -> rate``.
+            everywhere). Not used when ``schedule`` is a list, a mapping or a callable.
+        schedule: ``"linear"``, ``"uniform"``, ``"efficientnet"``, ``"timm"`` (on a timm model:
+            per branch, ``rate`` times the rate timm's own constructor gives it, so the rates of
+            ``timm.create_model(name, drop_path_rate=rate)`` in every family's convention), a list
+            with one rate per block, a mapping ``{site path: rate}`` with one rate per branch, or a
+            callable ``(block_index, num_blocks) -> rate``.
         example_inputs: a tensor, tuple of arguments or dict of keyword arguments to trace the model
             with. Built automatically for timm, Hugging Face and torchvision models.
         filter_fn: ``filter_fn(module, fqn) -> bool`` chooses which branch ends get drop path;
@@ -392,11 +396,11 @@ def set_drop_path_rate(model: nn.Module, rate: float = 0.1, *, schedule: Schedul
         raise NotPatchedError(
             f"{type(model).__name__} has no drop path to re-schedule; call apply_drop_path(model, rate) first."
         )
-    rates = block_rates(rate, schedule, info_of(drops[0]).num_blocks)
+    infos = [info_of(drop) for drop in drops]
+    targets = [Target(i.sites[0].path, i.sites[0].kind, i.sites[0].block, i.sites[0].block_path) for i in infos]
+    rates = branch_rates(model, rate, schedule, infos[0].num_blocks, targets)
     name = describe(schedule)
-    for drop in drops:
-        info = info_of(drop)
-        new_rate = rates[info.sites[0].block]
+    for drop, info, new_rate in zip(drops, infos, rates):
         drop.rate = new_rate
         info.sites = [s.with_rate(new_rate) for s in info.sites]
         info.schedule = name

@@ -46,6 +46,7 @@ from torch import nn
 from .errors import DistributedError, InvalidRateError, NotPatchedError, ScheduleError
 from .ops import validate_rate
 from .patch import info_of, patched_modules
+from .schedules import TIMM
 from .surgery import set_drop_path_rate, unwrap_model
 
 __all__ = [
@@ -203,10 +204,10 @@ class ProgressiveLayerDrop(TimeSchedule):
 
 def _check_per_layer(per_layer: Any) -> PerLayer:
     if isinstance(per_layer, str):
-        if per_layer not in ("linear", "uniform"):
+        if per_layer not in ("linear", "uniform", TIMM):
             raise ScheduleError(
-                f"per_layer must be 'linear', 'uniform', a list of per-block factors in [0, 1] or a "
-                f"callable (block_index, num_blocks) -> factor, got {per_layer!r}."
+                f"per_layer must be 'linear', 'uniform', 'timm' (timm's own per-branch rates, on a timm model), "
+                f"a list of per-block factors in [0, 1] or a callable (block_index, num_blocks) -> factor, got {per_layer!r}."
             )
         return per_layer
     if callable(per_layer):
@@ -248,8 +249,9 @@ class DropPathScheduler:
         schedule: a time schedule (``Constant``, ``LinearWarmup``, ``Early``, ``Late``, ``Cosine``,
             ``ProgressiveLayerDrop``), any callable ``t -> top rate``, or a number (constant).
         per_layer: how the top rate is spread over blocks: ``"linear"`` (timm's, the default),
-            ``"uniform"``, a list with one factor in [0, 1] per block (block rate = top rate *
-            factor), or a callable ``(block_index, num_blocks) -> factor``.
+            ``"uniform"``, ``"timm"`` (on a timm model: per branch, the rates timm's constructor
+            gives, scaled to the top rate), a list with one factor in [0, 1] per block (block rate =
+            top rate * factor), or a callable ``(block_index, num_blocks) -> factor``.
         unit: ``"step"`` (call ``step()`` after every optimizer step) or ``"epoch"`` (after every
             epoch). The callbacks read it; the scheduler only counts calls.
 

@@ -52,7 +52,14 @@ schedule=...)`` on the model built *without* drop path (timm ``create_model(name
   ``droppath_surgery.SCHEDULES`` implements (checked by value, n = 1..40) fails rate parity with
   that reason. Models with no native drop path have no rate oracle (``n/a``).
 
-A family is "at parity" when site parity, rate parity (or ``n/a``) and eval unchanged all hold.
+* **rate parity with ``schedule="timm"``** (timm rows): the model is patched again with
+  ``apply_drop_path(model, RATE, schedule="timm")``, whose rates come from a meta-device build at
+  ``drop_path_rate=1`` scaled by ``RATE``, and compared per block as above with the real build at
+  ``RATE``. This checks how the schedule maps timm's slots to the engine's branches and that timm's
+  conventions are linear in the rate; it is not an independent derivation of the convention.
+
+A family is "at parity" when site parity, rate parity (or ``n/a``) and eval unchanged all hold;
+"at parity, `timm`" the same with the ``schedule="timm"`` rate parity.
 """
 
 from __future__ import annotations
@@ -144,6 +151,7 @@ class Row:
     eval_ok: str = "n/a"
     patch_s: float | None = None
     schedule: str = ""
+    timm_rate: str = "n/a"  # rate parity with schedule="timm" (timm rows): yes / no / n/a
     counted: bool = True  # counts towards the library's "at parity" summary
     reason: str = ""  # why a check failed, or what the engine reported
     info: str = ""  # neutral remarks (paths, what was found)
@@ -151,6 +159,11 @@ class Row:
     @property
     def at_parity(self) -> bool:
         return self.site == "yes" and self.rate in ("yes", "n/a") and self.eval_ok == "yes"
+
+    @property
+    def at_parity_timm(self) -> bool:
+        """At parity with ``schedule="timm"`` (timm's per-branch rates) instead of a named schedule."""
+        return self.site == "yes" and self.timm_rate == "yes" and self.eval_ok == "yes"
 
 
 class _Timeout(Exception):
@@ -452,7 +465,8 @@ def compare(sites, expected: dict[str, Expected], check_rates: bool, flow: dict 
     outputs (Identity and DropPath return their input, so a site at the slot, or on the module
     whose output flows through it, carries it); without ``flow``, when the site replaced the slot
     itself. The other sites of the block must be exactly as many as its other expected branches.
-    Returns (site parity, rate parity or None when there is no rate oracle, reasons).
+    Returns (site parity, rate parity or None when there is no rate oracle or no block both sides
+    have, reasons).
     """
     ours: dict[str, list] = collections.defaultdict(list)
     for s in sites:
@@ -501,9 +515,11 @@ def compare(sites, expected: dict[str, Expected], check_rates: bool, flow: dict 
     if not check_rates:
         return site_ok, None, reasons
     bad = []
+    compared = 0
     for b in expected:
         if b not in ours or not expected[b].rates:
             continue
+        compared += 1
         want = sorted(expected[b].rates)
         got = sorted(s.rate for s in ours[b])
         if len(want) == len(got):
@@ -516,6 +532,8 @@ def compare(sites, expected: dict[str, Expected], check_rates: bool, flow: dict 
         common = sum(1 for b in expected if b in ours)
         reasons.append(f"rates differ in {len(bad)} of {common} blocks: " + _list(bad, 3, sep="; "))
         reasons.append(explain_rates(expected, len({s.block for s in sites}), rate))
+    if not compared:  # no block both sides have: nothing to compare, not a match
+        return site_ok, None, reasons
     return site_ok, not bad, reasons
 
 
@@ -665,7 +683,7 @@ def judge(row: Row, model: nn.Module, run: EngineRun, expected: dict[str, "Expec
         if schedule is None:
             rate_ok = False
             reasons.append(f"no named schedule implements the {convention} convention ({CONVENTIONS[convention][0]})")
-        row.rate = "yes" if rate_ok else "no"
+        row.rate = "n/a" if rate_ok is None else "yes" if rate_ok else "no"
     row.reason = _join(row.reason, *reasons)
 
 
@@ -754,12 +772,12 @@ TIMM_CONVENTION: dict[str, str] = {
 WHY_NOT_AT_PARITY: dict[str, str] = {
     "timm:cait": "timm builds the class-attention blocks (`blocks_token_only`) without drop path (rate 0) "
     "while the self-attention blocks get the uniform rate; a named schedule sees only (rate, number of blocks) "
-    "and cannot tell the second stack. To match, pass a list: `[r] * 24 + [0, 0]`.",
+    "and cannot tell the second stack. To match, pass a list (`[r] * 24 + [0, 0]`) or `schedule='timm'`.",
     "timm:xcit": "timm builds the class-attention blocks (`cls_attn_blocks`) without drop path (rate 0) while "
-    "the XCA blocks get the uniform rate; a named schedule cannot tell the second stack. To match, pass a list.",
+    "the XCA blocks get the uniform rate; a named schedule cannot tell the second stack. To match, pass a list or `schedule='timm'`.",
     "timm:volo": "timm passes no rate to the outlooker blocks of stage 1 (rate 0) yet counts them in its ramp "
     "`r * i / (sum(layers) - 1)`, and builds the post (class-attention) blocks at rate 0: not a schedule over "
-    "the blocks. To match, pass a list.",
+    "the blocks. To match, pass a list or `schedule='timm'`.",
     "timm:cpubone": "each attention block (`stages.k.i`, no residual of its own) holds three residual "
     "sub-blocks (`total.0.0`, `total.0.1`, `total.1`) that timm gives the block's one rate; no block of the "
     "`stages.*.*` stack has a residual, so nothing shows that they form one unit. timm's ramp also counts the "
@@ -794,9 +812,11 @@ WHY_NOT_AT_PARITY: dict[str, str] = {
 }
 
 # The subset that CI runs (tests/test_coverage.py): a transformer, a hierarchical and a
-# convolutional family per library, and where the engine is expected to be at parity.
+# convolutional family per library, two timm conventions only schedule="timm" matches, and where
+# the engine is expected to be at parity.
 SUBSET = {
-    "timm": ["vision_transformer", "swin_transformer", "convnext", "resnet", "starnet", "levit", "mobilevit", "rexnet"],
+    "timm": ["vision_transformer", "swin_transformer", "convnext", "resnet", "starnet", "levit", "mobilevit", "rexnet",
+             "cait", "nextvit"],
     "hf": ["ViT", "BEiT", "Swin", "ConvNext"],
     "torchvision": ["convnext_tiny", "swin_t"],
 }
@@ -807,6 +827,9 @@ EXPECTED_AT_PARITY = {
     "hf": ["ViT", "BEiT", "Swin", "ConvNext"],
     "torchvision": ["convnext_tiny", "swin_t"],
 }
+# At parity only with schedule="timm": CaiT's class-attention blocks at rate 0 (a second stack),
+# NextViT's per-branch rates (0.75 / 0.25 / 1 within a block); no named schedule expresses either.
+EXPECTED_AT_PARITY_WITH_TIMM_SCHEDULE = ["cait", "nextvit"]
 SUBSET_KWARGS = {  # CI subset only: a smaller input where the model allows it
     "swin_transformer": dict(img_size=112, window_size=7),
 }
@@ -913,7 +936,25 @@ def timm_row(family: str, subset: bool = False) -> Row:
         return row
     expected = expected_from_slots(slots, model)
     judge(row, model, run, expected, check_rates=True, schedule=schedule, convention=convention)
+    judge_timm_schedule(row, model, example, expected)
     return row
+
+
+def judge_timm_schedule(row: Row, model: nn.Module, example: Any, expected: dict[str, Expected]) -> None:
+    """Re-patch with ``schedule="timm"`` (rates read off timm's meta build at drop_path_rate=1, scaled)
+    and compare the rates per block with the real build at ``RATE``, as for the named schedule."""
+    try:
+        report = apply_drop_path(model, RATE, schedule="timm", example_inputs=example)
+    except _Timeout:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure becomes the row's reason
+        row.timm_rate = "no"
+        row.reason = _join(row.reason, f"schedule='timm': {_short(exc)}")
+        return
+    _, ok, reasons = compare(report.sites, expected, True, None, RATE)
+    row.timm_rate = "n/a" if ok is None else "yes" if ok else "no"
+    if ok is False:
+        row.reason = _join(row.reason, "schedule='timm': " + _join(*[r for r in reasons if "rates differ" in r]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1196,6 +1237,11 @@ def summary_lines(rows: list[Row]) -> list[str]:
         ok = sum(r.at_parity for r in counted)
         if library == "timm":
             line = f"timm: {ok}/{len(counted)} families with drop_path_rate at parity"
+            ok_timm = sum(r.at_parity_timm for r in counted)
+            rates_timm = sum(r.timm_rate == "yes" for r in counted)
+            compared = sum(r.timm_rate in ("yes", "no") for r in counted)
+            line += (f" with a named schedule, {ok_timm}/{len(counted)} with `schedule=\"timm\"` "
+                     f"(its rates match timm's in {rates_timm} of the {compared} families with blocks to compare)")
             rest = [r for r in mine if not r.counted]
             if rest:
                 found = sum(1 for r in rest if r.branches)
@@ -1240,8 +1286,10 @@ def to_markdown(rows: list[Row], elapsed: float, subset: bool) -> str:
         "Columns: *branches* the engine found (blocks), *native* the branches the library drops itself in a",
         "build with drop path (`-`: none), *site* / *rate* parity against that build or the architecture's",
         "blocks, *eval* output bitwise unchanged after `apply_drop_path`, *patch s* its wall time (trace,",
-        "attach and verify), *schedule* the named schedule used. How each is judged is in the docstring of",
-        "`scripts/coverage.py`.",
+        "attach and verify), *schedule* the named schedule used; for timm, *rate, `timm`* the rate parity",
+        "with `schedule=\"timm\"` (each branch gets the rate timm's own constructor gives it, read off a",
+        "meta-device build of the architecture: `droppath_surgery/timm_schedule.py`). How each is judged is",
+        "in the docstring of `scripts/coverage.py`.",
     ]
     titles = {
         "timm": "timm (smallest model of each family)",
@@ -1253,20 +1301,20 @@ def to_markdown(rows: list[Row], elapsed: float, subset: bool) -> str:
         if not mine:
             continue
         out += ["", f"## {titles[library]}", ""]
-        head = "| family | model | branches (blocks) | native | site | rate | eval | patch s | schedule | at parity |"
+        timm_cols = library == "timm"
+        head = ("| family | model | branches (blocks) | native | site | rate | eval | patch s | schedule | at parity |"
+                + (" rate, `timm` | at parity, `timm` |" if timm_cols else ""))
         out += [head, "|" + "---|" * (head.count("|") - 1)]
         for r in mine:
             found = "-" if r.branches is None else f"{r.branches} ({r.blocks})"
             parity = ("**yes**" if r.at_parity else "no") if r.counted else "n/a"
-            out.append(
-                "| " + " | ".join(
-                    _cell(v)
-                    for v in (
-                        r.family, r.model, found, r.native, r.site, r.rate, r.eval_ok,
-                        None if r.patch_s is None else f"{r.patch_s:.2f}", r.schedule, parity,
-                    )
-                ) + " |"
-            )
+            cells = [
+                r.family, r.model, found, r.native, r.site, r.rate, r.eval_ok,
+                None if r.patch_s is None else f"{r.patch_s:.2f}", r.schedule, parity,
+            ]
+            if timm_cols:
+                cells += [r.timm_rate, ("**yes**" if r.at_parity_timm else "no") if r.counted else "n/a"]
+            out.append("| " + " | ".join(_cell(v) for v in cells) + " |")
     failures = [r for r in rows if r.counted and not r.at_parity]
     out += ["", "## Not at parity, with the reason", ""]
     if not failures:
@@ -1274,6 +1322,8 @@ def to_markdown(rows: list[Row], elapsed: float, subset: bool) -> str:
     for r in failures:
         why = WHY_NOT_AT_PARITY.get(f"{r.library}:{r.family}")
         line = f"- **{r.library}:{r.family}** (`{r.model}`): {_join(r.reason, r.info) or 'see the row'}"
+        if r.library == "timm" and r.at_parity_timm:
+            line += ". **At parity with `schedule='timm'`.**"
         out.append(line + (f"  \n  *Why:* {why}" if why else ""))
     stale = [r for r in rows if r.at_parity and f"{r.library}:{r.family}" in WHY_NOT_AT_PARITY]
     notes = [r for r in rows if r.counted and r.at_parity and (r.reason or "not the smallest" in r.info or "off any" in r.info)]

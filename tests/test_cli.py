@@ -92,6 +92,17 @@ def test_uniform_schedule_and_model_args(capsys):
     assert rows[0][4] == "blocks.0.drop_path1" and rows[-1][4] == "blocks.2.drop_path2"
 
 
+def test_timm_schedule_gives_timms_own_per_branch_rates(capsys):
+    code, out, err = run_cli(capsys, "inspect", "timm:cait_xxs24_224", "--schedule", "timm", "--rate", "0.2")
+    assert code == 0, err
+    rows = table(out)
+    assert len(rows) == 52 and "schedule='timm'" in out
+    assert {r for _, _, r, _, p in rows if p.startswith("blocks.")} == {0.2}  # CaiT: uniform
+    assert {r for _, _, r, _, p in rows if p.startswith("blocks_token_only.")} == {0.0}  # class attention: 0
+    code, out, err = run_cli(capsys, "inspect", "torchvision:resnet18", "--schedule", "timm")
+    assert_one_line_error(code, err, "not a timm model", "schedule='linear'")
+
+
 def test_hf_local_folder_builds_random_weights_from_its_config(tmp_path, capsys):
     import transformers as T
 

@@ -182,7 +182,7 @@ def test_hook_sites_match_none_slots_per_block_and_rates_per_branch():
     site_ok, rate_ok, reasons = cov.compare(report.sites, expected, check_rates=True, rate=0.3)
     # The engine numbers all 5 blocks of the stack (skip-less ones too) and spreads 0..0.3 over them;
     # the toy's own formula counts 4 blocks (it leaves out its last, shortcut-less block).
-    assert site_ok and not rate_ok
+    assert site_ok and rate_ok is False
     assert "layers.1: native 0.1, engine 0.075" in " ".join(reasons)
     assert "native rates are r*k/3 with k = 0,1,3" in " ".join(reasons)
     assert report.num_blocks == 5
@@ -282,6 +282,19 @@ def test_engine_keeps_parity(subset_rows, library, family):
     assert (row.site, row.rate, row.eval_ok) == ("yes", "yes" if has_native else "n/a", "yes"), row.reason
     assert row.at_parity and row.branches and row.patch_s is not None
     assert row.native == row.branches or not has_native or library == "hf"  # HF Swin drops only one branch per block
+
+
+def test_timm_schedule_matches_timm_on_every_timm_row_of_the_subset(subset_rows):
+    timm_rows = [r for r in subset_rows if r.library == "timm"]
+    assert [r.family for r in timm_rows if r.timm_rate != "yes"] == []
+    assert [r.family for r in timm_rows if not r.at_parity_timm] == []
+
+
+@pytest.mark.parametrize("family", cov.EXPECTED_AT_PARITY_WITH_TIMM_SCHEDULE)
+def test_conventions_no_named_schedule_expresses_are_at_parity_with_the_timm_schedule(subset_rows, family):
+    row = next(r for r in subset_rows if (r.library, r.family) == ("timm", family))
+    assert (row.site, row.rate, row.timm_rate, row.eval_ok) == ("yes", "no", "yes", "yes"), row.reason
+    assert row.at_parity_timm and not row.at_parity
 
 
 def test_rows_not_at_parity_say_why_and_the_markdown_lists_them(subset_rows):

@@ -1,0 +1,207 @@
+"""The ``"timm"`` schedule: per branch, the rate timm's own constructor gives it.
+
+timm computes drop path rates inside each model's constructor, and some families follow
+conventions that are not a function of ``(rate, number of blocks)``: CaiT and XCiT build their
+class-attention blocks at rate 0, VOLO counts its outlookers in the ramp but gives them 0, NextViT
+scales the rate per branch (attention 0.75, cross attention 0.25, MLP 1), CrossViT shares one rate
+between its parallel stacks, CSATv2 and ViTamin leave whole stacks out of the ramp. Rather than
+re-deriving each, this schedule reads them off timm itself.
+
+How: the model's architecture (``pretrained_cfg["architecture"]``) is built a second time with
+``drop_path_rate=1`` on the meta device (no weights, no memory; 10-350 ms, once per architecture,
+cached), and each branch the engine found takes ``rate`` times the rate timm gives there:
+
+* a branch attached at an architecture slot (``blocks.3.drop_path1``) takes that slot's rate: the
+  ``drop_prob`` of timm's DropPath there, or 0 where timm builds ``Identity`` (timm drops nothing);
+* any other branch (a ResNet-style block whose slot is ``None`` at rate 0, so the engine hooks a
+  module such as ``bn3``, or replaces another placeholder on the branch end, such as RexNet's
+  ``conv_pwl.bn.drop``) takes the rate of the slots inside its block that no branch at a slot
+  claims; a block with none gets 0 (timm drops nothing there).
+
+Every timm convention is linear in ``drop_path_rate`` (``linspace(0, r, n)``, ``r * i / n``,
+``r * 0.75``), so ``rate * (rate at 1)`` equals timm's build at ``rate`` up to float32 rounding
+in timm's ``linspace`` (below 1e-7; ``scripts/coverage.py`` checks every family at 0.1 against a
+real build to 1e-6). Scaling one cached reading keeps ``set_drop_path_rate`` cheap enough for every
+step.
+
+The model must be built like that architecture: the modules that hold timm's slots (its block
+classes) must be as many as in the rebuild, or a ``ScheduleError`` says so (a model created with
+another ``depth``, say). Branches outside any timm model (a wrapper's own blocks) have no timm rate
+and are an error too; leave them out with ``filter_fn`` or pass a mapping of rates.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import warnings
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from .errors import ScheduleError
+
+__all__ = ["Target", "timm_rates"]
+
+
+class Target(NamedTuple):
+    """One DropPath to give a rate: where it is attached and the block of its branches."""
+
+    path: str
+    kind: str  # "replace" (at an architecture slot) or "hook"
+    block: int
+    block_path: str
+
+
+class _Reading(NamedTuple):
+    slots: dict[str, float]  # slot path -> rate at drop_path_rate=1 (0 for Identity / None)
+    holders: dict[str, int]  # class name of a module holding a slot -> how many the build has
+
+
+def _architecture(module: nn.Module) -> str | None:
+    cfg = getattr(module, "pretrained_cfg", None)
+    arch = cfg.get("architecture") if isinstance(cfg, dict) else getattr(cfg, "architecture", None)
+    return arch if isinstance(arch, str) and arch else None
+
+
+def _timm_roots(model: nn.Module) -> dict[str, str]:
+    """Path prefix -> architecture of the outermost timm models in ``model`` ("" for the model)."""
+    roots: dict[str, str] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        if any(path == p or path.startswith(p + ".") for p in roots if p) or "" in roots:
+            continue
+        arch = _architecture(module)
+        if arch is not None:
+            roots[path] = arch
+    return roots
+
+
+def _slot_rate(module: Any) -> float | None:
+    """timm's rate at a drop path slot, or None if the module is not one."""
+    if module is None or isinstance(module, nn.Identity):
+        return 0.0
+    if "droppath" in type(module).__name__.lower():
+        value = getattr(module, "drop_prob", None)
+        return float(value) if isinstance(value, (int, float)) else None
+    return None
+
+
+@functools.lru_cache(maxsize=32)
+def _read(arch: str) -> _Reading:
+    try:
+        import timm
+    except ImportError:
+        raise ScheduleError("schedule='timm' reads timm's own rates and needs timm installed (pip install timm).") from None
+    errors = []
+    for device in ("meta", "cpu"):  # meta first: no memory; a real build where a constructor needs data
+        try:
+            # Weight init of a real build draws random numbers: the caller's RNG state must not move.
+            with warnings.catch_warnings(), torch.random.fork_rng(devices=[]), torch.device(device):
+                warnings.simplefilter("ignore")
+                ref = timm.create_model(arch, pretrained=False, drop_path_rate=1.0)
+            break
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(f"{device}: {type(exc).__name__}: {exc}")
+    else:
+        raise ScheduleError(
+            f"schedule='timm' rebuilds {arch!r} with drop_path_rate=1 to read timm's rates, and that failed "
+            f"({'; '.join(errors)[:300]}); use a named schedule ('linear') or pass the rates as a list or mapping."
+        )
+    slots: dict[str, float] = {}
+    holders: collections.Counter = collections.Counter()
+    slot_names: set[tuple[type, str]] = set()
+    for path, module in ref.named_modules():
+        if "droppath" in type(module).__name__.lower():
+            parent, _, name = path.rpartition(".")
+            slot_names.add((type(ref.get_submodule(parent)), name))
+    # Every attribute of a slot holder's class under a slot's name is a slot: the DropPath ones and
+    # those timm builds as Identity or None at rate 0 (first blocks, class-attention blocks).
+    for path, module in ref.named_modules():
+        for cls, name in slot_names:
+            if type(module) is cls:
+                rate = _slot_rate(getattr(module, name, None))
+                if rate is not None:
+                    slots[f"{path}.{name}" if path else name] = rate
+        if any(type(module) is cls for cls, _ in slot_names):
+            holders[type(module).__name__] += 1
+    return _Reading(slots, dict(holders))
+
+
+def _holder_counts(model: nn.Module, names: set[str]) -> dict[str, int]:
+    counts: collections.Counter = collections.Counter()
+    for module in model.modules():
+        if type(module).__name__ in names:
+            counts[type(module).__name__] += 1
+    return dict(counts)
+
+
+def timm_rates(model: nn.Module, rate: float, targets: Sequence[Target]) -> list[float]:
+    """``rate`` times timm's rate at each target (see the module docstring); ScheduleError where the
+    model is not a timm model or is built differently from its architecture."""
+    roots = _timm_roots(model)
+    if not roots:
+        raise ScheduleError(
+            f"schedule='timm' reads the rates timm's own constructor gives, and {type(model).__name__} is not a "
+            f"timm model (no pretrained_cfg['architecture'] on it or inside it); use schedule='linear' (timm's "
+            f"default ramp), 'uniform', a list of per-block rates or a mapping of per-branch rates."
+        )
+    readings = {}
+    for prefix, arch in roots.items():
+        reading = _read(arch)
+        inner = model.get_submodule(prefix) if prefix else model
+        here = _holder_counts(inner, set(reading.holders))
+        if here != reading.holders:
+            diff = ", ".join(f"{n}: {here.get(n, 0)} here, {c} in timm's build" for n, c in sorted(reading.holders.items())
+                             if here.get(n, 0) != c)
+            raise ScheduleError(
+                f"schedule='timm' reads timm's rates from a fresh build of {arch!r}, but "
+                f"{'this model' if not prefix else repr(prefix)} is built differently ({diff}: created with other "
+                f"arguments, such as depth?); create it with timm.create_model({arch!r}, drop_path_rate=...) to "
+                f"get timm's rates, or use schedule='linear' or a list of per-block rates."
+            )
+        readings[prefix] = reading
+
+    def root_of(path: str) -> str | None:
+        for prefix in sorted(roots, key=len, reverse=True):
+            if not prefix or path == prefix or path.startswith(prefix + "."):
+                return prefix
+        return None
+
+    def relative(path: str, prefix: str) -> str:
+        return path[len(prefix) + 1:] if prefix else path
+
+    outside = [t.path for t in targets if root_of(t.path) is None]
+    if outside:
+        raise ScheduleError(
+            f"schedule='timm' gives rates only to branches inside timm models ({', '.join(repr(p) for p in roots)}); "
+            f"{len(outside)} are outside: {', '.join(outside[:4])}{' ...' if len(outside) > 4 else ''}. Leave them "
+            f"out with filter_fn, or pass a mapping of per-branch rates."
+        )
+    def at_slot(t: Target) -> bool:
+        return t.kind == "replace" and relative(t.path, prefix_of[t.path]) in readings[prefix_of[t.path]].slots
+
+    prefix_of = {t.path: root_of(t.path) for t in targets}
+    claimed = {t.path for t in targets if at_slot(t)}
+    out = []
+    for t in targets:
+        prefix = prefix_of[t.path]
+        reading = readings[prefix]
+        if at_slot(t):
+            unit = reading.slots[relative(t.path, prefix)]
+        else:
+            block = relative(t.block_path, prefix)
+            units = {
+                v for p, v in reading.slots.items()
+                if p.startswith(block + ".") and (f"{prefix}.{p}" if prefix else p) not in claimed
+            }
+            if len(units) > 1:
+                raise ScheduleError(
+                    f"schedule='timm': the branch ending at {t.path!r} has no slot of its own, and its block "
+                    f"{t.block_path!r} holds timm slots with different rates ({sorted(units)}), so which is its rate "
+                    f"is ambiguous; pass a mapping of per-branch rates (see find_residual_branches(model).sites)."
+                )
+            unit = units.pop() if units else 0.0
+        out.append(rate * unit)
+    return out
