@@ -33,6 +33,7 @@ from .patch import (
 from .report import DropPathReport, Skipped
 from .schedules import SCHEDULES, TIMM, Schedule, Target, branch_rates, describe
 from .skip import BELOW_MIN_SKIP_RATE, DEFAULT_MIN_SKIP_RATE, KEPT_COUNTS, SkipDropPath, arm, check_exact
+from .timm_schedule import timm_drops
 from .trace import Trace, trace_residual_branches
 from .verify import compare_outputs, compare_state, has_meta_tensors, observation, state_fingerprint
 
@@ -153,6 +154,12 @@ def _trace(model: nn.Module, example_inputs: Any, batch_dim: int | None) -> tupl
     return trace, args, kwargs
 
 
+TIMM_HAS_NO_SLOT = (
+    "timm builds this block without a drop path slot at any rate, and schedule='timm' patches only where timm "
+    "drops; use another schedule to patch it too"
+)
+
+
 def _plan(
     model: nn.Module, trace: Trace, rate: Any, schedule: Schedule, filter_fn: FilterFn | None
 ) -> tuple[list[Attachment], list[Skipped], list[float]]:
@@ -165,6 +172,14 @@ def _plan(
                 kept.append(att)
             else:
                 skipped.extend(Skipped(att.path, br.block_path, "filtered out by filter_fn") for br in att.branches)
+        attachments = kept
+    if isinstance(schedule, str) and schedule == TIMM:
+        kept = []
+        for att, drops in zip(attachments, timm_drops(model, [target_of(a) for a in attachments])):
+            if drops:
+                kept.append(att)
+            else:
+                skipped.extend(Skipped(att.path, br.block_path, TIMM_HAS_NO_SLOT) for br in att.branches)
         attachments = kept
     if not attachments:
         reasons = "; ".join(sorted({s.reason for s in skipped})) or "none attachable"

@@ -16,7 +16,10 @@ cached), and each branch the engine found takes ``rate`` times the rate timm giv
 * any other branch (a ResNet-style block whose slot is ``None`` at rate 0, so the engine hooks a
   module such as ``bn3``, or replaces another placeholder on the branch end, such as RexNet's
   ``conv_pwl.bn.drop``) takes the rate of the slots inside its block that no branch at a slot
-  claims; a block with none gets 0 (timm drops nothing there).
+  claims;
+* a branch with no timm slot at it or in its block (a residual block timm builds without drop
+  path at any rate: ViTamin's hybrid stem, CSATv2's transformer blocks) is left out: it is listed
+  in the report's ``skipped`` with that reason, so the patched sites are where timm drops.
 
 Every timm convention is linear in ``drop_path_rate`` (``linspace(0, r, n)``, ``r * i / n``,
 ``r * 0.75``), so ``rate * (rate at 1)`` equals timm's build at ``rate`` up to float32 rounding
@@ -43,7 +46,7 @@ from torch import nn
 
 from .errors import ScheduleError
 
-__all__ = ["Target", "timm_rates"]
+__all__ = ["Target", "timm_drops", "timm_rates"]
 
 
 class Target(NamedTuple):
@@ -78,12 +81,19 @@ def _timm_roots(model: nn.Module) -> dict[str, str]:
     return roots
 
 
-def _slot_rate(module: Any) -> float | None:
-    """timm's rate at a drop path slot, or None if the module is not one."""
-    if module is None or isinstance(module, nn.Identity):
+_MISSING = object()
+
+
+def _is_drop_path(module: Any) -> bool:
+    return "droppath" in type(module).__name__.lower()
+
+
+def _slot_rate(held: Any) -> float | None:
+    """timm's rate at a drop path slot, or None if what is held there is not one."""
+    if held is None or isinstance(held, nn.Identity):
         return 0.0
-    if "droppath" in type(module).__name__.lower():
-        value = getattr(module, "drop_prob", None)
+    if _is_drop_path(held):
+        value = getattr(held, "drop_prob", None)
         return float(value) if isinstance(value, (int, float)) else None
     return None
 
@@ -109,22 +119,20 @@ def _read(arch: str) -> _Reading:
             f"schedule='timm' rebuilds {arch!r} with drop_path_rate=1 to read timm's rates, and that failed "
             f"({'; '.join(errors)[:300]}); use a named schedule ('linear') or pass the rates as a list or mapping."
         )
+    # A slot is any attribute under a name timm gives a DropPath in this build: the DropPath ones, and
+    # those timm builds as Identity or None at rate 0 (first blocks, CaiT's class-attention blocks).
+    names = {path.rpartition(".")[2] for path, module in ref.named_modules() if _is_drop_path(module)}
     slots: dict[str, float] = {}
     holders: collections.Counter = collections.Counter()
-    slot_names: set[tuple[type, str]] = set()
     for path, module in ref.named_modules():
-        if "droppath" in type(module).__name__.lower():
-            parent, _, name = path.rpartition(".")
-            slot_names.add((type(ref.get_submodule(parent)), name))
-    # Every attribute of a slot holder's class under a slot's name is a slot: the DropPath ones and
-    # those timm builds as Identity or None at rate 0 (first blocks, class-attention blocks).
-    for path, module in ref.named_modules():
-        for cls, name in slot_names:
-            if type(module) is cls:
-                rate = _slot_rate(getattr(module, name, None))
-                if rate is not None:
-                    slots[f"{path}.{name}" if path else name] = rate
-        if any(type(module) is cls for cls, _ in slot_names):
+        held_any = False
+        for name in names:
+            held = module._modules[name] if name in module._modules else module.__dict__.get(name, _MISSING)
+            rate = _slot_rate(held)
+            if rate is not None:
+                slots[f"{path}.{name}" if path else name] = rate
+                held_any = True
+        if held_any:
             holders[type(module).__name__] += 1
     return _Reading(slots, dict(holders))
 
@@ -138,8 +146,19 @@ def _holder_counts(model: nn.Module, names: set[str]) -> dict[str, int]:
 
 
 def timm_rates(model: nn.Module, rate: float, targets: Sequence[Target]) -> list[float]:
-    """``rate`` times timm's rate at each target (see the module docstring); ScheduleError where the
-    model is not a timm model or is built differently from its architecture."""
+    """``rate`` times timm's rate at each target (see the module docstring; 0 where timm has no slot);
+    ScheduleError where the model is not a timm model or is built differently from its architecture."""
+    return [rate * unit if unit is not None else 0.0 for unit in _units(model, targets)]
+
+
+def timm_drops(model: nn.Module, targets: Sequence[Target]) -> list[bool]:
+    """Whether timm has a drop path slot for each target: at it, or in its block. False for
+    residual blocks timm builds without any (ViTamin's hybrid stem, CSATv2's transformer blocks)."""
+    return [unit is not None for unit in _units(model, targets)]
+
+
+def _units(model: nn.Module, targets: Sequence[Target]) -> list[float | None]:
+    """timm's rate at drop_path_rate=1 for each target; None where timm has no slot for it."""
     roots = _timm_roots(model)
     if not roots:
         raise ScheduleError(
@@ -202,6 +221,6 @@ def timm_rates(model: nn.Module, rate: float, targets: Sequence[Target]) -> list
                     f"{t.block_path!r} holds timm slots with different rates ({sorted(units)}), so which is its rate "
                     f"is ambiguous; pass a mapping of per-branch rates (see find_residual_branches(model).sites)."
                 )
-            unit = units.pop() if units else 0.0
-        out.append(rate * unit)
+            unit = units.pop() if units else None
+        out.append(unit)
     return out

@@ -52,11 +52,12 @@ schedule=...)`` on the model built *without* drop path (timm ``create_model(name
   ``droppath_surgery.SCHEDULES`` implements (checked by value, n = 1..40) fails rate parity with
   that reason. Models with no native drop path have no rate oracle (``n/a``).
 
-* **rate parity with ``schedule="timm"``** (timm rows): the model is patched again with
+* **site and rate parity with ``schedule="timm"``** (timm rows): the model is patched again with
   ``apply_drop_path(model, RATE, schedule="timm")``, whose rates come from a meta-device build at
-  ``drop_path_rate=1`` scaled by ``RATE``, and compared per block as above with the real build at
-  ``RATE``. This checks how the schedule maps timm's slots to the engine's branches and that timm's
-  conventions are linear in the rate; it is not an independent derivation of the convention.
+  ``drop_path_rate=1`` scaled by ``RATE`` and which leaves out branches timm has no slot for, and
+  judged as above against the real build at ``RATE``. This checks how the schedule maps timm's
+  slots to the engine's branches and that timm's conventions are linear in the rate; it is not an
+  independent derivation of the convention (the schedule reads it from timm).
 
 A family is "at parity" when site parity, rate parity (or ``n/a``) and eval unchanged all hold;
 "at parity, `timm`" the same with the ``schedule="timm"`` rate parity.
@@ -151,6 +152,7 @@ class Row:
     eval_ok: str = "n/a"
     patch_s: float | None = None
     schedule: str = ""
+    timm_site: str = "n/a"  # site parity with schedule="timm" (timm rows), which leaves out branches timm has no slot for
     timm_rate: str = "n/a"  # rate parity with schedule="timm" (timm rows): yes / no / n/a
     counted: bool = True  # counts towards the library's "at parity" summary
     reason: str = ""  # why a check failed, or what the engine reported
@@ -163,7 +165,7 @@ class Row:
     @property
     def at_parity_timm(self) -> bool:
         """At parity with ``schedule="timm"`` (timm's per-branch rates) instead of a named schedule."""
-        return self.site == "yes" and self.timm_rate == "yes" and self.eval_ok == "yes"
+        return self.timm_site == "yes" and self.timm_rate == "yes" and self.eval_ok == "yes"
 
 
 class _Timeout(Exception):
@@ -786,7 +788,8 @@ WHY_NOT_AT_PARITY: dict[str, str] = {
     "stack the same rate `dpr[i]` and the fusion blocks the last one, and advances its ramp by max(stack depths) + "
     "fusion depth per MultiScaleBlock: an indexing no schedule over the blocks expresses.",
     "timm:csatv2": "timm leaves its transformer blocks without drop path unless `transformer_drop_path=True` "
-    "(default False): rate 0, and not counted in its ramp. The engine finds their residual branches and counts them.",
+    "(default False): rate 0, and not counted in its ramp. The engine finds their residual branches and counts them; "
+    "`schedule='timm'` leaves them out (no slot of timm's drop path names there).",
     "timm:cspnext": "timm's ramp covers `stage_depths[:-1]`: the last stage's block (no identity shortcut) is "
     "left out, while the engine counts a branchless block of the same class in the stack, as timm's EfficientNet "
     "builder counts its strided blocks.",
@@ -800,12 +803,15 @@ WHY_NOT_AT_PARITY: dict[str, str] = {
     "per-branch rates; the engine gives every branch of a block the block's rate. Sites match.",
     "timm:rdnet": "RDNet's blocks concatenate (dense connections) rather than add: no x + f(x). timm drops each "
     "dense block's output before the concatenation, which is no residual branch.",
-    "timm:resnest": "timm's ResNestBottleneck applies its drop path to the block input `x` (feeding the "
-    "downsample shortcut), not to the residual branch `out`: its slots are off any residual, so there is "
-    "nothing to match; the engine drops the branch of the blocks it finds.",
+    "timm:resnest": "timm's ResNestBottleneck applies its drop path to the block input `x` (`x = "
+    "self.drop_path(x)` after `bn3`, feeding only the downsample shortcut), not to the residual branch `out`: "
+    "its slots are off any residual, so there is nothing to match, and in blocks without a downsample the "
+    "dropped `x` is never used (timm's drop path does nothing there). The engine drops the residual branch "
+    "of every block it finds, as drop path is meant to.",
     "timm:vitamin": "the hybrid stem inside `patch_embed` (`patch_embed.backbone.stages`) holds MbConv blocks "
     "with drop path slots built at rate 0 and outside timm's ramp; they look like the transformer blocks (blocks "
-    "with slots), so the engine counts them.",
+    "with slots), so the engine counts them; `schedule='timm'` leaves them out (their `drop_path` is not one of "
+    "the names timm gives a DropPath in this model).",
     "timm:swiftformer": "SwiftFormerEncoder builds its LocalRepresentation branch without a rate (its drop "
     "path slot stays at 0) while the attention and MLP branches of the same block get the block's rate: "
     "per-branch rates within one block; the engine gives every branch of a block the block's rate. Sites match.",
@@ -936,25 +942,29 @@ def timm_row(family: str, subset: bool = False) -> Row:
         return row
     expected = expected_from_slots(slots, model)
     judge(row, model, run, expected, check_rates=True, schedule=schedule, convention=convention)
-    judge_timm_schedule(row, model, example, expected)
+    judge_timm_schedule(row, model, run, example, expected)
     return row
 
 
-def judge_timm_schedule(row: Row, model: nn.Module, example: Any, expected: dict[str, Expected]) -> None:
-    """Re-patch with ``schedule="timm"`` (rates read off timm's meta build at drop_path_rate=1, scaled)
-    and compare the rates per block with the real build at ``RATE``, as for the named schedule."""
+def judge_timm_schedule(row: Row, model: nn.Module, run: EngineRun, example: Any, expected: dict[str, Expected]) -> None:
+    """Re-patch with ``schedule="timm"`` (rates read off timm's meta build at drop_path_rate=1, scaled;
+    branches timm has no slot for left out) and judge sites and rates against the real build at
+    ``RATE`` as for the named schedule."""
     try:
         report = apply_drop_path(model, RATE, schedule="timm", example_inputs=example)
     except _Timeout:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure becomes the row's reason
-        row.timm_rate = "no"
+        row.timm_site = row.timm_rate = "no"
         row.reason = _join(row.reason, f"schedule='timm': {_short(exc)}")
         return
-    _, ok, reasons = compare(report.sites, expected, True, None, RATE)
+    paths = {p for e in expected.values() for p in e.slot_paths} | {s.path for s in report.sites}
+    flow = observe_outputs(model, run.args, run.kwargs, paths)
+    site_ok, ok, reasons = compare(report.sites, expected, True, flow, RATE)
+    row.timm_site = "yes" if site_ok else "no"
     row.timm_rate = "n/a" if ok is None else "yes" if ok else "no"
-    if ok is False:
-        row.reason = _join(row.reason, "schedule='timm': " + _join(*[r for r in reasons if "rates differ" in r]))
+    if not site_ok or ok is False:
+        row.reason = _join(row.reason, "schedule='timm': " + _join(*[r for r in reasons if not r.startswith("note")]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1286,10 +1296,10 @@ def to_markdown(rows: list[Row], elapsed: float, subset: bool) -> str:
         "Columns: *branches* the engine found (blocks), *native* the branches the library drops itself in a",
         "build with drop path (`-`: none), *site* / *rate* parity against that build or the architecture's",
         "blocks, *eval* output bitwise unchanged after `apply_drop_path`, *patch s* its wall time (trace,",
-        "attach and verify), *schedule* the named schedule used; for timm, *rate, `timm`* the rate parity",
-        "with `schedule=\"timm\"` (each branch gets the rate timm's own constructor gives it, read off a",
-        "meta-device build of the architecture: `droppath_surgery/timm_schedule.py`). How each is judged is",
-        "in the docstring of `scripts/coverage.py`.",
+        "attach and verify), *schedule* the named schedule used; for timm, *site, `timm`* and *rate, `timm`*",
+        "the same with `schedule=\"timm\"` (each branch gets the rate timm's own constructor gives it, read",
+        "off a meta-device build of the architecture, and branches timm has no slot for are left out:",
+        "`droppath_surgery/timm_schedule.py`). How each is judged is in the docstring of `scripts/coverage.py`.",
     ]
     titles = {
         "timm": "timm (smallest model of each family)",
@@ -1303,7 +1313,7 @@ def to_markdown(rows: list[Row], elapsed: float, subset: bool) -> str:
         out += ["", f"## {titles[library]}", ""]
         timm_cols = library == "timm"
         head = ("| family | model | branches (blocks) | native | site | rate | eval | patch s | schedule | at parity |"
-                + (" rate, `timm` | at parity, `timm` |" if timm_cols else ""))
+                + (" site, `timm` | rate, `timm` | at parity, `timm` |" if timm_cols else ""))
         out += [head, "|" + "---|" * (head.count("|") - 1)]
         for r in mine:
             found = "-" if r.branches is None else f"{r.branches} ({r.blocks})"
@@ -1313,7 +1323,7 @@ def to_markdown(rows: list[Row], elapsed: float, subset: bool) -> str:
                 None if r.patch_s is None else f"{r.patch_s:.2f}", r.schedule, parity,
             ]
             if timm_cols:
-                cells += [r.timm_rate, ("**yes**" if r.at_parity_timm else "no") if r.counted else "n/a"]
+                cells += [r.timm_site, r.timm_rate, ("**yes**" if r.at_parity_timm else "no") if r.counted else "n/a"]
             out.append("| " + " | ".join(_cell(v) for v in cells) + " |")
     failures = [r for r in rows if r.counted and not r.at_parity]
     out += ["", "## Not at parity, with the reason", ""]

@@ -56,7 +56,7 @@ def test_cait_class_attention_blocks_stay_at_zero_as_in_timm(rate):
     x = build(model)[0][0]
     before = eval_output(model, x)
     report = apply_drop_path(model, rate, schedule="timm")
-    assert report.schedule == "timm" and report.verified
+    assert report.schedule == "timm" and report.verified and len(report.sites) == 52  # class blocks kept, at 0
     rates = our_rates(model)
     assert {r for p, r in rates.items() if p.startswith("blocks.")} == {rate}
     assert {r for p, r in rates.items() if p.startswith("blocks_token_only.")} == {0.0}
@@ -111,6 +111,20 @@ def test_a_placeholder_on_the_branch_end_that_is_no_timm_slot_takes_its_blocks_r
     got = {s.block_path: s.rate for s in report.sites}
     assert all(abs(got[b] - want[b]) <= TOL for b in got), (got, want)
     assert len({round(r, 9) for r in got.values()}) == len(got)  # a ramp, not one rate
+
+
+def test_residual_blocks_timm_builds_without_drop_path_are_left_out_and_reported():
+    # ViTamin's hybrid stem (MbConv blocks inside patch_embed) has residuals with a `drop_path`
+    # Identity at any rate, outside timm's ramp; a named schedule patches them (the engine finds them).
+    model = timm.create_model("vitamin_small_224", pretrained=False)
+    assert len(find_residual_branches(model).sites) == 34
+    report = apply_drop_path(model, 0.1, schedule="timm")
+    stem = {f"patch_embed.backbone.stages.{i}.{j}.drop_path" for i, n in ((0, 2), (1, 4)) for j in range(n)}
+    assert {s.path for s in report.skipped if s.reason.startswith("timm builds this block without a drop path slot")} == stem
+    assert len(report.sites) == 28 and not any(s.path in stem for s in report.sites)
+    oracle = timm.create_model("vitamin_small_224", pretrained=False, drop_path_rate=0.1)
+    want = {k: v for k, v in timm_rates(oracle).items() if k.startswith("blocks.")}
+    assert_rates_close(our_rates(model), want)
 
 
 def test_set_drop_path_rate_and_the_scheduler_follow_timm_at_every_rate():
