@@ -64,7 +64,9 @@ class _Reading(NamedTuple):
 
 
 def _architecture(module: nn.Module) -> str | None:
-    cfg = getattr(module, "pretrained_cfg", None)
+    # Its own attribute, as timm's build sets it: wrappers that forward attribute lookups to the
+    # model inside (PEFT's PeftModel / LoraModel) do not count, or paths would get the wrong prefix.
+    cfg = module.__dict__.get("pretrained_cfg")
     arch = cfg.get("architecture") if isinstance(cfg, dict) else getattr(cfg, "architecture", None)
     return arch if isinstance(arch, str) and arch else None
 

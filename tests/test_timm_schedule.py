@@ -175,6 +175,20 @@ def test_a_timm_model_inside_a_wrapper_and_the_wrappers_own_blocks():
     assert got["backbone.layer4.0"] == pytest.approx(0.3)
 
 
+def test_a_peft_wrapped_timm_model_and_a_features_only_one():
+    peft = pytest.importorskip("peft")
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64)
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(target_modules=["qkv"], r=4))
+    # PeftModel forwards attribute lookups (pretrained_cfg too) to the timm model inside it; the
+    # paths must still be read from the timm model, at base_model.model.
+    apply_drop_path(wrapped, 0.1, schedule="timm", example_inputs=torch.randn(2, 3, 64, 64))
+    oracle = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, drop_path_rate=0.1)
+    assert_rates_close(our_rates(wrapped), {f"base_model.model.{k}": v for k, v in timm_rates(oracle).items()})
+    features = timm.create_model("resnet18", pretrained=False, features_only=True)
+    report = apply_drop_path(features, 0.1, schedule="timm", example_inputs=torch.randn(2, 3, 64, 64))
+    assert [round(s.rate, 6) for s in report.sites] == [round(0.1 * i / 7, 6) for i in range(8)]
+
+
 def test_a_model_that_is_not_timm_or_built_differently_is_refused_and_left_as_it_was():
     with pytest.raises(ScheduleError, match="not a timm model.*schedule='linear'"):
         find_residual_branches(ResidualMLP(), torch.randn(2, 4), schedule="timm")
