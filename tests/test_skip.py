@@ -19,19 +19,9 @@ from torch import nn
 from training_fixtures import hf_vit, single_thread, timm_vit  # noqa: F401
 
 from droppath_surgery import apply_drop_path, drop_path_report, remove_drop_path, set_drop_path_rate
-from droppath_surgery.skip import SkipDropPath, SkipEntry, SkipState
+from droppath_surgery.skip import SkipDropPath, SkipEntry, SkipState, _leaves  # output tensors, flattened
 
 BATCH = 6
-
-
-def _leaves(obj):
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, dict):
-        return [t for v in obj.values() for t in _leaves(v)]
-    if isinstance(obj, (tuple, list)):
-        return [t for v in obj for t in _leaves(v)]
-    return []
 
 
 def _loss(out, gen):
