@@ -4,6 +4,7 @@
     droppath-surgery inspect hf:./my-vit-checkpoint          # a local folder with a config.json
     droppath-surgery inspect hf:facebook/dinov2-small --schedule uniform   # a Hub id (needs the network)
     droppath-surgery inspect torchvision:swin_t --plot rates.png
+    droppath-surgery inspect timm:cait_xxs24_224 --schedule timm   # timm's own per-branch rates
     python -m droppath_surgery inspect ...
 
 Models get random weights (nothing is downloaded but a Hub config) unless ``--pretrained`` is given.
