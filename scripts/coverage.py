@@ -3,7 +3,7 @@
 of Hugging Face transformers built from small configs, and torchvision models, against where each
 library places drop path itself.
 
-    python scripts/coverage.py                      # full table -> docs/coverage.md (about 3 min, 2 cores)
+    python scripts/coverage.py                      # full table -> docs/coverage.md (about 6 min, 2 cores)
     python scripts/coverage.py --subset --out -     # the CI subset, printed
     python scripts/coverage.py --only timm:resnet hf:Swin --out -
 
@@ -59,6 +59,11 @@ schedule=...)`` on the model built *without* drop path (timm ``create_model(name
   slots to the engine's branches and that timm's conventions are linear in the rate; it is not an
   independent derivation of the convention (the schedule reads it from timm).
 
+* **skip** (every row the engine patched): ``apply_drop_path(model, RATE, skip_dropped=True,
+  min_skip_rate=0)``: the branches whose compute is skipped for dropped samples out of all, the
+  reasons the others mask (from ``report.notes``), and one training forward and backward at rate
+  0.5 (uniform) on the example inputs, which must give a finite loss. Informative, not part of parity.
+
 A family is "at parity" when site parity, rate parity (or ``n/a``) and eval unchanged all hold;
 "at parity, `timm`" the same with the ``schedule="timm"`` rate parity.
 """
@@ -70,6 +75,7 @@ import collections
 import contextlib
 import json
 import platform
+import re
 import signal
 import sys
 import time
@@ -87,7 +93,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from droppath_surgery import SCHEDULES, apply_drop_path  # noqa: E402
+from droppath_surgery import SCHEDULES, apply_drop_path, remove_drop_path, set_drop_path_rate  # noqa: E402
 from droppath_surgery.inputs import build as build_inputs  # noqa: E402
 
 RATE = 0.1
@@ -154,6 +160,8 @@ class Row:
     schedule: str = ""
     timm_site: str = "n/a"  # site parity with schedule="timm" (timm rows), which leaves out branches timm has no slot for
     timm_rate: str = "n/a"  # rate parity with schedule="timm" (timm rows): yes / no / n/a
+    skip: str = ""  # with skip_dropped=True: "k/n" branches that skip, "train ok" or the error; "" not run
+    skip_note: str = ""  # why the other branches mask (the report's notes, counted)
     counted: bool = True  # counts towards the library's "at parity" summary
     reason: str = ""  # why a check failed, or what the engine reported
     info: str = ""  # neutral remarks (paths, what was found)
@@ -931,6 +939,7 @@ def timm_row(family: str, subset: bool = False) -> Row:
         row.site = row.rate = "n/a"
         if run is not None:
             row.info = _join(f"{len(run.report.sites)} branches in {run.report.num_blocks} blocks", row.info)
+            judge_skipping(row, model, run, example)
         return row
     slots = native_build(
         lambda: timm.create_model(name, pretrained=False, drop_path_rate=RATE, **kwargs), () if example is None else (example,)
@@ -943,6 +952,7 @@ def timm_row(family: str, subset: bool = False) -> Row:
     expected = expected_from_slots(slots, model)
     judge(row, model, run, expected, check_rates=True, schedule=schedule, convention=convention)
     judge_timm_schedule(row, model, run, example, expected)
+    judge_skipping(row, model, run, example)
     return row
 
 
@@ -965,6 +975,46 @@ def judge_timm_schedule(row: Row, model: nn.Module, run: EngineRun, example: Any
     row.timm_rate = "n/a" if ok is None else "yes" if ok else "no"
     if not site_ok or ok is False:
         row.reason = _join(row.reason, "schedule='timm': " + _join(*[r for r in reasons if not r.startswith("note")]))
+
+
+def judge_skipping(row: Row, model: nn.Module, run: EngineRun, example_inputs: Any = None) -> None:
+    """Patch with ``skip_dropped=True`` (``min_skip_rate=0``: every branch that can skip does) and
+    record how many branches skip, why the others mask, and whether one training forward and
+    backward at rate 0.5 runs (a batch of 2 keeps 1 sample per branch) with a finite loss."""
+    try:
+        report = apply_drop_path(model, RATE, example_inputs=example_inputs, skip_dropped=True, min_skip_rate=0.0)
+    except _Timeout:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure becomes the row's reason
+        row.skip = "apply failed"
+        row.skip_note = _short(exc)
+        return
+    skipping = sum(s.compute == "skip" for s in report.sites)
+    row.skip = f"{skipping}/{len(report.sites)}"
+    # Reasons counted with their numbers (shapes, sizes) blanked, so one cause is one entry.
+    why = collections.Counter(re.sub(r"\d+", "#", n.split(": ", 2)[-1])[:120] for n in report.notes if n.startswith("masks instead"))
+    row.skip_note = "; ".join(f"{n} x {r}" for r, n in why.most_common(2)) + (f"; ... (+{len(why) - 2} more reasons)" if len(why) > 2 else "")
+    set_drop_path_rate(model, 0.5, schedule="uniform")
+    was = model.training
+    try:
+        model.train()
+        out = model(*run.args, **run.kwargs)
+        loss = sum(t.float().sum() for t in _tensors(out) if t.is_floating_point() and t.requires_grad)
+        if not isinstance(loss, Tensor):
+            raise RuntimeError("no output tensor requires grad")
+        loss.backward()
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"loss {loss.item()}")
+        row.skip += ", train ok"
+    except _Timeout:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        row.skip += ", train FAILED"
+        row.skip_note = _join(row.skip_note, f"training step: {_short(exc)}")
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was)
+        remove_drop_path(model)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1114,6 +1164,7 @@ def hf_row(case: HFCase) -> Row:
         row.rate = "no" if native else "n/a"
         return row
     judge(row, model, run, expected, check_rates=native, schedule=schedule, convention=convention)
+    judge_skipping(row, model, run, example)
     return row
 
 
@@ -1188,6 +1239,7 @@ def tv_row(case: TVCase) -> Row:
         row.rate = "no" if native else "n/a"
         return row
     judge(row, model, run, expected, check_rates=native, schedule=schedule, convention=convention, rate=case.rate)
+    judge_skipping(row, model, run)
     return row
 
 
@@ -1264,6 +1316,16 @@ def summary_lines(rows: list[Row]) -> list[str]:
         else:
             line = f"torchvision: {ok}/{len(counted)} models at parity"
         lines.append(line)
+        ran = [r for r in mine if r.skip]
+        if ran:
+            parts = [r.skip.split(",")[0] for r in ran]
+            some = sum(1 for p in parts if "/" in p and not p.startswith("0/"))
+            every = sum(1 for p in parts if "/" in p and p.split("/")[0] == p.split("/")[1])
+            trained = sum("train ok" in r.skip for r in ran)
+            lines.append(
+                f"{library} with `skip_dropped=True`: branches skip in {some} of {len(ran)} models (all of them in "
+                f"{every}), the rest mask; a training step ran in {trained}/{len(ran)}"
+            )
     return lines
 
 
@@ -1299,7 +1361,10 @@ def to_markdown(rows: list[Row], elapsed: float, subset: bool) -> str:
         "attach and verify), *schedule* the named schedule used; for timm, *site, `timm`* and *rate, `timm`*",
         "the same with `schedule=\"timm\"` (each branch gets the rate timm's own constructor gives it, read",
         "off a meta-device build of the architecture, and branches timm has no slot for are left out:",
-        "`droppath_surgery/timm_schedule.py`). How each is judged is in the docstring of `scripts/coverage.py`.",
+        "`droppath_surgery/timm_schedule.py`); *skip* how many branches run on the kept samples only with",
+        "`skip_dropped=True, min_skip_rate=0` (the others mask, for the reasons listed below) and whether a",
+        "training forward and backward at rate 0.5 then runs. How each is judged is in the docstring of",
+        "`scripts/coverage.py`.",
     ]
     titles = {
         "timm": "timm (smallest model of each family)",
@@ -1313,7 +1378,7 @@ def to_markdown(rows: list[Row], elapsed: float, subset: bool) -> str:
         out += ["", f"## {titles[library]}", ""]
         timm_cols = library == "timm"
         head = ("| family | model | branches (blocks) | native | site | rate | eval | patch s | schedule | at parity |"
-                + (" site, `timm` | rate, `timm` | at parity, `timm` |" if timm_cols else ""))
+                + (" site, `timm` | rate, `timm` | at parity, `timm` |" if timm_cols else "") + " skip |")
         out += [head, "|" + "---|" * (head.count("|") - 1)]
         for r in mine:
             found = "-" if r.branches is None else f"{r.branches} ({r.blocks})"
@@ -1324,6 +1389,7 @@ def to_markdown(rows: list[Row], elapsed: float, subset: bool) -> str:
             ]
             if timm_cols:
                 cells += [r.timm_site, r.timm_rate, ("**yes**" if r.at_parity_timm else "no") if r.counted else "n/a"]
+            cells.append(r.skip or None)
             out.append("| " + " | ".join(_cell(v) for v in cells) + " |")
     failures = [r for r in rows if r.counted and not r.at_parity]
     out += ["", "## Not at parity, with the reason", ""]
@@ -1349,6 +1415,11 @@ def to_markdown(rows: list[Row], elapsed: float, subset: bool) -> str:
         for r in info:
             what = f"{r.branches} branches in {r.blocks} blocks ({r.info})" if r.branches else ""
             out.append(f"- {r.library}:{r.family} (`{r.model}`): " + _join(what, r.reason))
+    masking = [r for r in rows if r.skip_note]
+    if masking:
+        out += ["", "## Skipping: branches that mask instead, and why", ""]
+        for r in masking:
+            out.append(f"- {r.library}:{r.family} (`{r.model}`, {r.skip}): {r.skip_note}")
     out += ["", "## Conventions used for rate parity", ""]
     out.append("| convention | formula | named schedule |")
     out.append("|---|---|---|")

@@ -297,6 +297,17 @@ def test_conventions_no_named_schedule_expresses_are_at_parity_with_the_timm_sch
     assert row.at_parity_timm and not row.at_parity
 
 
+def test_skip_dropped_applies_and_trains_on_every_subset_model(subset_rows):
+    patched = [r for r in subset_rows if r.branches]
+    assert patched and [f"{r.library}:{r.family}: {r.skip} {r.skip_note}" for r in patched if not r.skip.endswith("train ok")] == []
+    skips = {(r.library, r.family): tuple(int(v) for v in r.skip.split(",")[0].split("/")) for r in patched}
+    for key in [("timm", "vision_transformer"), ("timm", "swin_transformer"), ("hf", "ViT"), ("torchvision", "swin_t")]:
+        k, n = skips[key]
+        assert k == n > 0, key  # transformer blocks: every branch skips
+    resnet = next(r for r in subset_rows if (r.library, r.family) == ("timm", "resnet"))
+    assert resnet.skip.startswith("0/") and "batch statistics" in resnet.skip_note  # BatchNorm branches mask
+
+
 def test_rows_not_at_parity_say_why_and_the_markdown_lists_them(subset_rows):
     failing = [r for r in subset_rows if r.counted and not r.at_parity]
     assert all(r.reason for r in failing)
