@@ -999,9 +999,10 @@ def judge_skipping(row: Row, model: nn.Module, run: EngineRun, example_inputs: A
     try:
         model.train()
         out = model(*run.args, **run.kwargs)
-        loss = sum(t.float().sum() for t in _tensors(out) if t.is_floating_point() and t.requires_grad)
-        if not isinstance(loss, Tensor):
+        outputs = [t for t in _tensors(out) if t.is_floating_point() and t.requires_grad]
+        if not outputs:
             raise RuntimeError("no output tensor requires grad")
+        loss = sum(t.float().sum() for t in outputs)
         loss.backward()
         if not torch.isfinite(loss):
             raise RuntimeError(f"loss {loss.item()}")
