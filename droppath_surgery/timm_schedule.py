@@ -114,6 +114,14 @@ def _read(arch: str) -> _Reading:
                 warnings.simplefilter("ignore")
                 ref = timm.create_model(arch, pretrained=False, drop_path_rate=1.0)
             break
+        except TypeError as exc:
+            if "drop_path_rate" in str(exc):  # the family has no drop path: nothing to read, on any device
+                raise ScheduleError(
+                    f"schedule='timm' reads the rates timm's drop_path_rate gives, and timm's {arch!r} takes no "
+                    f"drop_path_rate (timm has no drop path for it); use schedule='linear' or another named "
+                    f"schedule, a list of per-block rates or a mapping of per-branch rates."
+                ) from None
+            errors.append(f"{device}: {type(exc).__name__}: {exc}")
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(f"{device}: {type(exc).__name__}: {exc}")
     else:

@@ -192,6 +192,10 @@ def test_a_peft_wrapped_timm_model_and_a_features_only_one():
 def test_a_model_that_is_not_timm_or_built_differently_is_refused_and_left_as_it_was():
     with pytest.raises(ScheduleError, match="not a timm model.*schedule='linear'"):
         find_residual_branches(ResidualMLP(), torch.randn(2, 4), schedule="timm")
+    dla = timm.create_model("dla46x_c", pretrained=False)  # residual branches, but no drop_path_rate in timm
+    with pytest.raises(ScheduleError, match="timm's 'dla46x_c' takes no drop_path_rate.*schedule='linear'"):
+        apply_drop_path(dla, 0.1, schedule="timm")
+    assert not is_patched(dla)
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=4, img_size=64)
     apply_drop_path(model, 0.1)  # an earlier patch must survive the failed one
     before = our_rates(model)
