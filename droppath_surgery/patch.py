@@ -31,9 +31,8 @@ from torch import Tensor, nn
 
 from .errors import UnsupportedModelError
 from .ops import DropPath, is_drop_path_slot, is_placeholder
-from .report import Site, Skipped
+from .report import Site, Skipped, Target
 from .skip import SkipDropPath, SkipEntry, remove_entries
-from .timm_schedule import Target
 from .trace import CONTAINERS, Branch, Trace
 
 __all__ = ["Attachment", "PatchInfo", "plan_attachments", "attach", "detach", "patched_modules", "info_of", "sites_for", "CHILD_NAME"]

@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-__all__ = ["Site", "Skipped", "DropPathReport"]
+__all__ = ["Site", "Skipped", "DropPathReport", "Target"]
+
+
+class Target(NamedTuple):
+    """What a schedule needs to rate one DropPath: where it is attached and its branches' block."""
+
+    path: str
+    kind: str  # "replace" (a placeholder was swapped) or "hook"
+    block: int
+    block_path: str
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,10 @@ class Site:
 
     def with_rate(self, rate: float) -> "Site":
         return Site(**{**self.__dict__, "rate": rate})
+
+    @property
+    def target(self) -> Target:
+        return Target(self.path, self.kind, self.block, self.block_path)
 
 
 @dataclass(frozen=True)

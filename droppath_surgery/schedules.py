@@ -42,7 +42,8 @@ import torch
 
 from .errors import InvalidRateError, ScheduleError
 from .ops import validate_rate
-from .timm_schedule import Target, timm_rates
+from .report import Target
+from .timm_schedule import timm_rates
 
 __all__ = ["Schedule", "SCHEDULES", "TIMM", "block_rates", "branch_rates"]
 
@@ -151,9 +152,12 @@ def _mapped_rates(schedule: Mapping, paths: Sequence[str]) -> list[float]:
     return out
 
 
-def branch_rates(model, rate: float | None, schedule: Schedule, num_blocks: int, targets: Sequence[Target]) -> list[float]:
+def branch_rates(
+    model, rate: float | None, schedule: Schedule, num_blocks: int, targets: Sequence[Target]
+) -> list[float | None]:
     """The drop rate of each target (one per DropPath: where it is attached, its block), validated:
-    per block for names, lists and callables; per branch for ``"timm"`` and mappings.
+    per block for names, lists and callables; per branch for ``"timm"`` and mappings. None only
+    from ``"timm"``, for a branch timm builds no drop path slot for.
     """
     if isinstance(schedule, str) and schedule == TIMM:
         return timm_rates(model, validate_rate(rate, "rate"), targets)

@@ -31,9 +31,8 @@ from .patch import (
     target_of,
 )
 from .report import DropPathReport, Skipped
-from .schedules import SCHEDULES, TIMM, Schedule, Target, branch_rates, describe
+from .schedules import SCHEDULES, TIMM, Schedule, branch_rates, describe
 from .skip import BELOW_MIN_SKIP_RATE, DEFAULT_MIN_SKIP_RATE, KEPT_COUNTS, SkipDropPath, arm, check_exact
-from .timm_schedule import timm_drops
 from .trace import Trace, trace_residual_branches
 from .verify import compare_outputs, compare_state, has_meta_tensors, observation, state_fingerprint
 
@@ -173,13 +172,16 @@ def _plan(
             else:
                 skipped.extend(Skipped(att.path, br.block_path, "filtered out by filter_fn") for br in att.branches)
         attachments = kept
-    if isinstance(schedule, str) and schedule == TIMM:
+    rates: list[float] = []
+    if attachments:
         kept = []
-        for att, drops in zip(attachments, timm_drops(model, [target_of(a) for a in attachments])):
-            if drops:
-                kept.append(att)
-            else:
+        targets = [target_of(a) for a in attachments]
+        for att, r in zip(attachments, branch_rates(model, rate, schedule, trace.num_blocks, targets)):
+            if r is None:  # "timm": timm builds no drop path here
                 skipped.extend(Skipped(att.path, br.block_path, TIMM_HAS_NO_SLOT) for br in att.branches)
+            else:
+                kept.append(att)
+                rates.append(r)
         attachments = kept
     if not attachments:
         reasons = "; ".join(sorted({s.reason for s in skipped})) or "none attachable"
@@ -187,7 +189,6 @@ def _plan(
             f"found {len(trace.branches)} residual branches in {type(model).__name__} but none can carry drop "
             f"path ({reasons}); relax filter_fn or pass example_inputs that exercise other branches."
         )
-    rates = branch_rates(model, rate, schedule, trace.num_blocks, [target_of(att) for att in attachments])
     return attachments, skipped, rates
 
 
@@ -412,10 +413,10 @@ def set_drop_path_rate(model: nn.Module, rate: float = 0.1, *, schedule: Schedul
             f"{type(model).__name__} has no drop path to re-schedule; call apply_drop_path(model, rate) first."
         )
     infos = [info_of(drop) for drop in drops]
-    targets = [Target(i.sites[0].path, i.sites[0].kind, i.sites[0].block, i.sites[0].block_path) for i in infos]
-    rates = branch_rates(model, rate, schedule, infos[0].num_blocks, targets)
+    rates = branch_rates(model, rate, schedule, infos[0].num_blocks, [i.sites[0].target for i in infos])
     name = describe(schedule)
     for drop, info, new_rate in zip(drops, infos, rates):
+        new_rate = 0.0 if new_rate is None else new_rate  # "timm" on a branch timm has no slot for
         drop.rate = new_rate
         info.sites = [s.with_rate(new_rate) for s in info.sites]
         info.schedule = name

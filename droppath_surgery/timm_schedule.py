@@ -45,17 +45,9 @@ import torch
 from torch import nn
 
 from .errors import ScheduleError
+from .report import Target
 
-__all__ = ["Target", "timm_drops", "timm_rates"]
-
-
-class Target(NamedTuple):
-    """One DropPath to give a rate: where it is attached and the block of its branches."""
-
-    path: str
-    kind: str  # "replace" (at an architecture slot) or "hook"
-    block: int
-    block_path: str
+__all__ = ["timm_rates"]
 
 
 class _Reading(NamedTuple):
@@ -155,20 +147,10 @@ def _holder_counts(model: nn.Module, names: set[str]) -> dict[str, int]:
     return dict(counts)
 
 
-def timm_rates(model: nn.Module, rate: float, targets: Sequence[Target]) -> list[float]:
-    """``rate`` times timm's rate at each target (see the module docstring; 0 where timm has no slot);
+def timm_rates(model: nn.Module, rate: float, targets: Sequence[Target]) -> list[float | None]:
+    """``rate`` times timm's rate at each target (see the module docstring); None where timm has no
+    slot for it, at it or in its block (ViTamin's hybrid stem, CSATv2's transformer blocks).
     ScheduleError where the model is not a timm model or is built differently from its architecture."""
-    return [rate * unit if unit is not None else 0.0 for unit in _units(model, targets)]
-
-
-def timm_drops(model: nn.Module, targets: Sequence[Target]) -> list[bool]:
-    """Whether timm has a drop path slot for each target: at it, or in its block. False for
-    residual blocks timm builds without any (ViTamin's hybrid stem, CSATv2's transformer blocks)."""
-    return [unit is not None for unit in _units(model, targets)]
-
-
-def _units(model: nn.Module, targets: Sequence[Target]) -> list[float | None]:
-    """timm's rate at drop_path_rate=1 for each target; None where timm has no slot for it."""
     roots = _timm_roots(model)
     if not roots:
         raise ScheduleError(
@@ -232,5 +214,5 @@ def _units(model: nn.Module, targets: Sequence[Target]) -> list[float | None]:
                     f"is ambiguous; pass a mapping of per-branch rates (see find_residual_branches(model).sites)."
                 )
             unit = units.pop() if units else None
-        out.append(unit)
+        out.append(None if unit is None else rate * unit)
     return out
