@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from .branch_inputs import BranchInputs, EntryArg
 from .ops import DropPath, _broadcast_from_first_rank, unbiased_scale, validate_rate
 from .trace import map_batch_tensors
-from .verify import rng_restored
+from .verify import _flatten, rng_restored
 
 __all__ = ["BELOW_MIN_SKIP_RATE", "DEFAULT_MIN_SKIP_RATE", "KEPT_COUNTS", "SkipDropPath", "SkipEntry", "SkipState", "arm", "check_exact", "disarm"]
 
@@ -362,16 +362,6 @@ def _close(a: Tensor, b: Tensor) -> tuple[bool, float]:
     return diff <= tol, diff
 
 
-def _leaves(obj: Any) -> list[Tensor]:
-    if isinstance(obj, Tensor):
-        return [obj]
-    if isinstance(obj, dict):
-        return [t for v in obj.values() for t in _leaves(v)]
-    if isinstance(obj, (tuple, list)):
-        return [t for v in obj for t in _leaves(v)]
-    return []
-
-
 def check_exact(
     model: nn.Module, armed: list[Armed], drops: list[SkipDropPath], args: tuple, kwargs: dict, input_dim: int
 ) -> int:
@@ -387,7 +377,7 @@ def check_exact(
     """
     if not any(a.state.enabled for a in armed):
         return 0
-    tensors = [t for t in _leaves((args, kwargs)) if t.ndim > input_dim]
+    tensors = [t for t in _flatten((args, kwargs)) if t.ndim > input_dim]
     if not tensors:
         return 0
     batch_in = tensors[0].shape[input_dim]
@@ -463,7 +453,7 @@ def _culprit(log, reference, reference_out, out, error, of_state) -> tuple[Armed
             return blame, f"its output differs from the masked form (max |diff| {diff:.3g})"
     if len(log) != len(reference):
         return last_skipping(len(log)), "the model ran another sequence of branches"
-    for want, got in zip(_leaves(reference_out), _leaves(out)):
+    for want, got in zip(_flatten(reference_out), _flatten(out)):
         ok, diff = _close(want, got)
         if not ok:
             return last_skipping(len(log)), f"the model output differs from the masked form (max |diff| {diff:.3g})"

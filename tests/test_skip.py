@@ -19,14 +19,15 @@ from torch import nn
 from training_fixtures import hf_vit, single_thread, timm_vit  # noqa: F401
 
 from droppath_surgery import apply_drop_path, drop_path_report, remove_drop_path, set_drop_path_rate
-from droppath_surgery.skip import SkipDropPath, SkipEntry, SkipState, _leaves  # output tensors, flattened
+from droppath_surgery.skip import SkipDropPath, SkipEntry, SkipState
+from droppath_surgery.verify import _flatten  # output tensors, flattened
 
 BATCH = 6
 
 
 def _loss(out, gen):
     total = 0
-    for t in _leaves(out):
+    for t in _flatten(out):
         if t.is_floating_point():
             total = total + (t * torch.randn(t.shape, generator=gen, dtype=t.dtype)).sum()
     return total
@@ -44,7 +45,7 @@ def _run(model, args, kwargs, seed):
     _loss(out, torch.Generator().manual_seed(7)).backward()
     grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
     grads += [a.grad.clone() for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor) and a.grad is not None]
-    return [t.detach().clone() for t in _leaves(out)], grads
+    return [t.detach().clone() for t in _flatten(out)], grads
 
 
 def _assert_close(got, want, what):
