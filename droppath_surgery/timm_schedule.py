@@ -65,10 +65,13 @@ def _architecture(module: nn.Module) -> str | None:
 
 def _timm_roots(model: nn.Module) -> dict[str, str]:
     """Path prefix -> architecture of the outermost timm models in ``model`` ("" for the model)."""
+    arch = _architecture(model)
+    if arch is not None:
+        return {"": arch}
     roots: dict[str, str] = {}
     for path, module in model.named_modules(remove_duplicate=False):
-        if any(path == p or path.startswith(p + ".") for p in roots if p) or "" in roots:
-            continue
+        if any(path.startswith(p + ".") for p in roots):
+            continue  # inside a timm model already found
         arch = _architecture(module)
         if arch is not None:
             roots[path] = arch
