@@ -160,8 +160,10 @@ class Row:
     schedule: str = ""
     timm_site: str = "n/a"  # site parity with schedule="timm" (timm rows), which leaves out branches timm has no slot for
     timm_rate: str = "n/a"  # rate parity with schedule="timm" (timm rows): yes / no / n/a
-    skip: str = ""  # with skip_dropped=True: "k/n" branches that skip, "train ok" or the error; "" not run
-    skip_note: str = ""  # why the other branches mask (the report's notes, counted)
+    skipping: int | None = None  # with skip_dropped=True: branches that skip; None: not run or apply failed
+    skip_sites: int | None = None  # ... out of this many
+    skip_train: str = ""  # "ok" or "FAILED" (the training step); "" not run
+    skip_note: str = ""  # why the other branches mask (the report's notes, counted), or the error
     counted: bool = True  # counts towards the library's "at parity" summary
     reason: str = ""  # why a check failed, or what the engine reported
     info: str = ""  # neutral remarks (paths, what was found)
@@ -169,6 +171,13 @@ class Row:
     @property
     def at_parity(self) -> bool:
         return self.site == "yes" and self.rate in ("yes", "n/a") and self.eval_ok == "yes"
+
+    @property
+    def skip(self) -> str:
+        """The *skip* cell: ``"k/n, train ok"``, ``"apply failed"`` or ``""`` (not run)."""
+        if self.skipping is None:
+            return "apply failed" if self.skip_note else ""
+        return f"{self.skipping}/{self.skip_sites}, train {self.skip_train}"
 
     @property
     def at_parity_timm(self) -> bool:
@@ -682,12 +691,19 @@ def _shapes(args: tuple, kwargs: dict) -> str:
     return ", ".join(str(s) for s in shapes)
 
 
+def compare_patched(model: nn.Module, run: EngineRun, sites, expected: dict[str, "Expected"], check_rates: bool,
+                    rate: float = RATE):
+    """``compare`` the sites of the patched ``model`` with the expected blocks, slot calls matched by
+    the tensors one eval forward on the run's inputs carries."""
+    paths = {p for e in expected.values() for p in e.slot_paths} | {s.path for s in sites}
+    flow = observe_outputs(model, run.args, run.kwargs, paths)
+    return compare(sites, expected, check_rates, flow, rate)
+
+
 def judge(row: Row, model: nn.Module, run: EngineRun, expected: dict[str, "Expected"], *, check_rates: bool,
           schedule: str | None, convention: str, rate: float = RATE) -> None:
     """Fill the row's site / rate columns from the engine's sites and the expected blocks."""
-    paths = {p for e in expected.values() for p in e.slot_paths} | {s.path for s in run.report.sites}
-    flow = observe_outputs(model, run.args, run.kwargs, paths)
-    site_ok, rate_ok, reasons = compare(run.report.sites, expected, check_rates, flow, rate)
+    site_ok, rate_ok, reasons = compare_patched(model, run, run.report.sites, expected, check_rates, rate)
     row.site = "yes" if site_ok else "no"
     if check_rates:
         if schedule is None:
@@ -968,9 +984,7 @@ def judge_timm_schedule(row: Row, model: nn.Module, run: EngineRun, example: Any
         row.timm_site = row.timm_rate = "no"
         row.reason = _join(row.reason, f"schedule='timm': {_short(exc)}")
         return
-    paths = {p for e in expected.values() for p in e.slot_paths} | {s.path for s in report.sites}
-    flow = observe_outputs(model, run.args, run.kwargs, paths)
-    site_ok, ok, reasons = compare(report.sites, expected, True, flow, RATE)
+    site_ok, ok, reasons = compare_patched(model, run, report.sites, expected, True)
     row.timm_site = "yes" if site_ok else "no"
     row.timm_rate = "n/a" if ok is None else "yes" if ok else "no"
     if not site_ok or ok is False:
@@ -986,11 +1000,10 @@ def judge_skipping(row: Row, model: nn.Module, run: EngineRun, example_inputs: A
     except _Timeout:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure becomes the row's reason
-        row.skip = "apply failed"
         row.skip_note = _short(exc)
         return
-    skipping = sum(s.compute == "skip" for s in report.sites)
-    row.skip = f"{skipping}/{len(report.sites)}"
+    row.skipping = sum(s.compute == "skip" for s in report.sites)
+    row.skip_sites = len(report.sites)
     # Reasons counted with their numbers (shapes, sizes) blanked, so one cause is one entry.
     why = collections.Counter(re.sub(r"\d+", "#", n.split(": ", 2)[-1])[:120] for n in report.notes if n.startswith("masks instead"))
     row.skip_note = "; ".join(f"{n} x {r}" for r, n in why.most_common(2)) + (f"; ... (+{len(why) - 2} more reasons)" if len(why) > 2 else "")
@@ -1006,11 +1019,11 @@ def judge_skipping(row: Row, model: nn.Module, run: EngineRun, example_inputs: A
         loss.backward()
         if not torch.isfinite(loss):
             raise RuntimeError(f"loss {loss.item()}")
-        row.skip += ", train ok"
+        row.skip_train = "ok"
     except _Timeout:
         raise
     except Exception as exc:  # noqa: BLE001
-        row.skip += ", train FAILED"
+        row.skip_train = "FAILED"
         row.skip_note = _join(row.skip_note, f"training step: {_short(exc)}")
     finally:
         model.zero_grad(set_to_none=True)
@@ -1319,10 +1332,9 @@ def summary_lines(rows: list[Row]) -> list[str]:
         lines.append(line)
         ran = [r for r in mine if r.skip]
         if ran:
-            parts = [r.skip.split(",")[0] for r in ran]
-            some = sum(1 for p in parts if "/" in p and not p.startswith("0/"))
-            every = sum(1 for p in parts if "/" in p and p.split("/")[0] == p.split("/")[1])
-            trained = sum("train ok" in r.skip for r in ran)
+            some = sum(1 for r in ran if r.skipping)
+            every = sum(1 for r in ran if r.skipping is not None and r.skipping == r.skip_sites)
+            trained = sum(r.skip_train == "ok" for r in ran)
             lines.append(
                 f"{library} with `skip_dropped=True`: branches skip in {some} of {len(ran)} models (all of them in "
                 f"{every}), the rest mask; a training step ran in {trained}/{len(ran)}"
