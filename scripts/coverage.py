@@ -691,7 +691,7 @@ def _shapes(args: tuple, kwargs: dict) -> str:
     return ", ".join(str(s) for s in shapes)
 
 
-def compare_patched(model: nn.Module, run: EngineRun, sites, expected: dict[str, "Expected"], check_rates: bool,
+def compare_patched(model: nn.Module, run: EngineRun, sites, expected: dict[str, Expected], check_rates: bool,
                     rate: float = RATE):
     """``compare`` the sites of the patched ``model`` with the expected blocks, slot calls matched by
     the tensors one eval forward on the run's inputs carries."""
