@@ -28,6 +28,7 @@ from .errors import (
     UnsupportedModelError,
     VerificationError,
 )
+from .inputs import build as build_example_inputs
 from .ops import DropPath, drop_path
 from .report import DropPathReport, Site, Skipped
 from .schedules import SCHEDULES, block_rates
@@ -52,6 +53,7 @@ __all__ = [
     "drop_path_report",
     "is_patched",
     "unwrap_model",
+    "build_example_inputs",
     "DropPath",
     "drop_path",
     "DropPathReport",
