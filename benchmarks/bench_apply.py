@@ -20,7 +20,7 @@ import timm
 import torch
 
 from droppath_surgery import apply_drop_path, remove_drop_path, set_drop_path_rate
-from droppath_surgery.inputs import build
+from droppath_surgery import build_example_inputs as build
 
 
 def main() -> None:

@@ -7,32 +7,15 @@
     set_drop_path_rate(model, 0.2)         # re-schedule, no forward pass
     remove_drop_path(model)                # the original modules, the same objects, are back
 
-The data path, one module each: ``record`` (one observed forward pass) -> ``trace`` (residual
-branches, blocks, batch dims) -> ``schedules``
-(per-block rates, per-branch mappings, and ``timm_schedule``: timm's own per-branch rates) -> ``patch`` (attach / detach) -> ``verify`` (bitwise eval proof), with
-``ops`` (the DropPath op), ``inputs`` (example inputs for timm / HF / torchvision models),
-``report`` (site records and table) and ``surgery`` (the public functions). Training integration:
-``training`` (time schedules, ``DropPathScheduler``, ``sync_drop_path_masks``) and ``callbacks``
-(Hugging Face ``Trainer`` and PyTorch Lightning callbacks, imported on first use).
+The pipeline, one package or module per step: ``analysis`` (record one forward pass, then find merges,
+blocks, batch dims, stacks) -> ``plan`` (where and how each DropPath goes, what is left out) ->
+``schedules`` (rate the plan) -> ``execute`` (attach / detach, undo records) -> ``verify`` (eval output
+bitwise unchanged; skipping exact) -> ``report``; ``api`` runs it. ``nn`` holds the ops,
+``integrations`` what is specific to timm / Hugging Face / torchvision and trainers, ``training`` time
+schedules and mask sync.
 """
 
-from .errors import (
-    BatchDimError,
-    DistributedError,
-    DropPathError,
-    ExampleInputsError,
-    InvalidRateError,
-    NoResidualBranchError,
-    NotPatchedError,
-    ScheduleError,
-    UnsupportedModelError,
-    VerificationError,
-)
-from .inputs import build as build_example_inputs
-from .ops import DropPath, drop_path
-from .report import DropPathReport, Site, Skipped
-from .schedules import SCHEDULES, block_rates
-from .surgery import (
+from .api import (
     apply_drop_path,
     drop_path_report,
     find_residual_branches,
@@ -41,6 +24,24 @@ from .surgery import (
     set_drop_path_rate,
     unwrap_model,
 )
+from .errors import (
+    BatchDimError,
+    DistributedError,
+    DropPathError,
+    ExampleInputsError,
+    InvalidArgumentError,
+    InvalidRateError,
+    NoResidualBranchError,
+    NotPatchedError,
+    ScheduleError,
+    SkipError,
+    UnsupportedModelError,
+    VerificationError,
+)
+from .integrations.inputs import build_example_inputs
+from .nn import DropPath, drop_path
+from .report import DropPathReport, Site, Skipped
+from .schedules import SCHEDULES, block_rates
 from .training import DropPathScheduler, sync_drop_path_masks
 
 __version__ = "0.1.0"
@@ -65,6 +66,7 @@ __all__ = [
     "sync_drop_path_masks",
     "DropPathError",
     "InvalidRateError",
+    "InvalidArgumentError",
     "ScheduleError",
     "NoResidualBranchError",
     "ExampleInputsError",
@@ -73,4 +75,5 @@ __all__ = [
     "NotPatchedError",
     "UnsupportedModelError",
     "DistributedError",
+    "SkipError",
 ]

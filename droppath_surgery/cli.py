@@ -208,15 +208,15 @@ def plot_rates(report, path: str, title: str) -> None:
 
 
 def _schedule_names() -> list[str]:
-    from .schedules import SCHEDULES, TIMM
+    from .schedules import schedule_names
 
-    return sorted([*SCHEDULES, TIMM])
+    return schedule_names()
 
 
 def inspect_command(args: argparse.Namespace) -> int:
     from . import apply_drop_path, find_residual_branches
+    from .checks import validate_rate
     from .errors import DropPathError
-    from .ops import validate_rate
 
     # Check the cheap things before building a model.
     if args.schedule not in _schedule_names():

@@ -1,11 +1,26 @@
-"""Error types raised by droppath-surgery.
+"""Every error droppath-surgery raises for something a user can fix.
 
-Every error a user can cause is one of these, so callers can catch them by kind. Each is also a
-``ValueError`` or ``TypeError``, so code that catches the built-in types keeps working. Messages
-state the rule that was broken, the value that broke it, and what to pass instead.
+Each is a ``DropPathError`` and also the built-in type callers may already catch (``ValueError``,
+``TypeError`` or ``RuntimeError``). Messages state the rule that was broken, the value that broke it
+and what to pass instead; a call that raises leaves the model exactly as it was.
 """
 
 from __future__ import annotations
+
+__all__ = [
+    "DropPathError",
+    "InvalidRateError",
+    "InvalidArgumentError",
+    "ScheduleError",
+    "NoResidualBranchError",
+    "ExampleInputsError",
+    "BatchDimError",
+    "VerificationError",
+    "NotPatchedError",
+    "UnsupportedModelError",
+    "DistributedError",
+    "SkipError",
+]
 
 
 class DropPathError(Exception):
@@ -14,6 +29,11 @@ class DropPathError(Exception):
 
 class InvalidRateError(DropPathError, ValueError):
     """A drop rate is not a finite number in [0, 1]."""
+
+
+class InvalidArgumentError(DropPathError, ValueError, TypeError):
+    """An option has the wrong type or value (``mode``, ``kept_count``, ``filter_fn``, a flag that
+    must be a bool), or the op got a tensor it cannot drop (not floating point)."""
 
 
 class ScheduleError(DropPathError, ValueError):
@@ -29,7 +49,7 @@ class ExampleInputsError(DropPathError, ValueError):
 
 
 class BatchDimError(DropPathError, ValueError):
-    """The batch dimension of a residual branch could not be determined."""
+    """The batch dimension is not a valid dimension, or could not be determined."""
 
 
 class VerificationError(DropPathError, RuntimeError):
@@ -46,3 +66,8 @@ class UnsupportedModelError(DropPathError, TypeError):
 
 class DistributedError(DropPathError, RuntimeError):
     """A distributed option (such as identical masks on all ranks) needs a set-up that is missing."""
+
+
+class SkipError(DropPathError, RuntimeError):
+    """A branch running on the kept samples only (``skip_dropped=True``) returned another number of
+    samples than it was given: its code does not follow the traced pass."""

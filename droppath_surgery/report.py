@@ -1,20 +1,19 @@
-"""What was (or would be) patched: the site record and the printed table."""
+"""What was (or would be) patched: the site records, the printed table, and the one function that
+renders a plan with its rates (``build_report``), for ``find_residual_branches``, ``apply_drop_path``
+and ``drop_path_report`` alike."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
-__all__ = ["Site", "Skipped", "DropPathReport", "Target"]
+from .nn import DropPath, SkipDropPath
+from .nn.skip import BELOW_MIN_SKIP_RATE
+from .plan import LeftOut, PlannedSite, Target
 
+__all__ = ["Site", "Skipped", "DropPathReport", "Target", "build_report", "report_of_patch"]
 
-class Target(NamedTuple):
-    """What a schedule needs to rate one DropPath: where it is attached and its branches' block."""
-
-    path: str
-    kind: str  # "replace" (a placeholder was swapped) or "hook"
-    block: int
-    block_path: str
+Skipped = LeftOut  # a residual branch found but not patched, and why (``path``, ``block_path``, ``reason``)
 
 
 @dataclass(frozen=True)
@@ -39,6 +38,8 @@ class Site:
             ``"skip"`` (in training it runs on the kept samples only; ``skip_dropped=True``) or
             ``"mask<min"`` (it could skip, but its current rate is below ``min_skip_rate``, so it
             masks until a rate change raises it).
+        stack: the chain of blocks linked by one residual stream this branch belongs to (an
+            encoder and a decoder, or two towers, are two stacks).
     """
 
     path: str
@@ -52,22 +53,14 @@ class Site:
     output_index: tuple = ()
     shape: tuple = ()
     compute: str = "mask"
+    stack: int = 0
 
-    def with_rate(self, rate: float) -> "Site":
-        return Site(**{**self.__dict__, "rate": rate})
+    def with_rate(self, rate: float) -> Site:
+        return replace(self, rate=rate)
 
     @property
     def target(self) -> Target:
         return Target(self.path, self.kind, self.block, self.block_path)
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A residual branch that was found but not patched, and why."""
-
-    path: str
-    block_path: str
-    reason: str
 
 
 @dataclass
@@ -132,3 +125,76 @@ class DropPathReport:
         return "\n".join(lines)
 
     __repr__ = __str__
+
+
+def build_report(
+    sites: Sequence[tuple[PlannedSite, float, Sequence[str]]],
+    *,
+    num_blocks: int,
+    schedule: str,
+    model_name: str,
+    left_out: Sequence[LeftOut] = (),
+    verified: bool | None = None,
+    notes: Sequence[str] = (),
+) -> DropPathReport:
+    """A report of planned sites with their rates and, per branch, what the compute column says."""
+    rows = [
+        Site(
+            path=site.path,
+            block=br.block,
+            rate=rate,
+            kind=site.kind,
+            batch_dim=br.batch_dim,
+            block_path=br.block_path,
+            branch=br.branch,
+            replaced=type(site.module).__name__,
+            output_index=site.output_index,
+            shape=br.shape,
+            compute=compute,
+            stack=br.stack,
+        )
+        for site, rate, computes in sites
+        for br, compute in zip(site.branches, computes)
+    ]
+    rows.sort(key=lambda s: (s.block, s.branch))
+    return DropPathReport(
+        sites=tuple(rows),
+        num_blocks=num_blocks,
+        schedule=schedule,
+        skipped=tuple(left_out),
+        model_name=model_name,
+        verified=verified,
+        notes=tuple(notes),
+    )
+
+
+def report_of_patch(drops: Sequence[DropPath], *, verified: bool | None = None, notes: Sequence[str] = ()) -> DropPathReport:
+    """The report of a patched model, read off its attached DropPaths (``execute.patched_modules``,
+    non-empty): their records, their current rates and, with skipping, what each branch computes."""
+    rows = []
+    masking: list[str] = []
+    below: dict[float, int] = {}  # min_skip_rate -> branches that could skip but mask at their current rate
+    for drop in drops:
+        site = drop.patch.site
+        states = drop.skip_states if isinstance(drop, SkipDropPath) else []
+        computes = [drop.compute(s) for s in states] if states else ["mask"] * len(site.branches)
+        rows.append((site, drop.rate, computes))
+        masking += [f"masks instead of skipping: {s.path} (block {br.block}): {s.reason}" for br, s in zip(site.branches, states) if s.reason]
+        if states and drop.rate < drop.min_skip_rate:
+            below[drop.min_skip_rate] = below.get(drop.min_skip_rate, 0) + sum(c != "mask" for c in computes)
+    masking += [
+        f"{n} branches could skip but mask at their current rate, below min_skip_rate={m:g} (skipping costs more "
+        f"than it saves there); they skip once their rate reaches it ({BELOW_MIN_SKIP_RATE!r} in the compute column)"
+        for m, n in below.items()
+        if n
+    ]
+    record = drops[0].patch
+    return build_report(
+        rows,
+        num_blocks=record.plan.num_blocks,
+        schedule=record.schedule,
+        model_name=record.plan.model_name,
+        left_out=record.plan.left_out,
+        verified=verified,
+        notes=[*masking, *notes],
+    )

@@ -1,71 +1,34 @@
-"""Proof that surgery did no harm, and the isolation that keeps probing invisible.
+"""Proof that surgery did no harm.
 
-* ``observation``: a context in which the model runs in eval mode without gradients, the global
-  RNGs (CPU and every CUDA device in use) are saved and restored, and every module's train/eval
-  flag is put back exactly as it was on exit.
-* ``compare_outputs``: bitwise comparison of two nested outputs (tensors, tuples, lists, dicts, HF
-  ``ModelOutput``), describing each difference.
-* ``state_fingerprint`` / ``compare_state``: ``state_dict`` keys and, for each entry, the identity,
-  storage, shape, dtype and version counter of the tensor. Surgery never writes to a tensor, so an
-  unchanged fingerprint proves unchanged keys and values without copying the weights.
+* ``compare_outputs``: bitwise comparison of two nested outputs, describing each difference.
+* ``state_fingerprint`` / ``compare_state``: ``state_dict`` keys and, per entry, the tensor's identity,
+  storage, shape, dtype and version counter: surgery never writes a tensor, so an unchanged fingerprint
+  proves unchanged keys and values without copying weights.
+* ``verify_eval``: the patched model in eval mode against the outputs of the recorded pass. The pass
+  runs under a pass-through ``TorchFunctionMode``, as the recording did, so both take the same kernels
+  (``nn.TransformerEncoderLayer`` takes a fused fast path only when no mode is active).
+* ``check_skipping``: with ``skip_dropped=True``, each skipping branch on a fixed subset of a grown
+  example batch must give the masked form's output, or it masks, with the reason.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
-__all__ = ["observation", "compare_outputs", "has_meta_tensors", "state_fingerprint", "compare_state", "train_flags"]
+from . import nested
+from .analysis.batch import map_batch_tensors
+from .analysis.record import version_counter
+from .errors import VerificationError
+from .isolation import observation, rng_restored
+from .nn import SkipDropPath
+from .nn.skip import SkipState
 
-
-def train_flags(model: nn.Module) -> list[tuple[nn.Module, bool]]:
-    return [(m, m.training) for m in model.modules()]
-
-
-def _cuda_devices(model: nn.Module, inputs: Any) -> list[int]:
-    devices = {t.device.index or 0 for t in model.parameters() if t.is_cuda}
-    devices |= {t.device.index or 0 for t in model.buffers() if t.is_cuda}
-    devices |= {t.device.index or 0 for t in _flatten(inputs) if t.is_cuda}
-    return sorted(devices)
-
-
-def rng_restored(model: nn.Module, inputs: Any = None) -> contextlib.AbstractContextManager:
-    """The global random state (CPU and the CUDA devices of ``model`` and ``inputs``) saved and
-    restored on exit: passes run one after another inside it each draw the same random numbers."""
-    return torch.random.fork_rng(devices=_cuda_devices(model, inputs))
-
-
-@contextlib.contextmanager
-def observation(model: nn.Module, inputs: Any = None) -> Iterator[None]:
-    """Eval mode, no grad, RNG state saved and restored, train flags restored exactly."""
-    flags = train_flags(model)
-    try:
-        with rng_restored(model, inputs), torch.no_grad():
-            model.eval()
-            yield
-    finally:
-        for module, flag in flags:
-            module.training = flag
-
-
-def _flatten(obj: Any, prefix: str = "output") -> Iterator[Tensor]:
-    for _, t in _named_leaves(obj, prefix):
-        if isinstance(t, Tensor):
-            yield t
-
-
-def _named_leaves(obj: Any, prefix: str) -> Iterator[tuple[str, Any]]:
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _named_leaves(v, f"{prefix}[{k!r}]")
-    elif isinstance(obj, (tuple, list)):
-        for i, v in enumerate(obj):
-            yield from _named_leaves(v, f"{prefix}[{i}]")
-    else:
-        yield prefix, obj
+__all__ = ["compare_outputs", "has_meta_tensors", "state_fingerprint", "compare_state", "verify_eval", "check_skipping"]
 
 
 def _bitwise_equal(a: Tensor, b: Tensor) -> bool:
@@ -74,20 +37,19 @@ def _bitwise_equal(a: Tensor, b: Tensor) -> bool:
     if a.device.type == "meta":  # no values to compare: shape and dtype are all there is
         return True
     if a.is_floating_point() or a.is_complex():
-        a8 = a.detach().contiguous().view(torch.uint8)
-        b8 = b.detach().contiguous().view(torch.uint8)
-        return torch.equal(a8, b8)
+        return torch.equal(a.detach().contiguous().view(torch.uint8), b.detach().contiguous().view(torch.uint8))
     return torch.equal(a, b)
 
 
 def compare_outputs(before: Any, after: Any) -> list[str]:
     """Descriptions of every difference between two outputs; empty when bitwise identical."""
-    left = list(_named_leaves(before, "output"))
-    right = list(_named_leaves(after, "output"))
-    if [n for n, _ in left] != [n for n, _ in right]:
-        return [f"output structure changed: {[n for n, _ in left]} vs {[n for n, _ in right]}"]
+    left = list(nested.leaves(before))
+    right = list(nested.leaves(after))
+    if [i for i, _ in left] != [i for i, _ in right]:
+        return [f"output structure changed: {[nested.describe(i) for i, _ in left]} vs {[nested.describe(i) for i, _ in right]}"]
     diffs = []
-    for (name, a), (_, b) in zip(left, right):
+    for (index, a), (_, b) in zip(left, right):
+        name = nested.describe(index)
         if isinstance(a, Tensor) and isinstance(b, Tensor):
             if not _bitwise_equal(a, b):
                 if a.shape != b.shape or a.dtype != b.dtype:
@@ -109,18 +71,14 @@ def compare_outputs(before: Any, after: Any) -> list[str]:
 
 
 def has_meta_tensors(obj: Any) -> bool:
-    return any(t.device.type == "meta" for t in _flatten(obj))
+    return any(t.device.type == "meta" for t in nested.tensors(obj))
 
 
 def state_fingerprint(model: nn.Module) -> dict[str, tuple]:
     out = {}
     for key, t in model.state_dict(keep_vars=True).items():
         if isinstance(t, Tensor):
-            try:
-                version = t._version
-            except RuntimeError:
-                version = None
-            out[key] = (id(t), t.data_ptr() if t.device.type != "meta" else 0, tuple(t.shape), t.dtype, version)
+            out[key] = (id(t), t.data_ptr() if t.device.type != "meta" else 0, tuple(t.shape), t.dtype, version_counter(t))
         else:
             out[key] = (id(t),)
     return out
@@ -138,3 +96,147 @@ def compare_state(before: dict[str, tuple], after: dict[str, tuple]) -> list[str
     if changed:
         diffs.append(f"state_dict tensors replaced or written: {changed[:5]}{' ...' if len(changed) > 5 else ''}")
     return diffs
+
+
+class _PassThrough(TorchFunctionMode):
+    """Runs every operation as it is; only its presence matters (it selects the same kernels as the
+    recording's mode did)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        return func(*args, **(kwargs or {}))
+
+
+def verify_eval(model: nn.Module, reference: Any, state_before: dict[str, tuple], args: tuple, kwargs: dict) -> None:
+    """``VerificationError`` unless the patched model's eval output equals ``reference`` bitwise
+    and its ``state_dict`` is unchanged."""
+    with observation(model, (args, kwargs)), _PassThrough():
+        after = model(*args, **kwargs)
+    diffs = compare_outputs(reference, after) + compare_state(state_before, state_fingerprint(model))
+    if diffs:
+        raise VerificationError(
+            "drop path changed the model in eval mode, so it was removed again: " + "; ".join(diffs[:5])
+            + ". Please report this model; apply_drop_path(..., filter_fn=...) can leave out the branch at fault."
+        )
+
+
+# -- skipping: the run-time exactness check -----------------------------------------------------
+
+PROBE_BATCH = 4
+
+
+def _grow(obj: Any, dim: int, batch: int, target: int) -> Any:
+    """The example inputs with at least ``target`` samples: copies of the batch, each rolled along
+    its last dimension so that no two samples are equal (a branch that mixes samples then shows)."""
+    reps = -(-target // batch)
+
+    def grow(t: Tensor) -> Tensor:
+        last = t.ndim - 1
+        rolls = [t if i == 0 or last == dim % t.ndim else t.roll(i, dims=last) for i in range(reps)]
+        return torch.cat(rolls, dim=dim)
+
+    return map_batch_tensors(obj, dim, batch, grow)
+
+
+def _close(a: Tensor, b: Tensor) -> tuple[bool, float]:
+    if a.shape != b.shape:
+        return False, float("inf")
+    if a.device.type == "meta":
+        return True, 0.0
+    a64, b64 = a.detach().double(), b.detach().double()
+    diff = (a64 - b64).abs().nan_to_num(float("inf")).max().item() if a.numel() else 0.0
+    scale = max(1.0, a64.abs().max().item() if a.numel() else 0.0)
+    tol = (1e-4 if a.dtype in (torch.float32, torch.float64) else 3e-2) * scale
+    return diff <= tol, diff
+
+
+def check_skipping(model: nn.Module, drops: list[SkipDropPath], args: tuple, kwargs: dict, input_dim: int) -> int:
+    """Prove, on a grown example batch, that each skipping branch gives the masked form's output.
+
+    With one fixed kept set for every branch (sample 1 dropped, the last computed sample weighted 0,
+    the others 1.5), the model runs once masked and then skipping, in eval mode without grad, every
+    pass from the same random state; the first branch end whose output differs beyond float
+    tolerance, or the branch that was running when the model raised, is disarmed with the reason, and
+    the skipping pass is repeated until it agrees. A difference before any skipping branch ran (a
+    model whose passes differ by themselves) disarms them all. Returns the number of passes run.
+    """
+    states = [s for d in drops for s in d.skip_states]
+    if not any(s.enabled for s in states):
+        return 0
+    tensors = [t for t in nested.tensors((args, kwargs)) if t.ndim > input_dim]
+    if not tensors:
+        return 0
+    batch_in = tensors[0].shape[input_dim]
+    args, kwargs = _grow(args, input_dim, batch_in, PROBE_BATCH), _grow(kwargs, input_dim, batch_in, PROBE_BATCH)
+    batch = max(PROBE_BATCH, batch_in)
+    kept = [i for i in range(batch) if i != 1]
+    weights = torch.full((len(kept),), 1.5)
+    weights[-1] = 0.0
+    forced = (torch.tensor(kept), weights)
+    log: list[tuple[Any, Tensor]] = []
+
+    def run(skipping: bool) -> Any:
+        log.clear()
+        for state in states:
+            state.pending = None
+            state.forced = forced if skipping and state.enabled else None
+        # Every pass from the same random state: random ops of the model's own (ViT-MAE's patch
+        # masking runs in eval mode too) then draw the same numbers in each pass.
+        with rng_restored(model, (args, kwargs)):
+            return model(*args, **kwargs)
+
+    with observation(model, (args, kwargs)), contextlib.ExitStack() as probing:
+        for drop in drops:
+            probing.enter_context(drop.probing(forced, log))
+        try:
+            reference_out = run(False)
+            reference = list(log)
+            passes = 1
+            for _ in range(len(states) + 1):
+                try:
+                    out, error = run(True), None
+                except Exception as exc:  # noqa: BLE001 - any failure of the subset run decides the branch
+                    out, error = None, exc
+                passes += 1
+                culprit, why = _culprit(states, log, reference, reference_out, out, error)
+                if culprit is None:
+                    if error is not None:
+                        raise error
+                    if why:  # a difference that no skipping branch ran before: the passes themselves differ
+                        for state in states:
+                            if state.enabled:
+                                state.disarm(
+                                    f"the model does not repeat its outputs from one pass to the next ({why}), "
+                                    "so skipping cannot be shown exact"
+                                )
+                    return passes
+                culprit.disarm(f"running it on a subset of the batch is not exact: {why}")
+            return passes
+        finally:
+            for state in states:
+                state.forced = None
+                state.pending = None
+
+
+def _culprit(states: list[SkipState], log: list, reference: list, reference_out: Any, out: Any, error: Any) -> tuple[SkipState | None, str]:
+    """The skipping branch to blame for a difference from the masked pass, and what it was."""
+
+    def last_skipping(upto: int) -> SkipState | None:
+        for state, _ in reversed(log[:upto]):
+            if state is not None and state.enabled:
+                return state
+        return None
+
+    if error is not None:
+        running = next((s for s in states if s.pending is not None), None)
+        return running or last_skipping(len(log)), f"{type(error).__name__}: {error}"
+    for i, ((state, got), (_, want)) in enumerate(zip(log, reference)):
+        ok, diff = _close(want, got)
+        if not ok:
+            return (state if state is not None else last_skipping(i)), f"its output differs from the masked form (max |diff| {diff:.3g})"
+    if len(log) != len(reference):
+        return last_skipping(len(log)), "the model ran another sequence of branches"
+    for want, got in zip(nested.tensors(reference_out), nested.tensors(out)):
+        ok, diff = _close(want, got)
+        if not ok:
+            return last_skipping(len(log)), f"the model output differs from the masked form (max |diff| {diff:.3g})"
+    return None, ""

@@ -94,7 +94,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from droppath_surgery import SCHEDULES, apply_drop_path, remove_drop_path, set_drop_path_rate  # noqa: E402
-from droppath_surgery.inputs import build as build_inputs  # noqa: E402
+from droppath_surgery import build_example_inputs as build_inputs  # noqa: E402
 
 RATE = 0.1
 TOL = 1e-6

@@ -37,10 +37,10 @@ def batches(rank: int, same_data: bool) -> list[tuple[torch.Tensor, torch.Tensor
 
 
 def record_masks(model: nn.Module) -> list[torch.Tensor]:
-    from droppath_surgery.patch import patched_modules
+    from helpers import attached
 
     masks: list[torch.Tensor] = []
-    for d in patched_modules(model):
+    for d in attached(model):
         d.register_forward_hook(lambda m, args, out: masks.append((out == 0).flatten(1).all(1)))
     return masks
 

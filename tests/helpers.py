@@ -48,6 +48,14 @@ class ModelSnapshot:
         assert torch.equal(torch.get_rng_state(), self.rng), "global RNG advanced"
 
 
+def attached(model: nn.Module) -> list:
+    """The DropPaths apply_drop_path attached (those with an undo record), in block order."""
+    from droppath_surgery import DropPath
+
+    found = [m for m in model.modules() if isinstance(m, DropPath) and m.patch is not None]
+    return sorted(found, key=lambda d: min((b.block, b.branch) for b in d.patch.site.branches))
+
+
 def eval_output(model: nn.Module, *args, **kwargs):
     was = model.training
     model.eval()
@@ -58,7 +66,7 @@ def eval_output(model: nn.Module, *args, **kwargs):
 
 
 def bitwise_equal(a, b) -> bool:
-    from droppath_surgery.verify import compare_outputs
+    from droppath_surgery.verify import compare_outputs  # the engine's own comparison, white-box
 
     return compare_outputs(a, b) == []
 

@@ -325,8 +325,7 @@ def test_rows_not_at_parity_say_why_and_the_markdown_lists_them(subset_rows):
 def test_timm_example_inputs_use_in_chans_not_a_stem_conv():
     # TResNet's first conv follows a space-to-depth stem (48 input channels for a 3-channel image).
     import timm
-
-    from droppath_surgery.inputs import build
+    from droppath_surgery import build_example_inputs as build
 
     with torch.device("meta"):
         tresnet = timm.create_model("tresnet_m", pretrained=False)

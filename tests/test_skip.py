@@ -19,8 +19,8 @@ from torch import nn
 from training_fixtures import hf_vit, single_thread, timm_vit  # noqa: F401
 
 from droppath_surgery import apply_drop_path, drop_path_report, remove_drop_path, set_drop_path_rate
-from droppath_surgery.skip import SkipDropPath, SkipEntry, SkipState
-from droppath_surgery.verify import _flatten  # output tensors, flattened
+from droppath_surgery.nested import tensors as _flatten  # output tensors, flattened
+from droppath_surgery.nn.skip import SkipDropPath, SkipEntry, SkipState
 
 BATCH = 6
 
@@ -176,12 +176,10 @@ def test_batch_carrying_keyword_arguments_are_subset(monkeypatch):
     mask = torch.ones(BATCH, 7, dtype=torch.long)
     mask[::2, 4:] = 0  # padding differs between samples: a wrongly subset mask would show
     example = {"input_ids": ids[:2], "attention_mask": mask[:2]}
-    entries = []
     report = skip_equals_mask(monkeypatch, model, kwargs={"input_ids": ids, "attention_mask": mask}, example_inputs=example)
-    for m in model.modules():
-        entries += [h for h in m._forward_pre_hooks.values() if isinstance(h, SkipEntry)]
+    entries = [e for m in model.modules() if isinstance(m, SkipDropPath) for s in m.skip_states for e in s.entries]
     subset_args = {a.location for e in entries for a in e.args}
-    assert ("attention_mask",) in subset_args, subset_args
+    assert (1, "attention_mask") in subset_args, subset_args  # (1, name): a keyword argument
     assert len(report.sites) == 4
 
 
@@ -388,10 +386,10 @@ def test_a_model_whose_passes_differ_by_themselves_masks_everywhere(monkeypatch)
     """Noise no random state controls, on during the check only (eval verification passes): no branch
     can be shown exact, so all mask, with the reason (before, the check found no one to blame and
     let every branch after the first skip)."""
-    import droppath_surgery.surgery as surgery
+    import droppath_surgery.api as api
 
     model = nn.Sequential(NoisyEmbed(), TwoBranchBlock(), TwoBranchBlock())
-    original = surgery.check_exact
+    original = api.check_skipping
 
     def flaky_check(*args, **kwargs):
         model[0].flaky = True
@@ -400,7 +398,7 @@ def test_a_model_whose_passes_differ_by_themselves_masks_everywhere(monkeypatch)
         finally:
             model[0].flaky = False
 
-    monkeypatch.setattr(surgery, "check_exact", flaky_check)
+    monkeypatch.setattr(api, "check_skipping", flaky_check)
     report = apply_drop_path(model, 0.5, schedule="uniform", skip_dropped=True, example_inputs=torch.randn(2, 5, 8))
     assert report.sites and all(s.compute == "mask" for s in report.sites), report
     assert len(report.notes) == len(report.sites)
@@ -434,7 +432,7 @@ def test_reapply_without_skip_removes_entries():
     "kwargs, error, words",
     [
         ({"skip_dropped": "yes"}, TypeError, "skip_dropped must be True or False"),
-        ({"skip_dropped": True, "kept_count": "exact"}, ValueError, "kept_count must be 'fixed'"),
+        ({"skip_dropped": True, "kept_count": "exact"}, ValueError, "kept_count must be one of 'fixed', 'random'"),
         ({"skip_dropped": True, "mode": "batch"}, ValueError, "mode='row'"),
         ({"skip_dropped": True, "min_skip_rate": 2.0}, Exception, "min_skip_rate"),
     ],
@@ -483,7 +481,7 @@ def test_below_min_skip_rate_the_branch_masks_and_rescheduling_switches():
 
 def _draws(rate, batch, kept_count, trials, dtype=torch.float32):
     drop = SkipDropPath(rate, kept_count=kept_count, min_skip_rate=0.0)
-    state = SkipState(drop, 0, "test")
+    state = SkipState(drop, 0, "test", ())
     kept = torch.zeros(trials, batch)
     scale = torch.zeros(trials, batch, dtype=torch.float64)
     for t in range(trials):

@@ -8,7 +8,6 @@ from helpers import ModelSnapshot, TinyTransformer, bitwise_equal, eval_output, 
 from scipy.stats import binomtest
 from torch import nn
 
-import droppath_surgery.ops as ops
 from droppath_surgery import (
     DropPath,
     ExampleInputsError,
@@ -265,7 +264,7 @@ def test_verification_catches_a_patch_that_changes_eval_output(model, x, monkeyp
     def broken_forward(self, inp):
         return inp * 1.5
 
-    monkeypatch.setattr(ops.DropPath, "forward", broken_forward)
+    monkeypatch.setattr(DropPath, "forward", broken_forward)
     snap = ModelSnapshot(model)
     with pytest.raises(VerificationError, match="elements differ"):
         apply_drop_path(model, 0.1, example_inputs=x)
@@ -273,7 +272,7 @@ def test_verification_catches_a_patch_that_changes_eval_output(model, x, monkeyp
 
 
 def test_verify_false_skips_the_check(model, x, monkeypatch):
-    monkeypatch.setattr(ops.DropPath, "forward", lambda self, inp: inp * 1.5)
+    monkeypatch.setattr(DropPath, "forward", lambda self, inp: inp * 1.5)
     report = apply_drop_path(model, 0.1, example_inputs=x, verify=False)
     assert report.verified is None and len(report.sites) == 8
 

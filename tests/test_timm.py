@@ -8,7 +8,7 @@ from timm.layers import DropPath as TimmDropPath
 from torch import nn
 
 from droppath_surgery import DropPath, apply_drop_path, find_residual_branches, remove_drop_path
-from droppath_surgery.inputs import build
+from droppath_surgery import build_example_inputs as build
 
 # Small variants of each family keep CI fast; the same kwargs build the oracle model.
 MODELS = {

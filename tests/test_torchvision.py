@@ -6,7 +6,7 @@ from helpers import bitwise_equal, eval_output
 from torchvision.ops import StochasticDepth
 
 from droppath_surgery import DropPath, apply_drop_path
-from droppath_surgery.inputs import build
+from droppath_surgery import build_example_inputs as build
 
 
 @pytest.mark.parametrize("name, native_rate", [("convnext_tiny", 0.1), ("swin_t", 0.2)])

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import Block, ModelSnapshot, TinyTransformer
+from helpers import ModelSnapshot, TinyTransformer
 from torch import nn
 
 from droppath_surgery import BatchDimError, NoResidualBranchError, apply_drop_path, find_residual_branches
@@ -222,10 +222,44 @@ def test_non_residual_additions_are_not_sites():
 
 
 def test_batch_dim_ambiguity_resolved_by_doubling():
-    # batch 4 and 4 channels: sizes alone are ambiguous at every branch
-    net = nn.Sequential(*[Block(4) for _ in range(2)])
-    report = find_residual_branches(net, torch.randn(4, 4, 4))
-    assert {s.batch_dim for s in report.sites} == {0}
+    # Batch-first inputs (N=4, L=4, D) that the model runs sequence-first inside: every branch is
+    # (L=4, N=4, D), so the sizes alone cannot tell, and the first dimension of the batch's size (0)
+    # would be wrong. Doubling the batch grows dimension 1 only.
+    class SeqFirstInside(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.Sequential(SeqFirstBlock(), SeqFirstBlock())
+
+        def forward(self, x):
+            return self.blocks(x.transpose(0, 1)).transpose(0, 1)
+
+    report = find_residual_branches(SeqFirstInside(), torch.randn(4, 4, 8))
+    assert [s.batch_dim for s in report.sites] == [1] * 4
+    assert all(s.shape == (4, 4, 8) for s in report.sites)
+
+
+def test_on_the_meta_device_an_undecidable_batch_dim_is_asked_for():
+    # No values on the meta device: a sequence-first (L, N, D) input fits dimension 0 and 1 alike,
+    # so it must not silently get 0.
+    with torch.device("meta"):
+        model, x = SeqFirstNet(), torch.randn(6, 3, 8)
+    with pytest.raises(BatchDimError, match=r"meta device.*both dimensions \[0, 1\].*pass batch_dim="):
+        find_residual_branches(model, x)
+    report = find_residual_branches(model, x, batch_dim=1)
+    assert {s.batch_dim for s in report.sites} == {1}
+    # An input whose other dimension fits no branch is decided by shapes alone.
+    with torch.device("meta"):
+        conv = nn.Sequential(nn.Conv2d(3, 8, 3), *[_ConvRes() for _ in range(2)])
+    assert {s.batch_dim for s in find_residual_branches(conv, torch.randn(2, 3, 9, 9, device="meta")).sites} == {0}
+
+
+class _ConvRes(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.f = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1))
+
+    def forward(self, x):
+        return x + self.f(x)
 
 
 class Gelu(nn.Module):
@@ -628,3 +662,74 @@ def test_skip_inside_a_nested_block_of_a_block_class_is_kept():
 
     report = find_residual_branches(nn.Sequential(Down(), RB(), RB()), torch.randn(2, 8))
     assert [s.path for s in report.sites] == ["0.pre_block.mlp.2", "1.mlp.2", "2.mlp.2"]
+
+
+class _CrossBlock(nn.Module):
+    """A decoder block: x + mlp(x), then x + cross(x, memory)."""
+
+    def __init__(self):
+        super().__init__()
+        self.mlp, self.q, self.out = _mlp(), _mlp(), nn.Linear(8, 8)
+
+    def forward(self, x, memory):
+        x = x + self.mlp(x)
+        return x + self.out(torch.tanh(self.q(x) * memory.mean(1, keepdim=True)))
+
+
+def test_stacks_are_chains_of_blocks_linked_by_one_residual_stream():
+    class EncoderDecoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.ModuleList([_Res() for _ in range(2)])
+            self.embed = nn.Linear(8, 8)
+            self.decoder = nn.ModuleList([_CrossBlock() for _ in range(2)])
+
+        def forward(self, src, tgt):
+            for blk in self.encoder:
+                src = blk(src)
+            x = self.embed(tgt)  # the decoder's stream starts from its own input, not the encoder's
+            for blk in self.decoder:
+                x = blk(x, src)
+            return x
+
+    report = find_residual_branches(EncoderDecoder(), (torch.randn(2, 5, 8), torch.randn(2, 3, 8)))
+    assert [(s.block_path, s.stack) for s in report.sites] == [
+        ("encoder.0", 0), ("encoder.1", 0), ("decoder.0", 1), ("decoder.0", 1), ("decoder.1", 1), ("decoder.1", 1),
+    ]
+
+    class Stages(nn.Module):  # Swin-like: stages linked through a downsampler are one stack
+        def __init__(self):
+            super().__init__()
+            self.stages = nn.ModuleList([nn.Sequential(_Res(), _Res()), nn.Sequential(_Res(), _Res())])
+            self.down = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.stages[1](self.down(self.stages[0](x)))
+
+    assert {s.stack for s in find_residual_branches(Stages(), torch.randn(2, 8)).sites} == {0}
+
+
+def test_one_slot_rule_a_dropout_named_drop_is_no_drop_path_slot():
+    from droppath_surgery.analysis.slots import is_drop_path_slot
+
+    assert not is_drop_path_slot(nn.Dropout(0.0), "blocks.0.attn_drop")
+    assert not is_drop_path_slot(nn.Identity(), "blocks.0.ls1")
+    assert not is_drop_path_slot(nn.Dropout(0.1), "blocks.0.drop_path")  # not the identity in eval
+    assert is_drop_path_slot(nn.Identity(), "blocks.0.drop_path1")
+    assert is_drop_path_slot(nn.Dropout(0.0), "layers.3.stochastic_depth")
+
+    class Block(nn.Module):  # the branch passes a drop path slot, then a dropout placeholder `proj_drop`
+        def __init__(self, slot):
+            super().__init__()
+            self.f, self.proj_drop = _mlp(), nn.Dropout(0.0)
+            self.drop_path = nn.Identity() if slot else None
+
+        def forward(self, x):
+            y = self.f(x)
+            return x + self.proj_drop(self.drop_path(y) if self.drop_path is not None else y)
+
+    # The slot wins over the outer `proj_drop` (which a rule of "any name with drop" would take);
+    # without a slot, the outermost module returning the branch is used.
+    for slot, want in ((True, ("0.drop_path", "replace")), (False, ("0.proj_drop", "replace"))):
+        site = find_residual_branches(nn.Sequential(Block(slot), Block(slot)), torch.randn(2, 8)).sites[0]
+        assert (site.path, site.kind) == want

@@ -4,12 +4,12 @@ resumed from a checkpoint) and PyTorch Lightning (an optional extra: skipped whe
 import pytest
 import torch
 import transformers as T
+from helpers import attached
 from torch import nn
+from training_fixtures import single_thread  # noqa: F401  (autouse: one CPU thread)
 
 from droppath_surgery import ScheduleError, apply_drop_path
-from droppath_surgery.patch import patched_modules
 from droppath_surgery.training import Early, Late, LinearWarmup
-from training_fixtures import single_thread  # noqa: F401  (autouse: one CPU thread)
 
 
 def hf_vit():
@@ -24,7 +24,7 @@ def hf_vit():
 def rate_log(model: nn.Module) -> list[float]:
     """The top rate each training forward ran with (the deepest block's rate, read as the model runs)."""
     seen: list[float] = []
-    deepest = patched_modules(model)[-1]
+    deepest = attached(model)[-1]
     model.register_forward_pre_hook(lambda m, args: seen.append(round(deepest.rate, 6)) if m.training else None)
     return seen
 

@@ -13,13 +13,12 @@ import pytest
 import timm
 import torch
 import transformers as T
-from helpers import TinyTransformer
+from helpers import TinyTransformer, attached
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from training_fixtures import single_thread  # noqa: F401  (autouse: one CPU thread)
 
 from droppath_surgery import DropPath, apply_drop_path
-from droppath_surgery.patch import patched_modules
-from training_fixtures import single_thread  # noqa: F401  (autouse: one CPU thread)
 
 RATE = 0.5
 
@@ -30,7 +29,7 @@ def count_calls(model: nn.Module) -> list[int]:
     def hook(module, args, out):
         calls[0] += 1
 
-    for d in patched_modules(model):
+    for d in attached(model):
         d.register_forward_hook(hook)
     return calls
 
@@ -136,4 +135,4 @@ def test_without_rng_preservation_the_gradients_differ(use_reentrant):
     torch.testing.assert_close(loss_a, loss_b, rtol=0, atol=0)  # the forward is the same ...
     differ = [n for n in grads_a if not torch.allclose(grads_a[n], grads_b[n], rtol=1e-5, atol=1e-7)]
     assert differ  # ... but the recomputation drew other masks
-    assert all(isinstance(d, DropPath) for d in patched_modules(base))
+    assert all(isinstance(d, DropPath) for d in attached(base))

@@ -11,6 +11,7 @@ import torch
 import torch._dynamo
 from helpers import TinyTransformer
 from torch._dynamo.testing import CompileCounterWithBackend
+from training_fixtures import hf_vit, single_thread, timm_vit  # noqa: F401  (single_thread: autouse)
 
 from droppath_surgery import (
     DropPath,
@@ -21,7 +22,6 @@ from droppath_surgery import (
     set_drop_path_rate,
 )
 from droppath_surgery.training import DropPathScheduler, Late
-from training_fixtures import hf_vit, single_thread, timm_vit  # noqa: F401  (single_thread: autouse)
 
 
 def logits_of(out):

@@ -7,11 +7,11 @@ each test asserts on its scenario's results.
 import pytest
 import torch
 import torch.distributed as dist
+from training_fixtures import single_thread  # noqa: F401  (autouse: one CPU thread)
 
 from droppath_surgery import apply_drop_path
 from droppath_surgery.errors import DistributedError
 from droppath_surgery.training import sync_drop_path_masks
-from training_fixtures import single_thread  # noqa: F401  (autouse: one CPU thread)
 
 pytestmark = pytest.mark.skipif(
     not dist.is_available() or not dist.is_gloo_available(),

@@ -3,11 +3,10 @@ own unload / merge_and_unload still work, and remove_drop_path works on what the
 
 import pytest
 import torch
-from helpers import TinyTransformer, bitwise_equal, eval_output
+from helpers import TinyTransformer, attached, bitwise_equal, eval_output
+from training_fixtures import hf_vit, single_thread, timm_vit  # noqa: F401  (single_thread: autouse)
 
 from droppath_surgery import apply_drop_path, remove_drop_path
-from droppath_surgery.patch import info_of, patched_modules
-from training_fixtures import hf_vit, single_thread, timm_vit  # noqa: F401  (single_thread: autouse)
 
 peft = pytest.importorskip("peft", reason="peft is not installed (pip install 'droppath-surgery[test]')")
 
@@ -25,7 +24,7 @@ MODELS = {
 
 
 def n_sites(model) -> int:
-    return sum(len(info_of(d).sites) for d in patched_modules(model))
+    return sum(len(d.patch.site.branches) for d in attached(model))
 
 
 def logits(out):
@@ -52,8 +51,8 @@ def test_lora_and_drop_path_compose_in_either_order(name, order):
         wrapped = peft.get_peft_model(model, config)
         report = apply_drop_path(wrapped, 0.2, example_inputs=x)  # PeftModel: inputs are not guessed
         assert report.verified and all(s.path.startswith("base_model.model.") for s in report.sites)
-    drops = patched_modules(wrapped)
-    assert n_sites(wrapped) == 4 and all(s.kind == "replace" for d in drops for s in info_of(d).sites)
+    drops = attached(wrapped)
+    assert n_sites(wrapped) == 4 and all(d.patch.site.kind == "replace" for d in drops)
     # LoRA starts as a no-op (B = 0) and drop path is the identity in eval: output unchanged, bitwise.
     assert bitwise_equal(reference, eval_output(wrapped, x))
 
@@ -87,10 +86,10 @@ def test_lora_and_drop_path_compose_in_either_order(name, order):
     merged = wrapped.merge_and_unload()
     assert type(merged) is type(model)
     assert not any("lora" in n for n, _ in merged.named_modules())
-    assert n_sites(merged) == 4 and patched_modules(merged) == drops
+    assert n_sites(merged) == 4 and attached(merged) == drops
     torch.testing.assert_close(logits(eval_output(merged, x)), trained, rtol=1e-5, atol=1e-5)
     assert remove_drop_path(merged) == len(drops)
-    assert not patched_modules(merged)
+    assert not attached(merged)
     torch.testing.assert_close(logits(eval_output(merged, x)), trained, rtol=1e-5, atol=1e-5)
 
 
@@ -101,7 +100,7 @@ def test_unload_without_merge_gives_back_the_original_weights_with_drop_path(nam
     model = make()
     x = torch.randn(2, 3, 32, 32)
     reference = eval_output(model, x)
-    drops = len(patched_modules(model)) if apply_drop_path(model, 0.1) else 0
+    drops = len(attached(model)) if apply_drop_path(model, 0.1) else 0
     wrapped = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=targets(model), init_lora_weights=False))
     assert not bitwise_equal(reference, eval_output(wrapped, x))  # random LoRA B: the adapters act
     base = wrapped.unload()
@@ -135,6 +134,6 @@ def test_lora_on_a_module_that_carries_a_hook_site_needs_drop_path_applied_after
     assert all_branches_dropped()
     # unload() puts the bare Linear back and the hook on the LoRA module goes with it: re-apply.
     base = wrapped.unload()
-    assert len(patched_modules(base)) == 4
+    assert len(attached(base)) == 4
     apply_drop_path(base, 1.0, schedule="uniform", example_inputs=x)
-    assert len(patched_modules(base)) == 8
+    assert len(attached(base)) == 8

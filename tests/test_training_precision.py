@@ -4,12 +4,12 @@ weights, dtypes kept, channels_last kept through DropPath."""
 import pytest
 import timm
 import torch
+from helpers import attached
 from scipy.stats import binomtest
 from torch import nn
+from training_fixtures import single_thread  # noqa: F401  (autouse: one CPU thread)
 
 from droppath_surgery import DropPath, apply_drop_path
-from droppath_surgery.patch import patched_modules
-from training_fixtures import single_thread  # noqa: F401  (autouse: one CPU thread)
 
 
 class ResidualMLP(nn.Module):
@@ -56,7 +56,7 @@ def test_drop_rate_is_unbiased_and_dtypes_are_kept(setting, p):
     apply_drop_path(model, p, schedule="uniform", example_inputs=torch.randn(2, 8, dtype=weights))
     reference = ResidualMLP().to(weights)
     reference.load_state_dict(model.state_dict())
-    drops = patched_modules(model)
+    drops = attached(model)
     assert len(drops) == 4
     seen: dict[int, list[torch.Tensor]] = {i: [] for i in range(4)}
     dtypes = set()
@@ -133,7 +133,7 @@ def test_channels_last_in_a_patched_convnext_under_autocast():
         cl = torch.channels_last
         formats.append((x.is_contiguous(memory_format=cl), out.is_contiguous(memory_format=cl), x.dtype == out.dtype))
 
-    drops = patched_modules(model)
+    drops = attached(model)
     for d in drops:
         d.register_forward_hook(hook)
     x = torch.randn(4, 3, 64, 64).to(memory_format=torch.channels_last)

@@ -6,13 +6,11 @@ import io
 
 import pytest
 import torch
-from helpers import TinyTransformer, bitwise_equal, eval_output, hook_count
-
-from droppath_surgery import apply_drop_path, drop_path_report, is_patched, remove_drop_path, set_drop_path_rate
-from droppath_surgery.patch import patched_modules
-from droppath_surgery.training import sync_drop_path_masks
+from helpers import TinyTransformer, attached, bitwise_equal, eval_output, hook_count
 from training_fixtures import hf_vit, single_thread, timm_vit  # noqa: F401  (single_thread: autouse)
 
+from droppath_surgery import apply_drop_path, drop_path_report, is_patched, remove_drop_path, set_drop_path_rate
+from droppath_surgery.training import sync_drop_path_masks
 
 # (factory, input, expected site kinds)
 MODELS = {
@@ -59,7 +57,7 @@ def test_state_dicts_load_both_ways_with_identical_eval_outputs(name):
     other = make()
     patched.load_state_dict(other.state_dict(), strict=True)
     assert bitwise_equal(out(patched, x), out(other, x))
-    assert is_patched(patched) and [d.rate for d in patched_modules(patched)][-1] == pytest.approx(0.3)
+    assert is_patched(patched) and [d.rate for d in attached(patched)][-1] == pytest.approx(0.3)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -76,7 +74,7 @@ def test_deepcopy_keeps_drop_path_independently(name):
     assert drop_path_report(model).sites[-1].rate == pytest.approx(0.3)
     assert drop_path_report(twin).sites[-1].rate == pytest.approx(0.9)
     hooks = hook_count(model)
-    n = len(patched_modules(twin))
+    n = len(attached(twin))
     assert remove_drop_path(twin) == n and not is_patched(twin)
     assert hook_count(model) == hooks and is_patched(model)
     assert bitwise_equal(out(model, x), out(twin, x))
@@ -99,11 +97,11 @@ def test_torch_save_and_load_of_the_whole_model(name):
     assert bitwise_equal(out(model, x), out(loaded, x))
     # Same masks from the same seed: the loaded model drops exactly like the original.
     torch.testing.assert_close(train_out(model, x), train_out(loaded, x), rtol=0, atol=0)
-    for d in patched_modules(loaded):
+    for d in attached(loaded):
         assert d.keep_prob.dtype == torch.float32 and d.keep_prob.item() == pytest.approx(0.6)
         assert d.sync_group is None
     set_drop_path_rate(loaded, 0.1)
-    n = len(patched_modules(loaded))
+    n = len(attached(loaded))
     assert remove_drop_path(loaded) == n and not is_patched(loaded)
     assert hook_count(loaded) == hook_count(make())
     assert bitwise_equal(out(model, x), out(loaded, x))
@@ -112,22 +110,22 @@ def test_torch_save_and_load_of_the_whole_model(name):
 def test_a_module_pickled_before_sync_group_existed_loads_with_per_rank_masks():
     model = TinyTransformer()
     patch(model, torch.randn(2, 5, 8))
-    for d in patched_modules(model):
+    for d in attached(model):
         del d.__dict__["sync_group"]  # as pickled by droppath-surgery 0.1.0
     buffer = io.BytesIO()
     torch.save(model, buffer)
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=False)
-    assert all(d.sync_group is None for d in patched_modules(loaded))
+    assert all(d.sync_group is None for d in attached(loaded))
     loaded.train()(torch.randn(4, 5, 8))
 
 
 def test_sync_setting_survives_deepcopy_and_can_be_turned_off():
     model = TinyTransformer()
     patch(model, torch.randn(2, 5, 8))
-    for d in patched_modules(model):
+    for d in attached(model):
         d.sync_group = "0"
     twin = copy.deepcopy(model)
-    assert {d.sync_group for d in patched_modules(twin)} == {"0"}
-    assert sync_drop_path_masks(twin, enabled=False) == len(patched_modules(twin))
-    assert {d.sync_group for d in patched_modules(twin)} == {None}
+    assert {d.sync_group for d in attached(twin)} == {"0"}
+    assert sync_drop_path_masks(twin, enabled=False) == len(attached(twin))
+    assert {d.sync_group for d in attached(twin)} == {None}

@@ -6,9 +6,10 @@ import math
 
 import pytest
 import torch
-from helpers import TinyTransformer
+from helpers import TinyTransformer, attached
 from scipy.stats import binomtest
 from torch import nn
+from training_fixtures import single_thread  # noqa: F401  (autouse: one CPU thread)
 
 from droppath_surgery import (
     InvalidRateError,
@@ -18,7 +19,6 @@ from droppath_surgery import (
     block_rates,
     drop_path_report,
 )
-from droppath_surgery.patch import info_of, patched_modules
 from droppath_surgery.training import (
     Constant,
     Cosine,
@@ -29,7 +29,6 @@ from droppath_surgery.training import (
     ProgressiveLayerDrop,
     unwrap_model,
 )
-from training_fixtures import single_thread  # noqa: F401  (autouse: one CPU thread)
 
 X = torch.randn(2, 5, 8)
 
@@ -49,11 +48,12 @@ def model(_patched):
 def rates(model):
     """Per-block rates as the model holds them (float and float32 buffer must agree)."""
     out = {}
-    for d in patched_modules(model):
+    reported = {(s.block, s.branch): s.rate for s in drop_path_report(model).sites}
+    for d in attached(model):
         assert d.keep_prob.item() == pytest.approx(1 - d.rate, abs=1e-7)
-        for site in info_of(d).sites:
-            assert site.rate == d.rate  # the report agrees
-            out[site.block] = d.rate
+        for branch in d.patch.site.branches:
+            assert reported[(branch.block, branch.branch)] == d.rate  # the report agrees
+            out[branch.block] = d.rate
     return [out[b] for b in sorted(out)]
 
 
@@ -143,7 +143,7 @@ def test_per_layer_uniform_factors_and_callable(model):
     [
         (dict(per_layer=[1.0, 1.0]), ScheduleError, "4 blocks, the list has 2"),
         (dict(per_layer=[1.0, 1.0, 2.0, 1.0]), ScheduleError, r"factors .*\[0, 1\]"),
-        (dict(per_layer="cosine"), ScheduleError, "per_layer must be 'linear', 'uniform'"),
+        (dict(per_layer="cosine"), ScheduleError, "per_layer must be a schedule name .*got 'cosine'"),
         (dict(per_layer=lambda i, n: -1), ScheduleError, "per_layer callable returned an invalid factor"),
         (dict(unit="batch"), ScheduleError, "unit must be 'step'"),
         (dict(schedule="warmup"), ScheduleError, "schedule must be a time schedule"),
@@ -211,7 +211,7 @@ def test_the_model_trains_with_the_scheduled_rates():
     model = TinyTransformer(depth=2)
     apply_drop_path(model, 0.1, example_inputs=X)
     scheduler = DropPathScheduler(model, Early(0.5, until=3), per_layer="uniform")
-    drops = patched_modules(model)
+    drops = attached(model)
     log = []
     for d in drops:
         d.register_forward_hook(lambda m, a, o: log.append((o is a[0], int((o == 0).flatten(1).all(1).sum()), o.shape[0])))

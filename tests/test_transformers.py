@@ -7,7 +7,7 @@ from helpers import ModelSnapshot, bitwise_equal, eval_output, hook_count
 from torch import nn
 
 from droppath_surgery import DropPath, apply_drop_path, find_residual_branches, remove_drop_path
-from droppath_surgery.inputs import build
+from droppath_surgery import build_example_inputs as build
 
 LAYERS = 3
 VIT_LIKE = dict(

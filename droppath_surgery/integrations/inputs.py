@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import ExampleInputsError
+from ..errors import ExampleInputsError
 
-__all__ = ["call_args", "build", "EXAMPLE_BATCH"]
+__all__ = ["call_args", "build_example_inputs", "EXAMPLE_BATCH"]
 
 EXAMPLE_BATCH = 2
 
@@ -133,8 +133,9 @@ def _torchvision_inputs(model: nn.Module, device, dtype, gen) -> dict:
 _BUILDERS = {"timm": _timm_inputs, "transformers": _hf_inputs, "torchvision": _torchvision_inputs}
 
 
-def build(model: nn.Module) -> tuple[tuple, dict]:
-    """Example inputs for a timm, Hugging Face or torchvision model, or ``ExampleInputsError``."""
+def build_example_inputs(model: nn.Module) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` to probe a timm, Hugging Face or torchvision model with (``apply_drop_path``
+    builds them when no ``example_inputs`` are given), or ``ExampleInputsError``."""
     library = _library(model)
     if library not in _BUILDERS:
         raise ExampleInputsError(

@@ -44,10 +44,17 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from .errors import ScheduleError
-from .report import Target
+from ..analysis.slots import is_drop_path_like
+from ..errors import ScheduleError
+from ..plan import Target
+from . import LeaveOut, register_site_schedule
 
-__all__ = ["timm_rates"]
+__all__ = ["timm_rates", "NO_TIMM_SLOT"]
+
+NO_TIMM_SLOT = (
+    "timm builds this block without a drop path slot at any rate, and schedule='timm' patches only where timm "
+    "drops; use another schedule to patch it too"
+)
 
 
 class _Reading(NamedTuple):
@@ -58,7 +65,7 @@ class _Reading(NamedTuple):
 def _architecture(module: nn.Module) -> str | None:
     # Its own attribute, as timm's build sets it: wrappers that forward attribute lookups to the
     # model inside (PEFT's PeftModel / LoraModel) do not count, or paths would get the wrong prefix.
-    cfg = module.__dict__.get("pretrained_cfg")
+    cfg = vars(module).get("pretrained_cfg")
     arch = cfg.get("architecture") if isinstance(cfg, dict) else getattr(cfg, "architecture", None)
     return arch if isinstance(arch, str) and arch else None
 
@@ -81,15 +88,11 @@ def _timm_roots(model: nn.Module) -> dict[str, str]:
 _MISSING = object()
 
 
-def _is_drop_path(module: Any) -> bool:
-    return "droppath" in type(module).__name__.lower()
-
-
 def _slot_rate(held: Any) -> float | None:
     """timm's rate at a drop path slot, or None if what is held there is not one."""
     if held is None or isinstance(held, nn.Identity):
         return 0.0
-    if _is_drop_path(held):
+    if is_drop_path_like(held):
         value = getattr(held, "drop_prob", None)
         return float(value) if isinstance(value, (int, float)) else None
     return None
@@ -126,13 +129,14 @@ def _read(arch: str) -> _Reading:
         )
     # A slot is any attribute under a name timm gives a DropPath in this build: the DropPath ones, and
     # those timm builds as Identity or None at rate 0 (first blocks, CaiT's class-attention blocks).
-    names = {path.rpartition(".")[2] for path, module in ref.named_modules() if _is_drop_path(module)}
+    names = {path.rpartition(".")[2] for path, module in ref.named_modules() if is_drop_path_like(module)}
     slots: dict[str, float] = {}
     holders: collections.Counter = collections.Counter()
     for path, module in ref.named_modules():
         held_any = False
+        children = dict(module.named_children())
         for name in names:
-            held = module._modules[name] if name in module._modules else module.__dict__.get(name, _MISSING)
+            held = children[name] if name in children else vars(module).get(name, _MISSING)
             rate = _slot_rate(held)
             if rate is not None:
                 slots[f"{path}.{name}" if path else name] = rate
@@ -150,9 +154,9 @@ def _holder_counts(model: nn.Module, names: set[str]) -> dict[str, int]:
     return dict(counts)
 
 
-def timm_rates(model: nn.Module, rate: float, targets: Sequence[Target]) -> list[float | None]:
-    """``rate`` times timm's rate at each target (see the module docstring); None where timm has no
-    slot for it, at it or in its block (ViTamin's hybrid stem, CSATv2's transformer blocks).
+def timm_rates(model: nn.Module, rate: float, targets: Sequence[Target]) -> list[float | LeaveOut]:
+    """``rate`` times timm's rate at each target (see the module docstring); ``LeaveOut`` where timm
+    has no slot for it, at it or in its block (ViTamin's hybrid stem, CSATv2's transformer blocks).
     ScheduleError where the model is not a timm model or is built differently from its architecture."""
     roots = _timm_roots(model)
     if not roots:
@@ -198,7 +202,7 @@ def timm_rates(model: nn.Module, rate: float, targets: Sequence[Target]) -> list
 
     prefix_of = {t.path: root_of(t.path) for t in targets}
     claimed = {t.path for t in targets if at_slot(t)}
-    out = []
+    out: list[float | LeaveOut] = []
     for t in targets:
         prefix = prefix_of[t.path]
         reading = readings[prefix]
@@ -217,5 +221,8 @@ def timm_rates(model: nn.Module, rate: float, targets: Sequence[Target]) -> list
                     f"is ambiguous; pass a mapping of per-branch rates (see find_residual_branches(model).sites)."
                 )
             unit = units.pop() if units else None
-        out.append(None if unit is None else rate * unit)
+        out.append(LeaveOut(NO_TIMM_SLOT) if unit is None else rate * unit)
     return out
+
+
+register_site_schedule("timm", timm_rates)

@@ -1,0 +1,214 @@
+"""Batch dimensions: which dimension of each branch output indexes samples.
+
+The inputs' batch dimension is 0 for inputs built by ``integrations.inputs``; for inputs a user
+passes it is 0 or 1, decided by a pass with only sample 0 changed: no other sample of any branch may
+change (a sequence-first ``(L, N, D)`` input read as batch-first fails that, since attention spreads
+the change over the tokens). Each branch's batch dimension is the one whose size is the batch size;
+where that is ambiguous a second pass with the batch doubled shows which dimension grows. On the meta
+device there are no values to compare: where more than one input dimension fits, it cannot be
+decided and ``BatchDimError`` asks for ``batch_dim=``.
+
+A branch that reaches its merge through layout operations is dropped at the module output: the
+layout is replayed on a tensor of sample indices, and the output's batch dimension is the one
+dimension whose indices arrive exactly as the samples of the tensor added. With none (attention
+windows of several samples) the branch cannot be dropped per sample and is left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import nested
+from ..checks import check_batch_dim
+from ..errors import BatchDimError
+from .blocks import Branch
+from .merges import find_merges
+from .record import Recording
+
+__all__ = ["BatchDims", "assign_batch_dims", "map_batch_tensors", "UNMAPPED_REASON"]
+
+UNMAPPED_REASON = (
+    "the branch reaches the residual through layout operations (view, reshape, permute, slicing) that do "
+    "not keep whole samples of the module output together (e.g. windows or tokens of several samples), so "
+    "dropping at the module would not drop whole samples of the residual"
+)
+
+Prober = Callable[[tuple, dict, bool], Recording]  # (args, kwargs, keep_values) -> a recorded pass
+
+
+@dataclass(frozen=True)
+class BatchDims:
+    """Per branch, ``(batch dim, shape)`` of the module output where drop path goes, or None where no
+    dimension holds whole samples; and the inputs' batch dimension (None when ``batch_dim`` was given)."""
+
+    per_branch: tuple[tuple[int, tuple] | None, ...]
+    input_dim: int | None
+
+
+def map_batch_tensors(obj: Any, dim: int, batch: int, fn: Callable[[Tensor], Tensor]) -> Any:
+    """``obj`` with ``fn`` applied to every tensor that has ``batch`` entries along ``dim``."""
+
+    def apply(t: Tensor) -> Tensor:
+        return fn(t) if t.ndim > 0 and -t.ndim <= dim < t.ndim and t.shape[dim] == batch else t
+
+    return nested.map_tensors(obj, apply)
+
+
+def _sample_ids(shape: tuple, dim: int) -> Tensor:
+    """A tensor of ``shape`` whose every element holds its index along ``dim``."""
+    view = [1] * len(shape)
+    view[dim] = shape[dim]
+    return torch.arange(shape[dim]).view(view).expand(shape).contiguous()
+
+
+def _at_end(br: Branch, merged_dim: int) -> tuple[int, tuple] | None:
+    """The batch dimension and shape of a branch's module output, given the merged tensor's."""
+    shape = br.merge.shape
+    layout = br.merge.layout
+    if not layout:
+        return merged_dim, shape
+    end_shape = tuple(layout[0].in_shape)
+    target = _sample_ids(shape, merged_dim)
+    matches = []
+    for d, size in enumerate(end_shape):
+        if size != shape[merged_dim]:
+            continue
+        t = _sample_ids(end_shape, d)
+        try:
+            for op in layout:
+                t = op(t)
+        except Exception:  # noqa: BLE001 - an operation that cannot be replayed off its device or dtype
+            return None
+        if isinstance(t, Tensor) and t.shape == target.shape and torch.equal(t, target):
+            matches.append(d)
+    return (matches[0], end_shape) if len(matches) == 1 else None
+
+
+def _merged(recording: Recording) -> dict[tuple, tuple[tuple, Tensor | None]]:
+    """Merge key -> (shape, branch tensor or None) of every merge of a recorded pass."""
+    out = {}
+    for m in find_merges(recording):
+        values = recording.additions[m.addition].values
+        out[m.key] = (m.shape, values[m.operand] if values else None)
+    return out
+
+
+def _dims_by_size(branches: list[Branch], probe: Prober, args: tuple, kwargs: dict, input_dim: int, batch: int) -> list[int] | None:
+    """Batch dimension of each branch's merged tensor, given the inputs'; None when undecidable."""
+    dims: list[int | None] = []
+    for br in branches:
+        matches = [d for d, n in enumerate(br.merge.shape) if n == batch]
+        dims.append(matches[0] if len(matches) == 1 else None)
+    if any(d is None for d in dims):
+        # Ambiguous sizes: record again with the batch doubled and see which dimension doubles.
+        double = lambda t: torch.cat([t, t], dim=input_dim)  # noqa: E731
+        try:
+            doubled = _merged(probe(map_batch_tensors(args, input_dim, batch, double), map_batch_tensors(kwargs, input_dim, batch, double), False))
+        except Exception:  # noqa: BLE001 - a model that cannot take the doubled batch: not this dimension
+            return None
+        for i, br in enumerate(branches):
+            if dims[i] is not None:
+                continue
+            shape = br.merge.shape
+            other = doubled.get(br.merge.key)
+            if other is None or len(other[0]) != len(shape):
+                return None
+            grown = [d for d, (a, b) in enumerate(zip(shape, other[0])) if b == 2 * a and a > 0]
+            same = [d for d in grown if all(x == y for j, (x, y) in enumerate(zip(shape, other[0])) if j != d)]
+            if len(same) != 1:
+                return None
+            dims[i] = same[0]
+    return dims  # type: ignore[return-value]
+
+
+def _perturb_first_sample(obj: Any, dim: int, batch: int, gen: torch.Generator) -> Any:
+    """A copy of the inputs in which sample 0 (index 0 along ``dim``) differs and the rest are equal."""
+
+    def perturb(t: Tensor) -> Tensor:
+        out = t.clone()
+        first = out.select(dim, 0)
+        if out.is_floating_point():
+            noise = torch.randn(first.shape, generator=gen, dtype=torch.float32).to(first.device, first.dtype)
+            first.add_(noise)
+        elif first.numel() > 1:
+            first.copy_(first.flatten().roll(1).view_as(first))
+        return out
+
+    return map_batch_tensors(obj, dim, batch, perturb)
+
+
+def _samples_independent(
+    branches: list[Branch], dims: list[int], reference: Recording, probe: Prober, args: tuple, kwargs: dict, input_dim: int, batch: int
+) -> bool:
+    """True if changing sample 0 of the inputs changes no other sample of any branch."""
+    gen = torch.Generator().manual_seed(1)
+    before = _merged(reference)
+    after = _merged(probe(_perturb_first_sample(args, input_dim, batch, gen), _perturb_first_sample(kwargs, input_dim, batch, gen), True))
+    for br, d in zip(branches, dims):
+        a, b = before.get(br.merge.key, (None, None))[1], after.get(br.merge.key, (None, None))[1]
+        if a is None or b is None or a.shape != b.shape:
+            continue
+        if a.shape[d] > 1 and not torch.equal(a.narrow(d, 1, a.shape[d] - 1), b.narrow(d, 1, b.shape[d] - 1)):
+            return False
+    return True
+
+
+def assign_batch_dims(
+    branches: list[Branch],
+    recording: Recording,
+    probe: Prober,
+    args: tuple,
+    kwargs: dict,
+    *,
+    batch_dim: int | None,
+    inputs_batch_first: bool,
+) -> BatchDims:
+    """The batch dimension of every branch (see the module docstring). ``recording`` is the main
+    pass; it must keep values when the inputs are the user's and ``batch_dim`` is None."""
+    if not branches:
+        return BatchDims((), 0 if inputs_batch_first else None)
+    if batch_dim is not None:
+        for br in branches:
+            check_batch_dim(batch_dim, len(br.merge.shape), f"the branch ending at {br.end_path} with shape {br.merge.shape}")
+        return BatchDims(tuple(_at_end(br, batch_dim % len(br.merge.shape)) for br in branches), None)
+    tensors = [t for t in nested.tensors((args, kwargs)) if t.ndim > 0]
+    if not tensors:
+        raise BatchDimError(
+            "the example inputs hold no tensor with a batch dimension, so the batch dimension of the "
+            "residual branches cannot be found; pass batch_dim=."
+        )
+    meta = tensors[0].device.type == "meta"
+    candidates = [0] if inputs_batch_first else [d for d in (0, 1) if d < tensors[0].ndim]
+    fitting: list[tuple[int, list[int]]] = []
+    for input_dim in candidates:
+        batch = tensors[0].shape[input_dim]
+        dims = _dims_by_size(branches, probe, args, kwargs, input_dim, batch)
+        if dims is None:
+            continue
+        if batch > 1 and not inputs_batch_first:
+            if meta:  # no values to check sample independence with: every fitting dimension counts
+                fitting.append((input_dim, dims))
+                continue
+            if not _samples_independent(branches, dims, recording, probe, args, kwargs, input_dim, batch):
+                continue
+        fitting.append((input_dim, dims))
+        break
+    if len(fitting) > 1:
+        raise BatchDimError(
+            f"on the meta device there are no values to tell which dimension of the inputs indexes samples, and "
+            f"both dimensions {[d for d, _ in fitting]} of the example input of shape {tuple(tensors[0].shape)} fit "
+            f"the traced shapes; pass batch_dim= (0 for (N, ...) layouts, 1 for sequence-first (L, N, D))."
+        )
+    if fitting:
+        input_dim, dims = fitting[0]
+        return BatchDims(tuple(_at_end(br, d) for br, d in zip(branches, dims)), input_dim)
+    raise BatchDimError(
+        f"cannot tell which dimension of the residual stream indexes samples (tried input dimensions "
+        f"{candidates}; example input shape {tuple(tensors[0].shape)}); pass batch_dim= (0 for (N, ...) "
+        f"layouts, 1 for sequence-first (L, N, D)), and use an example batch of at least 2 samples."
+    )

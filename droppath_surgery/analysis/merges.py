@@ -1,0 +1,139 @@
+"""Residual merges: which recorded additions add a branch back to the stream it came from.
+
+An addition ``a + b`` is a residual merge when
+
+* one operand (the stream) is an ancestor of the other, live, operand (the branch): ``x + f(x)``; the
+  stream may be a parameter, as CaiT's class token; or
+* both are live and were computed from an input of the module call that runs the addition, one by a
+  strictly shorter path (the shortcut: ``downsample(x)`` in a ResNet block, or ``x + attn(x)`` in a
+  parallel block) and one by a longer path (the branch); paths through another input of the call do
+  not count (CoaT's ``f(x4) + g(x3)``, with ``x4`` made from ``x3`` before the call, is no merge);
+
+and the branch is the output of a module call, possibly followed by per-sample-neutral scalings
+(``out * self.alpha``) and layout operations on it alone (``view``, ``reshape``, ``permute``,
+slicing: NextViT's ``x + out.transpose(-1, -2).reshape(B, C, H, W)``, RexNet's ``x[:, :c] + shortcut``),
+whose module runs inside the call that adds (a slice of the stream, TNT's ``patch_embed[:, 1:]``, leads
+back to the previous block). ``computes`` says whether the branch has a non-linear operation and one
+that mixes channels; ``inner_stream`` whether the stream was computed inside the call that adds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .record import Addition, Call, Node, Recording
+
+__all__ = ["Merge", "find_merges"]
+
+
+@dataclass(frozen=True)
+class Merge:
+    """A residual merge seen in the pass."""
+
+    end: Node  # the branch value a module call returned (``end.chain``)
+    shape: tuple  # shape of the branch as added (the stream's shape)
+    stack: tuple[Call, ...]  # module calls enclosing the addition, outermost first
+    kind: str  # "residual" (stream is an ancestor) or "fork" (both from a common input)
+    computes: bool  # the branch has a non-linear operation and one that mixes channels
+    start: Node  # the stream (residual) or the common input (fork) the branch starts from
+    serial: int  # serial of the last value made before the addition
+    layout: tuple = ()  # layout operations from the module output (``end``) to the added tensor, in order
+    inner_stream: bool = False  # the stream was computed inside the call running the addition
+    addition: int = -1  # index of the addition in the recording
+    operand: int = 0  # which operand of the addition is the branch (0: a, 1: b)
+
+    @property
+    def key(self) -> tuple:
+        """The module calls that ended the branch: the same in every pass over the same model."""
+        return tuple((id(call.module), call.index) for call, _ in self.end.chain)
+
+
+def search_back(node: Node, target: Node, barrier: frozenset = frozenset()) -> tuple[int | None, list[Node]]:
+    """Breadth-first search from ``node`` towards ``target`` through live parents made after it,
+    not through the nodes whose serials are in ``barrier``.
+
+    Returns the length of the shortest path (None if ``target`` is no ancestor) and every node
+    visited: the values computed after ``target`` that ``node`` depends on.
+    """
+    floor = target.serial
+    seen = {node.serial}
+    frontier = [node]
+    visited = [node]
+    depth = 0
+    found = None
+    while frontier:
+        depth += 1
+        nxt = []
+        for n in frontier:
+            for p in n.parents:
+                if p is target:
+                    found = depth if found is None else found
+                elif p.serial > floor and p.serial not in seen and p.serial not in barrier:
+                    seen.add(p.serial)
+                    nxt.append(p)
+                    visited.append(p)
+        frontier = nxt
+    return found, visited
+
+
+def _branch_end(node: Node) -> tuple[Node | None, tuple]:
+    """The value a module returned that this branch value is, up to per-sample-neutral scalings and
+    layout operations; and those layout operations, in the order they ran."""
+    layout = []
+    while not node.chain:
+        if node.scaled_from is not None:
+            node = node.scaled_from
+        elif node.layout_from is not None:
+            node, op = node.layout_from
+            layout.append(op)
+        else:
+            return None, ()
+    return node, tuple(reversed(layout))
+
+
+def _merge(add: Addition, i: int, operand: int, kind: str, visited: list[Node], start: Node, inner: bool = False) -> Merge | None:
+    branch = add.b if operand else add.a
+    end, layout = _branch_end(branch)
+    if end is None:
+        return None
+    stack = add.stack
+    if layout and not (stack and any(stack[-1] in call.stack for call, _ in end.chain)):
+        return None  # through layout operations only to a module run by the call that adds
+    computes = any(not n.linear for n in visited) and any(n.mixing for n in visited)
+    return Merge(end, add.shape, stack, kind, computes, start, add.serial, layout, inner, i, operand)
+
+
+def _classify(add: Addition, i: int) -> Merge | None:
+    na, nb = add.a, add.b
+    stack = add.stack
+    # x + f(x): the stream is an ancestor of the branch.
+    for stream, branch, operand in ((na, nb, 1), (nb, na, 0)):
+        if not branch.live:
+            continue
+        depth, visited = search_back(branch, stream)
+        if depth is not None:
+            inner = bool(stack) and stream.live and stream.serial > stack[-1].first
+            return _merge(add, i, operand, "residual", visited, stream, inner)
+    # shortcut(x) + f(x): both computed from an input of the call running the addition.
+    if not stack or not (na.live and nb.live):
+        return None
+    for fork in stack[-1].inputs:
+        # Each operand must come from the fork input itself, not through another input of the call.
+        barrier = frozenset(n.serial for n in stack[-1].inputs if n is not fork)
+        da, va = search_back(na, fork, barrier)
+        db, vb = search_back(nb, fork, barrier)
+        if da is None or db is None or da == db:
+            continue
+        operand, visited = (0, va) if da > db else (1, vb)
+        return _merge(add, i, operand, "fork", visited, fork)
+    return None
+
+
+def find_merges(recording: Recording) -> list[Merge]:
+    """Every residual merge of the recorded pass, in the order the additions ran."""
+    merges = []
+    for i, add in enumerate(recording.additions):
+        merge = _classify(add, i)
+        if merge is not None:
+            merges.append(merge)
+    return merges

@@ -1,0 +1,307 @@
+"""Record one forward pass: where each tensor value came from, which module calls returned it, and
+every addition of two tensors of one shape. Nothing is analysed here (``merges`` and the passes
+after it read the recording).
+
+The model runs (the caller sets eval mode and ``torch.no_grad()``) while a ``TorchFunctionMode`` sees
+every torch operation and forward hooks on every module see every call. Each tensor value gets a
+``Node``: the values it was computed from, whether it is live (computed from the example inputs), the
+module calls that returned it (its *end chain*, innermost first) and what made it (linear or not,
+mixing channels or not, a per-sample-neutral scaling of one live value, or a replayable layout
+operation). In-place operations are seen through the version counter: an operation that returns one
+of its inputs unchanged is an identity; one that bumped an input's version made a new value of it.
+An ``Addition`` is kept with the nodes its operands had at that moment (``x += f(x)`` included).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from .. import nested
+
+__all__ = ["Node", "Call", "LayoutOp", "Addition", "Recording", "record", "version_counter", "SELF"]
+
+_ADD = {torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, torch.Tensor.__iadd__, torch.Tensor.__radd__, torch.add}
+_MUL = {"mul", "mul_", "__mul__", "__rmul__", "__imul__"}
+_SCALE = _MUL | {"div", "div_", "__truediv__", "__itruediv__", "true_divide"}
+# Operations that are linear in their live inputs (with a single live input where it says so).
+_LINEAR_ANY = {
+    "add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__", "__rsub__", "__isub__",
+    "cat", "concat", "concatenate", "stack", "view", "reshape", "permute", "transpose", "flatten", "unflatten",
+    "contiguous", "squeeze", "unsqueeze", "expand", "expand_as", "clone", "to", "type_as", "float", "half",
+    "bfloat16", "__getitem__", "narrow", "select", "chunk", "split", "unbind", "roll", "pad", "neg",
+    "dropout", "identity", "flip", "repeat", "sum", "mean", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "pixel_shuffle", "pixel_unshuffle",
+    "view_as", "reshape_as", "movedim", "swapaxes", "t", "mT", "__get__",  # tensor properties: .T, .mT, .data
+    "batch_norm",  # eval batch norm is affine
+}
+# Operations that only move, select or re-view the elements of their one live input (``self``).
+_LAYOUT = {
+    "view", "reshape", "permute", "transpose", "flatten", "unflatten", "contiguous", "squeeze", "unsqueeze",
+    "__getitem__", "narrow", "movedim", "swapaxes", "view_as", "reshape_as", "t",
+}
+_CONV = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
+_MATMUL = {"linear", "matmul", "mm", "bmm", "einsum", "__matmul__", "addmm", "baddbmm", "scaled_dot_product_attention"}
+_LINEAR_ONE = (_CONV | _MATMUL | _SCALE) - {"scaled_dot_product_attention"}
+# Operations known not to mix channels (elementwise, activations, normalizations, pooling, layout).
+# Anything not known is assumed to mix (fused attention kernels, custom ops): that errs towards
+# finding a branch rather than missing one.
+_PER_CHANNEL = _LINEAR_ANY | _SCALE | {
+    "relu", "relu_", "relu6", "gelu", "silu", "silu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "hardswish",
+    "hardswish_", "hardsigmoid", "leaky_relu", "leaky_relu_", "elu", "mish", "softplus", "hardtanh", "prelu",
+    "layer_norm", "group_norm", "rms_norm", "instance_norm", "normalize", "max_pool1d", "max_pool2d",
+    "max_pool3d", "adaptive_max_pool2d", "interpolate", "upsample", "exp", "log", "sqrt", "rsqrt", "pow", "__pow__",
+    "abs", "clamp", "clamp_", "where", "erf", "sin", "cos", "masked_fill", "__setitem__", "zeros_like",
+    "ones_like", "empty_like", "full_like", "new_zeros", "new_ones", "new_empty", "new_full", "size", "dim",
+    "type", "detach", "requires_grad_", "square", "reciprocal", "sign", "floor", "ceil", "round", "amax",
+    "amin", "max", "min", "var", "std", "var_mean", "std_mean", "softmax", "log_softmax",
+}
+
+SELF = object()  # stands for the live input in a recorded layout operation's arguments
+
+
+def _mixes(name: str, args: tuple, kwargs: dict) -> bool:
+    """Does this operation mix channels? (A depthwise convolution, an activation or a norm does not.)"""
+    if name in _MATMUL:
+        return True
+    if name in _CONV:
+        weight = args[1] if len(args) > 1 else kwargs.get("weight")
+        return isinstance(weight, Tensor) and weight.ndim > 1 and weight.shape[1] > 1
+    return name not in _PER_CHANNEL
+
+
+class Node:
+    """One value of one tensor in the recorded pass (an in-place operation makes a new value).
+
+    ``chain`` grows while the pass runs (each module call that returns the value appends itself);
+    everything else is set at creation.
+    """
+
+    __slots__ = ("serial", "parents", "live", "chain", "linear", "mixing", "scaled_from", "op", "layout_from")
+
+    def __init__(
+        self,
+        serial: int,
+        parents: tuple,
+        live: bool,
+        linear: bool = True,
+        mixing: bool = False,
+        scaled_from: Node | None = None,
+        op: str = "",
+        layout_from: tuple | None = None,
+    ) -> None:
+        self.serial = serial
+        self.op = op  # name of the operation that made it ("" for inputs, parameters, constants)
+        self.parents = parents  # the values it was computed from
+        self.live = live  # computed from the example inputs
+        self.chain: list[tuple[Call, tuple]] = []  # (Call, output index) of every module call that returned it
+        self.linear = linear  # made by an operation that is linear in its live inputs
+        self.mixing = mixing  # made by an operation that mixes channels or tokens (not depthwise)
+        self.scaled_from = scaled_from  # the live node this is a per-sample-neutral scaling of
+        self.layout_from = layout_from  # (live node, LayoutOp) when a layout operation made it from that node
+
+
+@dataclass(eq=False)
+class Call:
+    """One call of one module. ``last`` is set when the call returns."""
+
+    module: nn.Module
+    index: int  # this is the module's index-th call in the pass
+    order: int  # position among all module calls of the pass
+    stack: tuple  # enclosing calls, outermost first
+    inputs: tuple = ()  # live nodes of the call's tensor arguments
+    args: tuple = ()  # (location in (args, kwargs), node, shape) of each tensor argument
+    first: int = 0  # serials of the values made during the call are in (first, last]
+    last: int = 1 << 62
+
+
+@dataclass(frozen=True)
+class LayoutOp:
+    """A layout operation on a live value, replayable on any tensor of the input's shape (the batch
+    dimension pass replays it on sample indices)."""
+
+    func: Any
+    args: tuple  # with ``SELF`` for the live input
+    kwargs: Mapping[str, Any]
+    in_shape: tuple
+
+    def __call__(self, t: Tensor) -> Any:
+        args = tuple(t if a is SELF else a for a in self.args)
+        return self.func(*args, **self.kwargs)
+
+
+@dataclass(frozen=True)
+class Addition:
+    """``a + b`` of two tensors of one shape, at least one live, as the operands were at that moment."""
+
+    a: Node
+    b: Node
+    shape: tuple
+    stack: tuple  # module calls enclosing the addition, outermost first
+    serial: int  # serial of the last value made before the addition
+    values: tuple = ()  # (a, b) tensors, kept only when the recording keeps values
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One recorded forward pass."""
+
+    nodes: tuple[Node, ...]  # every value, in serial order
+    calls: tuple[Call, ...]  # every module call, in call order
+    additions: tuple[Addition, ...]
+    call_counts: Mapping[int, int]  # id(module) -> calls in the pass
+    outputs: Any = field(repr=False)  # what the model returned
+    last_serial: int = 0
+
+
+def version_counter(t: Tensor) -> int:
+    """A tensor's version counter (bumped by every in-place write); -1 for inference tensors."""
+    try:
+        return t._version
+    except RuntimeError:  # inference tensors carry no version counter
+        return -1
+
+
+class _Recorder(TorchFunctionMode):
+    def __init__(self, keep_values: bool) -> None:
+        super().__init__()
+        self.keep_values = keep_values
+        self.nodes: dict[int, tuple[weakref.ref, Node]] = {}
+        self.serial = 0
+        self.stack: list[Call] = []
+        self.calls: list[Call] = []
+        self.call_counts: dict[int, int] = {}
+        self.additions: list[Addition] = []
+        self.all_nodes: list[Node] = []
+
+    def node_of(self, t: Tensor) -> Node:
+        entry = self.nodes.get(id(t))
+        if entry is not None and entry[0]() is t:
+            return entry[1]
+        return self.new_node(t, (), live=False)
+
+    def new_node(self, t: Tensor, parents: tuple, live: bool, *rest: Any) -> Node:
+        self.serial += 1
+        node = Node(self.serial, parents, live, *rest)
+        self.nodes[id(t)] = (weakref.ref(t), node)
+        self.all_nodes.append(node)
+        return node
+
+    # -- module calls ---------------------------------------------------------------------------
+    def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        n = self.call_counts.get(id(module), 0)
+        self.call_counts[id(module)] = n + 1
+        located = tuple(
+            (index, self.node_of(t), tuple(t.shape)) for index, t in nested.leaves((args, kwargs)) if isinstance(t, Tensor)
+        )
+        inputs = tuple(node for _, node, _ in located if node.live)
+        call = Call(module, n, len(self.calls), tuple(self.stack), inputs, located, first=self.serial)
+        self.calls.append(call)
+        self.stack.append(call)
+
+    def post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        call = self.stack.pop()
+        call.last = self.serial
+        for index, t in nested.leaves(output):
+            if isinstance(t, Tensor):
+                node = self.node_of(t)
+                if node.live:
+                    node.chain.append((call, index))
+
+    # -- torch operations -----------------------------------------------------------------------
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        inputs = nested.tensors((args, kwargs))
+        if not inputs:
+            return func(*args, **kwargs)
+        nodes = [self.node_of(t) for t in inputs]
+        if func in _ADD and len(args) >= 2 and kwargs.get("alpha", 1) == 1:
+            self._note_addition(args[0], args[1])
+        versions = [version_counter(t) for t in inputs]
+        out = func(*args, **kwargs)
+        live_parents = tuple(n for n in nodes if n.live)
+        name = getattr(func, "__name__", "")
+        linear = not live_parents or name in _LINEAR_ANY or (name in _LINEAR_ONE and len(live_parents) == 1)
+        mixing = bool(live_parents) and _mixes(name, args, kwargs)
+        scaled_from = None
+        if name in _SCALE and len(live_parents) == 1 and isinstance(out, Tensor):
+            live_input = inputs[nodes.index(live_parents[0])]
+            divides_by_live = name not in _MUL and args[0] is not live_input
+            if live_input.shape == out.shape and not divides_by_live:
+                scaled_from = live_parents[0]  # x * c, c * x or x / c: commutes with a per-sample mask
+        layout_from = None
+        if (
+            name in _LAYOUT
+            and len(live_parents) == 1
+            and isinstance(out, Tensor)
+            and args
+            and isinstance(args[0], Tensor)
+            and nodes[0] is live_parents[0]
+            and not any(isinstance(a, Tensor) for a in (*args[1:], *kwargs.values()))
+        ):
+            op = LayoutOp(func, (SELF, *args[1:]), MappingProxyType(dict(kwargs)), tuple(args[0].shape))
+            layout_from = (live_parents[0], op)
+        parents = tuple(nodes)
+        live = bool(live_parents)
+        mutated = set()
+        for t, v in zip(inputs, versions):
+            if version_counter(t) != v and id(t) not in mutated:
+                mutated.add(id(t))
+                self.new_node(t, parents, live, linear, mixing, scaled_from, name)
+        if isinstance(out, Tensor):
+            outs: list[Tensor] = [out]
+        elif isinstance(out, (tuple, list)):
+            outs = [o for o in out if isinstance(o, Tensor)]
+        else:
+            return out
+        input_ids = {id(t) for t in inputs}
+        single = len(outs) == 1
+        for o in outs:
+            if id(o) in input_ids:
+                continue  # identity (e.g. contiguous(), eval dropout) or mutated above
+            self.new_node(
+                o, parents, live, linear, mixing, scaled_from if single else None, name, layout_from if single else None
+            )
+        return out
+
+    def _note_addition(self, a: Any, b: Any) -> None:
+        if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or a.shape != b.shape or a is b:
+            return
+        na, nb = self.node_of(a), self.node_of(b)
+        if na.live or nb.live:
+            values = (a, b) if self.keep_values else ()
+            self.additions.append(Addition(na, nb, tuple(a.shape), tuple(self.stack), self.serial, values))
+
+
+def record(model: nn.Module, args: tuple, kwargs: dict, *, keep_values: bool = False) -> Recording:
+    """Run ``model(*args, **kwargs)`` once and record it. The caller sets eval mode, ``no_grad`` and
+    the random state; hooks are removed afterwards. ``keep_values`` keeps the tensors of every
+    addition (for passes that compare values); otherwise only shapes and provenance are kept."""
+    rec = _Recorder(keep_values)
+    handles = []
+    try:
+        for module in model.modules():
+            handles.append(module.register_forward_pre_hook(rec.pre_hook, with_kwargs=True))
+            handles.append(module.register_forward_hook(rec.post_hook))
+        for t in nested.tensors((args, kwargs)):
+            rec.new_node(t, (), True)
+        with rec:
+            outputs = model(*args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return Recording(
+        nodes=tuple(rec.all_nodes),
+        calls=tuple(rec.calls),
+        additions=tuple(rec.additions),
+        call_counts=MappingProxyType(dict(rec.call_counts)),
+        outputs=outputs,
+        last_serial=rec.serial,
+    )

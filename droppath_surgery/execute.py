@@ -1,0 +1,171 @@
+"""Changing the model: attach the DropPaths a plan asks for, and take them off again.
+
+Each DropPath attached carries its undo record in ``drop.patch`` (a ``PatchRecord``, the way
+``torch.nn.utils.parametrize`` keeps the original on the module): the planned site, the module it
+replaced and every registration of it, or the module it hooks and the hook's handle. Skip entry hooks
+are kept, with their handles, in the DropPath's ``skip_states``. ``detach`` reads only these records
+(hooks go through their handles) and returns them, so ``reattach`` can put the very same objects
+back if a later step fails. Attaching is atomic: an error undoes what was done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from . import nested
+from .errors import UnsupportedModelError
+from .nn import DropPath, SkipDropPath
+from .nn.skip import SkipState
+from .plan import Plan, PlannedSite
+
+__all__ = ["CHILD_NAME", "PatchRecord", "DropBranchOutput", "attach", "detach", "reattach", "patched_modules", "Options"]
+
+CHILD_NAME = "surgery_drop_path"
+
+
+@dataclass(frozen=True)
+class Options:
+    """How the DropPaths behave (the op's settings), and the skip settings (None: masked only)."""
+
+    mode: str = "row"
+    scale_by_keep: bool = True
+    kept_count: str | None = None  # set: SkipDropPath with this kept count
+    min_skip_rate: float = 0.0
+
+
+@dataclass
+class PatchRecord:
+    """What one attached DropPath changed, enough to undo it exactly and to report it."""
+
+    plan: Plan  # the plan it was attached by (block count, model name, branches left out)
+    site: PlannedSite
+    schedule: str  # the name of the schedule that rated it last
+    registrations: list[tuple[nn.Module, str]] = field(default_factory=list)  # (parent, name) replaced
+    handle: RemovableHandle | None = None  # the output hook of a "hook" site
+
+    @property
+    def original(self) -> nn.Module:
+        """The module that was replaced, or that is hooked."""
+        return self.site.module
+
+
+class DropBranchOutput:
+    """Forward hook: drops the branch tensor in a module's output with the module's DropPath child."""
+
+    def __init__(self, output_index: tuple) -> None:
+        self.output_index = tuple(output_index)
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
+        drop = getattr(module, CHILD_NAME)
+        return nested.replace_at(output, self.output_index, drop)
+
+    def __repr__(self) -> str:
+        return f"DropBranchOutput(output_index={self.output_index!r})"
+
+
+def _registrations(root: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
+    """id(module) -> (parent, attribute name) of every place it is registered under ``root`` (a module
+    registered under two names of one parent has both)."""
+    by_path = dict(root.named_modules(remove_duplicate=False))
+    out: dict[int, list[tuple[nn.Module, str]]] = {}
+    for path, module in by_path.items():
+        if path:
+            parent_path, _, name = path.rpartition(".")
+            entry = (by_path[parent_path], name)
+            places = out.setdefault(id(module), [])
+            if not any(p is entry[0] and n == name for p, n in places):
+                places.append(entry)
+    return out
+
+
+def _new_drop(site: PlannedSite, rate: float, options: Options) -> DropPath:
+    common = dict(batch_dim=site.batch_dim, mode=options.mode, scale_by_keep=options.scale_by_keep)
+    if options.kept_count is None:
+        return DropPath(rate, **common)
+    drop = SkipDropPath(rate, kept_count=options.kept_count, min_skip_rate=options.min_skip_rate, **common)
+    for br in site.branches:
+        drop.skip_states.append(SkipState(drop, br.batch_dim, site.path, br.entries, br.mask_reason))
+    return drop
+
+
+def _install(root: nn.Module, drop: DropPath) -> None:
+    """Put an attached DropPath (whose record is filled) into the model."""
+    record: PatchRecord = drop.patch
+    site = record.site
+    if site.kind == "replace":
+        for parent, name in record.registrations:
+            setattr(parent, name, drop)
+    else:
+        site.module.add_module(CHILD_NAME, drop)
+        record.handle = site.module.register_forward_hook(DropBranchOutput(site.output_index))
+    if isinstance(drop, SkipDropPath):
+        for state in drop.skip_states:
+            state.arm()
+
+
+def _uninstall(drop: DropPath) -> None:
+    record: PatchRecord = drop.patch
+    if isinstance(drop, SkipDropPath):
+        for state in drop.skip_states:
+            state.unhook()
+    if record.site.kind == "replace":
+        for parent, name in record.registrations:
+            setattr(parent, name, record.site.module)
+    else:
+        if record.handle is not None:
+            record.handle.remove()
+            record.handle = None
+        delattr(record.site.module, CHILD_NAME)
+
+
+def attach(root: nn.Module, plan: Plan, rates: list[float], *, schedule: str, options: Options) -> list[DropPath]:
+    """Attach a DropPath for every planned site at the rate of the same position in ``rates`` and
+    return them in plan order; on any error, undo what was done and re-raise."""
+    drops: list[DropPath] = []
+    registrations = _registrations(root) if any(site.kind == "replace" for site in plan.sites) else {}
+    try:
+        for site, rate in zip(plan.sites, rates, strict=True):
+            drop = _new_drop(site, rate, options)
+            drop.train(site.module.training)
+            drop.patch = PatchRecord(plan, site, schedule)
+            if site.kind == "replace":
+                drop.patch.registrations = list(registrations.get(id(site.module), []))
+            elif hasattr(site.module, CHILD_NAME):
+                raise UnsupportedModelError(
+                    f"{site.path} already has an attribute {CHILD_NAME!r}, where drop path would be "
+                    f"attached; rename that attribute, or leave this branch out with filter_fn."
+                )
+            _install(root, drop)
+            drops.append(drop)
+    except BaseException:
+        for drop in reversed(drops):
+            _uninstall(drop)
+        raise
+    return drops
+
+
+def patched_modules(root: nn.Module, *, ordered: bool = True) -> list[DropPath]:
+    """Every DropPath attached by ``apply_drop_path``, each once (in block order when ``ordered``)."""
+    found = [m for m in root.modules() if isinstance(m, DropPath) and isinstance(m.patch, PatchRecord)]
+    if ordered:
+        found.sort(key=lambda d: min((br.block, br.branch) for br in d.patch.site.branches))
+    return found
+
+
+def detach(root: nn.Module) -> list[DropPath]:
+    """Take off every DropPath attached to ``root`` (the original modules go back, every hook goes
+    through its handle) and return them, records kept, for ``reattach``."""
+    drops = patched_modules(root)
+    for drop in drops:
+        _uninstall(drop)
+    return drops
+
+
+def reattach(root: nn.Module, drops: list[DropPath]) -> None:
+    """Put back DropPaths returned by ``detach`` (the same objects, rates and skip settings)."""
+    for drop in drops:
+        _install(root, drop)

@@ -1,0 +1,131 @@
+"""The drop path operation as a function: the mask, its unbiased scale, and ``drop_path``.
+
+Stochastic depth (Huang et al. 2016) zeroes a residual branch's output for a random subset of
+samples while training and scales the kept samples by ``1 / (1 - p)``, so the expectation is
+unchanged; in eval mode and at ``p = 0`` the input itself is returned. How the mask is made:
+
+* one ``torch.rand`` of the mask's shape on ``x.device``: no host sync, no ``.item()``, so it runs
+  under ``torch.compile(fullgraph=True)``, in CUDA graphs and on the meta device;
+* the keep decision in float32 (float64 for float64 inputs), never in bf16/fp16, which would
+  quantize the drop rate;
+* in bf16/fp16 the scale ``1 / keep`` is stochastically rounded to one of its two neighbours, so
+  ``E[drop_path(x)] = x`` exactly (rounding once would bias it by up to 0.4 %); the same uniform
+  number decides both, one draw per sample;
+* the scale is folded into the small mask: one pass over the activation forward, one backward;
+* ``p = 1`` gives zeros, never NaN;
+* with a process group name (``sync_group``) the uniform numbers of the group's first rank are
+  broadcast (a traceable functional collective), so every rank uses the same masks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..checks import check_batch_dim, check_mode, validate_rate
+from ..errors import InvalidArgumentError
+
+__all__ = ["drop_path", "scaled_mask", "unbiased_scale", "broadcast_from_first_rank", "batch_dim_of", "check_floating"]
+
+
+def broadcast_from_first_rank(u: Tensor, group_name: str) -> Tensor:
+    """``u`` as drawn on rank 0 of the process group called ``group_name``, on every rank."""
+    from torch.distributed import _functional_collectives as funcol
+
+    return funcol.wait_tensor(funcol.broadcast(u, 0, group_name))
+
+
+def batch_dim_of(batch_dim: int, x: Tensor) -> int:
+    """``batch_dim`` as a non-negative dimension of ``x``, or ``BatchDimError``."""
+    if not -x.ndim <= batch_dim < x.ndim:
+        check_batch_dim(batch_dim, x.ndim, f"the branch output of shape {tuple(x.shape)}")
+    return batch_dim % x.ndim
+
+
+def check_floating(x: Tensor) -> None:
+    if not x.is_floating_point():
+        raise InvalidArgumentError(
+            f"drop path scales a branch's output and needs a floating-point tensor, got dtype {x.dtype}; "
+            f"attach it where the branch output is a float tensor."
+        )
+
+
+def scaled_mask(
+    x: Tensor, keep: Tensor, batch_dim: int, mode: str, scale_by_keep: bool, sync_group: str | None = None
+) -> Tensor:
+    """The per-sample multiplier: 0 for dropped samples, an unbiased ``1/keep`` for kept ones."""
+    shape = [1] * x.ndim
+    if mode == "row":
+        shape[batch_dim] = x.shape[batch_dim]
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    keep = keep.to(device=x.device, dtype=work)
+    u = torch.rand(shape, dtype=work, device=x.device)
+    if sync_group is not None:
+        u = broadcast_from_first_rank(u, sync_group)
+    kept = u < keep
+    if not scale_by_keep:
+        return kept.to(x.dtype)
+    zero = torch.zeros((), dtype=work, device=x.device)
+    keep_safe = keep.clamp_min(torch.finfo(work).tiny)
+    # u / keep is uniform in [0, 1) given kept: it picks the rounding without another draw.
+    scale = unbiased_scale(keep, u / keep_safe, x.dtype)
+    return torch.where(kept, scale, zero).to(x.dtype)
+
+
+def unbiased_scale(keep: Tensor, v: Tensor, dtype: torch.dtype) -> Tensor:
+    """``1 / keep`` as a number representable in ``dtype`` whose expectation is exactly ``1 / keep``.
+
+    ``keep`` and ``v`` are in the working precision (float32, or float64); ``v`` holds uniform
+    numbers in [0, 1), one per kept sample. In float32/float64 the result is ``1 / keep`` itself. In
+    bf16 / fp16 ``1 / keep`` is split into ``lo + frac * ulp`` on the grid of ``dtype``, and ``lo`` or
+    ``lo + ulp`` is picked with probability ``(1 - frac, frac)``: a stochastically rounded scale.
+    The result stays in the working precision (its values are exact in ``dtype``).
+    """
+    work = keep.dtype
+    scale = 1.0 / keep.clamp_min(torch.finfo(work).tiny)
+    out_info = torch.finfo(dtype)
+    if out_info.eps > torch.finfo(work).eps:
+        scale = scale.clamp_max(out_info.max)
+        _, exponent = torch.frexp(scale)
+        ulp = torch.ldexp(torch.full((), out_info.eps, dtype=work, device=keep.device), exponent - 1)
+        lo = torch.floor(scale / ulp) * ulp
+        frac = (scale - lo) / ulp
+        scale = lo + ulp * (v < frac).to(work)
+    return scale.expand(v.shape) if scale.shape != v.shape else scale
+
+
+def drop_path(
+    x: Tensor,
+    p: float | Tensor = 0.0,
+    training: bool = False,
+    *,
+    batch_dim: int = 0,
+    mode: str = "row",
+    scale_by_keep: bool = True,
+) -> Tensor:
+    """Stochastic depth on a residual branch's output ``x``.
+
+    Args:
+        x: the branch output. Its dimension ``batch_dim`` indexes the samples.
+        p: the probability of dropping a sample's branch, in [0, 1]. A float, or a 0-dim tensor
+            (which avoids recompiles under ``torch.compile`` when the rate changes).
+        training: drop only when True; otherwise ``x`` itself is returned.
+        batch_dim: the dimension of ``x`` that indexes samples (1 for sequence-first layouts).
+        mode: ``"row"`` draws one decision per sample, ``"batch"`` one for the whole batch.
+        scale_by_keep: scale kept samples by ``1 / (1 - p)`` so the expectation is unchanged.
+
+    Returns ``x`` itself when not training or when ``p == 0`` (a float). ``p = 1`` gives zeros.
+    """
+    check_mode(mode)
+    check_batch_dim(batch_dim)
+    if isinstance(p, Tensor):
+        if not training:
+            return x
+        keep = 1.0 - p.detach()
+    else:
+        p = validate_rate(p, "p")
+        if not training or p == 0.0:
+            return x
+        keep = torch.full((), 1.0 - p, dtype=torch.float32, device=x.device)
+    check_floating(x)
+    return x * scaled_mask(x, keep, batch_dim_of(batch_dim, x), mode, scale_by_keep)

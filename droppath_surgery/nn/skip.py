@@ -1,0 +1,322 @@
+"""Dropped samples cost nothing: the op parts of ``skip_dropped=True``.
+
+A branch that may skip has *entries* (module calls where it takes in the batch, found by
+``analysis.entries``). A ``SkipEntry`` pre-hook on the first draws the kept samples and every entry
+takes those rows of its full-batch arguments; the branch runs on ``k`` samples, and at its end the
+``SkipDropPath`` scales the ``k`` outputs like the masked form (``1 / keep``, stochastically rounded
+in bf16/fp16) and scatters them into a zero tensor of the full batch, which the model adds to its
+stream as before. ``SkipState`` carries one branch's draw from its first entry to its end.
+
+Which samples are kept (``kept_count``): ``"fixed"`` computes exactly ``k = ceil(B (1 - p))``, a
+uniformly random set (``topk`` of uniform numbers); where ``B (1 - p)`` is not whole the last of them
+is kept only with probability ``1 - (k - B (1 - p))``, so every sample is kept with probability
+exactly ``1 - p``. Shapes depend only on ``B`` and the count: no host sync, ``fullgraph=True``
+compiles. ``"random"``: independent decisions as in masking, one host sync (``nonzero``) per branch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from .. import nested
+from ..checks import validate_rate
+from ..errors import SkipError
+from .drop_path import DropPath
+from .functional import broadcast_from_first_rank, unbiased_scale
+
+__all__ = [
+    "BELOW_MIN_SKIP_RATE",
+    "DEFAULT_MIN_SKIP_RATE",
+    "KEPT_COUNTS",
+    "EntryArg",
+    "Entry",
+    "SkipDropPath",
+    "SkipEntry",
+    "SkipState",
+    "take_rows",
+    "scatter_rows",
+]
+
+KEPT_COUNTS = ("fixed", "random")
+DEFAULT_MIN_SKIP_RATE = 0.1
+BELOW_MIN_SKIP_RATE = "mask<min"  # a report's compute value: could skip, masks at its current rate
+
+
+@dataclass(frozen=True)
+class EntryArg:
+    """A full-batch tensor argument of an entry call: where it is in ``(args, kwargs)`` (a
+    ``nested`` index: ``(0, i, ...)`` for positional, ``(1, name, ...)`` for keyword arguments) and
+    its batch dimension."""
+
+    location: tuple
+    batch_dim: int
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A module call where a branch takes in full-batch tensors."""
+
+    module: nn.Module
+    path: str
+    args: tuple[EntryArg, ...]
+
+
+def take_rows(t: Tensor, idx: Tensor, dim: int) -> Tensor:
+    """``t.index_select(dim, idx)``, by advanced indexing: on CPU ``index_select``'s backward
+    (``index_add``) is several times slower than indexing's (``index_put`` with accumulation)."""
+    return t[(slice(None),) * dim + (idx,)]
+
+
+def scatter_rows(src: Tensor, idx: Tensor, dim: int, batch: int) -> Tensor:
+    """A zero tensor of ``batch`` rows along ``dim`` holding ``src``'s rows at ``idx`` (distinct);
+    ``index_put`` rather than ``index_add``, which is slow on CPU (see ``take_rows``)."""
+    moved = src.movedim(dim, 0)
+    # In place on a fresh zero tensor (no grad of its own): the out-of-place form would copy it.
+    out = moved.new_zeros((batch, *moved.shape[1:])).index_put_((idx,), moved)
+    return out.movedim(0, dim)
+
+
+class SkipState:
+    """One branch's skip set-up and its kept samples, from its first entry to its end.
+
+    ``entries`` come from the plan; ``arm`` registers their pre-hooks (keeping the handles) and
+    ``disarm`` removes them, after which the branch masks; ``reason`` says why.
+    """
+
+    def __init__(self, drop: SkipDropPath, batch_dim: int, path: str, entries: tuple[Entry, ...], reason: str = "") -> None:
+        self.drop = drop
+        self.batch_dim = batch_dim
+        self.path = path
+        self.entries = tuple(entries)
+        self.reason = reason
+        self.enabled = not reason
+        self.handles: list[RemovableHandle] = []
+        self.pending: tuple | None = None  # (idx, weights or None, rounding uniforms, last kept, batch)
+        self.forced: tuple | None = None  # (idx, weights): a fixed kept set, for the exactness check
+
+    def arm(self) -> None:
+        """Register the entry pre-hooks (once); a state with a reason to mask registers nothing."""
+        if not self.enabled or self.handles:
+            return
+        for i, entry in enumerate(self.entries):
+            hook = SkipEntry(self, entry.args, draws=i == 0)
+            self.handles.append(entry.module.register_forward_pre_hook(hook, with_kwargs=True))
+
+    def unhook(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+        self.pending = None
+
+    def disarm(self, reason: str) -> None:
+        """Mask from now on, for ``reason``: the entry hooks go."""
+        self.unhook()
+        self.enabled = False
+        self.reason = reason
+
+    def active(self) -> bool:
+        if self.forced is not None:
+            return True
+        drop = self.drop
+        return self.enabled and drop.training and drop.skipping
+
+    def draw(self, batch: int, device: torch.device) -> None:
+        if self.forced is not None:
+            idx, weights = self.forced
+            self.pending = (idx.to(device), weights.to(device), None, None, batch)
+            return
+        drop = self.drop
+        keep = drop.keep_prob.to(device)
+        if drop.kept_count == "fixed":
+            k = drop.kept_for(batch)
+            u = torch.rand(2 * batch + 1, device=device)
+            if drop.sync_group is not None:
+                u = broadcast_from_first_rank(u, drop.sync_group)
+            # The k samples with the largest uniform numbers, in decreasing order: a uniformly random
+            # set, whose last member is a uniformly random one of them (sorting by index would make
+            # the conditionally kept sample the highest index, and bias it).
+            idx = torch.topk(u[:batch], k).indices
+            v = u[batch : batch + k]
+            # P(keep the last computed sample) = 1 - (k - B keep): each sample kept w.p. keep.
+            last = u[2 * batch] >= (k - batch * keep)
+        else:
+            u = torch.rand(2 * batch, device=device)
+            if drop.sync_group is not None:
+                u = broadcast_from_first_rank(u, drop.sync_group)
+            idx = (u[:batch] < keep).nonzero().flatten()  # host synchronization
+            v = u[batch:][: max(1, idx.numel())]
+            last = torch.tensor(idx.numel() > 0, device=device)
+            if idx.numel() == 0:  # every sample dropped: run one, weighted 0 (empty batches break models)
+                idx = torch.zeros(1, dtype=torch.long, device=device)
+        self.pending = (idx, None, v, last, batch)
+
+    def weights(self, v: Tensor, last: Tensor, dtype: torch.dtype) -> Tensor:
+        """The multiplier of each computed sample: ``1 / keep`` (unbiased in ``dtype``), and 0 for the
+        last one when the draw left it out."""
+        drop = self.drop
+        work = torch.float64 if dtype == torch.float64 else torch.float32
+        if drop.scale_by_keep:
+            w = unbiased_scale(drop.keep_prob.to(device=v.device, dtype=work), v.to(work), dtype)
+        else:
+            w = torch.ones(v.shape, dtype=work, device=v.device)
+        is_last = torch.arange(v.shape[0], device=v.device) == v.shape[0] - 1
+        return torch.where(is_last & ~last, torch.zeros((), dtype=work, device=v.device), w)
+
+    def finish(self, y: Tensor) -> Tensor:
+        """The branch output of the kept samples, scaled and scattered into the full batch."""
+        idx, weights, v, last, batch = self.pending  # type: ignore[misc]
+        dim = self.batch_dim if self.batch_dim >= 0 else self.batch_dim + y.ndim
+        k = idx.shape[0]
+        if y.shape[dim] != k:  # raised with the draw still pending: the exactness check blames this branch
+            raise SkipError(
+                f"the branch ending at {self.path} returned {y.shape[dim]} samples on dim {dim} but ran on {k}; "
+                f"its code does not follow the traced pass. Apply drop path without skip_dropped=True."
+            )
+        self.pending = None
+        if weights is None:
+            weights = self.weights(v, last, y.dtype)
+        shape = [1] * y.ndim
+        shape[dim] = k
+        return scatter_rows(y * weights.to(y.dtype).view(shape), idx, dim, batch)
+
+
+class SkipEntry:
+    """Forward pre-hook on a module where a branch takes in the batch: subsets those arguments.
+
+    The branch's first entry draws the kept samples.
+    """
+
+    def __init__(self, state: SkipState, args: tuple[EntryArg, ...], draws: bool) -> None:
+        self.state = state
+        self.args = tuple(args)
+        self.draws = draws
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        state = self.state
+        if not state.active():
+            return None
+        call = (args, kwargs)
+        if self.draws:
+            found = ((nested.get_at(call, a.location), a.batch_dim) for a in self.args)
+            first = next(((t, d) for t, d in found if isinstance(t, Tensor) and t.ndim > d), None)
+            if first is None:
+                return None
+            state.draw(first[0].shape[first[1]], first[0].device)
+        if state.pending is None:
+            return None
+        idx, batch = state.pending[0], state.pending[-1]
+        for a in self.args:
+            def subset(t: Tensor, dim: int = a.batch_dim) -> Tensor:
+                if t.ndim > dim and t.shape[dim] == batch:
+                    return take_rows(t, idx.to(t.device), dim)
+                return t
+
+            call = nested.replace_at(call, a.location, subset)
+        return call
+
+    def __repr__(self) -> str:
+        return f"SkipEntry({self.state.path!r}, args={[a.location for a in self.args]}, draws={self.draws})"
+
+
+class SkipDropPath(DropPath):
+    """A DropPath at the end of branches that may run on the kept samples only.
+
+    While one of its branches is running on a subset (its entries drew kept samples), the forward
+    scatters the subset's output into the full batch; otherwise it is a masked ``DropPath``.
+    """
+
+    def __init__(
+        self, rate: float = 0.0, *, kept_count: str = "fixed", min_skip_rate: float = DEFAULT_MIN_SKIP_RATE, **kwargs: Any
+    ) -> None:
+        super().__init__(rate, **kwargs)
+        self.kept_count = kept_count
+        self.min_skip_rate = validate_rate(min_skip_rate, "min_skip_rate")
+        self.skip_states: list[SkipState] = []
+        self._kept_counts: dict[int, int] = {}  # batch size -> samples computed (kept_count="fixed")
+        self._forced_mask: tuple | None = None  # set inside ``probing`` only
+        self._probe_log: list | None = None  # set inside ``probing`` only
+        self._update_skipping()
+
+    @DropPath.rate.setter  # type: ignore[attr-defined]
+    def rate(self, value: float) -> None:
+        DropPath.rate.fset(self, value)  # type: ignore[attr-defined]
+        self._update_skipping()
+        for batch in self._kept_counts:
+            self._kept_counts[batch] = self._count(batch)
+
+    @property
+    def skipping(self) -> bool:
+        """Branches that can skip do so at the current rate (it is above 0 and ``min_skip_rate``)."""
+        return self._skipping
+
+    def compute(self, state: SkipState) -> str:
+        """What the report's compute column says for one branch: ``"skip"``, ``"mask"``, or
+        ``"mask<min"`` (it can skip, but masks until its rate reaches ``min_skip_rate``)."""
+        if not state.enabled:
+            return "mask"
+        return BELOW_MIN_SKIP_RATE if self._rate < self.min_skip_rate else "skip"
+
+    def _count(self, batch: int) -> int:
+        return min(batch, max(1, math.ceil(batch * (1.0 - self._rate) - 1e-9)))
+
+    def kept_for(self, batch: int) -> int:
+        """How many samples a branch computes with ``kept_count="fixed"``: ``ceil(B * (1 - p))``, at
+        least 1. Kept per batch size in a dict that rate changes update, so compiled code reads an
+        int that changes only when the count does: a rate change that keeps the count recompiles
+        nothing (reading the float rate would recompile on every change)."""
+        k = self._kept_counts.get(batch)
+        if k is None:
+            k = self._kept_counts[batch] = self._count(batch)
+        return k
+
+    def _update_skipping(self) -> None:
+        # A plain bool attribute: torch.compile guards on it, so crossing min_skip_rate recompiles once.
+        skipping = self._active and self._rate >= self.min_skip_rate and self.mode == "row"
+        object.__setattr__(self, "_skipping", skipping)
+
+    @contextlib.contextmanager
+    def probing(self, forced: tuple, log: list) -> Iterator[None]:
+        """For the exactness check: mask with the fixed kept set ``forced`` (also in eval mode) and
+        append ``(state or None, output)`` to ``log`` at every call."""
+        self._forced_mask, self._probe_log = forced, log
+        try:
+            yield
+        finally:
+            self._forced_mask = self._probe_log = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        used = next((s for s in self.skip_states if s.pending is not None), None)
+        if used is not None:
+            out = used.finish(x)
+        elif self._forced_mask is not None:
+            out = self._masked_forced(x)
+        else:
+            out = super().forward(x)
+        if self._probe_log is not None:
+            self._probe_log.append((used, out))
+        return out
+
+    def _masked_forced(self, x: Tensor) -> Tensor:
+        """The masked form with the exactness check's fixed kept set (in eval mode)."""
+        idx, weights = self._forced_mask  # type: ignore[misc]
+        dim = self.batch_dim if self.batch_dim >= 0 else self.batch_dim + x.ndim
+        mask = torch.zeros(x.shape[dim], dtype=x.dtype, device=x.device)
+        mask = mask.index_put((idx.to(x.device),), weights.to(device=x.device, dtype=x.dtype))
+        shape = [1] * x.ndim
+        shape[dim] = x.shape[dim]
+        return x * mask.view(shape)
+
+    def extra_repr(self) -> str:
+        skipping = sum(s.enabled for s in self.skip_states)
+        extra = f", skip {skipping}/{len(self.skip_states)} branches, kept_count={self.kept_count!r}"
+        if self.min_skip_rate != DEFAULT_MIN_SKIP_RATE:
+            extra += f", min_skip_rate={self.min_skip_rate}"
+        return super().extra_repr() + extra

@@ -1,0 +1,221 @@
+"""The plan: everything ``apply_drop_path`` will do, decided before the model changes.
+
+Where drop path attaches: each branch has an end chain, the module calls that returned its output,
+innermost first. A module can carry drop path for a set of branches only if *every* call it made in
+the traced pass ends one of those branches, they belong to one unit (one rate fits) and share a batch
+dimension and an output index; containers never do. Per branch the architecture's own drop path
+slot is chosen if it ends the branch, else the outermost usable module whose branches are not
+already covered, so every branch is dropped exactly once per forward. A module also used elsewhere
+(HF Swin's ``dropout``, applied to attention windows too) is never chosen.
+
+How: a placeholder (``analysis.slots``) whose whole output is the branch is *replaced*; otherwise the
+module is *hooked* (a DropPath child drops the branch tensor in its output). ``filter_fn`` and, with
+``skip_dropped``, each branch's entries or reason to mask complete the plan. Everything left out is
+listed with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import NamedTuple
+
+from torch import nn
+
+from .analysis import AnalysedBranch, Analysis
+from .analysis.blocks import CONTAINERS
+from .analysis.entries import branch_entries
+from .analysis.slots import is_drop_path_slot, is_placeholder
+from .errors import NoResidualBranchError
+from .nn.skip import Entry
+
+__all__ = ["FilterFn", "PlannedBranch", "PlannedSite", "LeftOut", "Plan", "Target", "make_plan", "NO_OWN_MODULE"]
+
+FilterFn = Callable[[nn.Module, str], bool]
+
+NO_OWN_MODULE = (
+    "no module of its own ends this branch (every module that returns it is also used elsewhere), so drop path "
+    "cannot be attached exactly"
+)
+
+
+class Target(NamedTuple):
+    """What a schedule needs to rate one planned site: where it attaches and its block."""
+
+    path: str
+    kind: str  # "replace" (a placeholder is swapped) or "hook"
+    block: int
+    block_path: str
+
+
+@dataclass(frozen=True)
+class PlannedBranch:
+    """One residual branch a site drops."""
+
+    block: int  # number of its unit in the schedule, in execution order across all stages
+    branch: int  # position among its unit's branches
+    stack: int  # the chain of blocks (one residual stream) it belongs to
+    block_path: str
+    unit_path: str  # the module numbered in the schedule: the block, or a composite or stack member holding it
+    batch_dim: int  # of the module output where drop path acts
+    shape: tuple  # of that module output, as traced
+    entries: tuple[Entry, ...] = ()  # with skip_dropped: where the branch takes in the batch
+    mask_reason: str = ""  # with skip_dropped: why it must mask instead of skipping
+
+
+@dataclass(frozen=True)
+class PlannedSite:
+    """Where one DropPath goes, how, and the branches it drops."""
+
+    path: str
+    module: nn.Module
+    kind: str  # "replace" or "hook"
+    output_index: tuple  # where in the module's output the branch tensor is (hooks)
+    branches: tuple[PlannedBranch, ...]
+
+    @property
+    def block(self) -> int:
+        return self.branches[0].block
+
+    @property
+    def batch_dim(self) -> int:
+        return self.branches[0].batch_dim
+
+    @property
+    def target(self) -> Target:
+        return Target(self.path, self.kind, self.block, self.branches[0].block_path)
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """A residual branch that was found but is not patched, and why."""
+
+    path: str
+    block_path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    sites: tuple[PlannedSite, ...]  # in block order
+    left_out: tuple[LeftOut, ...]
+    num_blocks: int
+    model_name: str
+
+    def without(self, reasons: dict[int, str]) -> Plan:
+        """The plan with the sites at these positions left out, each for its reason."""
+        gone = tuple(LeftOut(s.path, br.block_path, reasons[i]) for i, s in enumerate(self.sites) if i in reasons for br in s.branches)
+        kept = tuple(s for i, s in enumerate(self.sites) if i not in reasons)
+        return replace(self, sites=kept, left_out=self.left_out + gone)
+
+    def require_sites(self, model: nn.Module, found: int) -> None:
+        """``NoResidualBranchError`` when nothing is left to patch."""
+        if self.sites:
+            return
+        reasons = "; ".join(sorted({s.reason for s in self.left_out})) or "none attachable"
+        raise NoResidualBranchError(
+            f"found {found} residual branches in {type(model).__name__} but none can carry drop path ({reasons}); "
+            f"relax filter_fn or pass example_inputs that exercise other branches."
+        )
+
+
+def model_name(model: nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", None)
+    arch = cfg.get("architecture") if isinstance(cfg, dict) else None
+    return f"{type(model).__name__} ({arch})" if arch else type(model).__name__
+
+
+def _no_branch_error(model: nn.Module, analysis: Analysis) -> NoResidualBranchError:
+    extra = ""
+    if analysis.left_out:
+        extra = f" ({len(analysis.left_out)} residual merges were ignored: " + "; ".join(
+            f"{p}: {why}" for p, why in analysis.left_out[:3]
+        ) + ")"
+    return NoResidualBranchError(
+        f"found no residual branch in {type(model).__name__}{extra}: drop path needs repeated blocks "
+        f"of the form x = x + f(x) with a non-linear f. If the model has them but they did not run "
+        f"on the example inputs, pass example_inputs= that exercise them."
+    )
+
+
+def _choose(analysis: Analysis) -> tuple[list[tuple[nn.Module, str, tuple, list[int]]], list[int]]:
+    """(module, path, output index, branch numbers) per attachment, and the branches no module can carry."""
+    branches = analysis.branches
+    refs: dict[int, list[tuple[int, object]]] = {}  # id(module) -> [(branch number, end)]
+    for b, ab in enumerate(branches):
+        for end in ab.branch.ends:
+            refs.setdefault(id(end.module), []).append((b, end))
+    calls = analysis.recording.call_counts
+
+    def usable(module: nn.Module) -> bool:
+        if isinstance(module, CONTAINERS):
+            return False
+        entries = refs[id(module)]
+        if len({end.call for _, end in entries}) != calls.get(id(module), 0):  # type: ignore[attr-defined]
+            return False  # called elsewhere too, e.g. on attention windows
+        owners = [branches[b] for b, _ in entries]
+        return (
+            len({o.unit for o in owners}) == 1
+            and len({o.batch_dim for o in owners}) == 1
+            and len({end.output_index for _, end in entries}) == 1  # type: ignore[attr-defined]
+        )
+
+    covered: set[int] = set()
+    chosen_all = []
+    orphans = []
+    for b, ab in enumerate(branches):
+        if b in covered:
+            continue
+        ends = ab.branch.ends
+        # The architecture's own drop path slot first (``drop_path1`` rather than a ``layer_scale1``
+        # Identity on the same tensor), then the outermost module.
+        candidates = sorted(reversed(ends), key=lambda e: not is_drop_path_slot(e.module, e.path))
+        chosen = None
+        for end in candidates:
+            if not usable(end.module):
+                continue
+            group = sorted({i for i, _ in refs[id(end.module)]})
+            if any(i in covered for i in group):
+                continue
+            chosen = (end, group)
+            break
+        if chosen is None:
+            orphans.append(b)
+            continue
+        end, group = chosen
+        covered.update(group)
+        chosen_all.append((end.module, end.path, end.output_index, group))
+    return chosen_all, orphans
+
+
+def make_plan(
+    model: nn.Module, analysis: Analysis, *, filter_fn: FilterFn | None = None, skip: bool = False
+) -> Plan:
+    """Turn an analysis into a plan (see the module docstring). With ``skip``, every planned branch
+    gets its entries or the reason it must mask."""
+    if not analysis.branches:
+        raise _no_branch_error(model, analysis)
+    left_out = [LeftOut(path, "", why) for path, why in analysis.left_out]
+    chosen, orphans = _choose(analysis)
+    for b in orphans:
+        ab = analysis.branches[b]
+        left_out.append(LeftOut(ab.branch.end_path, ab.branch.block_path, NO_OWN_MODULE))
+    index = analysis.index
+
+    def planned(ab: AnalysedBranch) -> PlannedBranch:
+        br = ab.branch
+        pb = PlannedBranch(ab.unit, ab.position, ab.stack, br.block_path, index.path(br.unit), ab.batch_dim, ab.shape)
+        if not skip:
+            return pb
+        found = branch_entries(analysis.recording, br, ab.batch_dim, ab.shape, index)
+        return replace(pb, entries=found.entries, mask_reason=found.reason)
+
+    sites = []
+    for module, path, output_index, group in chosen:
+        if filter_fn is not None and not filter_fn(module, path):
+            left_out.extend(LeftOut(path, analysis.branches[b].branch.block_path, "filtered out by filter_fn") for b in group)
+            continue
+        kind = "replace" if is_placeholder(module) and output_index == () and path else "hook"
+        sites.append(PlannedSite(path, module, kind, output_index, tuple(planned(analysis.branches[b]) for b in group)))
+    sites.sort(key=lambda s: (s.block, min(br.branch for br in s.branches)))
+    return Plan(tuple(sites), tuple(left_out), analysis.num_units, model_name(model))

@@ -1,0 +1,42 @@
+"""The one walker over nested outputs (white-box): the structures models return, rebuilt with
+their own types, and the paths the report and the hooks use."""
+
+from collections import OrderedDict, namedtuple
+
+import torch
+
+from droppath_surgery import nested
+
+Pair = namedtuple("Pair", "a b")
+
+
+class Output(OrderedDict):  # stands for an HF ModelOutput: a dict subclass
+    pass
+
+
+def sample():
+    t = [torch.randn(2) for _ in range(4)]
+    return t, (t[0], [t[1], {"x": t[2], "n": 3}], Pair(t[3], None))
+
+
+def test_leaves_walks_tuples_lists_dicts_and_namedtuples_in_order():
+    t, obj = sample()
+    got = list(nested.leaves(obj))
+    assert [i for i, _ in got] == [(0,), (1, 0), (1, 1, "x"), (1, 1, "n"), (2, 0), (2, 1)]
+    assert [leaf is want for (_, leaf), want in zip(got, [t[0], t[1], t[2]])] == [True] * 3
+    assert nested.tensors(obj) == [t[0], t[1], t[2], t[3]]
+    assert nested.describe((1, 1, "x")) == "output[1][1]['x']"
+
+
+def test_map_and_replace_keep_every_container_type():
+    t, obj = sample()
+    doubled = nested.map_tensors(obj, lambda x: x * 2)
+    assert isinstance(doubled[2], Pair) and doubled[2].b is None and doubled[1][1]["n"] == 3
+    assert torch.equal(doubled[1][1]["x"], t[2] * 2)
+    out = Output(logits=t[0], hidden=(t[1], t[2]))
+    replaced = nested.replace_at(out, ("hidden", 1), lambda x: x + 1)
+    assert type(replaced) is Output and replaced["logits"] is t[0] and replaced["hidden"][0] is t[1]
+    assert torch.equal(replaced["hidden"][1], t[2] + 1)
+    assert out["hidden"][1] is t[2]  # the original is not modified
+    assert nested.get_at(replaced, ("hidden", 0)) is t[1] and nested.get_at(replaced, ("nope",)) is None
+    assert nested.replace_at(out, ("nope",), lambda x: x + 1) == out
