@@ -23,7 +23,7 @@ import collections
 import difflib
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 PROG = "droppath-surgery"
 LIBRARIES = ("timm", "hf", "torchvision")
@@ -41,7 +41,7 @@ class CliError(Exception):
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad command line in one line (no usage block) and exits 2."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise CliError(f"{message} (see '{self.prog} --help')", USAGE_ERROR)
 
 
@@ -55,7 +55,7 @@ def _suggest(name: str, choices: Sequence[str]) -> str:
     return f"; did you mean {', '.join(close)}?" if close else ""
 
 
-def _need(module: str, extra: str):
+def _need(module: str, extra: str) -> Any:
     import importlib
 
     try:
@@ -95,7 +95,7 @@ def parse_model_args(items: Sequence[str] | None) -> dict[str, Any]:
 # -- model builders -------------------------------------------------------------------------------
 
 
-def build_timm(name: str, pretrained: bool, kwargs: dict):
+def build_timm(name: str, pretrained: bool, kwargs: dict) -> Any:
     timm = _need("timm", "timm")
     if not timm.is_model(name):
         raise CliError(f"unknown timm model {name!r}{_suggest(name, timm.list_models())} (list them with timm.list_models())")
@@ -105,7 +105,7 @@ def build_timm(name: str, pretrained: bool, kwargs: dict):
         raise CliError(f"timm model {name!r} does not accept {sorted(kwargs)}: {_one_line(exc)}") from None
 
 
-def build_torchvision(name: str, pretrained: bool, kwargs: dict):
+def build_torchvision(name: str, pretrained: bool, kwargs: dict) -> Any:
     torchvision = _need("torchvision", "torchvision")
     names = torchvision.models.list_models()
     if name not in names:
@@ -116,7 +116,7 @@ def build_torchvision(name: str, pretrained: bool, kwargs: dict):
         raise CliError(f"torchvision model {name!r} does not accept {sorted(kwargs)}: {_one_line(exc)}") from None
 
 
-def build_hf(name: str, pretrained: bool, kwargs: dict, hf_class: str | None):
+def build_hf(name: str, pretrained: bool, kwargs: dict, hf_class: str | None) -> Any:
     transformers = _need("transformers", "hf")
     path = os.path.expanduser(name)
     local = os.path.exists(path)
@@ -155,7 +155,7 @@ def _first_line(exc: BaseException) -> str:
     return _one_line(f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__, 300)
 
 
-def build_model(spec: str, *, pretrained: bool = False, model_args: dict | None = None, hf_class: str | None = None):
+def build_model(spec: str, *, pretrained: bool = False, model_args: dict | None = None, hf_class: str | None = None) -> Any:
     library, name = parse_spec(spec)
     kwargs = dict(model_args or {})
     if library == "timm":
@@ -168,7 +168,7 @@ def build_model(spec: str, *, pretrained: bool = False, model_args: dict | None 
 # -- plot -------------------------------------------------------------------------------------------
 
 
-def _matplotlib():
+def _matplotlib() -> Any:
     try:
         import matplotlib
 
@@ -179,7 +179,7 @@ def _matplotlib():
     return plt
 
 
-def plot_rates(report, path: str, title: str) -> None:
+def plot_rates(report: Any, path: str, title: str) -> None:
     """Draw the per-block rate schedule of a report to ``path`` (PNG, SVG, PDF: by its extension)."""
     plt = _matplotlib()
     rates = report.block_rates

@@ -83,10 +83,12 @@ def _registrations(root: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
 
 
 def _new_drop(site: PlannedSite, rate: float, options: Options) -> DropPath:
-    common = dict(batch_dim=site.batch_dim, mode=options.mode, scale_by_keep=options.scale_by_keep)
     if options.kept_count is None:
-        return DropPath(rate, **common)
-    drop = SkipDropPath(rate, kept_count=options.kept_count, min_skip_rate=options.min_skip_rate, **common)
+        return DropPath(rate, batch_dim=site.batch_dim, mode=options.mode, scale_by_keep=options.scale_by_keep)
+    drop = SkipDropPath(
+        rate, kept_count=options.kept_count, min_skip_rate=options.min_skip_rate,
+        batch_dim=site.batch_dim, mode=options.mode, scale_by_keep=options.scale_by_keep,
+    )
     for br in site.branches:
         drop.skip_states.append(SkipState(drop, br.batch_dim, site.path, br.entries, br.mask_reason))
     return drop

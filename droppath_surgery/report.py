@@ -100,7 +100,7 @@ class DropPathReport:
         if self.verified is not None:
             title += ", eval output verified bitwise unchanged" if self.verified else ", not verified"
         header: tuple = ("block", "branch", "rate", "kind", "batch dim", "shape", "path")
-        rows = [
+        rows: list[tuple] = [
             (
                 str(s.block),
                 str(s.branch),
@@ -176,12 +176,17 @@ def report_of_patch(drops: Sequence[DropPath], *, verified: bool | None = None, 
     below: dict[float, int] = {}  # min_skip_rate -> branches that could skip but mask at their current rate
     for drop in drops:
         site = drop.patch.site
-        states = drop.skip_states if isinstance(drop, SkipDropPath) else []
-        computes = [drop.compute(s) for s in states] if states else ["mask"] * len(site.branches)
+        computes = ["mask"] * len(site.branches)
+        if isinstance(drop, SkipDropPath) and drop.skip_states:
+            computes = [drop.compute(s) for s in drop.skip_states]
+            masking += [
+                f"masks instead of skipping: {s.path} (block {br.block}): {s.reason}"
+                for br, s in zip(site.branches, drop.skip_states)
+                if s.reason
+            ]
+            if drop.rate < drop.min_skip_rate:
+                below[drop.min_skip_rate] = below.get(drop.min_skip_rate, 0) + sum(c != "mask" for c in computes)
         rows.append((site, drop.rate, computes))
-        masking += [f"masks instead of skipping: {s.path} (block {br.block}): {s.reason}" for br, s in zip(site.branches, states) if s.reason]
-        if states and drop.rate < drop.min_skip_rate:
-            below[drop.min_skip_rate] = below.get(drop.min_skip_rate, 0) + sum(c != "mask" for c in computes)
     masking += [
         f"{n} branches could skip but mask at their current rate, below min_skip_rate={m:g} (skipping costs more "
         f"than it saves there); they skip once their rate reaches it ({BELOW_MIN_SKIP_RATE!r} in the compute column)"

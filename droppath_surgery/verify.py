@@ -75,7 +75,7 @@ def has_meta_tensors(obj: Any) -> bool:
 
 
 def state_fingerprint(model: nn.Module) -> dict[str, tuple]:
-    out = {}
+    out: dict[str, tuple] = {}
     for key, t in model.state_dict(keep_vars=True).items():
         if isinstance(t, Tensor):
             out[key] = (id(t), t.data_ptr() if t.device.type != "meta" else 0, tuple(t.shape), t.dtype, version_counter(t))

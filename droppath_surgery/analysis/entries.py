@@ -143,8 +143,8 @@ def branch_entries(recording: Recording, branch: Branch, batch_dim: int, shape: 
                 return BranchEntries(reason=why)
         if n is end:
             continue
-        call = next((c for c in outer if c.first < n.serial <= c.last), None)
-        if call is not None:
+        running = next((c for c in outer if c.first < n.serial <= c.last), None)
+        if running is not None:
             if n.live:
                 subset.add(n.serial)
             continue

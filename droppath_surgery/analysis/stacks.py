@@ -24,12 +24,12 @@ def find_stacks(branches: list[Branch], units: list[int], recording: Recording) 
             first[unit] = br
     latest: dict[int, int] = {}  # serial of a value -> the latest unit whose output it descends from
     for node in recording.nodes:
-        unit = output_of.get(node.serial)
-        if unit is None:
+        found = output_of.get(node.serial)
+        if found is None:
             feeding = [latest[p.serial] for p in node.parents if p.serial in latest]
-            unit = max(feeding) if feeding else None
-        if unit is not None:
-            latest[node.serial] = unit
+            found = max(feeding) if feeding else None
+        if found is not None:
+            latest[node.serial] = found
     stack_of: dict[int, int] = {}
     for unit in sorted(first):
         before = latest.get(first[unit].merge.start.serial)

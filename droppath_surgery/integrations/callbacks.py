@@ -68,14 +68,14 @@ def _hf_callback() -> type:
         def _t(self, state: Any) -> int:
             return int(state.global_step) if self.unit == "step" else self._epoch(state)
 
-        def on_train_begin(self, args, state, control, model=None, **kwargs):
+        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
             self._start(model, self._t(state))
 
-        def on_epoch_begin(self, args, state, control, **kwargs):
+        def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if self.unit == "epoch":
                 self._move(self._t(state))
 
-        def on_step_begin(self, args, state, control, **kwargs):
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if self.unit == "step":
                 self._move(self._t(state))
 
@@ -86,36 +86,36 @@ def _hf_callback() -> type:
 
 def _lightning_base() -> type:
     try:
-        from lightning.pytorch import Callback
+        from lightning.pytorch import Callback as base
     except ImportError:
         try:
-            from pytorch_lightning import Callback
+            from pytorch_lightning import Callback as base  # type: ignore[assignment]
         except ImportError as exc:
             raise ImportError(
                 "DropPathLightningCallback needs PyTorch Lightning: pip install 'droppath-surgery[lightning]'"
             ) from exc
-    return Callback
+    return base
 
 
 def _lightning_callback() -> type:
-    Callback = _lightning_base()
+    base: Any = _lightning_base()
 
-    class DropPathLightningCallback(_Driver, Callback):
+    class DropPathLightningCallback(_Driver, base):
         """PyTorch Lightning callback: sets the drop rate from a time schedule before each batch.
 
         The patched model is found inside the ``LightningModule``. With ``unit="step"`` the time is
         ``trainer.global_step`` (optimizer steps done); with ``unit="epoch"``, ``trainer.current_epoch``.
         """
 
-        def on_train_start(self, trainer, pl_module):
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
             t = trainer.global_step if self.unit == "step" else trainer.current_epoch
             self._start(pl_module, t)
 
-        def on_train_epoch_start(self, trainer, pl_module):
+        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
             if self.unit == "epoch":
                 self._move(trainer.current_epoch)
 
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
             if self.unit == "step":
                 self._move(trainer.global_step)
 

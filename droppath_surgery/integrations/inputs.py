@@ -75,11 +75,11 @@ def _first_conv_channels(model: nn.Module) -> int | None:
     return None
 
 
-def _image(batch: int, channels: int, size: tuple[int, int], device, dtype, gen) -> Tensor:
+def _image(batch: int, channels: int, size: tuple[int, int], device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> Tensor:
     return torch.randn(batch, channels, *size, generator=gen).to(device=device, dtype=dtype)
 
 
-def _timm_inputs(model: nn.Module, device, dtype, gen) -> dict:
+def _timm_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> dict:
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     channels, height, width = cfg.get("input_size", (3, 224, 224))
     patch_embed = getattr(model, "patch_embed", None)
@@ -91,18 +91,18 @@ def _timm_inputs(model: nn.Module, device, dtype, gen) -> dict:
     return {"args": (_image(EXAMPLE_BATCH, channels, (height, width), device, dtype, gen),)}
 
 
-def _hf_inputs(model: nn.Module, device, dtype, gen) -> dict:
+def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> dict:
     config = model.config
     vision = getattr(config, "vision_config", None)
     text = getattr(config, "text_config", None)
     main = getattr(model, "main_input_name", "pixel_values")
     kwargs: dict[str, Tensor] = {}
 
-    def pixels(cfg) -> Tensor:
+    def pixels(cfg: Any) -> Tensor:
         size = _pair(getattr(cfg, "image_size", 224))
         return _image(EXAMPLE_BATCH, getattr(cfg, "num_channels", 3), size, device, dtype, gen)
 
-    def tokens(cfg) -> Tensor:
+    def tokens(cfg: Any) -> Tensor:
         vocab = getattr(cfg, "vocab_size", None)
         if not vocab:
             raise ExampleInputsError(f"{type(model).__name__}: its config has no vocab_size; pass example_inputs=.")
@@ -124,7 +124,7 @@ def _hf_inputs(model: nn.Module, device, dtype, gen) -> dict:
     return {"kwargs": kwargs}
 
 
-def _torchvision_inputs(model: nn.Module, device, dtype, gen) -> dict:
+def _torchvision_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> dict:
     name = type(model).__name__
     size = 299 if name == "Inception3" else getattr(model, "image_size", 224)
     return {"args": (_image(EXAMPLE_BATCH, 3, _pair(size), device, dtype, gen),)}

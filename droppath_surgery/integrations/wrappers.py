@@ -51,9 +51,9 @@ def unwrap_model(model: Any) -> nn.Module:
     parallel = _data_parallel_classes()
     for _ in range(16):
         if compiled is not None and isinstance(model, compiled):
-            model = model._orig_mod
+            model = model._orig_mod  # type: ignore[attr-defined]
         elif parallel and isinstance(model, parallel):
-            model = model.module
+            model = model.module  # type: ignore[attr-defined]
         else:
             break
     return model

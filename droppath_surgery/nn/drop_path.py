@@ -28,6 +28,13 @@ class DropPath(nn.Module):
     """
 
     keep_prob: Tensor
+    batch_dim: int
+    mode: str
+    scale_by_keep: bool
+    sync_group: str | None
+    patch: Any
+    _rate: float
+    _active: bool
 
     def __init__(self, rate: float = 0.0, *, batch_dim: int = 0, mode: str = "row", scale_by_keep: bool = True) -> None:
         super().__init__()

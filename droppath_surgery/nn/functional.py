@@ -32,7 +32,7 @@ def broadcast_from_first_rank(u: Tensor, group_name: str) -> Tensor:
     """``u`` as drawn on rank 0 of the process group called ``group_name``, on every rank."""
     from torch.distributed import _functional_collectives as funcol
 
-    return funcol.wait_tensor(funcol.broadcast(u, 0, group_name))
+    return funcol.wait_tensor(funcol.broadcast(u, 0, group_name))  # type: ignore[arg-type]  # a group name is accepted
 
 
 def batch_dim_of(batch_dim: int, x: Tensor) -> int:

@@ -233,6 +233,11 @@ class SkipDropPath(DropPath):
     scatters the subset's output into the full batch; otherwise it is a masked ``DropPath``.
     """
 
+    kept_count: str
+    min_skip_rate: float
+    skip_states: list[SkipState]
+    _skipping: bool
+
     def __init__(
         self, rate: float = 0.0, *, kept_count: str = "fixed", min_skip_rate: float = DEFAULT_MIN_SKIP_RATE, **kwargs: Any
     ) -> None:

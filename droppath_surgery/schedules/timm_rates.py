@@ -200,12 +200,13 @@ def timm_rates(model: nn.Module, rate: float, targets: Sequence[Target]) -> list
     def at_slot(t: Target) -> bool:
         return t.kind == "replace" and relative(t.path, prefix_of[t.path]) in readings[prefix_of[t.path]].slots
 
-    prefix_of = {t.path: root_of(t.path) for t in targets}
+    prefix_of = {t.path: root_of(t.path) or "" for t in targets}  # every target has a root (checked above)
     claimed = {t.path for t in targets if at_slot(t)}
     out: list[float | LeaveOut] = []
     for t in targets:
         prefix = prefix_of[t.path]
         reading = readings[prefix]
+        unit: float | None
         if at_slot(t):
             unit = reading.slots[relative(t.path, prefix)]
         else:

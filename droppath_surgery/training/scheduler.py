@@ -55,7 +55,7 @@ def _check_per_layer(per_layer: Any) -> PerLayer:
 def check_arguments(schedule: Any, per_layer: Any, unit: str) -> tuple[Callable[[float], float], PerLayer]:
     """Validate a scheduler's arguments; a number becomes ``Constant(number)``."""
     if isinstance(schedule, numbers.Real) and not isinstance(schedule, bool):
-        schedule = Constant(schedule)
+        schedule = Constant(float(schedule))
     if not callable(schedule):
         raise ScheduleError(
             f"schedule must be a time schedule such as LinearWarmup(0.1, warmup=1000) or a callable "
@@ -164,7 +164,7 @@ class DropPathScheduler:
             raise ScheduleError(f"t must be a step or epoch count, an int >= 0, got {t!r}.")
         self.t = int(t)
         self._apply()
-        return self.rate  # type: ignore[return-value]
+        return self.rate
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs: the step (or epoch) count. The rate is kept for reference."""
