@@ -27,6 +27,7 @@ from .analysis.blocks import CONTAINERS
 from .analysis.entries import branch_entries
 from .analysis.slots import is_drop_path_slot, is_placeholder
 from .errors import NoResidualBranchError
+from .integrations import model_name
 from .nn.skip import Entry
 
 __all__ = ["FilterFn", "PlannedBranch", "PlannedSite", "LeftOut", "Plan", "Target", "make_plan", "NO_OWN_MODULE"]
@@ -117,12 +118,6 @@ class Plan:
             f"found {found} residual branches in {type(model).__name__} but none can carry drop path ({reasons}); "
             f"relax filter_fn or pass example_inputs that exercise other branches."
         )
-
-
-def model_name(model: nn.Module) -> str:
-    cfg = getattr(model, "pretrained_cfg", None)
-    arch = cfg.get("architecture") if isinstance(cfg, dict) else None
-    return f"{type(model).__name__} ({arch})" if arch else type(model).__name__
 
 
 def _no_branch_error(model: nn.Module, analysis: Analysis) -> NoResidualBranchError:

@@ -255,11 +255,8 @@ class _Recorder(TorchFunctionMode):
             if version_counter(t) != v and id(t) not in mutated:
                 mutated.add(id(t))
                 self.new_node(t, parents, live, linear, mixing, scaled_from, name)
-        if isinstance(out, Tensor):
-            outs: list[Tensor] = [out]
-        elif isinstance(out, (tuple, list)):
-            outs = [o for o in out if isinstance(o, Tensor)]
-        else:
+        outs = nested.tensors(out)
+        if not outs:
             return out
         input_ids = {id(t) for t in inputs}
         single = len(outs) == 1
