@@ -1,25 +1,11 @@
 """Residual merges -> branches of blocks: which merges are block branches, their block, their unit of
-the rate schedule, and the units' numbering.
+the rate schedule, and the units' numbering (``find_branches``, ``number_units``).
 
-* A merge that computes nothing (a positional convolution ``x + dwconv(x)``, a re-parameterizable
-  conv/batch-norm mixer) is no block branch, unless it ends in a drop path slot (PoolFormer's
-  ``pool(x) - x`` mixer ends in ``drop_path1``).
-* Its *block* is the innermost module running the merge that is an element of a container
-  (``Sequential``/``ModuleList``/``ModuleDict``); failing that, the innermost one with a sibling of its
-  own class (RegNet's ``s1.b1, s1.b2``), or of the class of a block found (a stage of depth one). When
-  the merge runs in a module that is no such block (``for attn, mlp in self.layers: x = x + attn(x)``),
-  the block is the outermost container element on the way to the branch end. A "block" that holds
-  other blocks is a stage: its residual belongs to the module below it on the stack (LeViT's residual
-  downsampler). A projection merge ``shortcut(x) + f(x)`` counts only when the block runs it itself;
-  a residual run by a part of the block on a value that part computed (an attention's internal skip,
-  SwiftFormer) is none. In a model whose blocks name drop path slots, a block class holding none is
-  one the architecture does not drop (GC ViT's ``MbConvBlock`` stem). Residuals outside any block
-  (stems, heads, SigLIP's pooling MLP) are left out, as timm does.
-* Its *unit* is the block itself, a repeated composite of different blocks (DaViT's
-  ``Sequential(SpatialBlock, ChannelBlock)``, torchvision MaxViT's ``(MBconv, window, grid)``), or the
-  member of the block stack it is nested in (MobileViT's transformer layers in ``stages.2.1``).
-* Units are numbered in execution order, counting also the members of the same stack that have no
-  residual branch but are blocks (an EfficientNet block with a stride, which timm's schedule counts).
+A branch must compute something (a positional convolution ``x + dwconv(x)`` does not, unless it ends
+in a drop path slot) and belong to a block of the repeated stack: the innermost container element
+running the merge, or one of several sibling modules of one class; residuals of stems, heads and a
+block's internal parts are left out with the reason. Units are blocks or the repeated composites and
+stack members that hold them, numbered in execution order as timm counts them.
 """
 
 from __future__ import annotations

@@ -1,20 +1,10 @@
 """Residual merges: which recorded additions add a branch back to the stream it came from.
 
-An addition ``a + b`` is a residual merge when
-
-* one operand (the stream) is an ancestor of the other, live, operand (the branch): ``x + f(x)``; the
-  stream may be a parameter, as CaiT's class token; or
-* both are live and were computed from an input of the module call that runs the addition, one by a
-  strictly shorter path (the shortcut: ``downsample(x)`` in a ResNet block, or ``x + attn(x)`` in a
-  parallel block) and one by a longer path (the branch); paths through another input of the call do
-  not count (CoaT's ``f(x4) + g(x3)``, with ``x4`` made from ``x3`` before the call, is no merge);
-
-and the branch is the output of a module call, possibly followed by per-sample-neutral scalings
-(``out * self.alpha``) and layout operations on it alone (``view``, ``reshape``, ``permute``,
-slicing: NextViT's ``x + out.transpose(-1, -2).reshape(B, C, H, W)``, RexNet's ``x[:, :c] + shortcut``),
-whose module runs inside the call that adds (a slice of the stream, TNT's ``patch_embed[:, 1:]``, leads
-back to the previous block). ``computes`` says whether the branch has a non-linear operation and one
-that mixes channels; ``inner_stream`` whether the stream was computed inside the call that adds.
+``a + b`` is a merge when one operand (the stream) is an ancestor of the other (``x + f(x)``), or
+when both come from an input of the call that adds by paths of different length (``downsample(x) +
+f(x)``, parallel blocks); the branch must be a module's output, up to per-sample-neutral scalings
+and replayable layout operations (``view``, ``permute``, slicing). ``find_merges`` says for each
+whether it computes something and whether its stream was computed inside the call that adds.
 """
 
 from __future__ import annotations
@@ -130,7 +120,17 @@ def _classify(add: Addition, i: int) -> Merge | None:
 
 
 def find_merges(recording: Recording) -> list[Merge]:
-    """Every residual merge of the recorded pass, in the order the additions ran."""
+    """Every residual merge of the recorded pass, in the order the additions ran.
+
+    An addition ``a + b`` is a residual merge when one operand (the stream, possibly a parameter such
+    as CaiT's class token) is an ancestor of the other, live, operand; or when both are live and were
+    computed from an input of the module call running the addition, one by a strictly shorter path
+    (the shortcut) than the other (the branch), not through another input of that call (CoaT's
+    ``f(x4) + g(x3)``, ``x4`` made from ``x3`` before the call, is none). The branch must be a module
+    call's output, possibly followed by scalings by parameters or numbers and by layout operations on
+    it alone, whose module runs inside the call that adds (a slice of the stream, TNT's
+    ``patch_embed[:, 1:]``, leads back to the previous block).
+    """
     merges = []
     for i, add in enumerate(recording.additions):
         merge = _classify(add, i)

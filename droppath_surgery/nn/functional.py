@@ -1,20 +1,10 @@
 """The drop path operation as a function: the mask, its unbiased scale, and ``drop_path``.
 
-Stochastic depth (Huang et al. 2016) zeroes a residual branch's output for a random subset of
-samples while training and scales the kept samples by ``1 / (1 - p)``, so the expectation is
-unchanged; in eval mode and at ``p = 0`` the input itself is returned. How the mask is made:
-
-* one ``torch.rand`` of the mask's shape on ``x.device``: no host sync, no ``.item()``, so it runs
-  under ``torch.compile(fullgraph=True)``, in CUDA graphs and on the meta device;
-* the keep decision in float32 (float64 for float64 inputs), never in bf16/fp16, which would
-  quantize the drop rate;
-* in bf16/fp16 the scale ``1 / keep`` is stochastically rounded to one of its two neighbours, so
-  ``E[drop_path(x)] = x`` exactly (rounding once would bias it by up to 0.4 %); the same uniform
-  number decides both, one draw per sample;
-* the scale is folded into the small mask: one pass over the activation forward, one backward;
-* ``p = 1`` gives zeros, never NaN;
-* with a process group name (``sync_group``) the uniform numbers of the group's first rank are
-  broadcast (a traceable functional collective), so every rank uses the same masks.
+The mask is one ``torch.rand`` on ``x.device`` (no host sync: it compiles with ``fullgraph=True`` and
+runs in CUDA graphs and on the meta device), decided in float32, with the scale ``1 / keep``
+stochastically rounded in bf16/fp16 so that ``E[drop_path(x)] = x`` exactly, folded into the small
+mask (one pass over the activation); ``p = 1`` gives zeros, never NaN. With ``sync_group`` every
+rank uses the first rank's uniform numbers.
 """
 
 from __future__ import annotations

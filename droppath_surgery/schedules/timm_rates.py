@@ -1,36 +1,11 @@
-"""The ``"timm"`` schedule: per branch, the rate timm's own constructor gives it.
+"""The ``"timm"`` per-site schedule: each branch gets the rate timm's own constructor gives it.
 
-timm computes drop path rates inside each model's constructor, and some families follow
-conventions that are not a function of ``(rate, number of blocks)``: CaiT and XCiT build their
-class-attention blocks at rate 0, VOLO counts its outlookers in the ramp but gives them 0, NextViT
-scales the rate per branch (attention 0.75, cross attention 0.25, MLP 1), CrossViT shares one rate
-between its parallel stacks, CSATv2 and ViTamin leave whole stacks out of the ramp. Rather than
-re-deriving each, this schedule reads them off timm itself.
-
-How: the model's architecture (``pretrained_cfg["architecture"]``) is built a second time with
-``drop_path_rate=1`` on the meta device (no weights, no memory; 10-350 ms, once per architecture,
-cached), and each branch the engine found takes ``rate`` times the rate timm gives there:
-
-* a branch attached at an architecture slot (``blocks.3.drop_path1``) takes that slot's rate: the
-  ``drop_prob`` of timm's DropPath there, or 0 where timm builds ``Identity`` (timm drops nothing);
-* any other branch (a ResNet-style block whose slot is ``None`` at rate 0, so the engine hooks a
-  module such as ``bn3``, or replaces another placeholder on the branch end, such as RexNet's
-  ``conv_pwl.bn.drop``) takes the rate of the slots inside its block that no branch at a slot
-  claims;
-* a branch with no timm slot at it or in its block (a residual block timm builds without drop
-  path at any rate: ViTamin's hybrid stem, CSATv2's transformer blocks) is left out: it is listed
-  in the report's ``skipped`` with that reason, so the patched sites are where timm drops.
-
-Every timm convention is linear in ``drop_path_rate`` (``linspace(0, r, n)``, ``r * i / n``,
-``r * 0.75``), so ``rate * (rate at 1)`` equals timm's build at ``rate`` up to float32 rounding
-in timm's ``linspace`` (below 1e-7; ``scripts/coverage.py`` checks every family at 0.1 against a
-real build to 1e-6). Scaling one cached reading keeps ``set_drop_path_rate`` cheap enough for every
-step.
-
-The model must be built like that architecture: the modules that hold timm's slots (its block
-classes) must be as many as in the rebuild, or a ``ScheduleError`` says so (a model created with
-another ``depth``, say). Branches outside any timm model (a wrapper's own blocks) have no timm rate
-and are an error too; leave them out with ``filter_fn`` or pass a mapping of rates.
+timm's conventions are not all functions of (rate, number of blocks): CaiT and XCiT keep their
+class-attention blocks at 0, VOLO counts outlookers in the ramp at 0, NextViT scales the rate per
+branch. So the architecture (``pretrained_cfg["architecture"]``) is built again at
+``drop_path_rate=1`` on the meta device (cached) and read; every convention is linear in the rate,
+so ``rate`` times that reading is timm's build at ``rate``. ``timm_rates`` says how branches map to
+timm's slots.
 """
 
 from __future__ import annotations
@@ -155,8 +130,18 @@ def _holder_counts(model: nn.Module, names: set[str]) -> dict[str, int]:
 
 
 def timm_rates(model: nn.Module, rate: float, targets: Sequence[Target]) -> list[float | LeaveOut]:
-    """``rate`` times timm's rate at each target (see the module docstring); ``LeaveOut`` where timm
-    has no slot for it, at it or in its block (ViTamin's hybrid stem, CSATv2's transformer blocks).
+    """``rate`` times timm's rate at each target; ``LeaveOut`` where timm has no slot for it.
+
+    * a target replacing an architecture slot (``blocks.3.drop_path1``) takes that slot's rate: the
+      ``drop_prob`` of timm's DropPath there, or 0 where timm builds ``Identity``;
+    * any other target (a ResNet-style block whose slot is ``None`` at rate 0, so a module such as
+      ``bn3`` is hooked) takes the rate of the slots inside its block that no target at a slot claims;
+    * a target with no timm slot at it or in its block (a residual block timm builds without drop
+      path at any rate: ViTamin's hybrid stem, CSATv2's transformer blocks) is left out.
+
+    The modules holding timm's slots must be as many as in the rebuild (else the model was built with
+    other arguments, such as ``depth``), and every target must lie inside a timm model (a wrapper's own
+    blocks have no timm rate): ``ScheduleError`` otherwise.
     ScheduleError where the model is not a timm model or is built differently from its architecture."""
     roots = _timm_roots(model)
     if not roots:
