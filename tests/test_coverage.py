@@ -293,6 +293,9 @@ def test_the_innermost_holder_claims_a_site_and_the_engine_block_paths_are_not_u
     ok, _, reasons = judge.compare([_site("0.inner.bn"), _site("0.inner.conv")], expected, False)
     text = " ".join(reasons)
     assert not ok and "0.inner: expected 1 by count" in text and "; 0: expected 1 by count" in text
+    # A hook on the holder itself drops the holder's output: a branch of the module around it.
+    ok, _, reasons = judge.compare([_site("0.inner"), _site("0.proj")], expected, False)
+    assert not ok and "0.inner: expected 1 by count [0.inner.drop_path (None here)], engine 0 []" in " ".join(reasons)
 
 
 def test_replace_sites_must_carry_the_slot():

@@ -43,8 +43,9 @@ schedule=...)`` on the model built *without* drop path (timm ``create_model(name
       torchvision the branches of the architecture's block class that the library does not drop (HF
       Swin's MLP branch; all of them for models without drop path: HF ViT, CLIP, BERT, torchvision
       ResNet / ViT; per block counts in ``catalog``, read off each library's source). The engine sites
-      that no slot claimed go to the innermost holder whose module contains them; each holder must get
-      exactly its count, and a site in no holder is extra.
+      that no slot claimed go to the innermost holder whose path prefixes theirs (``holder.``; a hook
+      on the holder itself drops a branch of the module around it); each holder must get exactly its
+      count, and a site in no holder is extra.
 * **rate parity**: with the named schedule that implements the family's convention
   (``TIMM_CONVENTION`` / the ``convention`` of each HF / torchvision entry, see ``CONVENTIONS``), the
   rate of the site carrying each slot equals the slot's native rate (``drop_prob`` / ``p``; 0 for

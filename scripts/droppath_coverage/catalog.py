@@ -211,6 +211,7 @@ EXPECTED_AT_PARITY = {
 EXPECTED_AT_PARITY_WITH_TIMM_SCHEDULE = ["cait", "nextvit"]
 SUBSET_KWARGS = {  # CI subset only: a smaller input where the model allows it
     "swin_transformer": {"img_size": 112, "window_size": 7},
+    "cait": {"img_size": 112},
 }
 
 

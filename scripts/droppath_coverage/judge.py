@@ -86,6 +86,7 @@ def compare(sites, expected: Expected, check_rates: bool, flow: dict | None = No
     compared = 0
     for slot in expected.slots:
         outs = (flow or {}).get(slot.path)
+        carried = []
         for k in slot.calls:
             target = outs[k] if outs is not None and k < len(outs) else None
             j = next((i for i, s in enumerate(sites) if not used[i] and _carries(s, slot.path, target, flow)), None)
@@ -93,11 +94,13 @@ def compare(sites, expected: Expected, check_rates: bool, flow: dict | None = No
                 lost.append(slot.path + (f" (call {k})" if len(slot.calls) > 1 else ""))
                 continue
             used[j] = True
+            carried.append(sites[j].rate)
             if sites[j].path != slot.path:
                 moved.append(f"{sites[j].kind} {sites[j].path} for {slot.path}")
+        if carried:
             compared += 1
-            if abs(sites[j].rate - slot.rate) > TOL:
-                bad.append(f"{slot.path}: native {slot.rate:.6g}, engine {sites[j].rate:.6g}")
+            if any(abs(r - slot.rate) > TOL for r in carried):
+                bad.append(f"{slot.path}: native {slot.rate:.6g}, engine {rates_text(carried)}")
     got: dict[str, list] = collections.defaultdict(list)
     extra = []
     for i, s in enumerate(sites):
@@ -145,9 +148,7 @@ def compare(sites, expected: Expected, check_rates: bool, flow: dict | None = No
     if not check_rates:
         return site_ok, None, reasons
     if bad:
-        reasons.append(
-            f"rates differ on {len(bad)} of {compared} slots and holders compared: " + listing(bad, 3, sep="; ")
-        )
+        reasons.append(f"rates differ at {len(bad)} of {compared} slots and holders: " + listing(bad, 3, sep="; "))
         reasons.append(explain_rates(expected, len({s.block for s in sites}), rate))
     if not compared:  # nothing both sides have: nothing to compare, not a match
         return site_ok, None, reasons

@@ -46,8 +46,9 @@ def holder_of(path: str) -> str:
 
 
 def inside(path: str, holder: str) -> bool:
-    """``path`` is ``holder`` or a module under it."""
-    return not holder or path == holder or path.startswith(holder + ".")
+    """``path`` is a module under ``holder`` (a hook on the holder itself drops its output, a branch of
+    the module around it, not one of its own)."""
+    return not holder or path.startswith(holder + ".")
 
 
 @dataclass
@@ -278,7 +279,7 @@ class Expected:
         return self.holders.setdefault(path, Holder(path))
 
     def innermost_holder(self, path: str) -> str | None:
-        """The innermost holder whose module is ``path`` or an ancestor of it."""
+        """The innermost holder whose module is a strict ancestor of ``path``."""
         best = None
         for h in self.holders:
             if inside(path, h) and (best is None or len(h) > len(best)):
