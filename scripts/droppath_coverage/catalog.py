@@ -1,7 +1,7 @@
 """What the table covers, and each library's conventions: the timm families and the model picked for
-each, HF and torchvision cases with their block classes, each family's rate convention and the named
-schedule that implements it, the explanations of rows not at parity, and the CI subset. Data only,
-read off each library's source; nothing here inspects a model.
+each, HF and torchvision cases with their block classes, each family's rate convention, the
+explanations of rows not at parity, and the CI subset, read off each library's source. The only code:
+``schedule_for`` (the named schedule that gives a convention) and ``pick_timm_models``.
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ class HFCase:
     cls: str  # transformers class
     config: str  # config class
     kwargs: dict
-    block: str  # class of the architecture's blocks
+    block: str  # class of the architecture's blocks: each is a holder of per_block branches
     per_block: int  # residual branches per block, as the architecture defines them
     convention: str | None = None  # native drop-path rate convention; None: no native drop path
     config_factory: str | None = None  # for two-tower configs: build with from_..._config-like kwargs
