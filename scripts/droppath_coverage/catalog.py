@@ -114,7 +114,7 @@ TIMM_MODEL_OVERRIDES = {
 
 # Smaller inputs for the slowest models, which run at any size (their default sizes are 384-896):
 # family -> (creation kwargs, side of the square example input passed to apply_drop_path, or
-# None to let droppath_surgery.inputs build it). The native build gets the same kwargs and input.
+# None to let droppath_surgery.build_example_inputs build it). The native build gets the same kwargs and input.
 TIMM_SMALL: dict[str, tuple[dict, int | None]] = {
     "deepseek_vit": ({"img_size": 112}, 112),
     "gemma4_vit": ({"img_size": 96}, 96),
