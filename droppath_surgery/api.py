@@ -24,7 +24,7 @@ from .nn import SkipDropPath
 from .nn.skip import DEFAULT_MIN_SKIP_RATE, KEPT_COUNTS
 from .plan import FilterFn, Plan, make_plan
 from .report import DropPathReport, build_report, report_of_patch
-from .schedules import LeaveOut, Schedule, check_schedule, describe, rate_targets
+from .schedules import LeaveOut, Schedule, check_schedule, describe, rate_targets, remembered
 from .verify import check_skipping, has_meta_tensors, state_fingerprint, verify_eval
 
 __all__ = [
@@ -179,7 +179,7 @@ def apply_drop_path(
         analysis = _analyse(model, example_inputs, batch_dim)
         plan = make_plan(model, analysis, filter_fn=filter_fn, skip=skip_dropped)
         plan, rates = _rate(model, plan, rate, schedule, len(analysis.branches))
-        drops = attach(model, plan, rates, schedule=describe(schedule), options=options)
+        drops = attach(model, plan, rates, schedule=remembered(schedule), options=options)
         try:
             if skip_dropped:
                 input_dim = analysis.input_dim if analysis.input_dim is not None else (batch_dim or 0)
@@ -214,10 +214,14 @@ def drop_path_report(model: nn.Module) -> DropPathReport:
     return report_of_patch(drops)
 
 
-def set_drop_path_rate(model: nn.Module, rate: float = 0.1, *, schedule: Schedule = "linear") -> None:
+def set_drop_path_rate(model: nn.Module, rate: float = 0.1, *, schedule: Schedule | None = None) -> None:
     """Re-schedule an already patched model without running it (cheap enough for every step).
 
-    Rates are validated before any is changed; use ``drop_path_report`` to see them. A model wrapped
+    ``schedule=None`` keeps the schedule the model has (the one ``apply_drop_path`` or the last
+    ``set_drop_path_rate`` gave it: a ``"uniform"`` model stays uniform); a schedule given here
+    becomes the model's. As in ``apply_drop_path``, a list, mapping or callable gives the rates itself
+    and ``rate`` is not used with it. Rates are validated before any is changed; use
+    ``drop_path_report`` to see them. A model wrapped
     by ``torch.compile`` or DDP after patching is unwrapped: only buffers are written, which the
     compiled code reads without recompiling. A site a per-site schedule leaves out (``"timm"`` where
     timm has no slot) gets rate 0.
@@ -228,18 +232,19 @@ def set_drop_path_rate(model: nn.Module, rate: float = 0.1, *, schedule: Schedul
         raise NotPatchedError(
             f"{type(model).__name__} has no drop path to re-schedule; call apply_drop_path(model, rate) first."
         )
+    schedule = drops[0].patch.schedule if schedule is None else remembered(schedule)
     check_schedule(schedule, rate)
     plan = drops[0].patch.plan
     values = rate_targets(model, rate, schedule, plan.num_blocks, [d.patch.site.target for d in drops])
-    name = describe(schedule)
     for drop, value in zip(drops, values):
         drop.rate = 0.0 if isinstance(value, LeaveOut) else value
-        drop.patch.schedule = name
+        drop.patch.schedule = schedule
 
 
 def remove_drop_path(model: nn.Module) -> int:
     """Take drop path out again: the original modules (the same objects) go back and every hook
-    this library added is removed. Returns the number of DropPath modules removed; a second call
-    removes nothing and returns 0.
+    this library added is removed. Returns the number of DropPath modules removed (the report's
+    ``num_modules``: one module may end several branches); a second call removes nothing and
+    returns 0.
     """
     return len(detach(check_model(unwrap_model(model))))

@@ -43,7 +43,7 @@ class PatchRecord:
 
     plan: Plan  # the plan it was attached by (block count, model name, branches left out)
     site: PlannedSite
-    schedule: str  # the name of the schedule that rated it last
+    schedule: Any  # the schedule that rated it last: a name, a tuple of block rates, a mapping or a callable
     registrations: list[tuple[nn.Module, str]] = field(default_factory=list)  # (parent, name) replaced
     handle: RemovableHandle | None = None  # the output hook of a "hook" site
 
@@ -124,7 +124,7 @@ def _uninstall(drop: DropPath) -> None:
         delattr(record.site.module, CHILD_NAME)
 
 
-def attach(root: nn.Module, plan: Plan, rates: list[float], *, schedule: str, options: Options) -> list[DropPath]:
+def attach(root: nn.Module, plan: Plan, rates: list[float], *, schedule: Any, options: Options) -> list[DropPath]:
     """Attach a DropPath for every planned site at the rate of the same position in ``rates`` and
     return them in plan order; on any error, undo what was done and re-raise."""
     drops: list[DropPath] = []

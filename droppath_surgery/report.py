@@ -7,9 +7,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+import dataclasses
+import html
+from typing import Any
+
 from .nn import DropPath, SkipDropPath
 from .nn.skip import BELOW_MIN_SKIP_RATE
 from .plan import LeftOut, PlannedSite, Target
+from .schedules import describe
 
 __all__ = ["Site", "Skipped", "DropPathReport", "Target", "build_report", "report_of_patch"]
 
@@ -88,17 +93,46 @@ class DropPathReport:
             out[s.block] = max(s.rate, out.get(s.block, s.rate))
         return out
 
+    @property
+    def num_modules(self) -> int:
+        """How many DropPath modules carry the sites (what ``remove_drop_path`` counts): fewer than the
+        sites where one module ends several branches (HF ViT's ``dropout``, Dinov2's ``drop_path``)."""
+        return len({s.path for s in self.sites})
+
     def __len__(self) -> int:
         return len(self.sites)
 
-    def __str__(self) -> str:
+    def records(self) -> list[dict[str, Any]]:
+        """One plain dict per site (for logging: a table, a CSV row, an experiment tracker)."""
+        return [dataclasses.asdict(s) for s in self.sites]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole report as plain data (JSON-serializable but for tuples)."""
+        return {
+            "model": self.model_name,
+            "schedule": self.schedule,
+            "num_blocks": self.num_blocks,
+            "num_branches": len(self.sites),
+            "num_modules": self.num_modules,
+            "verified": self.verified,
+            "sites": self.records(),
+            "skipped": [dataclasses.asdict(s) for s in self.skipped],
+            "notes": list(self.notes),
+        }
+
+    def _title(self) -> str:
         title = f"drop path on {self.model_name or 'model'}: {len(self.sites)} branches in {self.num_blocks} blocks"
+        if self.num_modules != len(self.sites):
+            title += f" at {self.num_modules} DropPath modules (one module ends several branches)"
         title += f", schedule {self.schedule}"
         if self.sites:
             rates = [s.rate for s in self.sites]
             title += f", rates {min(rates):.3f}..{max(rates):.3f}"
         if self.verified is not None:
             title += ", eval output verified bitwise unchanged" if self.verified else ", not verified"
+        return title
+
+    def _table(self) -> tuple[tuple, list[tuple]]:
         header: tuple = ("block", "branch", "rate", "kind", "batch dim", "shape", "path")
         rows: list[tuple] = [
             (
@@ -115,8 +149,12 @@ class DropPathReport:
         if any(s.compute != "mask" for s in self.sites):
             header = (*header[:4], "compute", *header[4:])
             rows = [(*r[:4], s.compute, *r[4:]) for r, s in zip(rows, self.sites)]
+        return header, rows
+
+    def __str__(self) -> str:
+        header, rows = self._table()
         widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-        lines = [title, "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+        lines = [self._title(), "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
         lines.append("  ".join("-" * w for w in widths))
         lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         for s in self.skipped:
@@ -125,6 +163,18 @@ class DropPathReport:
         return "\n".join(lines)
 
     __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        """The table for notebooks."""
+        header, rows = self._table()
+        cells = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+        extra = [f"skipped {s.path} (block {s.block_path or '-'}): {s.reason}" for s in self.skipped] + list(self.notes)
+        notes = "".join(f"<li>{html.escape(n)}</li>" for n in extra)
+        return (
+            f"<div><p><b>{html.escape(self._title())}</b></p><table><thead><tr>{cells}</tr></thead>"
+            f"<tbody>{body}</tbody></table>" + (f"<ul>{notes}</ul>" if notes else "") + "</div>"
+        )
 
 
 def build_report(
@@ -197,7 +247,7 @@ def report_of_patch(drops: Sequence[DropPath], *, verified: bool | None = None, 
     return build_report(
         rows,
         num_blocks=record.plan.num_blocks,
-        schedule=record.schedule,
+        schedule=describe(record.schedule),
         model_name=record.plan.model_name,
         left_out=record.plan.left_out,
         verified=verified,

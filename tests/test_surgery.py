@@ -285,3 +285,45 @@ def test_failure_in_the_middle_of_attaching_leaves_the_model_unchanged(model, x)
         apply_drop_path(model, 0.1, example_inputs=x)
     snap.assert_same()
     assert not drop_paths(model)
+
+
+def test_a_patched_model_keeps_its_schedule_until_a_new_one_is_given(model, x):
+    from droppath_surgery.training import Constant, DropPathScheduler
+
+    apply_drop_path(model, 0.2, schedule="uniform", example_inputs=x)
+    set_drop_path_rate(model, 0.3)  # DeiT III / DINOv2 users keep their uniform rates
+    assert {s.rate for s in drop_path_report(model).sites} == {0.3}
+    assert drop_path_report(model).schedule == "uniform"
+    DropPathScheduler(model, Constant(0.4))
+    assert {s.rate for s in drop_path_report(model).sites} == {0.4}
+    set_drop_path_rate(model, 0.3, schedule="linear")  # a schedule given becomes the model's
+    set_drop_path_rate(model, 0.6)
+    assert [s.rate for s in drop_path_report(model).sites] == pytest.approx([0, 0, 0.2, 0.2, 0.4, 0.4, 0.6, 0.6])
+    rates = [0.0, 0.1, 0.2, 0.3]
+    set_drop_path_rate(model, schedule=rates)
+    rates[3] = 0.9  # the model keeps its own copy
+    set_drop_path_rate(model, 0.5)  # a list gives the rates itself
+    assert [s.rate for s in drop_path_report(model).sites][-1] == pytest.approx(0.3)
+    with pytest.raises(ScheduleError, match="gives the rates itself.*pass per_layer="):
+        DropPathScheduler(model, Constant(0.4))
+    DropPathScheduler(model, Constant(0.4), per_layer="efficientnet")  # every schedule name works here
+    assert [s.rate for s in drop_path_report(model).sites][-1] == pytest.approx(0.3)  # 0.4 * 3 / 4
+
+
+def test_report_counts_branches_and_modules_and_exports_plain_data():
+    from transformers import ViTConfig, ViTModel
+
+    config = ViTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8)
+    model = ViTModel(config)
+    report = apply_drop_path(model, 0.2)
+    # transformers' ViTLayer applies one `dropout` to both branches: 6 branches, 3 DropPath modules.
+    assert len(report.sites) == 6 and report.num_modules == 3
+    assert "6 branches in 3 blocks at 3 DropPath modules (one module ends several branches)" in str(report)
+    assert report.sites[-1].rate == 0.2  # the float asked for, not float32's 0.20000000298023224
+    data = report.to_dict()
+    assert data["num_branches"] == 6 and data["num_modules"] == 3 and data["verified"] is True
+    assert data["sites"][0]["path"] == report.sites[0].path and len(report.records()) == 6
+    assert set(data["sites"][0]) >= {"path", "block", "rate", "kind", "batch_dim", "compute", "stack"}
+    page = report._repr_html_()
+    assert page.count("<tr>") == 7 and f"<td>{report.sites[-1].path}</td>" in page
+    assert remove_drop_path(model) == report.num_modules

@@ -30,7 +30,7 @@ _built: dict[str, type] = {}
 class _Driver:
     """What both callbacks share: a scheduler created at train start, moved to the trainer's time."""
 
-    def __init__(self, schedule: Any, *, per_layer: Any = "linear", unit: str = "step") -> None:
+    def __init__(self, schedule: Any, *, per_layer: Any = None, unit: str = "step") -> None:
         self.schedule = schedule
         self.per_layer = per_layer
         self.unit = unit

@@ -37,6 +37,7 @@ __all__ = [
     "block_rates",
     "rate_targets",
     "describe",
+    "remembered",
 ]
 
 Schedule = Union[str, Sequence[float], Mapping[str, float], Callable[[int, int], float]]
@@ -63,6 +64,18 @@ def register_site_schedule(name: str, schedule: SiteSchedule) -> None:
 def schedule_names() -> list[str]:
     """Every schedule that can be given by name."""
     return sorted([*SCHEDULES, *_SITE_SCHEDULES])
+
+
+def remembered(schedule: Schedule) -> Schedule:
+    """The schedule as a patched model keeps it: lists and tensors as tuples, mappings copied, so
+    later changes to the caller's object do not change the model's schedule."""
+    if isinstance(schedule, torch.Tensor):
+        return tuple(schedule.tolist())
+    if isinstance(schedule, Mapping):
+        return dict(schedule)
+    if isinstance(schedule, Sequence) and not isinstance(schedule, str):
+        return tuple(schedule)
+    return schedule
 
 
 def describe(schedule: Schedule) -> str:

@@ -1,8 +1,8 @@
 """Named per-block shapes: the rate of each of ``n`` blocks for a top rate ``rate``.
 
-* ``"linear"``: ``linspace(0, rate, n)`` computed as timm's ``calculate_drop_path_rates`` does (a
-  float32 ``torch.linspace``), so the rates equal ``timm.create_model(name, drop_path_rate=rate)``'s;
-  also ResNet's, BEiT's, Swin's and ConvNeXt's ``rate * i / (n - 1)`` to float32 rounding.
+* ``"linear"``: ``rate * i / (n - 1)``, timm's ``linspace(0, rate, n)`` (and ResNet's, BEiT's, Swin's,
+  ConvNeXt's), in float64: the last block gets exactly the ``rate`` asked for, and every rate equals
+  ``timm.create_model(name, drop_path_rate=rate)``'s to float32 rounding (timm's float32 linspace).
 * ``"uniform"``: ``rate`` everywhere (DeiT III, DINOv2).
 * ``"efficientnet"``: ``rate * i / n``, timm's EfficientNet / MobileNet builder and torchvision's
   EfficientNet (the last block stays below ``rate``).
@@ -12,13 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
-
 __all__ = ["SHAPES"]
 
 
 def _linear(rate: float, n: int) -> list[float]:
-    return [float(v) for v in torch.linspace(0.0, rate, n, dtype=torch.float32, device="cpu")]
+    return [rate * (i / (n - 1)) for i in range(n)] if n > 1 else [0.0] * n  # exact at both ends
 
 
 def _uniform(rate: float, n: int) -> list[float]:

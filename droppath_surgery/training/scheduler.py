@@ -18,7 +18,7 @@ from ..checks import validate_rate
 from ..errors import InvalidRateError, NotPatchedError, ScheduleError
 from ..execute import patched_modules
 from ..integrations.wrappers import unwrap_model
-from ..schedules import schedule_names
+from ..schedules import describe, schedule_names
 from .time_schedules import Constant
 
 __all__ = ["DropPathScheduler", "PerLayer", "check_arguments"]
@@ -27,7 +27,9 @@ PerLayer = Union[str, Sequence[float], Callable[[int, int], float]]
 _UNITS = ("step", "epoch")
 
 
-def _check_per_layer(per_layer: Any) -> PerLayer:
+def _check_per_layer(per_layer: Any) -> PerLayer | None:
+    if per_layer is None:  # the model's own, checked when the scheduler meets the model
+        return None
     if isinstance(per_layer, str):
         if per_layer not in schedule_names():
             raise ScheduleError(
@@ -52,7 +54,7 @@ def _check_per_layer(per_layer: Any) -> PerLayer:
     )
 
 
-def check_arguments(schedule: Any, per_layer: Any, unit: str) -> tuple[Callable[[float], float], PerLayer]:
+def check_arguments(schedule: Any, per_layer: Any, unit: str) -> tuple[Callable[[float], float], PerLayer | None]:
     """Validate a scheduler's arguments; a number becomes ``Constant(number)``."""
     if isinstance(schedule, numbers.Real) and not isinstance(schedule, bool):
         schedule = Constant(float(schedule))
@@ -74,8 +76,9 @@ class DropPathScheduler:
             unwrapped).
         schedule: a time schedule (``Constant``, ``LinearWarmup``, ``Early``, ``Late``, ``Cosine``,
             ``ProgressiveLayerDrop``), any callable ``t -> top rate``, or a number (constant).
-        per_layer: how the top rate is spread over blocks: any schedule name (``"linear"``, timm's,
-            the default; ``"uniform"``, ``"efficientnet"``), ``"timm"`` (on a timm model: per branch, the rates timm's constructor
+        per_layer: how the top rate is spread over blocks: None (the default) keeps the per-layer
+            schedule the model was patched with; any schedule name (``"linear"``, ``"uniform"``,
+            ``"efficientnet"``), ``"timm"`` (on a timm model: per branch, the rates timm's constructor
             gives, scaled to the top rate), a list with one factor in [0, 1] per block (block rate =
             top rate * factor), or a callable ``(block_index, num_blocks) -> factor``.
         unit: ``"step"`` (call ``step()`` after every optimizer step) or ``"epoch"`` (after every
@@ -86,7 +89,7 @@ class DropPathScheduler:
     schedule where it stopped.
     """
 
-    def __init__(self, model: Any, schedule: Any, *, per_layer: PerLayer = "linear", unit: str = "step") -> None:
+    def __init__(self, model: Any, schedule: Any, *, per_layer: PerLayer | None = None, unit: str = "step") -> None:
         inner = unwrap_model(model)
         if not isinstance(inner, nn.Module):
             raise NotPatchedError(
@@ -98,10 +101,19 @@ class DropPathScheduler:
                 f"{type(inner).__name__} has no drop path to schedule; call apply_drop_path(model, rate) "
                 f"before creating the DropPathScheduler."
             )
-        schedule, per_layer = check_arguments(schedule, per_layer, unit)
+        if per_layer is None:  # the per-layer schedule the model was patched with
+            per_layer = drops[0].patch.schedule
+            if not isinstance(per_layer, str):
+                raise ScheduleError(
+                    f"the model was patched with {describe(per_layer)} (it gives the rates itself, so a top rate "
+                    f"over time has nothing to scale); pass per_layer= a schedule name such as 'linear', or a "
+                    f"list of per-block factors in [0, 1]."
+                )
+        schedule, checked = check_arguments(schedule, per_layer, unit)
+        assert checked is not None
         self.model = inner
         self.schedule = schedule
-        self.per_layer = per_layer
+        self.per_layer: PerLayer = checked
         self.unit = unit
         self.num_blocks = drops[0].patch.plan.num_blocks
         if not isinstance(self.per_layer, str):
