@@ -4,11 +4,10 @@ and ``drop_path_report`` alike."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-
 import dataclasses
 import html
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .nn import DropPath, SkipDropPath
