@@ -82,7 +82,7 @@ def _registrations(root: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
     return out
 
 
-def _new_drop(site: PlannedSite, rate: float, options: Options) -> DropPath:
+def _new_drop(site: PlannedSite, rate: float, options: Options, warned: set[str]) -> DropPath:
     if options.kept_count is None:
         return DropPath(rate, batch_dim=site.batch_dim, mode=options.mode, scale_by_keep=options.scale_by_keep)
     drop = SkipDropPath(
@@ -90,7 +90,7 @@ def _new_drop(site: PlannedSite, rate: float, options: Options) -> DropPath:
         batch_dim=site.batch_dim, mode=options.mode, scale_by_keep=options.scale_by_keep,
     )
     for br in site.branches:
-        drop.skip_states.append(SkipState(drop, br.batch_dim, site.path, br.entries, br.mask_reason))
+        drop.skip_states.append(SkipState(drop, br.batch_dim, site.path, br.entries, br.mask_reason, warned))
     return drop
 
 
@@ -129,9 +129,10 @@ def attach(root: nn.Module, plan: Plan, rates: list[float], *, schedule: Any, op
     return them in plan order; on any error, undo what was done and re-raise."""
     drops: list[DropPath] = []
     registrations = _registrations(root) if any(site.kind == "replace" for site in plan.sites) else {}
+    warned: set[str] = set()  # skip-mode warnings, given once per model
     try:
         for site, rate in zip(plan.sites, rates, strict=True):
-            drop = _new_drop(site, rate, options)
+            drop = _new_drop(site, rate, options, warned)
             drop.train(site.module.training)
             drop.patch = PatchRecord(plan, site, schedule)
             if site.kind == "replace":

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["leaves", "tensors", "map_leaves", "map_tensors", "get_at", "replace_at", "describe"]
+__all__ = ["leaves", "tensors", "held_tensors", "map_leaves", "map_tensors", "get_at", "replace_at", "describe"]
 
 Index = tuple[Any, ...]
 
@@ -66,6 +66,34 @@ def tensors(obj: Any) -> list[Tensor]:
         items = _items(node)
         if items:
             stack.extend(child for _, child in reversed(items))
+    return out
+
+
+def held_tensors(obj: Any, depth: int = 6) -> list[tuple[str, Tensor]]:
+    """(attribute path, tensor) for every tensor an object holds, through its attributes, lists and
+    dicts (a ``DynamicCache``'s layers' keys and values), in a stable order. Modules are not entered."""
+    from torch import nn
+
+    out: list[tuple[str, Tensor]] = []
+    seen: set[int] = set()
+
+    def walk(x: Any, path: str, left: int) -> None:
+        if isinstance(x, Tensor):
+            out.append((path, x))
+            return
+        if left == 0 or id(x) in seen or isinstance(x, (nn.Module, str, bytes, int, float, bool, type(None))):
+            return
+        seen.add(id(x))
+        items = _items(x)
+        if items is None:
+            try:
+                items = sorted(vars(x).items())
+            except TypeError:  # no __dict__: nothing held
+                return
+        for key, child in items:
+            walk(child, f"{path}.{key}" if isinstance(key, str) and items is not None else f"{path}[{key!r}]", left - 1)
+
+    walk(obj, "", depth)
     return out
 
 

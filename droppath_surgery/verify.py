@@ -61,13 +61,24 @@ def compare_outputs(before: Any, after: Any) -> list[str]:
         elif isinstance(a, Tensor) or isinstance(b, Tensor):
             diffs.append(f"{name}: {type(a).__name__} became {type(b).__name__}")
         else:
-            try:
-                same = bool(a == b)
-            except Exception:  # noqa: BLE001 - objects without a usable ==
-                same = True
-            if not same:
-                diffs.append(f"{name}: {a!r} became {b!r}")
+            diffs += _compare_objects(name, a, b)
     return diffs
+
+
+def _compare_objects(name: str, a: Any, b: Any) -> list[str]:
+    """Two non-tensor leaves: equal by ``==``, or, for objects that hold tensors (a decoder's
+    ``DynamicCache``), holding bitwise equal tensors at the same attribute paths."""
+    try:
+        if bool(a == b):
+            return []
+    except Exception:  # noqa: BLE001 - objects without a usable ==: judged by what they hold
+        pass
+    held_a, held_b = nested.held_tensors(a), nested.held_tensors(b)
+    if type(a) is not type(b) or not (held_a or held_b):
+        return [f"{name}: {a!r} became {b!r}"]
+    if [p for p, _ in held_a] != [p for p, _ in held_b]:
+        return [f"{name}: {type(a).__name__} holds other tensors ({len(held_a)} at {[p for p, _ in held_a][:3]} ... became {len(held_b)})"]
+    return [f"{name}{p}: differs" for (p, x), (_, y) in zip(held_a, held_b) if not _bitwise_equal(x, y)]
 
 
 def has_meta_tensors(obj: Any) -> bool:

@@ -128,12 +128,13 @@ def branch_entries(recording: Recording, branch: Branch, batch_dim: int, shape: 
             dim = _batch_dim_of(arg_shape, batch, preferred)
             if dim is not None:
                 args.append(EntryArg(location, dim))
-        if args:
-            module = call.module
-            path = index.path(module, type(module).__name__)
-            if recording.call_counts.get(id(module), 0) != 1:
-                return f"the branch takes in the batch at {path}, which also runs elsewhere in the forward pass"
-            entries.append(Entry(module, path, tuple(args)))
+        module = call.module
+        path = index.path(module, type(module).__name__)
+        once = recording.call_counts.get(id(module), 0) == 1
+        if args and not once:
+            return f"the branch takes in the batch at {path}, which also runs elsewhere in the forward pass"
+        if once:  # without batch arguments it still watches for ones a training call adds (masks, position ids)
+            entries.append(Entry(module, path, tuple(args), tuple((location, shape) for location, _, shape in call.args)))
         return ""
 
     for n in window:
@@ -154,7 +155,7 @@ def branch_entries(recording: Recording, branch: Branch, batch_dim: int, shape: 
         why = enter(call)
         if why:
             return BranchEntries(reason=why)
-    if not entries:
+    if not any(e.args for e in entries):
         return BranchEntries(reason=no_place)
 
     # Nothing computed on the subset may leave the branch other than through its end.

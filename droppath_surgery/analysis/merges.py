@@ -81,9 +81,35 @@ def _branch_end(node: Node) -> tuple[Node | None, tuple]:
     return node, tuple(reversed(layout))
 
 
-def _merge(add: Addition, i: int, operand: int, kind: str, visited: list[Node], start: Node, inner: bool = False) -> Merge | None:
-    branch = add.b if operand else add.a
-    end, layout = _branch_end(branch)
+_ADD_OPS = {"add", "add_", "__add__", "__radd__", "__iadd__"}
+
+
+def _addends(node: Node, stream: Node) -> list[Node]:
+    """The branches summed into ``node`` before it is added to ``stream`` (GPT-NeoX's
+    ``mlp_out + attn_out + x``, Falcon's ``mlp_out += attn_out``): the live operands of a chain of
+    additions that are module outputs, each computed from ``stream``; empty unless there are two."""
+    if node.op not in _ADD_OPS or node.chain:
+        return []
+    out: list[Node] = []
+    for parent in node.parents:
+        if not parent.live:
+            return []
+        if _branch_end(parent)[0] is not None:
+            if search_back(parent, stream)[0] is None:
+                return []
+            out.append(parent)
+        else:
+            inner = _addends(parent, stream)
+            if not inner:
+                return []
+            out += inner
+    return out if len(out) >= 2 else []
+
+
+def _merge(
+    add: Addition, i: int, operand: int, kind: str, visited: list[Node], start: Node, inner: bool = False, branch: Node | None = None
+) -> Merge | None:
+    end, layout = _branch_end(branch if branch is not None else (add.b if operand else add.a))
     if end is None:
         return None
     stack = add.stack
@@ -93,7 +119,17 @@ def _merge(add: Addition, i: int, operand: int, kind: str, visited: list[Node], 
     return Merge(end, add.shape, stack, kind, computes, start, add.serial, layout, inner, i, operand)
 
 
-def _classify(add: Addition, i: int) -> Merge | None:
+def _residual(add: Addition, i: int, operand: int, visited: list[Node], stream: Node, inner: bool) -> list[Merge]:
+    """``stream + branch``, or ``stream + (b1 + b2 + ...)``: one merge per branch."""
+    merge = _merge(add, i, operand, "residual", visited, stream, inner)
+    if merge is not None:
+        return [merge]
+    summed = _addends(add.b if operand else add.a, stream)
+    merges = [_merge(add, i, operand, "residual", search_back(b, stream)[1], stream, inner, b) for b in summed]
+    return [m for m in merges if m is not None]
+
+
+def _classify(add: Addition, i: int) -> list[Merge]:
     na, nb = add.a, add.b
     stack = add.stack
     # x + f(x): the stream is an ancestor of the branch.
@@ -103,10 +139,10 @@ def _classify(add: Addition, i: int) -> Merge | None:
         depth, visited = search_back(branch, stream)
         if depth is not None:
             inner = bool(stack) and stream.live and stream.serial > stack[-1].first
-            return _merge(add, i, operand, "residual", visited, stream, inner)
+            return _residual(add, i, operand, visited, stream, inner)
     # shortcut(x) + f(x): both computed from an input of the call running the addition.
     if not stack or not (na.live and nb.live):
-        return None
+        return []
     for fork in stack[-1].inputs:
         # Each operand must come from the fork input itself, not through another input of the call.
         barrier = frozenset(n.serial for n in stack[-1].inputs if n is not fork)
@@ -115,8 +151,9 @@ def _classify(add: Addition, i: int) -> Merge | None:
         if da is None or db is None or da == db:
             continue
         operand, visited = (0, va) if da > db else (1, vb)
-        return _merge(add, i, operand, "fork", visited, fork)
-    return None
+        merge = _merge(add, i, operand, "fork", visited, fork)
+        return [merge] if merge is not None else []
+    return []
 
 
 def find_merges(recording: Recording) -> list[Merge]:
@@ -131,9 +168,22 @@ def find_merges(recording: Recording) -> list[Merge]:
     it alone, whose module runs inside the call that adds (a slice of the stream, TNT's
     ``patch_embed[:, 1:]``, leads back to the previous block).
     """
-    merges = []
+    merges: list[Merge] = []
+    summed: set[int] = set()  # serials of sums of branches that a residual merge took apart
     for i, add in enumerate(recording.additions):
-        merge = _classify(add, i)
-        if merge is not None:
-            merges.append(merge)
-    return merges
+        found = _classify(add, i)
+        if len({m.end.serial for m in found}) > 1:
+            summed |= _sum_serials(add.b if found[0].operand else add.a)
+        merges += found
+    # The sum's own addition (``mlp_out + attn_out``) is no fork merge of one branch into the other.
+    return [m for m in merges if recording.additions[m.addition].serial + 1 not in summed]
+
+
+def _sum_serials(node: Node) -> set[int]:
+    """Serials of the values made by the chain of additions that summed the branches into ``node``."""
+    if node.op not in _ADD_OPS or node.chain:
+        return set()
+    out = {node.serial}
+    for parent in node.parents:
+        out |= _sum_serials(parent)
+    return out

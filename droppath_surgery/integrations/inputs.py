@@ -17,6 +17,7 @@ Anything else needs ``example_inputs=``.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -91,35 +92,92 @@ def _timm_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen
     return {"args": (_image(EXAMPLE_BATCH, channels, (height, width), device, dtype, gen),)}
 
 
+TEXT_LENGTH = 12  # tokens per example sequence
+PADDED = 3  # pad positions of the second sample: masks are exercised as in training
+
+
+def _is_causal(model: nn.Module) -> bool:
+    """A decoder: some attention in it says it is causal."""
+    return any(getattr(m, "is_causal", False) is True for m in model.modules())
+
+
+def _tokens(model: nn.Module, cfg: Any, device: torch.device, gen: torch.Generator, length: int = TEXT_LENGTH) -> Tensor:
+    vocab = getattr(cfg, "vocab_size", None)
+    if not vocab:
+        raise ExampleInputsError(f"{type(model).__name__}: its config has no vocab_size; pass example_inputs=.")
+    limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or length
+    return torch.randint(0, vocab, (EXAMPLE_BATCH, min(length, limit)), generator=gen).to(device)
+
+
+def _padding_mask(ids: Tensor, left: bool) -> Tensor:
+    """Sample 0 full, the last ``PADDED`` positions of sample 1 padded (its first ones with ``left``)."""
+    mask = torch.ones_like(ids)
+    pad = min(PADDED, ids.shape[1] - 1)
+    if pad > 0:
+        mask[1, :pad] = 0 if left else 1
+        mask[1, -pad:] = 1 if left else 0
+    return mask
+
+
+def _audio_samples(cfg: Any, frames: int = 16) -> int:
+    """Raw audio samples that the convolutional feature encoder turns into ``frames`` frames."""
+    length = frames
+    for kernel, stride in reversed(list(zip(cfg.conv_kernel, cfg.conv_stride))):
+        length = (length - 1) * stride + kernel
+    return length
+
+
 def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> dict:
-    config = model.config
-    vision = getattr(config, "vision_config", None)
-    text = getattr(config, "text_config", None)
+    """The inputs the model's forward takes, from its config: images (or NaFlex patches with their mask
+    and shapes), token ids with a padded attention mask (left padding for decoders) and token types,
+    decoder inputs for encoder-decoders, mel features or raw audio for speech models."""
+    config: Any = model.config
+    params = inspect.signature(model.forward).parameters
+    vision = getattr(config, "vision_config", None) or config
+    text = getattr(config, "text_config", None) or config
     main = getattr(model, "main_input_name", "pixel_values")
     kwargs: dict[str, Tensor] = {}
 
-    def pixels(cfg: Any) -> Tensor:
-        size = _pair(getattr(cfg, "image_size", 224))
-        return _image(EXAMPLE_BATCH, getattr(cfg, "num_channels", 3), size, device, dtype, gen)
-
-    def tokens(cfg: Any) -> Tensor:
-        vocab = getattr(cfg, "vocab_size", None)
-        if not vocab:
-            raise ExampleInputsError(f"{type(model).__name__}: its config has no vocab_size; pass example_inputs=.")
-        length = min(16, getattr(cfg, "max_position_embeddings", 16) or 16)
-        return torch.randint(0, vocab, (EXAMPLE_BATCH, length), generator=gen).to(device)
-
-    if vision is not None and text is not None:
-        kwargs["pixel_values"] = pixels(vision)
-        kwargs["input_ids"] = tokens(text)
-    elif main == "pixel_values":
-        kwargs["pixel_values"] = pixels(config)
-    elif main == "input_ids":
-        kwargs["input_ids"] = tokens(config)
-    else:
+    if "pixel_values" in params and (main == "pixel_values" or "input_ids" in params):
+        if "spatial_shapes" in params:  # NaFlex: patches of a 4 x 4 grid, the second image 3 x 4 and padded
+            side, p, c = 4, vision.patch_size, vision.num_channels
+            kwargs["pixel_values"] = torch.randn(EXAMPLE_BATCH, side * side, c * p * p, generator=gen).to(device, dtype)
+            mask = torch.ones(EXAMPLE_BATCH, side * side, dtype=torch.long)
+            mask[1, (side - 1) * side :] = 0
+            kwargs["pixel_attention_mask"] = mask.to(device)
+            kwargs["spatial_shapes"] = torch.tensor([[side, side], [side - 1, side]][:EXAMPLE_BATCH]).to(device)
+        else:
+            size = _pair(getattr(vision, "image_size", 224))
+            kwargs["pixel_values"] = _image(EXAMPLE_BATCH, getattr(vision, "num_channels", 3), size, device, dtype, gen)
+    if main == "input_features":  # Whisper: (B, mel bins, 2 * max_source_positions)
+        frames = 2 * config.max_source_positions
+        kwargs["input_features"] = torch.randn(EXAMPLE_BATCH, config.num_mel_bins, frames, generator=gen).to(device, dtype)
+    elif main == "input_values":  # wav2vec2, HuBERT: raw audio
+        kwargs["input_values"] = torch.randn(EXAMPLE_BATCH, _audio_samples(config), generator=gen).to(device, dtype)
+    if "input_ids" in params and (main == "input_ids" or "pixel_values" in kwargs):
+        ids = _tokens(model, text, device, gen)
+        kwargs["input_ids"] = ids
+        seq2seq = getattr(config, "is_encoder_decoder", False)
+        if "attention_mask" in params:
+            kwargs["attention_mask"] = _padding_mask(ids, left=_is_causal(model) and not seq2seq)
+        if "token_type_ids" in params and (getattr(text, "type_vocab_size", 0) or 0) >= 2:
+            types = torch.zeros_like(ids)
+            types[:, ids.shape[1] // 2 :] = 1  # two segments, as in sentence-pair tasks
+            kwargs["token_type_ids"] = types
+    if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in params:
+        decoder = _tokens(model, text, device, gen, length=TEXT_LENGTH // 2)
+        kwargs["decoder_input_ids"] = decoder
+        if "decoder_attention_mask" in params:
+            kwargs["decoder_attention_mask"] = _padding_mask(decoder, left=False)
+    missing = [
+        n for n, p in params.items()
+        if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in kwargs
+    ]
+    if not kwargs or missing:
+        need = missing or [main]
         raise ExampleInputsError(
-            f"{type(model).__name__} takes {main!r}, for which no example can be built automatically; "
-            f"pass example_inputs= (for example a dict {{'{main}': tensor}})."
+            f"{type(model).__name__} takes {', '.join(repr(n) for n in need)}, for which no example can be built "
+            f"automatically; pass example_inputs= (a dict of keyword arguments, e.g. {{'{need[0]}': tensor, ...}})."
         )
     return {"kwargs": kwargs}
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -62,11 +63,13 @@ class EntryArg:
 
 @dataclass(frozen=True)
 class Entry:
-    """A module call where a branch takes in full-batch tensors."""
+    """A module call where a branch takes in full-batch tensors; ``seen`` holds (location, shape) of
+    every tensor argument of the traced call, with the batch or not."""
 
     module: nn.Module
     path: str
     args: tuple[EntryArg, ...]
+    seen: tuple[tuple[tuple, tuple], ...] = ()
 
 
 def take_rows(t: Tensor, idx: Tensor, dim: int) -> Tensor:
@@ -91,8 +94,12 @@ class SkipState:
     ``disarm`` removes them, after which the branch masks; ``reason`` says why.
     """
 
-    def __init__(self, drop: SkipDropPath, batch_dim: int, path: str, entries: tuple[Entry, ...], reason: str = "") -> None:
+    def __init__(
+        self, drop: SkipDropPath, batch_dim: int, path: str, entries: tuple[Entry, ...], reason: str = "",
+        warned: set[str] | None = None,
+    ) -> None:
         self.drop = drop
+        self.warned = warned if warned is not None else set()  # warnings given, shared by a model's branches
         self.batch_dim = batch_dim
         self.path = path
         self.entries = tuple(entries)
@@ -106,8 +113,9 @@ class SkipState:
         """Register the entry pre-hooks (once); a state with a reason to mask registers nothing."""
         if not self.enabled or self.handles:
             return
-        for i, entry in enumerate(self.entries):
-            hook = SkipEntry(self, entry.args, draws=i == 0)
+        drawer = next(e for e in self.entries if e.args)
+        for entry in self.entries:
+            hook = SkipEntry(self, entry, draws=entry is drawer)
             self.handles.append(entry.module.register_forward_pre_hook(hook, with_kwargs=True))
 
     def unhook(self) -> None:
@@ -191,13 +199,50 @@ class SkipState:
 class SkipEntry:
     """Forward pre-hook on a module where a branch takes in the batch: subsets those arguments.
 
-    The branch's first entry draws the kept samples.
+    The branch's first entry draws the kept samples. A tensor argument that held no batch in the
+    traced call (a padding mask, position ids or keyword arguments a training loop adds, rotary tables
+    that were ``(1, L, D)`` and are now per sample) is subset too when its batch dimension is clear: a
+    dimension of the batch's size that was of size 1 (or absent) in the traced call, the branch's own
+    batch dimension or else the only one. When it is not, the drawing entry lets the branch mask for
+    this call (with one warning); a later entry, where the subset is already taken, raises ``SkipError``.
     """
 
-    def __init__(self, state: SkipState, args: tuple[EntryArg, ...], draws: bool) -> None:
+    def __init__(self, state: SkipState, entry: Entry, draws: bool) -> None:
         self.state = state
-        self.args = tuple(args)
+        self.entry = entry
+        self.args = entry.args
         self.draws = draws
+        self.known = {a.location for a in entry.args}
+        self.traced = dict(entry.seen)
+
+    def _unseen(self, call: tuple, batch: int) -> tuple[list[tuple[tuple, int]], str]:
+        """Where to subset tensor arguments that held no batch in the traced call, or why it cannot be done."""
+        own = self.args[0].batch_dim if self.args else 0
+        out = []
+        for index, t in nested.leaves(call):
+            if not isinstance(t, Tensor) or index in self.known:
+                continue
+            before = self.traced.get(index)
+            dims = [
+                d for d, n in enumerate(t.shape)
+                if n == batch and (before is None or (len(before) == t.ndim and before[d] == 1))
+            ]
+            if not dims:
+                continue
+            if own in dims:
+                out.append((index, own))
+            elif len(dims) == 1:
+                out.append((index, dims[0]))
+            else:
+                where = nested.describe(index[1:], "kwargs" if index[0] == 1 else "args")
+                return [], f"{where} of shape {tuple(t.shape)}, not in the traced call, has the batch size in several dimensions"
+        return out, ""
+
+    def _warn(self, key: str, message: str) -> None:
+        """One warning per kind and argument for all the branches of a model."""
+        if key not in self.state.warned and not torch.compiler.is_compiling():
+            self.state.warned.add(key)
+            warnings.warn(f"skip_dropped: {message} (first at {self.entry.path}, in the branch ending at {self.state.path})", stacklevel=3)
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> Any:
         state = self.state
@@ -209,17 +254,38 @@ class SkipEntry:
             first = next(((t, d) for t, d in found if isinstance(t, Tensor) and t.ndim > d), None)
             if first is None:
                 return None
-            state.draw(first[0].shape[first[1]], first[0].device)
+            batch = first[0].shape[first[1]]
+            unseen, why = self._unseen(call, batch)
+            if why:
+                self._warn("mask:" + why, f"{why}, so the branch masks for this call instead of skipping")
+                return None
+            state.draw(batch, first[0].device)
         if state.pending is None:
             return None
         idx, batch = state.pending[0], state.pending[-1]
-        for a in self.args:
-            def subset(t: Tensor, dim: int = a.batch_dim) -> Tensor:
+        if not self.draws:
+            unseen, why = self._unseen(call, batch)
+            if why:
+                state.pending = None
+                raise SkipError(
+                    f"the branch ending at {state.path} runs on the kept samples, and {self.entry.path} got {why}, so "
+                    f"it cannot be subset; apply drop path with example_inputs= that have this argument, or without "
+                    f"skip_dropped=True."
+                )
+        if unseen:
+            names = ", ".join(nested.describe(i[1:], "kwargs" if i[0] == 1 else "args") for i, _ in unseen)
+            self._warn(
+                "subset:" + names,
+                f"{names} held no batch in the traced call and now do: they are subset with the kept samples, which "
+                f"the apply-time exactness check did not cover; pass example_inputs= with them to check it",
+            )
+        for location, dim in [*((a.location, a.batch_dim) for a in self.args), *unseen]:
+            def subset(t: Tensor, dim: int = dim) -> Tensor:
                 if t.ndim > dim and t.shape[dim] == batch:
                     return take_rows(t, idx.to(t.device), dim)
                 return t
 
-            call = nested.replace_at(call, a.location, subset)
+            call = nested.replace_at(call, location, subset)
         return call
 
     def __repr__(self) -> str:
