@@ -16,7 +16,7 @@ from torch import nn
 from .analysis import Analysis, analyse
 from .checks import check_batch_dim, check_bool, check_choice, check_mode, validate_rate
 from .errors import InvalidArgumentError, NotPatchedError
-from .execute import Options, attach, detach, patched_modules, reattach
+from .execute import Options, attach, detach, patched_modules, reattach, set_branch_rates
 from .integrations.inputs import build_example_inputs, call_args
 from .integrations.wrappers import check_model, check_not_compiled, unwrap_model
 from .isolation import observation
@@ -24,7 +24,7 @@ from .nn import SkipDropPath
 from .nn.skip import DEFAULT_MIN_SKIP_RATE, KEPT_COUNTS
 from .plan import FilterFn, Plan, make_plan
 from .report import DropPathReport, build_report, report_of_patch
-from .schedules import LeaveOut, Schedule, check_schedule, describe, rate_targets, remembered
+from .schedules import LeaveOut, Schedule, check_schedule, describe, rate_sites, remembered
 from .verify import check_skipping, has_meta_tensors, state_fingerprint, verify_eval
 
 __all__ = [
@@ -77,10 +77,12 @@ def _analyse(model: nn.Module, example_inputs: Any, batch_dim: int | None) -> An
         return analyse(model, args, kwargs, batch_dim=batch_dim, inputs_batch_first=built)
 
 
-def _rate(model: nn.Module, plan: Plan, rate: Any, schedule: Schedule, found: int) -> tuple[Plan, list[float]]:
-    """The plan without the sites the schedule leaves out, and the rate of each remaining site."""
+def _rate(
+    model: nn.Module, plan: Plan, rate: Any, schedule: Schedule, per_stack: bool, found: int
+) -> tuple[Plan, list[tuple[float, ...]]]:
+    """The plan without the sites the schedule leaves out, and the rates of each remaining site's branches."""
     plan.require_sites(model, found)
-    values = rate_targets(model, rate, schedule, plan.num_blocks, [s.target for s in plan.sites])
+    values = rate_sites(model, rate, schedule, plan.stacks, plan.sites, per_stack=per_stack)
     plan = plan.without({i: v.reason for i, v in enumerate(values) if isinstance(v, LeaveOut)})
     plan.require_sites(model, found)
     return plan, [v for v in values if not isinstance(v, LeaveOut)]
@@ -94,6 +96,7 @@ def find_residual_branches(
     schedule: Schedule = "linear",
     filter_fn: FilterFn | None = None,
     batch_dim: int | None = None,
+    per_stack: bool = True,
 ) -> DropPathReport:
     """Trace the model and return the residual branches that ``apply_drop_path`` would patch.
 
@@ -103,8 +106,10 @@ def find_residual_branches(
     model = check_model(model)
     check_not_compiled(model)
     _check_common(rate, schedule, filter_fn, batch_dim)
+    check_bool(per_stack, "per_stack", "every stack of blocks ramps on its own")
     analysis = _analyse(model, example_inputs, batch_dim)
-    plan, rates = _rate(model, make_plan(model, analysis, filter_fn=filter_fn), rate, schedule, len(analysis.branches))
+    plan = make_plan(model, analysis, filter_fn=filter_fn)
+    plan, rates = _rate(model, plan, rate, schedule, per_stack, len(analysis.branches))
     return build_report(
         [(site, r, ["mask"] * len(site.branches)) for site, r in zip(plan.sites, rates)],
         num_blocks=plan.num_blocks,
@@ -128,6 +133,7 @@ def apply_drop_path(
     skip_dropped: bool = False,
     kept_count: str = "fixed",
     min_skip_rate: float = DEFAULT_MIN_SKIP_RATE,
+    per_stack: bool = True,
 ) -> DropPathReport:
     """Add drop path to every residual branch of ``model``, in place, and return a report.
 
@@ -165,6 +171,11 @@ def apply_drop_path(
             instead (the index bookkeeping costs more than the few skipped samples save: on CPU,
             ViT-S at batch 32, skipping was 0.98x at 0.05 and 1.08x-1.23x at 0.1; see
             ``benchmarks/bench_skip.py``). ``0`` skips at every rate.
+        per_stack: a stack is a chain of blocks linked by one residual stream (an encoder and a
+            decoder are two, CLIP's towers are two, Swin's stages are one). With ``True`` each stack
+            ramps on its own, as each tower would alone: a named schedule or callable sees a block's
+            position in its stack; ``False`` keeps one ramp over all blocks. Lists give a rate per
+            block either way.
 
     Applying to an already patched model replaces the previous drop path (it does not stack).
     The model's train/eval flags, the global RNG state and its hooks are left as they were.
@@ -173,13 +184,14 @@ def apply_drop_path(
     check_not_compiled(model)
     _check_common(rate, schedule, filter_fn, batch_dim)
     options = _options(mode, scale_by_keep, verify, skip_dropped, kept_count, min_skip_rate)
+    check_bool(per_stack, "per_stack", "every stack of blocks ramps on its own")
     previous = detach(model)
     try:
         state_before = state_fingerprint(model)
         analysis = _analyse(model, example_inputs, batch_dim)
         plan = make_plan(model, analysis, filter_fn=filter_fn, skip=skip_dropped)
-        plan, rates = _rate(model, plan, rate, schedule, len(analysis.branches))
-        drops = attach(model, plan, rates, schedule=remembered(schedule), options=options)
+        plan, rates = _rate(model, plan, rate, schedule, per_stack, len(analysis.branches))
+        drops = attach(model, plan, rates, schedule=remembered(schedule), per_stack=per_stack, options=options)
         try:
             if skip_dropped:
                 input_dim = analysis.input_dim if analysis.input_dim is not None else (batch_dim or 0)
@@ -214,13 +226,15 @@ def drop_path_report(model: nn.Module) -> DropPathReport:
     return report_of_patch(drops)
 
 
-def set_drop_path_rate(model: nn.Module, rate: float = 0.1, *, schedule: Schedule | None = None) -> None:
+def set_drop_path_rate(
+    model: nn.Module, rate: float = 0.1, *, schedule: Schedule | None = None, per_stack: bool | None = None
+) -> None:
     """Re-schedule an already patched model without running it (cheap enough for every step).
 
     ``schedule=None`` keeps the schedule the model has (the one ``apply_drop_path`` or the last
     ``set_drop_path_rate`` gave it: a ``"uniform"`` model stays uniform); a schedule given here
     becomes the model's. As in ``apply_drop_path``, a list, mapping or callable gives the rates itself
-    and ``rate`` is not used with it. Rates are validated before any is changed; use
+    and ``rate`` is not used with it; ``per_stack=None`` likewise keeps the model's. Rates are validated before any is changed; use
     ``drop_path_report`` to see them. A model wrapped
     by ``torch.compile`` or DDP after patching is unwrapped: only buffers are written, which the
     compiled code reads without recompiling. A site a per-site schedule leaves out (``"timm"`` where
@@ -232,13 +246,15 @@ def set_drop_path_rate(model: nn.Module, rate: float = 0.1, *, schedule: Schedul
         raise NotPatchedError(
             f"{type(model).__name__} has no drop path to re-schedule; call apply_drop_path(model, rate) first."
         )
-    schedule = drops[0].patch.schedule if schedule is None else remembered(schedule)
+    record = drops[0].patch
+    schedule = record.schedule if schedule is None else remembered(schedule)
+    per_stack = record.per_stack if per_stack is None else check_bool(per_stack, "per_stack", "every stack ramps on its own")
     check_schedule(schedule, rate)
-    plan = drops[0].patch.plan
-    values = rate_targets(model, rate, schedule, plan.num_blocks, [d.patch.site.target for d in drops])
+    values = rate_sites(model, rate, schedule, record.plan.stacks, [d.patch.site for d in drops], per_stack=per_stack)
     for drop, value in zip(drops, values):
-        drop.rate = 0.0 if isinstance(value, LeaveOut) else value
+        set_branch_rates(drop, [0.0] * len(drop.patch.site.branches) if isinstance(value, LeaveOut) else value)
         drop.patch.schedule = schedule
+        drop.patch.per_stack = per_stack
 
 
 def remove_drop_path(model: nn.Module) -> int:

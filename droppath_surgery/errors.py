@@ -20,6 +20,7 @@ __all__ = [
     "UnsupportedModelError",
     "DistributedError",
     "SkipError",
+    "CallCountError",
 ]
 
 
@@ -71,3 +72,8 @@ class DistributedError(DropPathError, RuntimeError):
 class SkipError(DropPathError, RuntimeError):
     """A branch running on the kept samples only (``skip_dropped=True``) returned another number of
     samples than it was given: its code does not follow the traced pass."""
+
+
+class CallCountError(DropPathError, RuntimeError):
+    """A module that drops a different rate at each of its calls (one layer shared across depths, as in
+    ALBERT) ran more often in one forward pass than in the traced one."""

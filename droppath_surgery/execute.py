@@ -10,6 +10,7 @@ back if a later step fails. Attaching is atomic: an error undoes what was done.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,10 @@ from .nn import DropPath, SkipDropPath
 from .nn.skip import SkipState
 from .plan import Plan, PlannedSite
 
-__all__ = ["CHILD_NAME", "PatchRecord", "DropBranchOutput", "attach", "detach", "reattach", "patched_modules", "Options"]
+__all__ = [
+    "CHILD_NAME", "PatchRecord", "DropBranchOutput", "ResetCalls", "attach", "detach", "reattach", "patched_modules",
+    "set_branch_rates", "Options",
+]
 
 CHILD_NAME = "surgery_drop_path"
 
@@ -44,13 +48,25 @@ class PatchRecord:
     plan: Plan  # the plan it was attached by (block count, model name, branches left out)
     site: PlannedSite
     schedule: Any  # the schedule that rated it last: a name, a tuple of block rates, a mapping or a callable
+    per_stack: bool = True  # whether that schedule ramped over each stack of blocks on its own
     registrations: list[tuple[nn.Module, str]] = field(default_factory=list)  # (parent, name) replaced
     handle: RemovableHandle | None = None  # the output hook of a "hook" site
+    reset_handle: RemovableHandle | None = None  # a pre-hook on the model restarting the count of calls
 
     @property
     def original(self) -> nn.Module:
         """The module that was replaced, or that is hooked."""
         return self.site.module
+
+
+class ResetCalls:
+    """Forward pre-hook on the model: a DropPath with a rate per call counts its calls from here."""
+
+    def __init__(self, drop: DropPath) -> None:
+        self.drop = drop
+
+    def __call__(self, module: nn.Module, args: Any) -> None:
+        self.drop.reset_calls()
 
 
 class DropBranchOutput:
@@ -98,6 +114,8 @@ def _install(root: nn.Module, drop: DropPath) -> None:
     """Put an attached DropPath (whose record is filled) into the model."""
     record: PatchRecord = drop.patch
     site = record.site
+    if len({br.block for br in site.branches}) > 1:  # one module at several depths: a rate per call
+        record.reset_handle = root.register_forward_pre_hook(ResetCalls(drop))
     if site.kind == "replace":
         for parent, name in record.registrations:
             setattr(parent, name, drop)
@@ -111,6 +129,9 @@ def _install(root: nn.Module, drop: DropPath) -> None:
 
 def _uninstall(drop: DropPath) -> None:
     record: PatchRecord = drop.patch
+    if record.reset_handle is not None:
+        record.reset_handle.remove()
+        record.reset_handle = None
     if isinstance(drop, SkipDropPath):
         for state in drop.skip_states:
             state.unhook()
@@ -124,17 +145,33 @@ def _uninstall(drop: DropPath) -> None:
         delattr(record.site.module, CHILD_NAME)
 
 
-def attach(root: nn.Module, plan: Plan, rates: list[float], *, schedule: Any, options: Options) -> list[DropPath]:
-    """Attach a DropPath for every planned site at the rate of the same position in ``rates`` and
-    return them in plan order; on any error, undo what was done and re-raise."""
+def set_branch_rates(drop: DropPath, rates: Sequence[float]) -> None:
+    """Give the branches of an attached DropPath their rates (in the order of its site's branches):
+    one rate, or one per call of a module shared across depths."""
+    site = drop.patch.site
+    per_call = [0.0] * (max(br.call for br in site.branches) + 1)
+    for br, rate in zip(site.branches, rates, strict=True):
+        per_call[br.call] = rate
+    if len({br.block for br in site.branches}) > 1:
+        drop.set_call_rates(per_call)
+    else:
+        drop.rate = max(rates)
+
+
+def attach(
+    root: nn.Module, plan: Plan, rates: Sequence[Sequence[float]], *, schedule: Any, per_stack: bool, options: Options
+) -> list[DropPath]:
+    """Attach a DropPath for every planned site with the branch rates at the same position in
+    ``rates`` and return them in plan order; on any error, undo what was done and re-raise."""
     drops: list[DropPath] = []
     registrations = _registrations(root) if any(site.kind == "replace" for site in plan.sites) else {}
     warned: set[str] = set()  # skip-mode warnings, given once per model
     try:
         for site, rate in zip(plan.sites, rates, strict=True):
-            drop = _new_drop(site, rate, options, warned)
+            drop = _new_drop(site, 0.0, options, warned)
             drop.train(site.module.training)
-            drop.patch = PatchRecord(plan, site, schedule)
+            drop.patch = PatchRecord(plan, site, schedule, per_stack)
+            set_branch_rates(drop, rate)
             if site.kind == "replace":
                 drop.patch.registrations = list(registrations.get(id(site.module), []))
             elif hasattr(site.module, CHILD_NAME):

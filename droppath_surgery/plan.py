@@ -60,6 +60,7 @@ class PlannedBranch:
     unit_path: str  # the module numbered in the schedule: the block, or a composite or stack member holding it
     batch_dim: int  # of the module output where drop path acts
     shape: tuple  # of that module output, as traced
+    call: int = 0  # which call of the site's module returns this branch (a module shared across depths has several)
     entries: tuple[Entry, ...] = ()  # with skip_dropped: where the branch takes in the batch
     mask_reason: str = ""  # with skip_dropped: why it must mask instead of skipping
 
@@ -83,8 +84,9 @@ class PlannedSite:
         return self.branches[0].batch_dim
 
     @property
-    def target(self) -> Target:
-        return Target(self.path, self.kind, self.block, self.branches[0].block_path)
+    def targets(self) -> tuple[Target, ...]:
+        """What a schedule rates: one target per branch."""
+        return tuple(Target(self.path, self.kind, br.block, br.block_path) for br in self.branches)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class Plan:
     left_out: tuple[LeftOut, ...]
     num_blocks: int
     model_name: str
+    stacks: tuple[int, ...] = ()  # the stack of each block (a block without branches: that of the block before it)
 
     def without(self, reasons: dict[int, str]) -> Plan:
         """The plan with the sites at these positions left out, each for its reason."""
@@ -142,16 +145,21 @@ def _choose(analysis: Analysis) -> tuple[list[tuple[nn.Module, str, tuple, list[
             refs.setdefault(id(end.module), []).append((b, end))
     calls = analysis.recording.call_counts
 
-    def usable(module: nn.Module) -> bool:
+    def usable(module: nn.Module, per_call: bool) -> bool:
+        """Every call of ``module`` ends branches of one unit (of one unit in all, unless ``per_call``:
+        a module run at several depths then drops a rate per call)."""
         if isinstance(module, CONTAINERS):
             return False
         entries = refs[id(module)]
         if len({end.call for _, end in entries}) != calls.get(id(module), 0):  # type: ignore[attr-defined]
             return False  # called elsewhere too, e.g. on attention windows
-        owners = [branches[b] for b, _ in entries]
+        units_per_call: dict[int, set[int]] = {}
+        for b, end in entries:
+            units_per_call.setdefault(end.call, set()).add(branches[b].unit)  # type: ignore[attr-defined]
+        one_unit = len({u for units in units_per_call.values() for u in units}) == 1
         return (
-            len({o.unit for o in owners}) == 1
-            and len({o.batch_dim for o in owners}) == 1
+            (one_unit or (per_call and all(len(units) == 1 for units in units_per_call.values())))
+            and len({branches[b].batch_dim for b, _ in entries}) == 1
             and len({end.output_index for _, end in entries}) == 1  # type: ignore[attr-defined]
         )
 
@@ -163,12 +171,11 @@ def _choose(analysis: Analysis) -> tuple[list[tuple[nn.Module, str, tuple, list[
             continue
         ends = ab.branch.ends
         # The architecture's own drop path slot first (``drop_path1`` rather than a ``layer_scale1``
-        # Identity on the same tensor), then the outermost module.
+        # Identity on the same tensor), then the outermost module; a module run at several depths
+        # (ALBERT's shared layer) only where no module of one depth ends the branch.
         candidates = sorted(reversed(ends), key=lambda e: not is_drop_path_slot(e.module, e.path))
         chosen = None
-        for end in candidates:
-            if not usable(end.module):
-                continue
+        for end in (e for per_call in (False, True) for e in candidates if usable(e.module, per_call)):
             group = sorted({i for i, _ in refs[id(end.module)]})
             if any(i in covered for i in group):
                 continue
@@ -181,6 +188,11 @@ def _choose(analysis: Analysis) -> tuple[list[tuple[nn.Module, str, tuple, list[
         covered.update(group)
         chosen_all.append((end.module, end.path, end.output_index, group))
     return chosen_all, orphans
+
+
+def _call_of(ab: AnalysedBranch, module: nn.Module) -> int:
+    """The call of ``module`` that returns this branch."""
+    return next((end.call for end in ab.branch.ends if end.module is module), 0)
 
 
 def make_plan(
@@ -197,9 +209,11 @@ def make_plan(
         left_out.append(LeftOut(ab.branch.end_path, ab.branch.block_path, NO_OWN_MODULE))
     index = analysis.index
 
-    def planned(ab: AnalysedBranch) -> PlannedBranch:
+    def planned(ab: AnalysedBranch, module: nn.Module) -> PlannedBranch:
         br = ab.branch
-        pb = PlannedBranch(ab.unit, ab.position, ab.stack, br.block_path, index.path(br.unit), ab.batch_dim, ab.shape)
+        pb = PlannedBranch(
+            ab.unit, ab.position, ab.stack, br.block_path, index.path(br.unit), ab.batch_dim, ab.shape, _call_of(ab, module)
+        )
         if not skip:
             return pb
         found = branch_entries(analysis.recording, br, ab.batch_dim, ab.shape, index)
@@ -211,6 +225,20 @@ def make_plan(
             left_out.extend(LeftOut(path, analysis.branches[b].branch.block_path, "filtered out by filter_fn") for b in group)
             continue
         kind = "replace" if is_placeholder(module) and output_index == () and path else "hook"
-        sites.append(PlannedSite(path, module, kind, output_index, tuple(planned(analysis.branches[b]) for b in group)))
+        sites.append(PlannedSite(path, module, kind, output_index, tuple(planned(analysis.branches[b], module) for b in group)))
     sites.sort(key=lambda s: (s.block, min(br.branch for br in s.branches)))
-    return Plan(tuple(sites), tuple(left_out), analysis.num_units, model_name(model))
+    return Plan(tuple(sites), tuple(left_out), analysis.num_units, model_name(model), _block_stacks(analysis))
+
+
+def _block_stacks(analysis: Analysis) -> tuple[int, ...]:
+    """The stack of every block number; blocks without branches (counted in the ramp, as timm's
+    strided EfficientNet blocks) belong to the stack of the block before them (the first: after them)."""
+    known = {ab.unit: ab.stack for ab in analysis.branches}
+    out: list[int | None] = [known.get(b) for b in range(analysis.num_units)]
+    last = next((s for s in out if s is not None), 0)
+    for b, stack in enumerate(out):
+        if stack is None:
+            out[b] = last
+        else:
+            last = stack
+    return tuple(s or 0 for s in out)

@@ -123,6 +123,9 @@ class DropPathReport:
         title = f"drop path on {self.model_name or 'model'}: {len(self.sites)} branches in {self.num_blocks} blocks"
         if self.num_modules != len(self.sites):
             title += f" at {self.num_modules} DropPath modules (one module ends several branches)"
+        stacks = len({s.stack for s in self.sites})
+        if stacks > 1:
+            title += f", {stacks} stacks"
         title += f", schedule {self.schedule}"
         if self.sites:
             rates = [s.rate for s in self.sites]
@@ -148,6 +151,9 @@ class DropPathReport:
         if any(s.compute != "mask" for s in self.sites):
             header = (*header[:4], "compute", *header[4:])
             rows = [(*r[:4], s.compute, *r[4:]) for r, s in zip(rows, self.sites)]
+        if len({s.stack for s in self.sites}) > 1:
+            header = ("stack", *header)
+            rows = [(str(s.stack), *r) for r, s in zip(rows, self.sites)]
         return header, rows
 
     def __str__(self) -> str:
@@ -177,7 +183,7 @@ class DropPathReport:
 
 
 def build_report(
-    sites: Sequence[tuple[PlannedSite, float, Sequence[str]]],
+    sites: Sequence[tuple[PlannedSite, Sequence[float], Sequence[str]]],
     *,
     num_blocks: int,
     schedule: str,
@@ -186,12 +192,12 @@ def build_report(
     verified: bool | None = None,
     notes: Sequence[str] = (),
 ) -> DropPathReport:
-    """A report of planned sites with their rates and, per branch, what the compute column says."""
+    """A report of planned sites with, per branch, its rate and what the compute column says."""
     rows = [
         Site(
             path=site.path,
             block=br.block,
-            rate=rate,
+            rate=branch_rate,
             kind=site.kind,
             batch_dim=br.batch_dim,
             block_path=br.block_path,
@@ -202,8 +208,8 @@ def build_report(
             compute=compute,
             stack=br.stack,
         )
-        for site, rate, computes in sites
-        for br, compute in zip(site.branches, computes)
+        for site, rates, computes in sites
+        for br, branch_rate, compute in zip(site.branches, rates, computes)
     ]
     rows.sort(key=lambda s: (s.block, s.branch))
     return DropPathReport(
@@ -235,7 +241,7 @@ def report_of_patch(drops: Sequence[DropPath], *, verified: bool | None = None, 
             ]
             if drop.rate < drop.min_skip_rate:
                 below[drop.min_skip_rate] = below.get(drop.min_skip_rate, 0) + sum(c != "mask" for c in computes)
-        rows.append((site, drop.rate, computes))
+        rows.append((site, [drop.rate_of(br.call) for br in site.branches], computes))
     masking += [
         f"{n} branches could skip but mask at their current rate, below min_skip_rate={m:g} (skipping costs more "
         f"than it saves there); they skip once their rate reaches it ({BELOW_MIN_SKIP_RATE!r} in the compute column)"

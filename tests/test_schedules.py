@@ -62,4 +62,4 @@ def test_schedule_of_wrong_type():
 
 
 def test_efficientnet_builder_convention():
-    assert block_rates(0.2, "efficientnet", 4) == [0.0, 0.05, 0.1, 0.15000000000000002]
+    assert block_rates(0.2, "efficientnet", 4) == [0.0, 0.05, 0.1, 0.15]  # r * i / n, as written (not 0.15000000000000002)

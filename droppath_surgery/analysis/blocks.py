@@ -111,6 +111,15 @@ class Branch:
     def end_path(self) -> str:
         return self.ends[-1].path
 
+    @property
+    def unit_call(self) -> tuple[int, int]:
+        """Which call of which unit module ran the merge: a module run at several depths (ALBERT's
+        shared layer) is a unit per call."""
+        for call in self.merge.stack:
+            if call.module is self.unit:
+                return id(self.unit), call.index
+        return id(self.unit), 0
+
 
 def _block_on_stack(stack: tuple, index: ModuleIndex) -> nn.Module | None:
     """The innermost container element running the merge; failing that, the module running it if
@@ -261,31 +270,34 @@ def number_units(branches: list[Branch], recording: Recording, index: ModuleInde
     Units are numbered in execution order, counting also the modules of the same stack without
     branches: at a path of the same shape, with children, no container, and of a unit class found or
     holding a drop path slot of its own (timm's strided EfficientNet blocks); a stage's plain
-    downsampler (StarNet's ``stages.1.0 = ConvBN``) is not counted.
+    downsampler (StarNet's ``stages.1.0 = ConvBN``) is not counted. Each call of a unit module run at
+    several depths is a unit of its own (ALBERT's one layer run 12 times: 12 units).
     """
     shapes = {path_shape(index.path(br.unit, br.block_path)) for br in branches}
     unit_types = {type(br.unit) for br in branches}
-    first_call: dict[int, int] = {}
+    call_order: dict[tuple[int, int], int] = {}
     for call in recording.calls:
-        first_call.setdefault(id(call.module), call.order)
-    members = {id(br.unit): br.unit for br in branches}
+        call_order.setdefault((id(call.module), call.index), call.order)
+    members = dict.fromkeys(br.unit_call for br in branches)  # insertion order breaks ties of uncalled units
+    units = {id(br.unit) for br in branches}
     for call in recording.calls:
         m = call.module
         path = index.paths.get(id(m))
         if (
-            id(m) not in members
+            id(m) not in units
+            and call.index == 0
             and path is not None
             and path_shape(path) in shapes
             and not isinstance(m, CONTAINERS)
             and next(m.children(), None) is not None
             and (type(m) in unit_types or any(is_drop_path_slot(c, n) for n, c in m.named_children()))
         ):
-            members[id(m)] = m
-    order = {key: i for i, key in enumerate(sorted(members, key=lambda k: first_call.get(k, 1 << 60)))}
+            members[(id(m), 0)] = None
+    order = {key: i for i, key in enumerate(sorted(members, key=lambda k: call_order.get(k, 1 << 60)))}
     numbers, positions = [], []
-    per_unit: dict[int, int] = {}
+    per_unit: dict[tuple[int, int], int] = {}
     for br in branches:
-        numbers.append(order[id(br.unit)])
-        positions.append(per_unit.get(id(br.unit), 0))
-        per_unit[id(br.unit)] = positions[-1] + 1
+        numbers.append(order[br.unit_call])
+        positions.append(per_unit.get(br.unit_call, 0))
+        per_unit[br.unit_call] = positions[-1] + 1
     return numbers, positions, len(order)

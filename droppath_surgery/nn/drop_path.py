@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..checks import check_batch_dim, check_bool, check_mode, validate_rate
+from ..errors import CallCountError
 from .functional import batch_dim_of, check_floating, scaled_mask
 
 __all__ = ["DropPath"]
@@ -33,8 +35,10 @@ class DropPath(nn.Module):
     scale_by_keep: bool
     sync_group: str | None
     patch: Any
+    call_rates: tuple[float, ...] | None
     _rate: float
     _active: bool
+    _call: int
 
     def __init__(self, rate: float = 0.0, *, batch_dim: int = 0, mode: str = "row", scale_by_keep: bool = True) -> None:
         super().__init__()
@@ -47,6 +51,8 @@ class DropPath(nn.Module):
         self._active = rate > 0.0
         self.sync_group: str | None = None
         self.patch: Any = None
+        self.call_rates = None  # one rate per call in a forward pass, for a module shared across depths
+        self._call = 0
 
     @property
     def rate(self) -> float:
@@ -56,34 +62,72 @@ class DropPath(nn.Module):
     @rate.setter
     def rate(self, value: float) -> None:
         value = validate_rate(value)
+        if self.call_rates is not None:
+            object.__setattr__(self, "call_rates", None)
+            self.keep_prob = torch.tensor(1.0 - value, dtype=torch.float32, device=self.keep_prob.device)
         with torch.no_grad():
             self.keep_prob.fill_(1.0 - value)
         # plain attributes: skip nn.Module.__setattr__'s bookkeeping (this runs every step)
         object.__setattr__(self, "_rate", value)
         object.__setattr__(self, "_active", value > 0.0)
 
+    def set_call_rates(self, rates: Sequence[float]) -> None:
+        """A rate for each call of this module in one forward pass (the first call gets ``rates[0]``):
+        for a module shared across depths, such as ALBERT's one layer. Equal rates make it a plain
+        ``rate``. The calls are counted from the start of each forward of the model (``reset_calls``)."""
+        values = tuple(validate_rate(r, f"rate of call {i}") for i, r in enumerate(rates))
+        if len(set(values)) <= 1:
+            self.rate = values[0] if values else 0.0
+            return
+        self.keep_prob = torch.tensor([1.0 - r for r in values], dtype=torch.float32, device=self.keep_prob.device)
+        object.__setattr__(self, "call_rates", values)
+        object.__setattr__(self, "_rate", max(values))
+        object.__setattr__(self, "_active", True)
+
+    def rate_of(self, call: int) -> float:
+        """The rate this module drops at its ``call``-th call in a forward pass."""
+        return self.call_rates[call] if self.call_rates is not None else self._rate
+
+    def reset_calls(self) -> None:
+        object.__setattr__(self, "_call", 0)
+
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or not self._active:
             return x
         check_floating(x)
         dim = batch_dim_of(self.batch_dim, x)
-        return x * scaled_mask(x, self.keep_prob, dim, self.mode, self.scale_by_keep, self.sync_group)
+        keep = self.keep_prob
+        if self.call_rates is not None:
+            call = self._call
+            if call >= len(self.call_rates):
+                raise CallCountError(
+                    f"this DropPath drops a different rate at each of the {len(self.call_rates)} calls its module made in "
+                    f"the traced forward pass, and was called again ({call + 1} calls): gradient checkpointing "
+                    f"recomputes it, or the model runs the shared module more often now. Use a schedule that gives "
+                    f"every call the same rate (schedule='uniform') there."
+                )
+            object.__setattr__(self, "_call", call + 1)
+            keep = self.keep_prob[call]
+        return x * scaled_mask(x, keep, dim, self.mode, self.scale_by_keep, self.sync_group)
 
     def __setstate__(self, state: dict) -> None:
         # Modules pickled by older versions load with masks drawn per rank and no undo record.
         state.setdefault("sync_group", None)
         state.setdefault("patch", None)
+        state.setdefault("call_rates", None)
+        state.setdefault("_call", 0)
         super().__setstate__(state)
 
     def _apply(self, fn: Any, recurse: bool = True) -> "DropPath":
         # model.half() / .to(dtype) would cast the keep probability; keep it exact in float32.
         super()._apply(fn, recurse)
         if self.keep_prob.dtype != torch.float32:
-            self.keep_prob = torch.tensor(1.0 - self._rate, dtype=torch.float32, device=self.keep_prob.device)
+            rates = self.call_rates if self.call_rates is not None else self._rate
+            self.keep_prob = 1.0 - torch.tensor(rates, dtype=torch.float32, device=self.keep_prob.device)
         return self
 
     def extra_repr(self) -> str:
-        parts = [f"rate={self._rate:.3f}"]
+        parts = [f"rate={self._rate:.3f}" if self.call_rates is None else f"call_rates={[round(r, 4) for r in self.call_rates]}"]
         if self.batch_dim != 0:
             parts.append(f"batch_dim={self.batch_dim}")
         if self.mode != "row":

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..checks import validate_rate
 from ..errors import InvalidRateError, ScheduleError
-from ..plan import Target
+from ..plan import PlannedSite, Target
 from .shapes import SHAPES
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "check_schedule",
     "block_rates",
     "rate_targets",
+    "rate_sites",
     "describe",
     "remembered",
 ]
@@ -168,18 +169,60 @@ def _mapped_rates(schedule: Mapping, paths: Sequence[str]) -> list[float]:
     return [_checked(schedule[p], f"rate of {p!r}") for p in paths]
 
 
+def _per_stack(rate: float | None, schedule: Schedule, stacks: Sequence[int]) -> list[float]:
+    """Block rates with every stack ramping on its own: a named shape or callable sees the block's
+    position in its stack and the stack's length."""
+    out = [0.0] * len(stacks)
+    for stack in sorted(set(stacks)):
+        blocks = [b for b, s in enumerate(stacks) if s == stack]
+        for b, r in zip(blocks, block_rates(rate, schedule, len(blocks))):
+            out[b] = r
+    return out
+
+
 def rate_targets(
-    model: nn.Module, rate: float | None, schedule: Schedule, num_blocks: int, targets: Sequence[Target]
+    model: nn.Module,
+    rate: float | None,
+    schedule: Schedule,
+    stacks: Sequence[int],
+    targets: Sequence[Target],
+    *,
+    per_stack: bool = True,
 ) -> list[float | LeaveOut]:
-    """The drop rate of each target (one per DropPath: where it attaches, its block), validated: per
-    block for names, lists and callables; per site for mappings and per-site schedules, which may
-    answer ``LeaveOut``."""
+    """The drop rate of each target (a branch: where it is dropped, its block), validated: per block
+    for names, lists and callables (names and callables ramp over each stack of blocks on its own with
+    ``per_stack``, over all blocks otherwise; ``stacks`` holds the stack of each block; a list has a
+    rate for every block); per site for mappings and per-site schedules, which may answer ``LeaveOut``."""
     if isinstance(schedule, str) and schedule in _SITE_SCHEDULES:
         return _SITE_SCHEDULES[schedule](model, validate_rate(rate, "rate"), targets)
     if isinstance(schedule, Mapping):
         return list(_mapped_rates(schedule, [t.path for t in targets]))
-    rates = block_rates(rate, schedule, num_blocks)
+    listed = isinstance(schedule, (Sequence, torch.Tensor)) and not isinstance(schedule, str)
+    if per_stack and not listed and len(set(stacks)) > 1:
+        rates = _per_stack(rate, schedule, stacks)
+    else:
+        rates = block_rates(rate, schedule, len(stacks))
     return [rates[t.block] for t in targets]
+
+
+def rate_sites(
+    model: nn.Module, rate: float | None, schedule: Schedule, stacks: Sequence[int], sites: Sequence[PlannedSite],
+    *, per_stack: bool = True,
+) -> list[tuple[float, ...] | LeaveOut]:
+    """Per planned site, the rate of each of its branches (a module shared across depths has one per
+    call), or ``LeaveOut`` when the schedule leaves out all of them; a branch left out among others
+    gets 0."""
+    values = rate_targets(model, rate, schedule, stacks, [t for site in sites for t in site.targets], per_stack=per_stack)
+    out: list[tuple[float, ...] | LeaveOut] = []
+    i = 0
+    for site in sites:
+        mine = values[i : i + len(site.branches)]
+        i += len(mine)
+        if all(isinstance(v, LeaveOut) for v in mine):
+            out.append(mine[0])  # type: ignore[arg-type]
+        else:
+            out.append(tuple(0.0 if isinstance(v, LeaveOut) else v for v in mine))
+    return out
 
 
 from . import timm_rates as _timm_rates  # noqa: E402,F401  (registers the "timm" per-site schedule)

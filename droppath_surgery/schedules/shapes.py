@@ -15,8 +15,13 @@ from collections.abc import Callable
 __all__ = ["SHAPES"]
 
 
+def _clean(x: float) -> float:
+    """``x`` to 15 significant digits: ``0.1``, not ``0.09999999999999999``."""
+    return float(f"{x:.15g}")
+
+
 def _linear(rate: float, n: int) -> list[float]:
-    return [rate * (i / (n - 1)) for i in range(n)] if n > 1 else [0.0] * n  # exact at both ends
+    return [_clean(rate * (i / (n - 1))) for i in range(n)] if n > 1 else [0.0] * n  # exact at both ends
 
 
 def _uniform(rate: float, n: int) -> list[float]:
@@ -24,7 +29,7 @@ def _uniform(rate: float, n: int) -> list[float]:
 
 
 def _efficientnet(rate: float, n: int) -> list[float]:
-    return [rate * i / n for i in range(n)]
+    return [_clean(rate * i / n) for i in range(n)]
 
 
 SHAPES: dict[str, Callable[[float, int], list[float]]] = {

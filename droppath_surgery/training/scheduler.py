@@ -151,7 +151,7 @@ class DropPathScheduler:
         rates = [0.0] * self.num_blocks
         for drop in patched_modules(self.model):
             for branch in drop.patch.site.branches:
-                rates[branch.block] = drop.rate
+                rates[branch.block] = drop.rate_of(branch.call)
         return rates
 
     def _apply(self, force: bool = False) -> None:
