@@ -9,15 +9,17 @@ exactly as it was.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from torch import nn
 
 from .analysis import Analysis, analyse
 from .checks import check_batch_dim, check_bool, check_choice, check_mode, validate_rate
-from .errors import InvalidArgumentError, NotPatchedError
+from .errors import InvalidArgumentError, NotPatchedError, ScheduleError
 from .execute import Options, attach, detach, patched_modules, reattach, set_branch_rates
 from .integrations.inputs import build_example_inputs, call_args
+from .integrations.native import native_regularizers
 from .integrations.wrappers import check_model, check_not_compiled, unwrap_model
 from .isolation import observation
 from .nn import SkipDropPath
@@ -50,9 +52,14 @@ def _check_common(rate: Any, schedule: Any, filter_fn: Any, batch_dim: Any) -> N
 
 
 def _options(
-    mode: Any, scale_by_keep: Any, verify: Any, skip_dropped: Any, kept_count: Any, min_skip_rate: Any
+    mode: Any, scale_by_keep: Any, verify: Any, skip_dropped: Any, kept_count: Any, min_skip_rate: Any, granularity: Any
 ) -> Options:
     check_mode(mode)
+    check_choice(
+        granularity, "granularity", GRANULARITIES,
+        "'branch': each residual branch decides on its own (timm's drop path); 'block': one decision per sample per "
+        "block, shared by its branches (LayerDrop, LayerSkip)",
+    )
     check_bool(scale_by_keep, "scale_by_keep", "scale kept samples by 1 / (1 - rate)")
     check_bool(verify, "verify", "prove the eval output bitwise unchanged after patching")
     check_bool(skip_dropped, "skip_dropped", "run each branch only on the samples that keep it")
@@ -67,7 +74,7 @@ def _options(
             f"skip_dropped=True runs each branch on the kept samples, which needs per-sample decisions; got "
             f"mode={mode!r}. Use mode='row' with skip_dropped=True, or skip_dropped=False with mode='batch'."
         )
-    return Options(mode, scale_by_keep, kept_count if skip_dropped else None, min_skip_rate)
+    return Options(mode, scale_by_keep, granularity, kept_count if skip_dropped else None, min_skip_rate)
 
 
 def _analyse(model: nn.Module, example_inputs: Any, batch_dim: int | None) -> Analysis:
@@ -75,6 +82,25 @@ def _analyse(model: nn.Module, example_inputs: Any, batch_dim: int | None) -> An
     args, kwargs = build_example_inputs(model) if built else call_args(example_inputs)
     with observation(model, (args, kwargs)):
         return analyse(model, args, kwargs, batch_dim=batch_dim, inputs_batch_first=built)
+
+
+GRANULARITIES = ("branch", "block")
+
+
+def _one_rate_per_block(sites: list, rates: list, schedule: Schedule) -> None:
+    """With granularity="block" the branches of a block share one decision, so they need one rate."""
+    per_block: dict[int, set[float]] = {}
+    for site, branch_rates in zip(sites, rates):
+        for br, r in zip(site.branches, branch_rates):
+            per_block.setdefault(br.block, set()).add(r)
+    mixed = {b: sorted(r) for b, r in per_block.items() if len(r) > 1}
+    if mixed:
+        block, values = next(iter(mixed.items()))
+        raise ScheduleError(
+            f"granularity='block' drops a block's branches together, so they need one rate, and schedule "
+            f"{describe(schedule)!r} gives {len(mixed)} blocks several (block {block}: {values}); use a per-block "
+            f"schedule ('linear', 'exp', a list, ...) or granularity='branch'."
+        )
 
 
 def _rate(
@@ -116,6 +142,7 @@ def find_residual_branches(
         schedule=describe(schedule),
         model_name=plan.model_name,
         left_out=plan.left_out,
+        notes=_notes(model, plan, rates, rate, schedule),
     )
 
 
@@ -134,6 +161,7 @@ def apply_drop_path(
     kept_count: str = "fixed",
     min_skip_rate: float = DEFAULT_MIN_SKIP_RATE,
     per_stack: bool = True,
+    granularity: str = "branch",
 ) -> DropPathReport:
     """Add drop path to every residual branch of ``model``, in place, and return a report.
 
@@ -176,6 +204,11 @@ def apply_drop_path(
             ramps on its own, as each tower would alone: a named schedule or callable sees a block's
             position in its stack; ``False`` keeps one ramp over all blocks. Lists give a rate per
             block either way.
+        granularity: ``"branch"`` (timm's drop path: every branch decides per sample on its own) or
+            ``"block"`` (one decision per sample per block, shared by its branches: a dropped sample
+            skips the whole block, LayerDrop / LayerSkip layer dropout; with ``mode="batch"`` one
+            decision for the whole batch per block, Hugging Face's and fairseq's ``layerdrop``). The
+            branches of a block then need one rate.
 
     Applying to an already patched model replaces the previous drop path (it does not stack).
     The model's train/eval flags, the global RNG state and its hooks are left as they were.
@@ -183,7 +216,7 @@ def apply_drop_path(
     model = check_model(model)
     check_not_compiled(model)
     _check_common(rate, schedule, filter_fn, batch_dim)
-    options = _options(mode, scale_by_keep, verify, skip_dropped, kept_count, min_skip_rate)
+    options = _options(mode, scale_by_keep, verify, skip_dropped, kept_count, min_skip_rate, granularity)
     check_bool(per_stack, "per_stack", "every stack of blocks ramps on its own")
     previous = detach(model)
     try:
@@ -191,6 +224,8 @@ def apply_drop_path(
         analysis = _analyse(model, example_inputs, batch_dim)
         plan = make_plan(model, analysis, filter_fn=filter_fn, skip=skip_dropped)
         plan, rates = _rate(model, plan, rate, schedule, per_stack, len(analysis.branches))
+        if granularity == "block":
+            _one_rate_per_block(list(plan.sites), rates, schedule)
         drops = attach(model, plan, rates, schedule=remembered(schedule), per_stack=per_stack, options=options)
         try:
             if skip_dropped:
@@ -204,12 +239,29 @@ def apply_drop_path(
     except BaseException:
         reattach(model, previous)
         raise
-    notes = []
+    notes = _notes(model, plan, rates, rate, schedule)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
     verified: bool | None = True if verify else None
     if verify and has_meta_tensors(analysis.recording.outputs):
         verified = False
         notes.append("the model is on the meta device: eval outputs were compared by shape and dtype only")
     return report_of_patch(drops, verified=verified, notes=notes)
+
+
+def _notes(model: nn.Module, plan: Plan, rates: list[tuple[float, ...]], rate: Any, schedule: Schedule) -> list[str]:
+    """What the user must know of a patch: a schedule that gives every branch 0, and the model's own
+    layer drop or drop path (said in the report, and warned about by ``apply_drop_path``)."""
+    notes = []
+    if isinstance(schedule, str) and rate and all(r == 0 for branch_rates in rates for r in branch_rates):
+        stacks = len(set(plan.stacks))
+        where = f"{plan.num_blocks} block{'s' if plan.num_blocks != 1 else ''}" + (f" in {stacks} stacks" if stacks > 1 else "")
+        notes.append(
+            f"schedule {schedule!r} gives every branch rate 0: it ramps from 0 at the first block of each stack, and this "
+            f"model has {where}; use schedule='uniform' to drop at rate {rate} everywhere"
+        )
+    replaced = [site.module for site in plan.sites if site.kind == "replace"]
+    return notes + native_regularizers(model, replaced)
 
 
 def is_patched(model: nn.Module) -> bool:
@@ -251,6 +303,12 @@ def set_drop_path_rate(
     per_stack = record.per_stack if per_stack is None else check_bool(per_stack, "per_stack", "every stack ramps on its own")
     check_schedule(schedule, rate)
     values = rate_sites(model, rate, schedule, record.plan.stacks, [d.patch.site for d in drops], per_stack=per_stack)
+    if record.granularity == "block":
+        _one_rate_per_block(
+            [d.patch.site for d in drops],
+            [[0.0] * len(d.patch.site.branches) if isinstance(v, LeaveOut) else v for d, v in zip(drops, values)],
+            schedule,
+        )
     for drop, value in zip(drops, values):
         set_branch_rates(drop, [0.0] * len(drop.patch.site.branches) if isinstance(value, LeaveOut) else value)
         drop.patch.schedule = schedule

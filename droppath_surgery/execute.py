@@ -20,6 +20,7 @@ from torch.utils.hooks import RemovableHandle
 from . import nested
 from .errors import UnsupportedModelError
 from .nn import DropPath, SkipDropPath
+from .nn.block import BlockDecision
 from .nn.skip import SkipState
 from .plan import Plan, PlannedSite
 
@@ -37,6 +38,7 @@ class Options:
 
     mode: str = "row"
     scale_by_keep: bool = True
+    granularity: str = "branch"  # "block": one decision per sample per block, shared by its branches
     kept_count: str | None = None  # set: SkipDropPath with this kept count
     min_skip_rate: float = 0.0
 
@@ -49,6 +51,7 @@ class PatchRecord:
     site: PlannedSite
     schedule: Any  # the schedule that rated it last: a name, a tuple of block rates, a mapping or a callable
     per_stack: bool = True  # whether that schedule ramped over each stack of blocks on its own
+    granularity: str = "branch"  # "block": the branches of a block share one decision (and need one rate)
     registrations: list[tuple[nn.Module, str]] = field(default_factory=list)  # (parent, name) replaced
     handle: RemovableHandle | None = None  # the output hook of a "hook" site
     reset_handle: RemovableHandle | None = None  # a pre-hook on the model restarting the count of calls
@@ -60,7 +63,8 @@ class PatchRecord:
 
 
 class ResetCalls:
-    """Forward pre-hook on the model: a DropPath with a rate per call counts its calls from here."""
+    """Forward pre-hook on the model: each forward pass, a DropPath with a rate per call counts its
+    calls from 0, and block decisions are drawn afresh."""
 
     def __init__(self, drop: DropPath) -> None:
         self.drop = drop
@@ -114,7 +118,7 @@ def _install(root: nn.Module, drop: DropPath) -> None:
     """Put an attached DropPath (whose record is filled) into the model."""
     record: PatchRecord = drop.patch
     site = record.site
-    if len({br.block for br in site.branches}) > 1:  # one module at several depths: a rate per call
+    if len({br.block for br in site.branches}) > 1 or drop.decisions is not None:  # counts or decisions per pass
         record.reset_handle = root.register_forward_pre_hook(ResetCalls(drop))
     if site.kind == "replace":
         for parent, name in record.registrations:
@@ -166,11 +170,17 @@ def attach(
     drops: list[DropPath] = []
     registrations = _registrations(root) if any(site.kind == "replace" for site in plan.sites) else {}
     warned: set[str] = set()  # skip-mode warnings, given once per model
+    decisions: dict[int, BlockDecision] = {}  # granularity="block": block number -> its shared decision
     try:
         for site, rate in zip(plan.sites, rates, strict=True):
             drop = _new_drop(site, 0.0, options, warned)
+            if options.granularity == "block":
+                by_call = {br.call: decisions.setdefault(br.block, BlockDecision(br.block)) for br in site.branches}
+                drop.decisions = tuple(by_call[c] for c in sorted(by_call))
+                for br, state in zip(site.branches, getattr(drop, "skip_states", [])):
+                    state.decision = decisions[br.block]
             drop.train(site.module.training)
-            drop.patch = PatchRecord(plan, site, schedule, per_stack)
+            drop.patch = PatchRecord(plan, site, schedule, per_stack, options.granularity)
             set_branch_rates(drop, rate)
             if site.kind == "replace":
                 drop.patch.registrations = list(registrations.get(id(site.module), []))

@@ -36,6 +36,7 @@ class DropPath(nn.Module):
     sync_group: str | None
     patch: Any
     call_rates: tuple[float, ...] | None
+    decisions: tuple[Any, ...] | None
     _rate: float
     _active: bool
     _call: int
@@ -52,6 +53,7 @@ class DropPath(nn.Module):
         self.sync_group: str | None = None
         self.patch: Any = None
         self.call_rates = None  # one rate per call in a forward pass, for a module shared across depths
+        self.decisions = None  # granularity="block": the BlockDecision of each call's block
         self._call = 0
 
     @property
@@ -89,7 +91,10 @@ class DropPath(nn.Module):
         return self.call_rates[call] if self.call_rates is not None else self._rate
 
     def reset_calls(self) -> None:
+        """A new forward pass of the model: count calls from 0 and draw new block decisions."""
         object.__setattr__(self, "_call", 0)
+        for decision in self.decisions or ():
+            decision.reset()
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or not self._active:
@@ -97,6 +102,7 @@ class DropPath(nn.Module):
         check_floating(x)
         dim = batch_dim_of(self.batch_dim, x)
         keep = self.keep_prob
+        call = 0
         if self.call_rates is not None:
             call = self._call
             if call >= len(self.call_rates):
@@ -108,6 +114,8 @@ class DropPath(nn.Module):
                 )
             object.__setattr__(self, "_call", call + 1)
             keep = self.keep_prob[call]
+        if self.decisions is not None:
+            return x * self.decisions[min(call, len(self.decisions) - 1)].mask(self, x, dim, keep)
         return x * scaled_mask(x, keep, dim, self.mode, self.scale_by_keep, self.sync_group)
 
     def __setstate__(self, state: dict) -> None:
@@ -115,6 +123,7 @@ class DropPath(nn.Module):
         state.setdefault("sync_group", None)
         state.setdefault("patch", None)
         state.setdefault("call_rates", None)
+        state.setdefault("decisions", None)
         state.setdefault("_call", 0)
         super().__setstate__(state)
 

@@ -15,7 +15,10 @@ from torch import Tensor
 from ..checks import check_batch_dim, check_mode, validate_rate
 from ..errors import InvalidArgumentError
 
-__all__ = ["drop_path", "scaled_mask", "unbiased_scale", "broadcast_from_first_rank", "batch_dim_of", "check_floating"]
+__all__ = [
+    "drop_path", "scaled_mask", "mask_shape", "draw_uniform", "unbiased_scale", "broadcast_from_first_rank", "batch_dim_of",
+    "check_floating",
+]
 
 
 def broadcast_from_first_rank(u: Tensor, group_name: str) -> Tensor:
@@ -40,18 +43,35 @@ def check_floating(x: Tensor) -> None:
         )
 
 
-def scaled_mask(
-    x: Tensor, keep: Tensor, batch_dim: int, mode: str, scale_by_keep: bool, sync_group: str | None = None
-) -> Tensor:
-    """The per-sample multiplier: 0 for dropped samples, an unbiased ``1/keep`` for kept ones."""
+def mask_shape(x: Tensor, batch_dim: int, mode: str) -> list[int]:
+    """``(1, .., N, .., 1)`` for one decision per sample, all ones for one per batch."""
     shape = [1] * x.ndim
     if mode == "row":
         shape[batch_dim] = x.shape[batch_dim]
+    return shape
+
+
+def draw_uniform(shape: list[int], dtype: torch.dtype, device: torch.device, sync_group: str | None) -> Tensor:
+    """Uniform numbers on the device (the first rank's, with ``sync_group``)."""
+    u = torch.rand(shape, dtype=dtype, device=device)
+    return broadcast_from_first_rank(u, sync_group) if sync_group is not None else u
+
+
+def scaled_mask(
+    x: Tensor,
+    keep: Tensor,
+    batch_dim: int,
+    mode: str,
+    scale_by_keep: bool,
+    sync_group: str | None = None,
+    u: Tensor | None = None,
+) -> Tensor:
+    """The per-sample multiplier: 0 for dropped samples, an unbiased ``1/keep`` for kept ones; from the
+    uniform numbers ``u`` when given (a block's shared decision), else drawn here."""
+    shape = mask_shape(x, batch_dim, mode)
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
     keep = keep.to(device=x.device, dtype=work)
-    u = torch.rand(shape, dtype=work, device=x.device)
-    if sync_group is not None:
-        u = broadcast_from_first_rank(u, sync_group)
+    u = draw_uniform(shape, work, x.device, sync_group) if u is None else u.to(work).view(shape)
     kept = u < keep
     if not scale_by_keep:
         return kept.to(x.dtype)

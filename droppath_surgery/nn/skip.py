@@ -31,7 +31,7 @@ from .. import nested
 from ..checks import validate_rate
 from ..errors import SkipError
 from .drop_path import DropPath
-from .functional import broadcast_from_first_rank, unbiased_scale
+from .functional import draw_uniform, unbiased_scale
 
 __all__ = [
     "BELOW_MIN_SKIP_RATE",
@@ -87,6 +87,30 @@ def scatter_rows(src: Tensor, idx: Tensor, dim: int, batch: int) -> Tensor:
     return out.movedim(0, dim)
 
 
+def draw_kept(drop: SkipDropPath, batch: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """The samples a branch computes, ``(idx, v, last)``: their indices, the uniform numbers that
+    round each one's scale, and whether the last of them is kept (see the module docstring)."""
+    keep = drop.keep_prob.to(device)
+    if drop.kept_count == "fixed":
+        k = drop.kept_for(batch)
+        u = draw_uniform([2 * batch + 1], torch.float32, device, drop.sync_group)
+        # The k samples with the largest uniform numbers, in decreasing order: a uniformly random
+        # set, whose last member is a uniformly random one of them (sorting by index would make
+        # the conditionally kept sample the highest index, and bias it).
+        idx = torch.topk(u[:batch], k).indices
+        v = u[batch : batch + k]
+        # P(keep the last computed sample) = 1 - (k - B keep): each sample kept w.p. keep.
+        last = u[2 * batch] >= (k - batch * keep)
+    else:
+        u = draw_uniform([2 * batch], torch.float32, device, drop.sync_group)
+        idx = (u[:batch] < keep).nonzero().flatten()  # host synchronization
+        v = u[batch:][: max(1, idx.numel())]
+        last = torch.tensor(idx.numel() > 0, device=device)
+        if idx.numel() == 0:  # every sample dropped: run one, weighted 0 (empty batches break models)
+            idx = torch.zeros(1, dtype=torch.long, device=device)
+    return idx, v, last
+
+
 class SkipState:
     """One branch's skip set-up and its kept samples, from its first entry to its end.
 
@@ -108,6 +132,7 @@ class SkipState:
         self.handles: list[RemovableHandle] = []
         self.pending: tuple | None = None  # (idx, weights or None, rounding uniforms, last kept, batch)
         self.forced: tuple | None = None  # (idx, weights): a fixed kept set, for the exactness check
+        self.decision: Any = None  # granularity="block": the block's shared BlockDecision
 
     def arm(self) -> None:
         """Register the entry pre-hooks (once); a state with a reason to mask registers nothing."""
@@ -141,42 +166,13 @@ class SkipState:
             idx, weights = self.forced
             self.pending = (idx.to(device), weights.to(device), None, None, batch)
             return
-        drop = self.drop
-        keep = drop.keep_prob.to(device)
-        if drop.kept_count == "fixed":
-            k = drop.kept_for(batch)
-            u = torch.rand(2 * batch + 1, device=device)
-            if drop.sync_group is not None:
-                u = broadcast_from_first_rank(u, drop.sync_group)
-            # The k samples with the largest uniform numbers, in decreasing order: a uniformly random
-            # set, whose last member is a uniformly random one of them (sorting by index would make
-            # the conditionally kept sample the highest index, and bias it).
-            idx = torch.topk(u[:batch], k).indices
-            v = u[batch : batch + k]
-            # P(keep the last computed sample) = 1 - (k - B keep): each sample kept w.p. keep.
-            last = u[2 * batch] >= (k - batch * keep)
-        else:
-            u = torch.rand(2 * batch, device=device)
-            if drop.sync_group is not None:
-                u = broadcast_from_first_rank(u, drop.sync_group)
-            idx = (u[:batch] < keep).nonzero().flatten()  # host synchronization
-            v = u[batch:][: max(1, idx.numel())]
-            last = torch.tensor(idx.numel() > 0, device=device)
-            if idx.numel() == 0:  # every sample dropped: run one, weighted 0 (empty batches break models)
-                idx = torch.zeros(1, dtype=torch.long, device=device)
+        found = self.decision.kept(self.drop, batch, device) if self.decision is not None else draw_kept(self.drop, batch, device)
+        idx, v, last = found
         self.pending = (idx, None, v, last, batch)
 
     def weights(self, v: Tensor, last: Tensor, dtype: torch.dtype) -> Tensor:
-        """The multiplier of each computed sample: ``1 / keep`` (unbiased in ``dtype``), and 0 for the
-        last one when the draw left it out."""
-        drop = self.drop
-        work = torch.float64 if dtype == torch.float64 else torch.float32
-        if drop.scale_by_keep:
-            w = unbiased_scale(drop.keep_prob.to(device=v.device, dtype=work), v.to(work), dtype)
-        else:
-            w = torch.ones(v.shape, dtype=work, device=v.device)
-        is_last = torch.arange(v.shape[0], device=v.device) == v.shape[0] - 1
-        return torch.where(is_last & ~last, torch.zeros((), dtype=work, device=v.device), w)
+        """The multiplier of each computed sample (``SkipDropPath.branch_weights``)."""
+        return self.drop.branch_weights(v, last, dtype)
 
     def finish(self, y: Tensor) -> Tensor:
         """The branch output of the kept samples, scaled and scattered into the full batch."""
@@ -334,6 +330,17 @@ class SkipDropPath(DropPath):
         if not state.enabled:
             return "mask"
         return BELOW_MIN_SKIP_RATE if self._rate < self.min_skip_rate else "skip"
+
+    def branch_weights(self, v: Tensor, last: Tensor, dtype: torch.dtype) -> Tensor:
+        """The multiplier of each computed sample: ``1 / keep`` (unbiased in ``dtype``), and 0 for the
+        last one when the draw left it out."""
+        work = torch.float64 if dtype == torch.float64 else torch.float32
+        if self.scale_by_keep:
+            w = unbiased_scale(self.keep_prob.to(device=v.device, dtype=work), v.to(work), dtype)
+        else:
+            w = torch.ones(v.shape, dtype=work, device=v.device)
+        is_last = torch.arange(v.shape[0], device=v.device) == v.shape[0] - 1
+        return torch.where(is_last & ~last, torch.zeros((), dtype=work, device=v.device), w)
 
     def _count(self, batch: int) -> int:
         return min(batch, max(1, math.ceil(batch * (1.0 - self._rate) - 1e-9)))
