@@ -26,6 +26,7 @@ from .api import (
 )
 from .errors import (
     BatchDimError,
+    CallCountError,
     DistributedError,
     DropPathError,
     ExampleInputsError,
@@ -76,4 +77,5 @@ __all__ = [
     "UnsupportedModelError",
     "DistributedError",
     "SkipError",
+    "CallCountError",
 ]

@@ -63,3 +63,24 @@ def test_schedule_of_wrong_type():
 
 def test_efficientnet_builder_convention():
     assert block_rates(0.2, "efficientnet", 4) == [0.0, 0.05, 0.1, 0.15]  # r * i / n, as written (not 0.15000000000000002)
+
+
+@pytest.mark.parametrize("name", ["exp", "log", "sin", "sigmoid"])
+def test_layerskip_shapes_follow_torchtunes_scale_types_and_reach_the_rate_at_the_last_block(name):
+    import math
+
+    def sigmoid(t):
+        return 1 / (1 + math.exp(-10 * (t - 0.5)))
+
+    # torchtune's get_scale(scale_type, scale_period=n - 1, val=i); its sigmoid is stretched to 0..1 here.
+    scale = {
+        "exp": lambda i, p: math.exp(i * math.log(2) / p) - 1,
+        "log": lambda i, p: math.log(i + 1) / math.log(p + 1),
+        "sin": lambda i, p: math.sin(0.5 * math.pi * i / p),
+        "sigmoid": lambda i, p: (sigmoid(i / p) - sigmoid(0)) / (sigmoid(1) - sigmoid(0)),
+    }[name]
+    for n in (2, 5, 12):
+        rates = block_rates(0.4, name, n)
+        assert rates == pytest.approx([0.4 * scale(i, n - 1) for i in range(n)], abs=1e-12)
+        assert rates[0] == 0.0 and rates[-1] == 0.4 and rates == sorted(rates)
+    assert block_rates(0.4, name, 1) == [0.4]  # one block: the rate (torchtune's scale period 0)

@@ -198,3 +198,32 @@ def test_patch_then_compile_then_remove_leaves_no_drop_path_in_the_compiled_mode
     torch.manual_seed(3)
     torch.testing.assert_close(without, model(x))
     assert not torch.allclose(with_drop, without)
+
+
+@pytest.mark.parametrize("skip", [False, True], ids=["masked", "skip"])
+def test_block_granularity_compiles_as_one_graph_and_keeps_it(skip):
+    # One decision per block, drawn by the first branch and kept on a Python object that a forward
+    # pre-hook resets: dynamo traces the draw and the reset as side effects, with no graph break and
+    # no recompile from one step to the next or over rate changes that keep the kept count.
+    torch.manual_seed(0)
+    model = timm_vit()
+    apply_drop_path(model, 0.5, schedule="uniform", granularity="block", skip_dropped=skip, min_skip_rate=0.0)
+    model.train()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    x = torch.randn(8, 3, 32, 32)
+    for rate in (0.5, 0.45, 0.4):  # kept count ceil(8 * (1 - p)) = 4, 5, 5
+        set_drop_path_rate(model, rate)
+        compiled(x).sum().backward()
+        compiled(x).sum().backward()
+    # Masked: one graph. Skipping: the first graph, a second once the first call has filled the kept
+    # count cache it guards on (a known recompile of skip mode, the same with granularity="branch"),
+    # and a third for the new kept count 5; the rate change that keeps 5 adds none.
+    assert counter.frame_count == (3 if skip else 1)
+    dropped = []
+    for d in model.modules():
+        if isinstance(d, DropPath):
+            d.register_forward_hook(lambda m, i, o: dropped.append((o == 0).flatten(1).all(1)))
+    torch._dynamo.reset()
+    model(x)  # eager: both branches of each block drop the same samples
+    assert all(torch.equal(dropped[i], dropped[i + 1]) for i in range(0, len(dropped), 2))
