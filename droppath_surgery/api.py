@@ -127,15 +127,20 @@ def find_residual_branches(
     """Trace the model and return the residual branches that ``apply_drop_path`` would patch.
 
     Nothing is changed: no module, flag, hook or RNG state. The report's sites carry the rates
-    that ``rate`` and ``schedule`` would give (0 by default).
+    that ``rate`` and ``schedule`` would give (0 by default). On a patched model the branches are
+    found as without the patch (it is taken off for the pass and put back).
     """
     model = check_model(model)
     check_not_compiled(model)
     _check_common(rate, schedule, filter_fn, batch_dim)
     check_bool(per_stack, "per_stack", "every stack of blocks ramps on its own")
-    analysis = _analyse(model, example_inputs, batch_dim)
-    plan = make_plan(model, analysis, filter_fn=filter_fn)
-    plan, rates = _rate(model, plan, rate, schedule, per_stack, len(analysis.branches))
+    previous = detach(model)
+    try:
+        analysis = _analyse(model, example_inputs, batch_dim)
+        plan = make_plan(model, analysis, filter_fn=filter_fn)
+        plan, rates = _rate(model, plan, rate, schedule, per_stack, len(analysis.branches))
+    finally:
+        reattach(model, previous)
     return build_report(
         [(site, r, ["mask"] * len(site.branches)) for site, r in zip(plan.sites, rates)],
         num_blocks=plan.num_blocks,

@@ -103,12 +103,12 @@ def _registrations(root: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
 
 
 def _new_drop(site: PlannedSite, rate: float, options: Options, warned: set[str]) -> DropPath:
-    if options.kept_count is None:
-        return DropPath(rate, batch_dim=site.batch_dim, mode=options.mode, scale_by_keep=options.scale_by_keep)
-    drop = SkipDropPath(
-        rate, kept_count=options.kept_count, min_skip_rate=options.min_skip_rate,
-        batch_dim=site.batch_dim, mode=options.mode, scale_by_keep=options.scale_by_keep,
+    common: dict[str, Any] = dict(
+        batch_dim=site.batch_dim, mode=options.mode, scale_by_keep=options.scale_by_keep, rows_per_sample=site.rows_per_sample
     )
+    if options.kept_count is None:
+        return DropPath(rate, **common)
+    drop = SkipDropPath(rate, kept_count=options.kept_count, min_skip_rate=options.min_skip_rate, **common)
     for br in site.branches:
         drop.skip_states.append(SkipState(drop, br.batch_dim, site.path, br.entries, br.mask_reason, warned))
     return drop

@@ -34,6 +34,10 @@ __all__ = ["FilterFn", "PlannedBranch", "PlannedSite", "LeftOut", "Plan", "Targe
 
 FilterFn = Callable[[nn.Module, str], bool]
 
+WINDOWS_MASK = (
+    "the branch runs on attention windows of several per sample: it is dropped per sample (all of a sample's windows "
+    "together) by masking; running it on the kept samples' windows only is not supported"
+)
 NO_OWN_MODULE = (
     "no module of its own ends this branch (every module that returns it is also used elsewhere), so drop path "
     "cannot be attached exactly"
@@ -61,6 +65,7 @@ class PlannedBranch:
     batch_dim: int  # of the module output where drop path acts
     shape: tuple  # of that module output, as traced
     call: int = 0  # which call of the site's module returns this branch (a module shared across depths has several)
+    rows_per_sample: int = 1  # consecutive entries of the batch dim that belong to one sample (attention windows)
     entries: tuple[Entry, ...] = ()  # with skip_dropped: where the branch takes in the batch
     mask_reason: str = ""  # with skip_dropped: why it must mask instead of skipping
 
@@ -82,6 +87,10 @@ class PlannedSite:
     @property
     def batch_dim(self) -> int:
         return self.branches[0].batch_dim
+
+    @property
+    def rows_per_sample(self) -> int:
+        return self.branches[0].rows_per_sample
 
     @property
     def targets(self) -> tuple[Target, ...]:
@@ -159,7 +168,7 @@ def _choose(analysis: Analysis) -> tuple[list[tuple[nn.Module, str, tuple, list[
         one_unit = len({u for units in units_per_call.values() for u in units}) == 1
         return (
             (one_unit or (per_call and all(len(units) == 1 for units in units_per_call.values())))
-            and len({branches[b].batch_dim for b, _ in entries}) == 1
+            and len({(branches[b].batch_dim, branches[b].rows_per_sample) for b, _ in entries}) == 1
             and len({end.output_index for _, end in entries}) == 1  # type: ignore[attr-defined]
         )
 
@@ -212,10 +221,13 @@ def make_plan(
     def planned(ab: AnalysedBranch, module: nn.Module) -> PlannedBranch:
         br = ab.branch
         pb = PlannedBranch(
-            ab.unit, ab.position, ab.stack, br.block_path, index.path(br.unit), ab.batch_dim, ab.shape, _call_of(ab, module)
+            ab.unit, ab.position, ab.stack, br.block_path, index.path(br.unit), ab.batch_dim, ab.shape, _call_of(ab, module),
+            ab.rows_per_sample,
         )
         if not skip:
             return pb
+        if ab.rows_per_sample > 1:
+            return replace(pb, mask_reason=WINDOWS_MASK)
         found = branch_entries(analysis.recording, br, ab.batch_dim, ab.shape, index)
         return replace(pb, entries=found.entries, mask_reason=found.reason)
 

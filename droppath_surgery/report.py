@@ -44,6 +44,8 @@ class Site:
             masks until a rate change raises it).
         stack: the chain of blocks linked by one residual stream this branch belongs to (an
             encoder and a decoder, or two towers, are two stacks).
+        rows_per_sample: how many consecutive entries of ``batch_dim`` belong to one sample (its
+            attention windows, all dropped together); 1 for a plain batch dimension.
     """
 
     path: str
@@ -58,6 +60,7 @@ class Site:
     shape: tuple = ()
     compute: str = "mask"
     stack: int = 0
+    rows_per_sample: int = 1
 
     def with_rate(self, rate: float) -> Site:
         return replace(self, rate=rate)
@@ -142,7 +145,7 @@ class DropPathReport:
                 str(s.branch),
                 f"{s.rate:.4f}",
                 f"{s.kind} {s.replaced}",
-                str(s.batch_dim),
+                str(s.batch_dim) + (f" ({s.rows_per_sample} windows)" if s.rows_per_sample > 1 else ""),
                 "x".join(str(d) for d in s.shape),
                 s.path + "".join(f"[{i!r}]" for i in s.output_index),
             )
@@ -207,6 +210,7 @@ def build_report(
             shape=br.shape,
             compute=compute,
             stack=br.stack,
+            rows_per_sample=br.rows_per_sample,
         )
         for site, rates, computes in sites
         for br, branch_rate, compute in zip(site.branches, rates, computes)

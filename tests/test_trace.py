@@ -508,13 +508,23 @@ class _WindowBlock(nn.Module):
         return x + out
 
 
-def test_branch_on_windows_of_several_samples_is_not_dropped_per_window():
+def test_branch_on_windows_drops_all_windows_of_a_sample_together_never_one_window():
     model = nn.Sequential(_WindowBlock(), _WindowBlock())
-    with pytest.raises(NoResidualBranchError):
-        find_residual_branches(model, torch.randn(2, 4, 4, 8))  # 4 windows per sample
-    # One window per sample: the window is the sample, and dropping it is drop path.
+    # 4 windows per sample: the replayed layout maps windows 0-3 to sample 0, 4-7 to sample 1, ...
+    report = apply_drop_path(model, 0.5, schedule="uniform", example_inputs=torch.randn(2, 4, 4, 8))
+    assert [(s.path, s.batch_dim, s.rows_per_sample) for s in report.sites] == [("0.attn.2", 0, 4), ("1.attn.2", 0, 4)]
+    assert "0 (4 windows)" in str(report)
+    model.train()
+    x = torch.randn(64, 4, 4, 8)
+    out = model[0](x)  # x + branch: a dropped sample is exactly its input, at every window
+    dropped = (out == x).flatten(1).all(1)
+    kept_anywhere = (out != x).flatten(1).any(1)
+    assert torch.equal(dropped, ~kept_anywhere) and 10 < dropped.sum() < 54
+    with pytest.raises(BatchDimError, match="not a multiple of the 4 windows per sample"):
+        model[0].attn[2].surgery_drop_path(torch.randn(6, 2, 2, 8))
+    # One window per sample: the window is the sample.
     report = find_residual_branches(model, torch.randn(2, 2, 2, 8))
-    assert [(s.path, s.batch_dim) for s in report.sites] == [("0.attn.2", 0), ("1.attn.2", 0)]
+    assert [(s.path, s.batch_dim, s.rows_per_sample) for s in report.sites] == [("0.attn.2", 0, 1), ("1.attn.2", 0, 1)]
 
 
 def test_composite_held_by_a_layer_module_shares_one_rate():

@@ -34,6 +34,7 @@ class AnalysedBranch:
     stack: int
     batch_dim: int  # of the module output where drop path goes
     shape: tuple  # of that module output
+    rows_per_sample: int = 1  # consecutive entries of the batch dim per sample (attention windows)
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def analyse(model: nn.Module, args: tuple, kwargs: dict, *, batch_dim: int | Non
     units, positions, num_units = number_units(kept, recording, index) if kept else ([], [], 0)
     stacks = find_stacks(kept, units, recording)
     analysed = tuple(
-        AnalysedBranch(br, unit, position, stack, dim, shape)
-        for (br, (dim, shape)), unit, position, stack in zip(mapped, units, positions, stacks)
+        AnalysedBranch(br, unit, position, stack, dim, shape, rows)
+        for (br, (dim, shape, rows)), unit, position, stack in zip(mapped, units, positions, stacks)
     )
     return Analysis(recording, index, analysed, num_units, tuple(left_out), dims.input_dim, args, kwargs)

@@ -46,7 +46,7 @@ class BatchDims:
     """Per branch, ``(batch dim, shape)`` of the module output where drop path goes, or None where no
     dimension holds whole samples; and the inputs' batch dimension (None when ``batch_dim`` was given)."""
 
-    per_branch: tuple[tuple[int, tuple] | None, ...]
+    per_branch: tuple[tuple[int, tuple, int] | None, ...]  # (batch dim, shape, rows per sample)
     input_dim: int | None
 
 
@@ -66,27 +66,35 @@ def _sample_ids(shape: tuple, dim: int) -> Tensor:
     return torch.arange(shape[dim]).view(view).expand(shape).contiguous()
 
 
-def _at_end(br: Branch, merged_dim: int) -> tuple[int, tuple] | None:
-    """The batch dimension and shape of a branch's module output, given the merged tensor's."""
+def _at_end(br: Branch, merged_dim: int) -> tuple[int, tuple, int] | None:
+    """The batch dimension and shape of a branch's module output, given the merged tensor's, and how
+    many consecutive entries of that dimension belong to one sample (attention windows of a sample:
+    SAM ViT's and MaxViT's partitions put ``g`` windows per sample there, and each sample's windows
+    share its decision). None when no dimension holds whole samples."""
     shape = br.merge.shape
     layout = br.merge.layout
     if not layout:
-        return merged_dim, shape
+        return merged_dim, shape, 1
     end_shape = tuple(layout[0].in_shape)
+    batch = shape[merged_dim]
     target = _sample_ids(shape, merged_dim)
     matches = []
     for d, size in enumerate(end_shape):
-        if size != shape[merged_dim]:
+        if size % batch:
             continue
-        t = _sample_ids(end_shape, d)
+        rows = size // batch
+        t = torch.div(_sample_ids(end_shape, d), rows, rounding_mode="floor")  # sample of each entry along d
         try:
             for op in layout:
                 t = op(t)
         except Exception:  # noqa: BLE001 - an operation that cannot be replayed off its device or dtype
             return None
         if isinstance(t, Tensor) and t.shape == target.shape and torch.equal(t, target):
-            matches.append(d)
-    return (matches[0], end_shape) if len(matches) == 1 else None
+            matches.append((d, end_shape, rows))
+    exact = [m for m in matches if m[2] == 1]
+    if len(exact) == 1:
+        return exact[0]
+    return matches[0] if len(matches) == 1 else None
 
 
 def _merged(recording: Recording) -> dict[tuple, tuple[tuple, Tensor | None]]:

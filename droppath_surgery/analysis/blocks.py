@@ -207,6 +207,7 @@ def find_branches(merges: list[Merge], index: ModuleIndex) -> tuple[list[Branch]
         if block is None:
             block = next((c.module for c in reversed(merge.stack) if index.has_twin(c.module)), None)
         found[i] = (merge, ends, block)
+    merge_results = {m.serial + 1 for m, _, _ in found}  # the values residual merges make
     # A "block" that holds other blocks is a stage: a residual run inside it belongs to the module
     # below it on the stack (LeViT's downsampler with its residual MLP), or to none.
     block_paths = {index.path(b) for _, _, b in found if b is not None}
@@ -219,20 +220,29 @@ def find_branches(merges: list[Merge], index: ModuleIndex) -> tuple[list[Branch]
                 inner = modules[modules.index(block) + 1 :] if block in modules else []
                 block = inner[0] if inner and merge.kind == "residual" else None
         # shortcut(x) + f(x) counts only when the block runs it itself (a ResNet block with a
-        # projection, a parallel block), not deeper inside (a re-parameterizable multi-branch conv).
-        if block is not None and merge.kind == "fork" and merge.stack[-1].module is not block:
+        # projection, a parallel block), not deeper inside (a re-parameterizable multi-branch conv),
+        # unless the branch ends in a drop path slot (MaxViT's MbConv part with a strided shortcut).
+        if (
+            block is not None
+            and merge.kind == "fork"
+            and merge.stack[-1].module is not block
+            and not any(is_drop_path_slot(e.module, e.path) for e in ends)
+        ):
             block = None
         if block is None:
             left_out.append((ends[-1].path, OUTSIDE_REASON))
             continue
         # x + f(x) run inside a part of the block, on a value that part computed itself, is no
-        # residual of the block's stream; unless that part is itself of a block class (RepViT's
-        # pre_block in its downsampler).
+        # residual of the block's stream (SwiftFormer's attention: proj(attn * key) + query); unless
+        # that part is itself of a block class (RepViT's pre_block in its downsampler), or the value
+        # is the result of a residual merge: the stream carried on (MaxViT's attention part,
+        # x = x + attn(x); x = x + mlp(x)).
         if (
             merge.kind == "residual"
             and merge.inner_stream
             and any(c.module is block for c in merge.stack[:-1])
             and type(merge.stack[-1].module) not in block_types
+            and merge.start.serial not in merge_results
         ):
             left_out.append((ends[-1].path, INNER_REASON))
             continue

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import check_batch_dim, check_bool, check_mode, validate_rate
-from ..errors import CallCountError
+from ..errors import BatchDimError, CallCountError, InvalidArgumentError
 from .functional import batch_dim_of, check_floating, scaled_mask
 
 __all__ = ["DropPath"]
@@ -31,6 +31,7 @@ class DropPath(nn.Module):
 
     keep_prob: Tensor
     batch_dim: int
+    rows_per_sample: int
     mode: str
     scale_by_keep: bool
     sync_group: str | None
@@ -41,9 +42,17 @@ class DropPath(nn.Module):
     _active: bool
     _call: int
 
-    def __init__(self, rate: float = 0.0, *, batch_dim: int = 0, mode: str = "row", scale_by_keep: bool = True) -> None:
+    def __init__(
+        self, rate: float = 0.0, *, batch_dim: int = 0, mode: str = "row", scale_by_keep: bool = True, rows_per_sample: int = 1
+    ) -> None:
         super().__init__()
         self.batch_dim = check_batch_dim(batch_dim)
+        if isinstance(rows_per_sample, bool) or not isinstance(rows_per_sample, int) or rows_per_sample < 1:
+            raise InvalidArgumentError(
+                f"rows_per_sample must be an int >= 1 (consecutive entries of the batch dim that belong to one sample, "
+                f"e.g. its attention windows), got {rows_per_sample!r}."
+            )
+        self.rows_per_sample = rows_per_sample
         self.mode = check_mode(mode)
         self.scale_by_keep = check_bool(scale_by_keep, "scale_by_keep", "scale kept samples by 1 / (1 - rate)")
         rate = validate_rate(rate)
@@ -101,6 +110,17 @@ class DropPath(nn.Module):
             return x
         check_floating(x)
         dim = batch_dim_of(self.batch_dim, x)
+        if self.rows_per_sample > 1:  # a sample's windows are consecutive rows: one decision for them all
+            rows = self.rows_per_sample
+            if x.shape[dim] % rows:
+                raise BatchDimError(
+                    f"the branch output has {x.shape[dim]} entries along dim {dim}, not a multiple of the "
+                    f"{rows} windows per sample it was traced with: train at the size it was patched at"
+                )
+            return self._drop(x.unflatten(dim, (x.shape[dim] // rows, rows)), dim).flatten(dim, dim + 1)
+        return self._drop(x, dim)
+
+    def _drop(self, x: Tensor, dim: int) -> Tensor:
         keep = self.keep_prob
         call = 0
         if self.call_rates is not None:
@@ -124,6 +144,7 @@ class DropPath(nn.Module):
         state.setdefault("patch", None)
         state.setdefault("call_rates", None)
         state.setdefault("decisions", None)
+        state.setdefault("rows_per_sample", 1)
         state.setdefault("_call", 0)
         super().__setstate__(state)
 
@@ -139,6 +160,8 @@ class DropPath(nn.Module):
         parts = [f"rate={self._rate:.3f}" if self.call_rates is None else f"call_rates={[round(r, 4) for r in self.call_rates]}"]
         if self.batch_dim != 0:
             parts.append(f"batch_dim={self.batch_dim}")
+        if self.rows_per_sample != 1:
+            parts.append(f"rows_per_sample={self.rows_per_sample}")
         if self.mode != "row":
             parts.append(f"mode={self.mode!r}")
         if not self.scale_by_keep:
