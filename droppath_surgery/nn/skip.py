@@ -288,6 +288,13 @@ class SkipEntry:
         return f"SkipEntry({self.state.path!r}, args={[a.location for a in self.args]}, draws={self.draws})"
 
 
+@torch.compiler.assume_constant_result
+def _kept_count(drop: SkipDropPath, batch: int, version: int) -> int:
+    """``drop``'s kept count for ``batch`` (a constant to torch.compile, guarded by ``version``)."""
+    drop._batches.add(batch)
+    return drop._count(batch)
+
+
 class SkipDropPath(DropPath):
     """A DropPath at the end of branches that may run on the kept samples only.
 
@@ -307,17 +314,26 @@ class SkipDropPath(DropPath):
         self.kept_count = kept_count
         self.min_skip_rate = validate_rate(min_skip_rate, "min_skip_rate")
         self.skip_states: list[SkipState] = []
-        self._kept_counts: dict[int, int] = {}  # batch size -> samples computed (kept_count="fixed")
+        self._batches: set[int] = set()  # batch sizes kept_for has been asked about
+        self._counts_version = 0  # bumped when a rate change changes the kept count of a batch size seen
         self._forced_mask: tuple | None = None  # set inside ``probing`` only
         self._probe_log: list | None = None  # set inside ``probing`` only
         self._update_skipping()
 
     @DropPath.rate.setter  # type: ignore[attr-defined]
     def rate(self, value: float) -> None:
+        old = self._rate
         DropPath.rate.fset(self, value)  # type: ignore[attr-defined]
         self._update_skipping()
-        for batch in self._kept_counts:
-            self._kept_counts[batch] = self._count(batch)
+        if any(self._count_at(batch, old) != self._count(batch) for batch in self._batches):
+            object.__setattr__(self, "_counts_version", self._counts_version + 1)
+
+    def __setstate__(self, state: dict) -> None:
+        # Pickled before the kept counts were versioned: start afresh (counts are recomputed on use).
+        state.pop("_kept_counts", None)
+        state.setdefault("_batches", set())
+        state.setdefault("_counts_version", 0)
+        super().__setstate__(state)
 
     @property
     def skipping(self) -> bool:
@@ -342,18 +358,20 @@ class SkipDropPath(DropPath):
         is_last = torch.arange(v.shape[0], device=v.device) == v.shape[0] - 1
         return torch.where(is_last & ~last, torch.zeros((), dtype=work, device=v.device), w)
 
+    @staticmethod
+    def _count_at(batch: int, rate: float) -> int:
+        return min(batch, max(1, math.ceil(batch * (1.0 - rate) - 1e-9)))
+
     def _count(self, batch: int) -> int:
-        return min(batch, max(1, math.ceil(batch * (1.0 - self._rate) - 1e-9)))
+        return self._count_at(batch, self._rate)
 
     def kept_for(self, batch: int) -> int:
         """How many samples a branch computes with ``kept_count="fixed"``: ``ceil(B * (1 - p))``, at
-        least 1. Kept per batch size in a dict that rate changes update, so compiled code reads an
-        int that changes only when the count does: a rate change that keeps the count recompiles
-        nothing (reading the float rate would recompile on every change)."""
-        k = self._kept_counts.get(batch)
-        if k is None:
-            k = self._kept_counts[batch] = self._count(batch)
-        return k
+        least 1. Compiled code takes the count as a constant that depends only on the batch size and
+        ``_counts_version``, which a rate change bumps only when a count changes: no recompile on the
+        second step, none for rate changes that keep the count (reading the float rate would
+        recompile on every change), one for a new count or batch size."""
+        return _kept_count(self, batch, self._counts_version)
 
     def _update_skipping(self) -> None:
         # A plain bool attribute: torch.compile guards on it, so crossing min_skip_rate recompiles once.
