@@ -24,7 +24,7 @@ from .integrations.wrappers import check_model, check_not_compiled, unwrap_model
 from .isolation import observation
 from .nn import SkipDropPath
 from .nn.skip import DEFAULT_MIN_SKIP_RATE, KEPT_COUNTS
-from .plan import FilterFn, Plan, make_plan
+from .plan import FilterFn, Plan, PlannedSite, make_plan
 from .report import DropPathReport, build_report, report_of_patch
 from .schedules import LeaveOut, Schedule, check_schedule, describe, rate_sites, remembered
 from .verify import check_skipping, has_meta_tensors, state_fingerprint, verify_eval
@@ -40,8 +40,12 @@ __all__ = [
 ]
 
 
-def _check_common(rate: Any, schedule: Any, filter_fn: Any, batch_dim: Any) -> None:
+GRANULARITIES = ("branch", "block")
+
+
+def _check_common(rate: Any, schedule: Any, filter_fn: Any, batch_dim: Any, per_stack: Any) -> None:
     check_schedule(schedule, rate)
+    check_bool(per_stack, "per_stack", "every stack of blocks ramps on its own")
     if filter_fn is not None and not callable(filter_fn):
         raise InvalidArgumentError(
             f"filter_fn must be a callable (module, fqn) -> bool that says which branch ends get drop path, or "
@@ -84,10 +88,7 @@ def _analyse(model: nn.Module, example_inputs: Any, batch_dim: int | None) -> An
         return analyse(model, args, kwargs, batch_dim=batch_dim, inputs_batch_first=built)
 
 
-GRANULARITIES = ("branch", "block")
-
-
-def _one_rate_per_block(sites: list, rates: list, schedule: Schedule) -> None:
+def _one_rate_per_block(sites: list[PlannedSite], rates: list[tuple[float, ...]], schedule: Schedule) -> None:
     """With granularity="block" the branches of a block share one decision, so they need one rate."""
     per_block: dict[int, set[float]] = {}
     for site, branch_rates in zip(sites, rates):
@@ -132,8 +133,7 @@ def find_residual_branches(
     """
     model = check_model(model)
     check_not_compiled(model)
-    _check_common(rate, schedule, filter_fn, batch_dim)
-    check_bool(per_stack, "per_stack", "every stack of blocks ramps on its own")
+    _check_common(rate, schedule, filter_fn, batch_dim, per_stack)
     previous = detach(model)
     try:
         analysis = _analyse(model, example_inputs, batch_dim)
@@ -220,9 +220,8 @@ def apply_drop_path(
     """
     model = check_model(model)
     check_not_compiled(model)
-    _check_common(rate, schedule, filter_fn, batch_dim)
+    _check_common(rate, schedule, filter_fn, batch_dim, per_stack)
     options = _options(mode, scale_by_keep, verify, skip_dropped, kept_count, min_skip_rate, granularity)
-    check_bool(per_stack, "per_stack", "every stack of blocks ramps on its own")
     previous = detach(model)
     try:
         state_before = state_fingerprint(model)
@@ -311,7 +310,7 @@ def set_drop_path_rate(
     if record.granularity == "block":
         _one_rate_per_block(
             [d.patch.site for d in drops],
-            [[0.0] * len(d.patch.site.branches) if isinstance(v, LeaveOut) else v for d, v in zip(drops, values)],
+            [(0.0,) * len(d.patch.site.branches) if isinstance(v, LeaveOut) else v for d, v in zip(drops, values)],
             schedule,
         )
     for drop, value in zip(drops, values):
