@@ -17,7 +17,7 @@ from droppath_surgery import find_residual_branches
 from droppath_surgery.cli import main, parse_model_args, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-ROW = re.compile(r"^(\d+)\s+(\d+)\s+([0-9.]+)\s+(replace|hook)\s+\S+\s+(\d+)\s+\S+\s+(\S+)$")
+ROW = re.compile(r"^(?:\d+\s+)??(\d+)\s+(\d+)\s+([0-9.]+)\s+(replace|hook)\s+\S+\s+(\d+)\s+\S+\s+(\S+)$")
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
