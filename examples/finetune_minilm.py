@@ -14,7 +14,7 @@ hooks a DropPath on each layer's two residual branches (12 branches in 6 blocks,
 eval output verified bitwise unchanged). It prints one row per seed and the mean.
 
     pip install -e '.[examples]'
-    python examples/finetune_minilm.py                 # 3 seeds, about 3-4 minutes on 2 CPU cores
+    python examples/finetune_minilm.py                 # 3 seeds x 2 runs: about 6 minutes on a busy 2-core CPU
     python examples/finetune_minilm.py --seeds 0 1 2 3 4 --rate 0.2
     python examples/finetune_minilm.py --quick         # seconds: a smoke run (what the test runs)
 """
