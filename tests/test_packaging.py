@@ -108,3 +108,31 @@ def test_mypy_is_clean(tmp_path):
     env = {**os.environ, "MYPY_CACHE_DIR": str(tmp_path / "mypy-cache")}
     proc = subprocess.run([sys.executable, "-m", "mypy"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
     assert proc.returncode == 0 and "Success: no issues found" in proc.stdout, proc.stdout[-5000:] + proc.stderr[-2000:]
+
+
+def test_public_names_are_lazy_and_all_of_them_import():
+    code = (
+        "import sys\n"
+        "import droppath_surgery as d\n"
+        "assert 'torch' not in sys.modules, 'import droppath_surgery imported torch'\n"
+        "ns = {}\n"
+        "exec('from droppath_surgery import *', ns)\n"
+        "missing = [n for n in d.__all__ if n not in ns]\n"
+        "assert not missing, missing\n"
+        "assert 'torch' in sys.modules\n"
+        "assert set(d.__all__) <= set(dir(d)) and 'training' in dir(d)\n"
+        "assert d.apply_drop_path is d.api.apply_drop_path and d.DropPath is d.nn.DropPath\n"
+        "assert d.drop_path is d.nn.functional.drop_path and callable(d.drop_path)\n"
+        "assert d.training.Late(0.1, start=2)(3) == 0.1\n"
+        "try:\n"
+        "    d.no_such_name\n"
+        "except AttributeError as exc:\n"
+        "    assert 'no_such_name' in str(exc)\n"
+        "else:\n"
+        "    raise AssertionError('no AttributeError')\n"
+        "print('ok', len(d.__all__))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "ok 29"
