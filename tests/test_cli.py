@@ -235,3 +235,171 @@ def test_plot_without_matplotlib_is_one_line(tmp_path):
     proc = python("-c", _BLOCKER, "matplotlib", "inspect", "timm:test_vit", "--plot", str(tmp_path / "x.png"))
     assert_one_line_error(proc.returncode, proc.stderr, "--plot needs matplotlib", "droppath-surgery[plot]")
     assert not (tmp_path / "x.png").exists()
+
+
+# -- start-up, --version, the checks made before any work ----------------------------------------------
+
+
+def test_help_and_version_do_not_import_torch_and_answer_at_once():
+    # The package's public names are lazy (PEP 562) and the CLI imports torch only when a command runs.
+    code = textwrap.dedent(
+        """
+        import sys, time
+        start = time.perf_counter()
+        from droppath_surgery.cli import main
+        for argv in (["--help"], ["inspect", "--help"], ["--version"]):
+            try:
+                main(argv)
+            except SystemExit as exc:
+                assert exc.code == 0, exc.code
+        print("heavy:", sorted(m for m in ("torch", "timm", "transformers", "torchvision", "matplotlib") if m in sys.modules))
+        print(f"seconds: {time.perf_counter() - start:.3f}")
+        """
+    )
+    proc = python("-c", code)
+    assert proc.returncode == 0, proc.stderr
+    assert "heavy: []" in proc.stdout, proc.stdout
+    assert "usage: droppath-surgery" in proc.stdout and "--schedule" in proc.stdout
+    seconds = float(proc.stdout.rsplit("seconds:", 1)[1])
+    print(f"--help, inspect --help and --version in one process: {seconds:.3f} s")  # shown with pytest -s
+    assert seconds < 3.0  # importing torch alone takes longer than this here
+
+
+def test_version_is_the_installed_distributions(capsys):
+    from importlib import metadata
+
+    import droppath_surgery
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"droppath-surgery {droppath_surgery.__version__}"
+    assert droppath_surgery.__version__ == metadata.version("droppath-surgery")
+
+
+def test_schedule_names_in_help_are_the_librarys():
+    from droppath_surgery.cli import SCHEDULE_NAMES
+    from droppath_surgery.schedules import schedule_names
+
+    assert list(SCHEDULE_NAMES) == schedule_names()
+
+
+def test_model_arg_error_names_only_the_key_at_fault(capsys):
+    code, out, err = run_cli(capsys, "inspect", "timm:test_vit", "--model-arg", "img_size=64", "--model-arg", "foo=1")
+    assert_one_line_error(code, err, "--model-arg foo=")
+    assert "img_size" not in err
+    code, out, err = run_cli(capsys, "inspect", "torchvision:resnet18", "--model-arg", "num_classes=3", "--model-arg", "bar=1")
+    assert_one_line_error(code, err, "--model-arg bar=")
+    assert "num_classes" not in err
+
+
+def test_hf_model_arg_that_is_no_config_field_is_named(tmp_path, capsys):
+    import transformers as T
+
+    T.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(tmp_path)
+    code, out, err = run_cli(capsys, "inspect", f"hf:{tmp_path}", "--model-arg", "num_hidden_layers=2", "--model-arg", "foo=1")
+    assert_one_line_error(code, err, "ViTConfig", "has no --model-arg foo=")
+    assert "num_hidden_layers" not in err.split("(")[0]
+    code, out, err = run_cli(capsys, "inspect", f"hf:{tmp_path}", "--model-arg", "num_hidden_layers=2")
+    assert code == 0, err
+    assert "layers.1.dropout" in out  # the config field was set: two layers
+
+
+@pytest.mark.parametrize(
+    "target, needle",
+    [
+        ("no/such/folder/rates.png", "does not exist"),
+        ("rates.notanimage", "matplotlib cannot write .notanimage"),
+        ("", "is a folder"),
+    ],
+)
+def test_plot_path_is_checked_before_any_work(tmp_path, capsys, monkeypatch, target, needle):
+    pytest.importorskip("matplotlib", reason="--plot needs the optional matplotlib (pip install '.[plot]')")
+    import droppath_surgery.cli as cli
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the model was built before the output path was checked")
+
+    monkeypatch.setattr(cli, "build_model", no_build)
+    code, out, err = run_cli(capsys, "inspect", "timm:test_vit", "--plot", str(tmp_path / target) if target else str(tmp_path))
+    assert code == 2
+    assert_one_line_error(code, err, "--plot", needle)
+
+
+def test_plot_marks_stages_and_each_branch(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="--plot needs the optional matplotlib (pip install '.[plot]')")
+    from droppath_surgery.cli import stages_of
+
+    torchvision = pytest.importorskip("torchvision")
+    report = find_residual_branches(torchvision.models.resnet18(), rate=0.1)
+    assert [name for name, _, _ in stages_of(report.sites)] == ["layer1", "layer2", "layer3", "layer4"]
+    assert [(first, last) for _, first, last in stages_of(report.sites)] == [(0, 1), (2, 3), (4, 5), (6, 7)]
+    vit = find_residual_branches(timm.create_model("test_vit"), rate=0.1)
+    assert [name for name, _, _ in stages_of(vit.sites)] == ["blocks"]  # one stack of blocks: no bands
+
+    import matplotlib.pyplot as plt
+
+    from droppath_surgery import cli
+
+    captured = {}
+    real_close = plt.close
+
+    def keep(fig=None):  # look at the figure before it is closed
+        if fig is not None and not isinstance(fig, str):
+            captured["fig"] = fig
+        real_close(fig)
+
+    plt.close = keep
+    try:
+        cli.plot_rates(vit, str(tmp_path / "vit.svg"), "test_vit")
+    finally:
+        plt.close = real_close
+    ax = captured["fig"].axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["block rate", f"branch 0 of its block ({vit.num_blocks})", f"branch 1 of its block ({vit.num_blocks})"]
+    # each branch is its own marker: two branches of a block with the same rate do not overlap
+    xs = sorted(x for coll in ax.collections for x, _ in coll.get_offsets())
+    assert len(xs) == len(vit.sites) == len(set(xs))
+    # the legend is outside the axes (to their right)
+    fig = captured["fig"]
+    fig.canvas.draw()
+    assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1
+    assert (tmp_path / "vit.svg").read_text().lstrip().startswith("<?xml")
+
+
+def _no_hub_env(tmp_path) -> dict:
+    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf-home")}  # port 9: refused at once
+    return env
+
+
+def test_unreachable_hub_is_one_line_within_seconds(tmp_path):
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(_no_hub_env(tmp_path), PYTHONPATH=str(ROOT))
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "droppath_surgery", "inspect", "hf:google/vit-base-patch16-224"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    seconds = time.perf_counter() - start
+    assert_one_line_error(proc.returncode, proc.stderr, "'google/vit-base-patch16-224'", "Hub is unreachable",
+                          "127.0.0.1:9", "not in the local cache")
+    assert seconds < 15  # huggingface_hub's own retries alone take 23 s (1 + 2 + 4 + 8 + 8)
+
+
+def test_unreachable_hub_uses_a_cached_model(tmp_path):
+    import transformers as T
+
+    from droppath_surgery.cli import hf_hub_access
+
+    snapshot = tmp_path / "hf-home" / "hub" / "models--someone--tiny-vit" / "snapshots" / ("0" * 40)
+    T.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
+                patch_size=8).save_pretrained(snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(_no_hub_env(tmp_path), PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "droppath_surgery", "inspect", "hf:someone/tiny-vit"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "ViTModel" in proc.stdout and "layers.1.dropout" in proc.stdout
+    assert hf_hub_access(str(snapshot)) == {}  # a local folder needs no Hub

@@ -1,4 +1,4 @@
-"""The fine-tuning example runs end to end (a seconds-long --quick run) and writes its plot."""
+"""The train-from-scratch example runs end to end (a seconds-long --quick run) and writes its plot."""
 
 import importlib.util
 import sys
@@ -10,11 +10,11 @@ from training_fixtures import single_thread  # noqa: F401  (autouse: one CPU thr
 pytest.importorskip("sklearn", reason="the example needs scikit-learn (pip install 'droppath-surgery[examples]')")
 pytest.importorskip("matplotlib", reason="the example needs matplotlib (pip install 'droppath-surgery[examples]')")
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "finetune.py"
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "train_from_scratch.py"
 
 
-def test_finetune_example_quick_run_writes_a_png_and_both_histories(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("finetune_example", EXAMPLE)
+def test_train_from_scratch_example_quick_run_writes_a_png_and_both_histories(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("train_from_scratch_example", EXAMPLE)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up
     try:

@@ -1,14 +1,15 @@
-"""Fine-tune a small ViT on scikit-learn's digits, once without and once with drop path, and plot both.
+"""Train a small ViT from random weights on scikit-learn's digits, without and with drop path, and plot both.
 
-The whole workflow: build (or load) a model, patch it with drop path, inspect the report, train with
-a rate schedule over time, and remove drop path again (the eval output is bitwise the same before
-and after removal). The data ships inside scikit-learn (1,797 8x8 digit images, upsampled), so
-nothing is downloaded; the model is built with random weights unless ``--pretrained``.
+This is training from scratch, not fine-tuning: the model starts from random weights (for
+fine-tuning pretrained weights see ``finetune_minilm.py``). It shows the whole workflow: build a
+model, patch it with drop path, inspect the report, train with a rate schedule over time, and remove
+drop path again (the eval output is bitwise the same before and after removal). The data ships
+inside scikit-learn (1,797 8x8 digit images, upsampled), so nothing is downloaded.
 
     pip install -e '.[examples]'
-    python examples/finetune.py                       # about 2.5 minutes on a 2-core CPU
-    python examples/finetune.py --rate 0.2 --schedule warmup --epochs 40
-    python examples/finetune.py --pretrained          # timm ImageNet weights (needs the network)
+    python examples/train_from_scratch.py                 # about 2.5-4 minutes on a 2-core CPU
+    python examples/train_from_scratch.py --rate 0.2 --schedule warmup --epochs 40
+    python examples/train_from_scratch.py --seed 1        # another seed: data split, init, batches
 
 Writes a PNG with train/validation loss and accuracy per epoch for both runs (``--out``) and prints
 a table of the final figures.
@@ -56,11 +57,10 @@ def load_digits_tensors(image_size: int, train_size: int, seed: int):
     return (x[idx_train], y[idx_train]), (x[idx_val], y[idx_val])
 
 
-def build_model(pretrained: bool, image_size: int, quick: bool) -> nn.Module:
+def build_model(image_size: int, quick: bool) -> nn.Module:
+    """A small ViT with random weights (depth 6, width 64, 8x8 patches; depth 2, width 32 with --quick)."""
     import timm
 
-    if pretrained:  # needs the network: ImageNet-21k weights, resized to this image size by timm
-        return timm.create_model("vit_tiny_patch16_224.augreg_in21k", pretrained=True, img_size=image_size, num_classes=10)
     depth, dim = (2, 32) if quick else (6, 64)
     return timm.create_model(
         "vit_tiny_patch16_224", pretrained=False, img_size=image_size, patch_size=8,
@@ -183,15 +183,14 @@ def main(argv: list[str] | None = None) -> list[History]:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shift", type=int, default=0, help="augment with random shifts of up to this many pixels")
-    parser.add_argument("--out", default="finetune_droppath.png", help="where to save the plot")
-    parser.add_argument("--pretrained", action="store_true", help="start from timm ImageNet weights (needs the network)")
+    parser.add_argument("--out", default="train_from_scratch.png", help="where to save the plot")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (default 1: faster than 2 for this tiny model, and on a busy machine)")
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run (tiny model, 1 epoch)")
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs, args.train_size = 1, 100
-    image_size = 64 if args.pretrained else 32
+    image_size = 32
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
@@ -206,7 +205,7 @@ def run(args: argparse.Namespace, image_size: int) -> list[History]:
     if args.quick:
         data = (data[0], (data[1][0][:200], data[1][1][:200]))
     print(f"digits: {len(data[0][0])} train / {len(data[1][0])} validation images, {image_size}x{image_size}")
-    base = build_model(args.pretrained, image_size, args.quick)
+    base = build_model(image_size, args.quick)
     baseline_model, patched_model = copy.deepcopy(base), copy.deepcopy(base)  # the same start for both runs
 
     # 1. Patch: every residual branch gets a DropPath, rates linear over depth (timm's convention).
@@ -234,7 +233,7 @@ def run(args: argparse.Namespace, image_size: int) -> list[History]:
         after = patched_model(x_val)
     print(f"removed {removed} DropPath modules; eval output bitwise unchanged: {torch.equal(before, after)}")
 
-    plot(histories, args.out, f"ViT on sklearn digits ({args.train_size} train images), without and with drop path")
+    plot(histories, args.out, f"ViT from random weights on sklearn digits ({args.train_size} train images), without and with drop path")
     print(f"plot saved to {args.out}\n")
     print(table(histories))
     return histories
