@@ -175,7 +175,8 @@ def apply_drop_path(
         rate: the drop rate of the deepest block for named schedules (``"linear"``: 0 at the first
             block up to ``rate`` at the last, as timm's ``drop_path_rate``; ``"uniform"``: ``rate``
             everywhere). Not used when ``schedule`` is a list, a mapping or a callable.
-        schedule: ``"linear"``, ``"uniform"``, ``"efficientnet"``, ``"timm"`` (on a timm model:
+        schedule: ``"linear"``, ``"uniform"``, ``"efficientnet"``, LayerSkip's ``"exp"``, torchtune's
+            ``"log"``, ``"sin"``, ``"sigmoid"``, ``"timm"`` (on a timm model:
             per branch, ``rate`` times the rate timm's own constructor gives it, so the rates of
             ``timm.create_model(name, drop_path_rate=rate)`` in every family's convention), a list
             with one rate per block, a mapping ``{site path: rate}`` with one rate per branch, or a
