@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
 import json
 import statistics
 import subprocess
@@ -42,6 +41,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peak_memory import PeakMemory
 
 from droppath_surgery import apply_drop_path, set_drop_path_rate
 
@@ -78,39 +80,6 @@ def _logits(out):
     return out.logits if hasattr(out, "logits") else out
 
 
-class Memory:
-    """Peak memory of one step over the memory before it."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        if device.type == "cpu":
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD: blocks over 64 KiB come from (and go back to) mmap
-            libc.mallopt(-1, 1 << 16)  # M_TRIM_THRESHOLD
-
-    def _status(self, key: str) -> int:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key):
-                    return int(line.split()[1]) * 1024
-        return 0
-
-    def start(self) -> int:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return torch.cuda.memory_allocated(self.device)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return self._status("VmRSS")
-
-    def peak(self) -> int:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            return torch.cuda.max_memory_allocated(self.device)
-        return self._status("VmHWM")
-
-
 class Form:
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, args) -> None:
         self.model, self.x, self.y = model, x, y
@@ -119,7 +88,7 @@ class Form:
         self.dtype = getattr(torch, args.dtype)
         self.device = x.device
 
-    def step(self, memory: Memory | None = None) -> tuple[float, int, int]:
+    def step(self, memory: PeakMemory | None = None) -> tuple[float, int, int]:
         saved: dict[int, int] = {}
         params = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
 
@@ -186,7 +155,7 @@ def cpu_peaks(key: str, args) -> dict:
     """In this (child) process: the peak-over-start memory of one step of each form at each rate.
     glibc is told to serve blocks over 64 KiB from mmap and return them at once, so the resident
     set follows the live tensors; that slows allocation, so no time is measured here."""
-    memory = Memory(torch.device("cpu"))
+    memory = PeakMemory(torch.device("cpu"))
     forms = _forms(key, args, announce=False)
     peaks = {}
     for rate in args.rates:
@@ -198,7 +167,7 @@ def cpu_peaks(key: str, args) -> dict:
 def bench_model(key: str, args) -> None:
     forms = _forms(key, args, announce=True)
     device = torch.device(args.device)
-    memory = Memory(device) if device.type == "cuda" else None
+    memory = PeakMemory(device) if device.type == "cuda" else None
 
     def measure(rate: float, repeats: int) -> dict:
         _set_rate(forms, rate)

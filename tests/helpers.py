@@ -2,8 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
 import torch
 from torch import nn
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@contextlib.contextmanager
+def example_module(filename: str) -> Iterator[ModuleType]:
+    """``examples/<filename>`` imported as a module (registered while in use: dataclasses look their
+    module up), removed from ``sys.modules`` afterwards."""
+    spec = importlib.util.spec_from_file_location(f"example_{Path(filename).stem}", EXAMPLES / filename)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
 
 
 def hook_count(model: nn.Module) -> int:

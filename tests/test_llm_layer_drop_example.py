@@ -3,14 +3,13 @@ in its --quick mode: layer drop at every decoder layer on LayerSkip's exp schedu
 learns, the plot is written, and removing drop path leaves the eval loss bitwise unchanged."""
 
 import contextlib
-import importlib.util
 import io
 import math
-import sys
 import sysconfig
 from pathlib import Path
 
 import pytest
+from helpers import example_module
 from training_fixtures import single_thread  # noqa: F401  (autouse: one CPU thread)
 
 from droppath_surgery import apply_drop_path, drop_path_report, is_patched, remove_drop_path
@@ -18,21 +17,14 @@ from droppath_surgery import apply_drop_path, drop_path_report, is_patched, remo
 pytest.importorskip("transformers", reason="the example needs transformers (pip install 'droppath-surgery[examples]')")
 pytest.importorskip("matplotlib", reason="the example needs matplotlib (pip install 'droppath-surgery[examples]')")
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "llm_layer_drop.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RATE = 0.3
 
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("llm_layer_drop_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    try:
-        spec.loader.exec_module(module)
+    with example_module("llm_layer_drop.py") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 @pytest.fixture(scope="module")
