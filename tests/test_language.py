@@ -307,3 +307,16 @@ def test_audio_models_laid_out_otherwise_get_an_error_naming_their_input_not_an_
         apply_drop_path(ast, 0.1)
     report = apply_drop_path(ast, 0.1, example_inputs={"input_values": torch.randn(2, 32, 32)})
     assert report.verified and len(report.sites) == 4
+
+
+@pytest.mark.parametrize("name", ["VideoMAE", "Timesformer", "Vivit"])
+def test_video_models_get_a_clip_of_config_num_frames_images(name):
+    # The sweep found these failing on 4-D pixel_values ("not enough values to unpack (expected 5, got 4)").
+    patches = {"tubelet_size": [2, 16, 16]} if name == "Vivit" else {"patch_size": 16}
+    config = getattr(T, f"{name}Config")(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                         intermediate_size=64, image_size=32, num_frames=4, **patches)
+    model = getattr(T, f"{name}Model")(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape == (2, 4, 3, 32, 32)
+    report = apply_drop_path(model, 0.1)
+    assert report.verified and len(report.sites) == 4
