@@ -21,19 +21,32 @@ CAUSES: list[tuple[str, str]] = [
         "the input)")),
     ((r"image tokens do not match|without a vision_config|high_res_pixel_values|has no attribute '(device|sum)'"
       r"|Number of patches|You have to specify|object has no attribute 'transpose'|must be a \dD tensor|"
-      r"invalid combination of arguments - got \(NoneType|'bool' object has no attribute"), (
+      r"invalid combination of arguments - got \(NoneType|'bool' object has no attribute|^forward: .*(not iterable|"
+      r"not subscriptable|not callable|has no len|must be provided|cannot be `None`|patch width|index k out of range|"
+      r"tuple index out of range|must specify exactly one|language unknown|not enough values to unpack|"
+      r"Sizes of tensors must match|object has no attribute 'unsqueeze')"), (
         "multimodal / special inputs: the automatic inputs lack image tokens in `input_ids`, a grid or a second "
         "image, boxes, or an input the model requires")),
     ((r"^forward: .*(size of tensor a|shapes cannot be multiplied|is invalid for input of size|expected input|"
       r"expanded size|must divide|divisible|split_sizes)"), (
         "shape error on the sweep's shrunk config (the model's full config is too big to try on this machine)")),
     (r"^build: .*(natten|requires the \w+ library)", "needs an optional library that is not installed"),
+    (r"get_seq_length|matC_old has wrong shape", (
+        "hybrid / recurrent models whose 2-layer config has no attention layer fail their own forward with a cache "
+        "(each patches and verifies with `use_cache=False`)")),
+    ((r"^forward: .*(stride should not be zero|index # is out of bounds|index \d+ is out of bounds)|"
+     r"^inputs: RuntimeError: Trying to create tensor with negative"), (
+        "does not run at the sweep's size (a sliding window or memory length of the shrunk config, MViTv2's "
+        "relative positions at img_size=96)")),
     ((r"^build: .*(prediction_length|StrictDataclass|per_layer_config|KeyError|not subscriptable|empty\(|"
       r"has no attribute|in_channels must be|expanded size|divisible)"), (
         "the sweep could not build a small config (validation of the shrunk config; the default is too big)")),
     (r"^build: ", "the sweep could not build the model"),
     (r"^timeout: ", "ran past the time limit"),
-    (r"^apply: NoResidualBranchError", "engine: found no residual branch"),
+    (r"^apply: NoResidualBranchError", (
+        "engine: no residual branch found: the architecture has none (VGG, DenseNet, Inception, SelecSLS, RDNet, "
+        "LCNet, VoVNet-19, MobileNetV1), or its residuals are per-channel (ConvMixer), hyper-connections or a "
+        "gated stream (see the findings below)")),
     (r"^apply: VerificationError", "engine: eval output not verified (apply undone)"),
 ]
 
@@ -91,7 +104,13 @@ def cause_of(row: dict) -> str:
 def parity_cause(row: dict) -> str:
     reason = row["parity_reason"]
     if not row["verified"] and row["site_parity"]:
-        return "eval output not verified" + (" (meta device)" if row["device"] == "meta" else "")
+        return ("sites at parity; eval not verifiable on the meta device (too big to build)" if row["device"] == "meta"
+                else "eval output not verified")
+    if "patch_embed.backbone" in reason or "csatv2" in row["name"]:
+        return ("engine sites where timm builds blocks without drop path (hybrid stems in `patch_embed.backbone`: "
+                "ViT-ResNet hybrids, ViTamin; CSATv2's transformer blocks)")
+    if row["family"] == "resnest":
+        return "timm's drop path is on the block input, not a residual branch (ResNeSt)"
     parts = []
     if "slots no engine site carries" in reason:
         parts.append("native slots the engine does not carry")
@@ -136,6 +155,11 @@ def timm_summary(rows: list[dict]) -> list[str]:
         f"drop path slots on a residual branch: every slot call carried by an engine site, no other site, eval "
         f"output verified bitwise unchanged), of {len(rows)} models swept ({len(failed)} failed to patch or run)"),
     ]
+    meta = [r for r in with_slots if r["site_parity"] and r["device"] == "meta"]
+    if meta:
+        lines.append(f"timm: {len(meta)} more models (above 400M parameters even with fewer blocks) are at site parity "
+                     f"on the meta device, where eval output cannot be verified: " + ", ".join(
+                         f"`{r['name']}`" for r in meta[:6]) + (" ..." if len(meta) > 6 else ""))
     if zero:
         found = sum(1 for r in zero if r["sites"])
         lines.append(f"timm: {len(zero)} models take `drop_path_rate` but timm applies it to no residual branch "
@@ -203,8 +227,11 @@ def render(out_dir: Path) -> str:
         out.append(f"| {library} | {_cell(cause)} | {len(members)} | {_examples(members)} |")
 
     out += ["", "## What the sweep found about the engine", "",
-            ("Read off each library's source for the hardest example of each kind (the fixes it led to are in the "
-            "failure table: the example-input builder for audio configs without Whisper's fields, and video clips)."),
+            ("Read off each library's source for the hardest example of each kind. Fixed from the sweep, in the "
+             "example-input builder (`droppath_surgery/integrations/inputs.py`, tested in `tests/test_language.py`): "
+             "audio configs without Whisper's or wav2vec2's fields (AST, DAC, EnCodec) got an `AttributeError` and "
+             "now an `ExampleInputsError` naming the input; video models (VideoMAE, TimeSformer, ViViT, X-CLIP) got "
+             "one image and now a clip of `config.num_frames`."),
             "", "| kind | example | what happens |", "|---|---|---|"]
     out += [f"| {kind} | `{example}` | {_cell(text)} |" for kind, example, text in FINDINGS]
 
@@ -222,8 +249,9 @@ def render(out_dir: Path) -> str:
             "patch or run."), "", "| family | models | at parity | no slots (sites found) | failed | not at parity |",
             "|---|---|---|---|---|---|"]
     families = collections.defaultdict(list)
+    module_of = timm.models._registry._model_to_module  # rows that timed out in the worker carry no family
     for r in rows["timm"]:
-        families[r["family"]].append(r)
+        families[r["family"] or module_of.get(r["name"], "?")].append(r)
     for family in sorted(families):
         members = families[family]
         slots = [r for r in members if r["native"]]
