@@ -14,6 +14,7 @@ from training_fixtures import single_thread  # noqa: F401  (autouse: tiny models
 
 from droppath_surgery import (
     CallCountError,
+    ExampleInputsError,
     apply_drop_path,
     build_example_inputs,
     drop_path_report,
@@ -294,3 +295,28 @@ def test_native_layer_drop_is_reported_and_warned_about_and_a_zero_schedule_too(
     with pytest.warns(UserWarning, match="gives every branch rate 0.*schedule='uniform'"):
         apply_drop_path(single, 0.2)
     assert {s.rate for s in apply_drop_path(single, 0.2, schedule="uniform").sites} == {0.2}
+
+
+def test_audio_models_laid_out_otherwise_get_an_error_naming_their_input_not_an_attribute_error():
+    # AST takes a spectrogram as input_values and has no conv_kernel (the sweep found AttributeError here).
+    ast = T.ASTModel(T.ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                 max_length=32, num_mel_bins=32))
+    with pytest.raises(ExampleInputsError, match="'input_values'"):
+        build_example_inputs(ast)
+    with pytest.raises(ExampleInputsError, match="'input_values'"):
+        apply_drop_path(ast, 0.1)
+    report = apply_drop_path(ast, 0.1, example_inputs={"input_values": torch.randn(2, 32, 32)})
+    assert report.verified and len(report.sites) == 4
+
+
+@pytest.mark.parametrize("name", ["VideoMAE", "Timesformer", "Vivit"])
+def test_video_models_get_a_clip_of_config_num_frames_images(name):
+    # The sweep found these failing on 4-D pixel_values ("not enough values to unpack (expected 5, got 4)").
+    patches = {"tubelet_size": [2, 16, 16]} if name == "Vivit" else {"patch_size": 16}
+    config = getattr(T, f"{name}Config")(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                         intermediate_size=64, image_size=32, num_frames=4, **patches)
+    model = getattr(T, f"{name}Model")(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape == (2, 4, 3, 32, 32)
+    report = apply_drop_path(model, 0.1)
+    assert report.verified and len(report.sites) == 4

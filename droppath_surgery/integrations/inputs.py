@@ -8,8 +8,8 @@ model's device and in its floating dtype:
   (``patch_embed.img_size``, so ``create_model(name, img_size=384)`` is probed at 384) and its
   ``in_chans`` (else the channels of its first convolution);
 * Hugging Face: ``config.image_size`` and ``config.num_channels`` for vision models
-  (``pixel_values``), ``input_ids`` within ``config.vocab_size`` for text models, both for
-  two-tower models such as ``CLIPModel``;
+  (``pixel_values``; a clip of ``config.num_frames`` images for video models), ``input_ids`` within
+  ``config.vocab_size`` for text models, both for two-tower models such as ``CLIPModel``;
 * torchvision classification models: 224 x 224 (299 for Inception v3, ``image_size`` for ViT).
 
 Anything else needs ``example_inputs=``.
@@ -127,6 +127,12 @@ def _audio_samples(cfg: Any, frames: int = 16) -> int:
     return length
 
 
+def _has(config: Any, *names: str) -> bool:
+    """The config has every field (other audio models lay their inputs out differently: they are named
+    in an ``ExampleInputsError`` rather than guessed)."""
+    return all(getattr(config, n, None) is not None for n in names)
+
+
 def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> dict:
     """The inputs the model's forward takes, from its config: images (or NaFlex patches with their mask
     and shapes), token ids with a padded attention mask (left padding for decoders) and token types,
@@ -148,11 +154,16 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
             kwargs["spatial_shapes"] = torch.tensor([[side, side], [side - 1, side]][:EXAMPLE_BATCH]).to(device)
         else:
             size = _pair(getattr(vision, "image_size", 224))
-            kwargs["pixel_values"] = _image(EXAMPLE_BATCH, getattr(vision, "num_channels", 3), size, device, dtype, gen)
-    if main == "input_features":  # Whisper: (B, mel bins, 2 * max_source_positions)
+            image = _image(EXAMPLE_BATCH, getattr(vision, "num_channels", 3), size, device, dtype, gen)
+            frames = getattr(vision, "num_frames", None)
+            if isinstance(frames, int) and frames > 0:  # video (VideoMAE, TimeSformer, ViViT, X-CLIP): (B, T, C, H, W)
+                image = torch.stack([image] * frames, dim=1)
+            kwargs["pixel_values"] = image
+    if main == "input_features" and _has(config, "max_source_positions", "num_mel_bins"):
+        # Whisper: (B, mel bins, 2 * max_source_positions)
         frames = 2 * config.max_source_positions
         kwargs["input_features"] = torch.randn(EXAMPLE_BATCH, config.num_mel_bins, frames, generator=gen).to(device, dtype)
-    elif main == "input_values":  # wav2vec2, HuBERT: raw audio
+    elif main == "input_values" and _has(config, "conv_kernel", "conv_stride"):  # wav2vec2, HuBERT: raw audio
         kwargs["input_values"] = torch.randn(EXAMPLE_BATCH, _audio_samples(config), generator=gen).to(device, dtype)
     if "input_ids" in params and (main == "input_ids" or "pixel_values" in kwargs):
         ids = _tokens(model, text, device, gen)

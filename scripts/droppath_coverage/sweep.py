@@ -1,0 +1,749 @@
+"""The sweep: every model ``timm.list_models()`` returns and every model type transformers' ``AutoModel``
+builds, patched with ``apply_drop_path(model, RATE)`` and nothing else, judged against the library's own
+drop path slots (the oracle of ``oracles``) where it has them.
+
+    python scripts/sweep.py hf timm                 # both, resuming docs/sweep/{hf,timm}.json
+    python scripts/sweep.py timm --only resnet18 vit_tiny_patch16_224 --out-dir /tmp/sweep
+    python scripts/sweep.py --render                # docs/sweep.md from the JSON files only
+
+Each model runs in a worker process (``--workers``, torch threads 1) under a time limit; a worker that
+hangs or dies (out of memory) is killed and replaced, and the model gets that as its reason. Results
+are written to ``docs/sweep/<library>.json`` as they arrive, so an interrupted sweep resumes where it
+stopped (models already in the file are skipped; ``--retry-failed`` runs the failed ones again).
+
+Sizes. timm models are built with ``pretrained=False`` and the smallest of ``img_size`` = 96, 128, 160,
+224 that the model accepts and runs at (on the meta device), else their default; models above
+``BIG_PARAMS`` parameters are also tried with ``depth=4``; models still above ``HUGE_PARAMS`` run on
+the meta device (sites and parity, eval not verifiable). Hugging Face model types are built from their
+config class shrunk by ``shrink_overrides`` (2 layers, hidden size 64, 4 heads, ...; sub-configs too),
+then less shrunk (layers only) and unchanged, the first that builds and runs on its automatic inputs.
+
+Parity. timm: the judge of the coverage table with the default schedule (site parity: every slot call
+of the native build ``drop_path_rate=RATE`` that is added to a residual is carried by an engine site,
+``None`` slots matched by count per holder, and no engine site outside the holders); a model is at
+parity when its sites are and its eval output is verified bitwise unchanged (rates with the default
+linear schedule are recorded, not required: the families with another convention are in
+``coverage.md``). Hugging Face: where the config has ``drop_path_rate``, every native slot call on a
+residual is carried by an engine site (the engine also drops branches HF does not, such as Swin's MLP:
+those are counted, not failures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT_DIR = ROOT / "docs" / "sweep"
+RATE = 0.1
+TIMEOUT_S = 100  # per model, in the worker
+GRACE_S = 45  # then the driver kills the worker
+IMG_SIZES = (96, 128, 160, 224)
+BIG_PARAMS = 25e6  # above this, fewer blocks (building is mostly random initialisation)
+HUGE_PARAMS = 400e6
+HF_MAX_PARAMS = 80e6  # the levels above tiny: bigger real builds cost minutes on a shared machine
+HF_MAX_TINY_PARAMS = 400e6  # tiny configs: mostly embeddings of big vocabularies, cheap to run
+MEMORY_LIMIT_GB = 9.0  # address space per worker
+
+# The CI subset (tests/test_sweep_subset.py): per cause the sweep found, the hardest model that now
+# passes, run as the sweep runs it. Decoders also need both branches of every layer (2 sites per layer).
+CI_SUBSET = {
+    # MaxViT: the attention parts' MLP residuals and each stage's first MBConv (issue 14); SAM ViT: windowed
+    # attention branches, dropped per sample through the window layout.
+    "timm": ["maxvit_pico_rw_256", "samvit_base_patch16"],
+    # GPT-NeoX: both branches of every decoder layer (issue 14); Swin: HF's slots carried, and the MLP
+    # branches HF does not drop found as well.
+    "hf": ["gpt_neox", "swin"],
+}
+CI_DECODERS = ["gpt_neox"]
+
+
+@dataclass
+class Result:
+    library: str
+    name: str
+    family: str = ""  # timm: module that registers it; hf: model type
+    cls: str = ""
+    build: str = ""  # the kwargs / config level it was built with
+    device: str = "cpu"  # "meta" for models too big to run for real
+    params: int | None = None
+    status: str = "ok"  # ok / failed (build, inputs, apply, judge, timeout, crash)
+    stage: str = ""  # where it failed
+    error: str = ""  # exception class: first line
+    sites: int | None = None
+    blocks: int | None = None
+    layers: int | None = None  # hf: the config's layer count (text model), to read sites per layer
+    verified: bool | None = None  # report.verified and an independent bitwise eval check
+    native: int | None = None  # slot calls on a residual in the library's own build; None: no drop path there
+    site_parity: bool | None = None  # None: no library slots to compare with
+    rate_parity: bool | None = None  # default schedule against the native rates (timm)
+    carried: int | None = None  # hf: native slot calls that an engine site carries
+    parity_reason: str = ""
+    skipped: list[str] = field(default_factory=list)  # the engine's skipped branches, reasons counted
+    note: str = ""  # hf: outcome of a retry with use_cache=False, fallbacks tried, ...
+    patch_s: float | None = None
+    total_s: float | None = None
+
+    @property
+    def at_parity(self) -> bool:
+        return bool(self.site_parity) and self.verified is True
+
+
+def first_line(exc: BaseException, limit: int = 240) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if text.endswith(":") and len(lines) > 1:  # "Class validation error for validator 'x':" says nothing yet
+        text += " " + lines[1]
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class Timeout(BaseException):
+    pass
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    def on_alarm(signum, frame):
+        raise Timeout(f"timed out after {seconds:.0f} s")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _skipped(report) -> list[str]:
+    why = collections.Counter(re.sub(r"\d+", "#", k.reason)[:140] for k in report.skipped)
+    return [f"{n} x {r}" for r, n in why.most_common(4)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Patching and judging one model
+# ------------------------------------------------------------------------------------------------
+
+
+def patch(res: Result, model, example_inputs=None):
+    """``apply_drop_path(model, RATE)`` with an independent bitwise check of the eval output; fills the
+    engine fields. Returns (report, args, kwargs), or None with the reason in ``res``."""
+    from droppath_surgery import apply_drop_path, build_example_inputs
+    from droppath_surgery.integrations.inputs import call_args
+
+    from .oracles import eval_forward
+
+    try:
+        args, kwargs = build_example_inputs(model) if example_inputs is None else call_args(example_inputs)
+    except Exception as exc:  # noqa: BLE001 - any failure becomes the model's reason
+        res.status, res.stage, res.error = "failed", "inputs", first_line(exc)
+        return None
+    try:
+        eval_forward(model, args, kwargs)
+    except Exception as exc:  # noqa: BLE001
+        res.status, res.stage, res.error = "failed", "forward", first_line(exc)
+        return None
+    start = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            report = apply_drop_path(model, RATE, example_inputs=example_inputs)
+    except Exception as exc:  # noqa: BLE001
+        res.patch_s = time.perf_counter() - start
+        res.status, res.stage, res.error = "failed", "apply", first_line(exc)
+        return None
+    res.patch_s = time.perf_counter() - start
+    res.sites, res.blocks = len(report.sites), report.num_blocks
+    res.skipped = _skipped(report)
+    res.verified = report.verified is True  # every output bitwise equal in eval (the coverage table re-checks it)
+    return report, args, kwargs
+
+
+# -- timm -------------------------------------------------------------------------------------------
+
+
+def _timm_meta(name: str, kwargs: dict, forward: bool):
+    import timm
+    import torch
+
+    from droppath_surgery import build_example_inputs
+
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    if forward:
+        args, kw = build_example_inputs(model)
+        model.eval()
+        with torch.no_grad():
+            model(*args, **kw)
+    return model
+
+
+def timm_build_kwargs(name: str) -> tuple[dict, int, bool, str]:
+    """(kwargs, parameter count, runs on meta only, note): the smallest image size the model accepts
+    and runs at, ``depth=4`` for big ones, meta for huge ones."""
+    model = _timm_meta(name, {}, forward=False)
+    params = _count(model)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    side = max(cfg.get("input_size", (3, 224, 224))[1:])
+    kwargs: dict = {}
+    for size in IMG_SIZES:
+        if size >= side:
+            break
+        try:
+            _timm_meta(name, {"img_size": size}, forward=True)
+        except Exception:  # noqa: BLE001, S112 - a size the model does not take is simply not used
+            continue
+        kwargs = {"img_size": size}
+        break
+    note = ""
+    if params > BIG_PARAMS:
+        for fewer in ({"depth": 4}, {"depths": (2, 2, 2, 2)}, {"depths": (2, 2, 2)}):
+            try:
+                smaller = _count(_timm_meta(name, kwargs | fewer, forward=True))
+            except Exception:  # noqa: BLE001, S112 - an argument the model does not take
+                continue
+            if smaller < params:
+                kwargs, params = kwargs | fewer, smaller
+                break
+        else:
+            note = "no depth= or depths= to shrink it"
+    return kwargs, params, params > HUGE_PARAMS, note
+
+
+def sweep_timm(name: str) -> Result:
+    import timm
+    import torch
+
+    from .judge import EngineRun, compare_patched
+    from .oracles import expected_from_slots, native_build, off_residual_note
+
+    res = Result("timm", name)
+    with contextlib.suppress(Exception):
+        res.family = timm.models._registry._model_to_module.get(name, "")  # type: ignore[attr-defined]
+    try:
+        kwargs, res.params, huge, res.note = timm_build_kwargs(name)
+    except Exception as exc:  # noqa: BLE001
+        res.status, res.stage, res.error = "failed", "build", first_line(exc)
+        return res
+    res.build = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+    torch.manual_seed(0)
+    try:
+        if huge:
+            res.device = "meta"
+            with torch.device("meta"):
+                model = timm.create_model(name, pretrained=False, **kwargs)
+        else:
+            model = timm.create_model(name, pretrained=False, **kwargs)
+        res.cls = type(model).__name__
+    except Exception as exc:  # noqa: BLE001
+        res.status, res.stage, res.error = "failed", "build", first_line(exc)
+        return res
+    done = patch(res, model)
+    if done is None and res.stage == "forward" and "img_size" in kwargs and res.device != "meta":
+        # ran on the meta device at this size but not for real (MViTv2's relative positions): its default size
+        kwargs = {k: v for k, v in kwargs.items() if k != "img_size"}
+        res.note = "; ".join(p for p in (res.note, f"at {res.build}: {res.error}") if p)
+        res.build = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+        res.status, res.stage, res.error = "ok", "", ""
+        torch.manual_seed(0)
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        done = patch(res, model)
+    if res.device == "meta":
+        res.verified = None
+    try:
+        with torch.device("meta"):
+            timm.create_model(name, pretrained=False, drop_path_rate=RATE, **kwargs)
+        has_rate = True
+    except TypeError:
+        has_rate = False
+    if not has_rate:
+        res.parity_reason = "no drop_path_rate: no library slots"
+        return res
+    if done is None:
+        return res
+    report, args, kw = done
+    try:
+        slots = native_build(lambda: timm.create_model(name, pretrained=False, drop_path_rate=RATE, **kwargs), args, kw)
+        res.native = sum(s.calls for s in slots)
+        expected = expected_from_slots(slots, model)
+        site_ok, rate_ok, reasons = compare_patched(model, EngineRun(report, args, kw), report.sites, expected, True)
+        res.site_parity, res.rate_parity = site_ok, rate_ok
+        off = off_residual_note(slots)
+        res.parity_reason = "; ".join(r for r in reasons if not r.startswith("note") and not r.startswith("rates")
+                                      and not r.startswith("native rates"))[:600]
+        if off:
+            res.parity_reason = "; ".join(p for p in (res.parity_reason, off) if p)
+    except Exception as exc:  # noqa: BLE001
+        res.stage, res.error = "judge", first_line(exc)
+        res.status = "failed"
+    return res
+
+
+# -- Hugging Face ---------------------------------------------------------------------------------
+
+_TINY = {
+    # layer counts
+    "num_hidden_layers": 2, "num_layers": 2, "encoder_layers": 2, "decoder_layers": 2,
+    "num_encoder_layers": 2, "num_decoder_layers": 2, "n_layer": 2, "n_layers": 2,
+    # widths
+    "hidden_size": 64, "d_model": 64, "n_embd": 64, "embed_dim": 64, "dim": 64,
+    "num_attention_heads": 4, "encoder_attention_heads": 4, "decoder_attention_heads": 4, "n_head": 4,
+    "num_heads": 4, "head_dim": 16, "num_key_value_heads": 2,
+    "intermediate_size": 128, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128, "ffn_dim": 128, "n_inner": 128,
+    # mixture of experts
+    "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2,
+    "moe_intermediate_size": 64, "shared_expert_intermediate_size": 64, "n_group": 1, "topk_group": 1,
+    # latent / partial rotary attention (DeepSeek, GPT-J, CodeGen)
+    "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16, "kv_lora_rank": 32, "q_lora_rank": 32,
+    "rotary_dim": 8,
+    # images (EfficientNet's default config is at 600 px)
+    "image_size": 224,
+}
+_LAYERS_ONLY = {k: v for k, v in _TINY.items() if k in (
+    "num_hidden_layers", "num_layers", "encoder_layers", "decoder_layers", "num_encoder_layers",
+    "num_decoder_layers", "n_layer", "n_layers")}
+
+
+def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0) -> dict:
+    """Constructor keyword arguments that shrink ``config`` (a default instance): each key of ``table``
+    the config has as a number above the table's value, ``depths`` lists to ones, sub-configs
+    recursively (passed as dicts, built by the parent). ``mha``: key/value heads = heads."""
+    values = config.to_dict()
+    out: dict[str, Any] = {}
+    for key, small in table.items():
+        value = values.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > small:
+            out[key] = small
+    if mha and "num_key_value_heads" in out:
+        out["num_key_value_heads"] = out.get("num_attention_heads", values.get("num_attention_heads"))
+    if "num_attention_heads" in out and "head_dim" in values and values["head_dim"] and "head_dim" not in out:
+        out["head_dim"] = 16
+    if "num_key_value_heads" in values and values["num_key_value_heads"] and "num_attention_heads" in out \
+            and "num_key_value_heads" not in out and values["num_key_value_heads"] > out["num_attention_heads"]:
+        out["num_key_value_heads"] = out["num_attention_heads"]
+    if table is _TINY:
+        heads = values.get("num_heads")
+        if isinstance(heads, (list, tuple)) and heads and all(isinstance(h, int) for h in heads):
+            out["num_heads"] = [1] * len(heads)  # every stage width stays divisible
+        depths = values.get("depths")
+        if isinstance(depths, (list, tuple)) and depths and all(isinstance(d, int) for d in depths):
+            out["depths"] = [min(d, 1) if d else d for d in depths]
+        rope = values.get("rope_parameters") or values.get("rope_scaling")
+        if isinstance(rope, dict) and isinstance(rope.get("mrope_section"), list) and "head_dim" in out:
+            sec = rope["mrope_section"]
+            half = out["head_dim"] // 2
+            new = [max(1, round(s * half / sum(sec))) for s in sec]
+            new[0] += half - sum(new)
+            key = "rope_parameters" if values.get("rope_parameters") else "rope_scaling"
+            out[key] = dict(rope, mrope_section=new)
+    layers = next((values[k] for k in _LAYERS_ONLY if isinstance(values.get(k), int) and k in out), None)
+    if layers is not None:  # per-layer lists and {layer index: ...} maps follow the new layer count
+        new = next(out[k] for k in _LAYERS_ONLY if k in out)
+        for key, value in values.items():
+            if key in out or key == "layer_types" or layers <= new:
+                continue
+            if isinstance(value, list) and len(value) == layers:
+                out[key] = value[:new]
+            elif isinstance(value, dict) and value and all(str(k).isdigit() for k in value):
+                out[key] = {k: v for k, v in value.items() if int(k) < new}
+    if {"expand", "head_dim", "num_heads"} <= set(values) and "hidden_size" in out and isinstance(values["expand"], int):
+        out["num_heads"] = out["hidden_size"] * values["expand"] // out.get("head_dim", values["head_dim"] or 16)
+    types = values.get("layer_types")
+    if isinstance(types, list) and types and "num_hidden_layers" in out:
+        # one layer of each kind (hybrid models need their attention layers), at least the table's count
+        kinds = list(dict.fromkeys(types))
+        kinds += [types[-1]] * (out["num_hidden_layers"] - len(kinds))
+        out["layer_types"], out["num_hidden_layers"] = kinds, len(kinds)
+    if depth < 3:
+        for name in getattr(config, "sub_configs", {}) or {}:
+            sub = getattr(config, name, None)
+            if sub is not None and hasattr(sub, "to_dict"):
+                inner = shrink_overrides(sub, table, mha, depth + 1)
+                if inner:
+                    out[name] = sub.to_dict() | inner
+    return out
+
+
+def hf_classes(model_type: str):
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    names = MODEL_MAPPING_NAMES[model_type]
+    name = names[0] if isinstance(names, (tuple, list)) else names
+    return CONFIG_MAPPING[model_type], getattr(transformers, name)
+
+
+def _text_layers(config) -> int | None:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in ("num_hidden_layers", "num_layers", "n_layer", "encoder_layers"):
+        value = getattr(text, key, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _set_everywhere(config, key: str, value, depth: int = 0) -> bool:
+    """Set ``key`` on the config and every sub-config that has it (a list: each entry); True when any had it."""
+    found = False
+    if key in config.to_dict():
+        old = getattr(config, key)
+        try:
+            setattr(config, key, [value] * len(old) if isinstance(old, (list, tuple)) else value)
+            found = True
+        except Exception:  # noqa: BLE001, S110 - typed otherwise (LeViT's int drop_path_rate): not a rate here
+            pass
+    if depth < 3:
+        for name in getattr(config, "sub_configs", {}) or {}:
+            sub = getattr(config, name, None)
+            if sub is not None and hasattr(sub, "to_dict"):
+                found = _set_everywhere(sub, key, value, depth + 1) or found
+    return found
+
+
+def hf_build(model_type: str):
+    """(config, model class, level, params, notes): the smallest config level that builds and runs on its
+    automatic inputs; a level where the input builder fails is used as it is (that is a finding, not a
+    reason to grow the model), and where no level runs, the first that builds."""
+    import torch
+
+    from droppath_surgery import build_example_inputs
+
+    from .oracles import eval_forward
+
+    config_cls, model_cls = hf_classes(model_type)
+    default = config_cls()
+    levels = [
+        ("tiny", lambda: config_cls(**shrink_overrides(default, _TINY))),
+        ("tiny, kv heads = heads", lambda: config_cls(**shrink_overrides(default, _TINY, mha=True))),
+        ("layers only", lambda: config_cls(**shrink_overrides(default, _LAYERS_ONLY))),
+        ("default", config_cls),
+    ]
+    errors = []
+    ran_nowhere = None  # the first level that built but did not run on its automatic inputs
+    for level, make in levels:
+        try:
+            config = make()
+            with torch.device("meta"):
+                params = _count(model_cls(config))
+        except Exception as exc:  # noqa: BLE001 - the next level is tried
+            errors.append(f"{level}: {first_line(exc, 160)}")
+            continue
+        if params > (HF_MAX_TINY_PARAMS if level.startswith("tiny") else HF_MAX_PARAMS):
+            errors.append(f"{level}: {params / 1e6:.0f}M parameters")
+            continue
+        try:
+            torch.manual_seed(0)
+            model = model_cls(config)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"{level}: {first_line(exc, 160)}")
+            continue
+        try:
+            args, kwargs = build_example_inputs(model)
+        except Exception:  # noqa: BLE001 - the input builder's failure is a finding: patch() records it
+            return config, model_cls, level, params, errors
+        try:
+            eval_forward(model, args, kwargs)
+            return config, model_cls, level, params, errors
+        except Exception as exc:  # noqa: BLE001 - the next level is tried
+            errors.append(f"{level}: {first_line(exc, 160)}")
+            ran_nowhere = ran_nowhere or (config, level, params, exc)
+    if ran_nowhere is not None:  # built, but ran at no level: patch() records the forward's error
+        config, level, params, _ = ran_nowhere
+        return config, model_cls, level, params, errors
+    raise RuntimeError("no config level builds: " + " | ".join(errors))
+
+
+def sweep_hf(model_type: str) -> Result:
+    import torch
+
+    from .judge import _carries
+    from .oracles import expected_from_slots, native_slots, observe_outputs, runner
+
+    res = Result("hf", model_type, family=model_type)
+    try:
+        res.cls = hf_classes(model_type)[1].__name__
+        config, model_cls, res.build, res.params, tried = hf_build(model_type)
+    except Exception as exc:  # noqa: BLE001
+        res.status, res.stage, res.error = "failed", "build", first_line(exc, 600)
+        return res
+    res.layers = _text_layers(config)
+    if tried:
+        res.note = "tried: " + " | ".join(tried)
+    torch.manual_seed(0)
+    model = model_cls(config)
+    done = patch(res, model)
+    if done is None and getattr(config, "use_cache", None) is True:
+        config.use_cache = False
+        retry = Result("hf", model_type)
+        torch.manual_seed(0)
+        again = patch(retry, model_cls(config))
+        outcome = (f"{retry.sites} sites, verified {retry.verified}" if again is not None
+                   else f"{retry.error}")
+        res.note = "; ".join(p for p in (res.note, f"with use_cache=False: {outcome}") if p)
+    if done is None:
+        return res
+    report, args, kw = done
+    try:
+        native_cfg = config.__class__.from_dict(config.to_dict())
+        if not _set_everywhere(native_cfg, "drop_path_rate", RATE):
+            res.parity_reason = "no drop_path_rate in the config: no library slots"
+            return res
+        torch.manual_seed(0)
+        slots = native_slots(model_cls(native_cfg), runner(args, kw))
+        res.native = sum(s.calls for s in slots)
+        expected = expected_from_slots(slots, model)
+        flow = observe_outputs(model, args, kw, {s.path for s in expected.slots} | {s.path for s in report.sites})
+        used = [False] * len(report.sites)
+        lost = []
+        carried = 0
+        for slot in expected.slots:
+            outs = flow.get(slot.path)
+            for k in slot.calls:
+                target = outs[k] if outs is not None and k < len(outs) else None
+                j = next((i for i, s in enumerate(report.sites)
+                          if not used[i] and _carries(s, slot.path, target, flow)), None)
+                if j is None:
+                    lost.append(slot.path)
+                else:
+                    used[j] = True
+                    carried += 1
+        free = sum(h.free for h in expected.holders.values())  # None slots: HF has none; counted as carried
+        res.carried = carried + min(free, len(report.sites) - carried)
+        res.site_parity = not lost and res.carried >= res.native
+        extra = len(report.sites) - res.carried
+        parts = []
+        if lost:
+            parts.append(f"slots no engine site carries ({len(lost)}): " + ", ".join(lost[:3]))
+        if extra > 0:
+            parts.append(f"{extra} engine sites where HF has no drop path")
+        res.parity_reason = "; ".join(parts)
+    except Exception as exc:  # noqa: BLE001
+        res.stage, res.error = "judge", first_line(exc)
+        res.status = "failed"
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
+# Worker and driver
+# ------------------------------------------------------------------------------------------------
+
+
+def worker(timeout: float) -> int:
+    """Read ``library name`` lines from stdin, answer one JSON line each on the real stdout."""
+    import resource
+
+    import torch
+
+    with contextlib.suppress(ValueError, OSError):
+        limit = int(MEMORY_LIMIT_GB * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    torch.set_num_threads(1)
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # anything the models print goes to stderr
+    sys.stdout = sys.stderr
+    warnings.simplefilter("ignore")
+    for line in sys.stdin:
+        library, name = line.split()
+        start = time.perf_counter()
+        try:
+            with time_limit(timeout):
+                res = sweep_timm(name) if library == "timm" else sweep_hf(name)
+        except Timeout as exc:
+            res = Result(library, name, status="failed", stage="timeout", error=str(exc))
+        except MemoryError as exc:
+            res = Result(library, name, status="failed", stage="memory", error=first_line(exc))
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc()
+            res = Result(library, name, status="failed", stage="sweep", error=first_line(exc))
+        res.total_s = round(time.perf_counter() - start, 2)
+        if res.patch_s is not None:
+            res.patch_s = round(res.patch_s, 3)
+        if res.status == "ok" and res.stage:
+            res.status = "failed"
+        proto.write(json.dumps(asdict(res)) + "\n")
+        import gc
+
+        gc.collect()
+    return 0
+
+
+def all_names(library: str) -> list[str]:
+    if library == "timm":  # round robin over the families, so that a partial sweep sees every family
+        import itertools
+
+        import timm
+
+        by_family = [timm.list_models(module=m) for m in sorted(timm.list_modules())]
+        names = [n for group in itertools.zip_longest(*by_family) for n in group if n]
+        return names + sorted(set(timm.list_models()) - set(names))
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    return sorted(MODEL_MAPPING_NAMES)
+
+
+def load(path: Path) -> dict[str, dict]:
+    if path.exists():
+        return {r["name"]: r for r in json.loads(path.read_text())}
+    return {}
+
+
+def save(path: Path, results: dict[str, dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps([results[k] for k in sorted(results)], indent=0) + "\n")
+    tmp.replace(path)
+
+
+class Worker:
+    def __init__(self, timeout: float, log) -> None:
+        script = ROOT / "scripts" / "sweep.py"
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), "--worker", "--timeout", str(timeout)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1,
+            env=os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+        )
+        self.job: tuple[str, str] | None = None
+        self.since = 0.0
+
+    def send(self, library: str, name: str) -> None:
+        self.job, self.since = (library, name), time.monotonic()
+        self.proc.stdin.write(f"{library} {name}\n")
+        self.proc.stdin.flush()
+
+    def kill(self) -> None:
+        with contextlib.suppress(Exception):
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def run(libraries: list[str], workers: int, timeout: float, out_dir: Path, only=None, retry_failed=False,
+        limit: int | None = None, log=sys.stderr) -> None:
+    started = time.time()
+    queue: list[tuple[str, str]] = []
+    stores = {}
+    for library in libraries:
+        path = out_dir / f"{library}.json"
+        stores[library] = load(path)
+        names = only or all_names(library)
+        if only:
+            names = [n for n in names if n in all_names(library)]
+        done = {n for n, r in stores[library].items() if not (retry_failed and r["status"] != "ok")}
+        queue += [(library, n) for n in names if n not in done]
+    if limit:
+        queue = queue[:limit]
+    print(f"sweep: {len(queue)} models to run", file=log, flush=True)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt  # saves the results and ends the workers (SIGINT is ignored in background jobs)
+
+    signal.signal(signal.SIGTERM, on_term)
+    errlog = open(out_dir / "worker.log", "a")  # noqa: SIM115 - kept open for the workers' lifetime
+    pool = [Worker(timeout, errlog) for _ in range(min(workers, len(queue)) or 1)]
+    last_save = time.monotonic()
+    n = 0
+    try:
+        while queue or any(w.job for w in pool):
+            for w in pool:
+                if w.job is None and queue:
+                    w.send(*queue.pop(0))
+            busy = [w for w in pool if w.job]
+            ready, _, _ = select.select([w.proc.stdout for w in busy], [], [], 5)
+            now = time.monotonic()
+            for i, w in enumerate(pool):
+                if not w.job:
+                    continue
+                record = None
+                if w.proc.stdout in ready:
+                    line = w.proc.stdout.readline()
+                    if line:
+                        record = json.loads(line)
+                if record is None and (w.proc.poll() is not None or now - w.since > timeout + GRACE_S):
+                    died = w.proc.poll() is not None
+                    library, name = w.job
+                    w.kill()
+                    record = asdict(Result(library, name, status="failed", stage="crash" if died else "timeout",
+                                           error=(f"worker died (exit {w.proc.returncode}; out of memory?)" if died
+                                                  else f"hung past {timeout + GRACE_S:.0f} s, worker killed"),
+                                           total_s=round(now - w.since, 1)))
+                    pool[i] = Worker(timeout, errlog)
+                    w = pool[i]
+                    w.job = (library, name)
+                if record is None:
+                    continue
+                library, name = w.job
+                w.job = None
+                stores[library][name] = record
+                n += 1
+                flag = "PARITY" if record.get("site_parity") and record.get("verified") else record["status"]
+                print(f"[{n:5d} {record.get('total_s', 0):6.1f}s] {library}:{name} {flag} sites={record['sites']} "
+                      f"native={record['native']} {record['error'][:120]} {record['parity_reason'][:120]}",
+                      file=log, flush=True)
+            if time.monotonic() - last_save > 20:
+                for library in libraries:
+                    save(out_dir / f"{library}.json", stores[library])
+                last_save = time.monotonic()
+    finally:
+        for library in libraries:
+            save(out_dir / f"{library}.json", stores[library])
+        for w in pool:
+            w.kill()
+        errlog.close()
+        runs_path = out_dir / "runs.json"
+        runs = json.loads(runs_path.read_text()) if runs_path.exists() else []
+        runs.append({"libraries": libraries, "models": n, "workers": workers,
+                     "wall_s": round(time.time() - started, 1), "ended": time.strftime("%Y-%m-%d %H:%M")})
+        runs_path.write_text(json.dumps(runs, indent=1) + "\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("libraries", nargs="*", help="what to sweep, in this order: hf, timm")
+    add("--only", nargs="+", help="these model names / model types only")
+    add("--workers", type=int, default=2)
+    add("--timeout", type=float, default=TIMEOUT_S, help="seconds per model (default %(default)s)")
+    add("--out-dir", default=str(OUT_DIR))
+    add("--markdown", default=str(ROOT / "docs" / "sweep.md"))
+    add("--retry-failed", action="store_true")
+    add("--limit", type=int, help="run at most this many models")
+    add("--render", action="store_true", help="only write the markdown from the JSON files")
+    add("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return worker(args.timeout)
+    if any(lib not in ("timm", "hf") for lib in args.libraries):
+        parser.error("libraries are timm and hf")
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not args.render:
+        start = time.time()
+        run(args.libraries, args.workers, args.timeout, out_dir, args.only, args.retry_failed, args.limit)
+        print(f"sweep took {(time.time() - start) / 60:.1f} min", file=sys.stderr)
+    from .sweep_render import render
+
+    text = render(out_dir)
+    if args.markdown == "-":
+        print(text)
+    else:
+        Path(args.markdown).write_text(text)
+    return 0

@@ -1,0 +1,282 @@
+"""The markdown of ``docs/sweep.md`` from the sweep's JSON files: summary lines, timm per family (N of M
+models at parity), Hugging Face per model type (patched with zero arguments or why not), failures and
+rows not at parity grouped by cause."""
+
+from __future__ import annotations
+
+import collections
+import json
+import platform
+import re
+from pathlib import Path
+
+# Causes written by hand after reading the failures: (regex on "stage: error", cause). The first match
+# names the group; anything unmatched is grouped by its normalised message.
+CAUSES: list[tuple[str, str]] = [
+    (r"^inputs: ExampleInputsError", (
+        "needs `example_inputs=`: the model takes inputs the automatic builder does not make (box coordinates, "
+        "grids, query embeddings, states, byte/char ids without a vocab); the error names them")),
+    (r"^inputs: AttributeError: '\w+Config' object has no attribute '(conv_kernel|max_source_positions)'", (
+        "input builder assumed Whisper's / wav2vec2's config fields (fixed: now an `ExampleInputsError` naming "
+        "the input)")),
+    ((r"image tokens do not match|without a vision_config|high_res_pixel_values|has no attribute '(device|sum)'"
+      r"|Number of patches|You have to specify|object has no attribute 'transpose'|must be a \dD tensor|"
+      r"invalid combination of arguments - got \(NoneType|'bool' object has no attribute|^forward: .*(not iterable|"
+      r"not subscriptable|not callable|has no len|must be provided|cannot be `None`|patch width|index k out of range|"
+      r"tuple index out of range|must specify exactly one|language unknown|not enough values to unpack|"
+      r"Sizes of tensors must match|object has no attribute 'unsqueeze')"), (
+        "multimodal / special inputs: the automatic inputs lack image tokens in `input_ids`, a grid or a second "
+        "image, boxes, or an input the model requires")),
+    ((r"^forward: .*(size of tensor a|shapes cannot be multiplied|is invalid for input of size|expected input|"
+      r"expanded size|must divide|divisible|split_sizes)"), (
+        "shape error on the sweep's shrunk config (the model's full config is too big to try on this machine)")),
+    (r"^build: .*(natten|requires the \w+ library)", "needs an optional library that is not installed"),
+    (r"get_seq_length|matC_old has wrong shape", (
+        "hybrid / recurrent models whose 2-layer config has no attention layer fail their own forward with a cache "
+        "(each patches and verifies with `use_cache=False`)")),
+    ((r"^forward: .*(stride should not be zero|index # is out of bounds|index \d+ is out of bounds)|"
+     r"^inputs: RuntimeError: Trying to create tensor with negative"), (
+        "does not run at the sweep's size (a sliding window or memory length of the shrunk config, MViTv2's "
+        "relative positions at img_size=96)")),
+    ((r"^build: .*(prediction_length|StrictDataclass|per_layer_config|KeyError|not subscriptable|empty\(|"
+      r"has no attribute|in_channels must be|expanded size|divisible)"), (
+        "the sweep could not build a small config (validation of the shrunk config; the default is too big)")),
+    (r"^build: ", "the sweep could not build the model"),
+    (r"^timeout: ", "ran past the time limit"),
+    (r"^apply: NoResidualBranchError", (
+        "engine: no residual branch found: the architecture has none (VGG, DenseNet, Inception, SelecSLS, RDNet, "
+        "LCNet, VoVNet-19, MobileNetV1), or its residuals are per-channel (ConvMixer), hyper-connections or a "
+        "gated stream (see the findings below)")),
+    (r"^apply: VerificationError", "engine: eval output not verified (apply undone)"),
+]
+
+
+# What the sweep found about the engine (read off each library's source; the hardest example of each).
+# Rows: (cause, example model, what the library does, what the engine does).
+FINDINGS: list[tuple[str, str, str]] = [
+    ("hyper-connections", "hf:deepseek_v4 (also hy_v4, glm5_next_text)",
+     ("the residual stream is `hc_mult` parallel streams mixed by learned matrices (`x' = H_res x + H_post f(H_pre x)`): "
+     "there is no `x + f(x)`, so `NoResidualBranchError`. Dropping `f` per sample would need the mixing to be "
+     "understood; left as a known limitation.")),
+    ("gated or scaled residual stream", "hf:muse_spark_text (also zaya)",
+     ("the stream itself is rescaled at every merge (`alpha * residual + beta * h`, a learned residual scale): no "
+     "`x + f(x)` on the unchanged stream, so `NoResidualBranchError`.")),
+    ("residual on a value its part computed", "hf:grounding-dino (also mm-grounding-dino)",
+     ("the fusion layer adds its attention to its own LayerNorm outputs (`v = LN(v); v = v + drop_path(gamma * "
+     "attn(v))`) and HF drops that; the engine skips it as 'a residual inside a part of its block, on a value that "
+     "part computed itself' (the rule that keeps attentions' internal skips out), so 4 of HF's 8 slot calls are not "
+     "carried. Changing the rule would take in every internal skip of that shape; documented, not changed.")),
+    ("nested residual inside a branch", "timm:bat_resnext26ts",
+     ("the bottleneck's branch holds BAT non-local attention, which ends in its own `y + x` on the conv output; timm "
+     "drops only the bottleneck's residual, the engine also finds the inner one (8 sites more than timm's slots).")),
+    ("blocks timm builds without drop path", "timm:vitamin_base_224, timm:csatv2",
+     ("timm keeps them at rate 0 outside its ramp (ViTamin's hybrid stem inside `patch_embed`, CSATv2's transformer "
+     "blocks unless `transformer_drop_path=True`); the engine drops their residual branches like any other "
+     "(`schedule='timm'` leaves them out). Known from `coverage.md`.")),
+    ("per-channel residual branches", "timm:convmixer_768_32 (also HF pp_ocrv5_mobile_rec)",
+     ("ConvMixer's only residual is `x + BN(GELU(depthwise conv(x)))`; the engine treats per-channel branches as "
+     "positional / re-parameterisable convolutions and finds no block (`NoResidualBranchError`). timm gives ConvMixer "
+     "no drop path, so this is no parity failure, but the branch is a real block residual.")),
+    ("no residual blocks", "hf:mobilenet_v1, hf:textnet, timm:densenet121",
+     "plain or dense (concatenating) networks: `NoResidualBranchError` is the right answer."),
+]
+
+
+def normalise(text: str) -> str:
+    text = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", text)
+    text = re.sub(r"\[[^\]]*\]|\([^)]*\)", "(…)", text)
+    text = re.sub(r"\d+(\.\d+)?", "#", text)
+    return text[:140]
+
+
+def cause_of(row: dict) -> str:
+    error = row["error"]
+    if row["stage"] == "build" and "no config level builds and runs" in error:
+        first = error.split(": ", 2)[-1].split(" | ")[0]  # the tiny level's error
+        error = first.split(": ", 1)[-1] if ": " in first else first
+    key = f"{row['stage']}: {error}"
+    for pattern, cause in CAUSES:
+        if re.search(pattern, key):
+            return cause
+    return f"{row['stage']}: {normalise(error)}"
+
+
+def parity_cause(row: dict) -> str:
+    reason = row["parity_reason"]
+    if not row["verified"] and row["site_parity"]:
+        return ("sites at parity; eval not verifiable on the meta device (too big to build)" if row["device"] == "meta"
+                else "eval output not verified")
+    if "patch_embed.backbone" in reason or "csatv2" in row["name"]:
+        return ("engine sites where timm builds blocks without drop path (hybrid stems in `patch_embed.backbone`: "
+                "ViT-ResNet hybrids, ViTamin; CSATv2's transformer blocks)")
+    if row["family"] == "resnest":
+        return "timm's drop path is on the block input, not a residual branch (ResNeSt)"
+    parts = []
+    if "slots no engine site carries" in reason:
+        parts.append("native slots the engine does not carry")
+    if "engine sites in no holder" in reason:
+        parts.append("engine sites outside timm's slot holders")
+    if "holders that differ" in reason:
+        parts.append("a timm block holds more (or fewer) engine sites than its slots")
+    return " + ".join(parts) or normalise(reason) or "unknown"
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value).replace("|", "\\|")
+
+
+def _examples(rows: list[dict], k: int = 3) -> str:
+    names = sorted(rows, key=lambda r: (r.get("params") or 0))
+    return ", ".join(f"`{r['name']}`" for r in names[:k]) + (f" (+{len(rows) - k})" if len(rows) > k else "")
+
+
+def load(out_dir: Path) -> tuple[dict[str, list[dict]], list[dict]]:
+    rows = {}
+    for library in ("hf", "timm"):
+        path = Path(out_dir) / f"{library}.json"
+        rows[library] = json.loads(path.read_text()) if path.exists() else []
+    runs_path = Path(out_dir) / "runs.json"
+    runs = json.loads(runs_path.read_text()) if runs_path.exists() else []
+    return rows, runs
+
+
+def timm_summary(rows: list[dict]) -> list[str]:
+    failed = [r for r in rows if r["status"] != "ok"]
+    with_slots = [r for r in rows if r["native"]]
+    zero = [r for r in rows if r["native"] == 0]
+    ok = [r for r in with_slots if r["site_parity"] and r["verified"]]
+    no_rate = [r for r in rows if r["status"] == "ok" and r["native"] is None]
+    lines = [
+        (f"timm: **{len(ok)}/{len(with_slots)} models at parity** (the models whose `drop_path_rate` build has "
+        f"drop path slots on a residual branch: every slot call carried by an engine site, no other site, eval "
+        f"output verified bitwise unchanged), of {len(rows)} models swept ({len(failed)} failed to patch or run)"),
+    ]
+    meta = [r for r in with_slots if r["site_parity"] and r["device"] == "meta"]
+    if meta:
+        lines.append(f"timm: {len(meta)} more models (above 400M parameters even with fewer blocks) are at site parity "
+                     f"on the meta device, where eval output cannot be verified: " + ", ".join(
+                         f"`{r['name']}`" for r in meta[:6]) + (" ..." if len(meta) > 6 else ""))
+    if zero:
+        found = sum(1 for r in zero if r["sites"])
+        lines.append(f"timm: {len(zero)} models take `drop_path_rate` but timm applies it to no residual branch "
+                     f"(ResNeSt drops the block input, RDNet concatenates): not counted; the engine finds residual "
+                     f"branches in {found} of them")
+    if no_rate:
+        found = sum(1 for r in no_rate if r["sites"])
+        lines.append(f"timm: {len(no_rate)} models without `drop_path_rate` patched: residual branches found in "
+                     f"{found}, none in {len(no_rate) - found}")
+    rated = [r for r in ok if r["rate_parity"] is not None]
+    if rated:
+        lines.append(f"timm: the default `linear` schedule gives timm's own rates on {sum(r['rate_parity'] for r in rated)}"
+                     f" of the {len(rated)} models at parity (the others use another convention: `docs/coverage.md`)")
+    return lines
+
+
+def hf_summary(rows: list[dict]) -> list[str]:
+    patched = [r for r in rows if r["status"] == "ok" and r["verified"]]
+    with_slots = [r for r in rows if r["native"]]
+    ok_slots = [r for r in with_slots if r["site_parity"] and r["verified"]]
+    lines = [
+        (f"hf: **{len(patched)}/{len(rows)} AutoModel types patched with zero arguments** "
+        f"(`apply_drop_path(model, 0.1)`, eval verified) from a shrunk config"),
+        (f"hf: {len(ok_slots)}/{len(with_slots)} types whose config has `drop_path_rate` at parity with HF's own "
+        f"drop path modules (every slot call on a residual carried by an engine site)"),
+    ]
+    cache = [r for r in rows if "with use_cache=False" in r["note"]]
+    if cache:
+        fixed = [r for r in cache if "verified True" in r["note"].rpartition("with use_cache=False")[2]]
+        lines.append(f"hf: of the {len(cache)} failed types whose config has `use_cache=True`, {len(fixed)} patch and "
+                     f"verify when it is False: " + ", ".join(f"`{r['name']}`" for r in fixed))
+    return lines
+
+
+def render(out_dir: Path) -> str:
+    import timm
+    import torch
+    import transformers
+
+    rows, runs = load(out_dir)
+    wall = sum(r["wall_s"] for r in runs)
+    cpu = sum(r["total_s"] or 0 for lib in rows.values() for r in lib)
+    out = ["# Sweep: every timm model and every Hugging Face AutoModel type", ""]
+    out.append(
+        f"Generated by `python scripts/sweep.py hf timm` (do not edit by hand; how each model is built and judged "
+        f"is in the docstring of `scripts/droppath_coverage/sweep.py`): torch {torch.__version__}, timm "
+        f"{timm.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}; "
+        f"1 torch thread per worker. Run time {wall / 60:.1f} min wall in {len(runs)} sessions "
+        f"({cpu / 60:.1f} min summed over models). Drop rate 0.1, random weights; the raw results are in "
+        f"`docs/sweep/timm.json` and `docs/sweep/hf.json`."
+    )
+    out += ["", "## Summary", ""]
+    out += [f"- {line}" for line in hf_summary(rows["hf"]) + timm_summary(rows["timm"])]
+    all_rows = rows["hf"] + rows["timm"]
+
+    out += ["", "## Failures by cause", "",
+            ("Models that could not be built, run on their automatic inputs, or patched (apply raised), grouped by "
+            "cause (exception class and first line, numbers and names blanked); examples are the smallest models."),
+            "", "| library | cause | models | examples |", "|---|---|---|---|"]
+    groups = collections.defaultdict(list)
+    for r in all_rows:
+        if r["status"] != "ok":
+            groups[(r["library"], cause_of(r))].append(r)
+    for (library, cause), members in sorted(groups.items(), key=lambda kv: (kv[0][0], -len(kv[1]))):
+        out.append(f"| {library} | {_cell(cause)} | {len(members)} | {_examples(members)} |")
+
+    out += ["", "## What the sweep found about the engine", "",
+            ("Read off each library's source for the hardest example of each kind. Fixed from the sweep, in the "
+             "example-input builder (`droppath_surgery/integrations/inputs.py`, tested in `tests/test_language.py`): "
+             "audio configs without Whisper's or wav2vec2's fields (AST, DAC, EnCodec) got an `AttributeError` and "
+             "now an `ExampleInputsError` naming the input; video models (VideoMAE, TimeSformer, ViViT, X-CLIP) got "
+             "one image and now a clip of `config.num_frames`."),
+            "", "| kind | example | what happens |", "|---|---|---|"]
+    out += [f"| {kind} | `{example}` | {_cell(text)} |" for kind, example, text in FINDINGS]
+
+    out += ["", "## timm models not at parity, by cause", "", "| cause | models | examples |", "|---|---|---|"]
+    groups = collections.defaultdict(list)
+    for r in rows["timm"]:
+        if r["status"] == "ok" and r["native"] and not (r["site_parity"] and r["verified"]):
+            groups[parity_cause(r)].append(r)
+    for cause, members in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        out.append(f"| {_cell(cause)} | {len(members)} | {_examples(members)} |")
+
+    out += ["", "## timm per family", "",
+            ("*at parity*: N of M models with drop path slots on a residual branch; *no slots*: models without "
+            "`drop_path_rate` (or whose drop path is on no residual), with the engine's sites; *failed*: did not "
+            "patch or run."), "", "| family | models | at parity | no slots (sites found) | failed | not at parity |",
+            "|---|---|---|---|---|---|"]
+    families = collections.defaultdict(list)
+    module_of = timm.models._registry._model_to_module  # rows that timed out in the worker carry no family
+    for r in rows["timm"]:
+        families[r["family"] or module_of.get(r["name"], "?")].append(r)
+    for family in sorted(families):
+        members = families[family]
+        slots = [r for r in members if r["native"]]
+        ok = [r for r in slots if r["site_parity"] and r["verified"]]
+        none = [r for r in members if r["status"] == "ok" and not r["native"]]
+        found = sum(1 for r in none if r["sites"])
+        failed = [r for r in members if r["status"] != "ok"]
+        bad = [r["name"] for r in slots if r not in ok]
+        out.append(f"| {family} | {len(members)} | {len(ok)}/{len(slots)} | {len(none)} ({found}) | {len(failed)} | "
+                   + ", ".join(bad[:4]) + (f" (+{len(bad) - 4})" if len(bad) > 4 else "") + " |")
+
+    out += ["", "## Hugging Face per model type", "",
+            ("*build*: the config level used (`tiny`: 2 layers, width 64, ...; `layers only`; `default`); *sites / "
+            "layers*: engine sites and the config's layer count (a decoder layer has two branches); *slots*: HF's "
+            "own drop path slot calls on a residual, and how many an engine site carries; *why not*: the error "
+            "when apply_drop_path(model, 0.1) did not patch and verify."), "",
+            "| model type | class | build | sites | layers | verified | slots (carried) | patch s | why not / notes |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows["hf"], key=lambda r: r["name"]):
+        slots = "-" if r["native"] is None else f"{r['native']} ({r['carried']})"
+        why = r["error"] if r["status"] != "ok" else ""
+        if r["status"] == "ok" and not r["verified"]:
+            why = "eval output not verified"
+        notes = "; ".join(p for p in (why, r["note"] if "use_cache" in r["note"] else "", r["parity_reason"]
+                                      if r["native"] else "") if p)
+        out.append(f"| {r['name']} | {r['cls']} | {_cell(r['build'])} | {_cell(r['sites'])} | {_cell(r['layers'])} | "
+                   f"{_cell(r['verified'])} | {slots} | {_cell(r['patch_s'])} | {_cell(notes[:300])} |")
+    return "\n".join(out) + "\n"

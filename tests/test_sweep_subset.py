@@ -1,0 +1,57 @@
+"""The sweep (scripts/droppath_coverage/sweep.py): its config shrinking and failure grouping, and the CI
+subset: the hardest model per cause that the sweep found and that now passes, run exactly as the sweep
+runs it (``apply_drop_path(model, 0.1)`` and nothing else), at parity with the library's own drop path
+slots where it has them and with its eval output verified bitwise unchanged."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "scripts") not in sys.path:
+    sys.path.append(str(ROOT / "scripts"))  # appended: scripts/sweep.py must not shadow the package
+
+from droppath_coverage import sweep, sweep_render
+from training_fixtures import single_thread  # noqa: F401  (autouse: one torch thread, as the sweep)
+
+
+def test_shrink_overrides_shrink_layers_widths_and_sub_configs_and_keep_one_layer_of_each_kind():
+    transformers = pytest.importorskip("transformers")
+    llama = sweep.shrink_overrides(transformers.LlamaConfig(), sweep._TINY)
+    assert llama["num_hidden_layers"] == 2 and llama["hidden_size"] == 64 and llama["num_key_value_heads"] <= 4
+    assert transformers.LlamaConfig(**llama).num_hidden_layers == 2
+    types = ["sliding_attention"] * 5 + ["full_attention"]
+    gemma = sweep.shrink_overrides(transformers.Gemma3TextConfig(num_hidden_layers=6, layer_types=types), sweep._TINY)
+    assert gemma["layer_types"] == ["sliding_attention", "full_attention"] and gemma["num_hidden_layers"] == 2
+    clip = sweep.shrink_overrides(transformers.CLIPConfig(), sweep._TINY)
+    assert clip["text_config"]["num_hidden_layers"] == clip["vision_config"]["num_hidden_layers"] == 2
+    assert sweep.shrink_overrides(transformers.SwinConfig(), sweep._TINY)["num_heads"] == [1, 1, 1, 1]
+
+
+def test_failures_are_grouped_by_cause_with_numbers_and_names_blanked():
+    row = {"stage": "forward", "error": "RuntimeError: shape '[2, 27, 13, 128]' is invalid for input of size 93312"}
+    assert sweep_render.cause_of(row).startswith("shape error on the sweep's shrunk config")
+    other = {"stage": "apply", "error": "ValueError: something new in layers.3 (12 of 40)"}
+    assert sweep_render.cause_of(other) == "apply: ValueError: something new in layers.# (…)"
+
+
+def test_results_are_saved_sorted_and_loaded_for_resuming(tmp_path):
+    path = tmp_path / "timm.json"
+    sweep.save(path, {"b": {"name": "b"}, "a": {"name": "a"}})
+    assert list(sweep.load(path)) == ["a", "b"]
+
+
+@pytest.mark.parametrize(("library", "name"), [(lib, n) for lib, names in sweep.CI_SUBSET.items() for n in names])
+def test_the_hardest_model_of_each_cause_patches_at_parity(library, name):
+    pytest.importorskip("timm" if library == "timm" else "transformers")
+    res = sweep.sweep_timm(name) if library == "timm" else sweep.sweep_hf(name)
+    assert res.status == "ok", f"{res.stage}: {res.error}"
+    assert res.verified is True
+    assert res.sites, "no residual branch found"
+    if res.native:  # the library has drop path slots on residual branches here: every one is carried
+        assert res.site_parity, res.parity_reason
+    if library == "hf" and res.layers and name in sweep.CI_DECODERS:
+        assert res.sites == 2 * res.layers  # attention and MLP branch of every decoder layer
