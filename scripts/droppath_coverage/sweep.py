@@ -144,16 +144,22 @@ def _skipped(report) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 
 
+def _as_call(example_inputs) -> tuple[tuple, dict]:
+    """``example_inputs`` (a tensor, a tuple of arguments or a dict of keywords) as ``(args, kwargs)``."""
+    if isinstance(example_inputs, dict):
+        return (), dict(example_inputs)
+    return (tuple(example_inputs), {}) if isinstance(example_inputs, (tuple, list)) else ((example_inputs,), {})
+
+
 def patch(res: Result, model, example_inputs=None):
     """``apply_drop_path(model, RATE)`` with an independent bitwise check of the eval output; fills the
     engine fields. Returns (report, args, kwargs), or None with the reason in ``res``."""
     from droppath_surgery import apply_drop_path, build_example_inputs
-    from droppath_surgery.integrations.inputs import call_args
 
     from .oracles import eval_forward
 
     try:
-        args, kwargs = build_example_inputs(model) if example_inputs is None else call_args(example_inputs)
+        args, kwargs = build_example_inputs(model) if example_inputs is None else _as_call(example_inputs)
     except Exception as exc:  # noqa: BLE001 - any failure becomes the model's reason
         res.status, res.stage, res.error = "failed", "inputs", first_line(exc)
         return None
