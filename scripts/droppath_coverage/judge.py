@@ -89,7 +89,7 @@ def compare(sites, expected: Expected, check_rates: bool, flow: dict | None = No
         carried = []
         for k in slot.calls:
             target = outs[k] if outs is not None and k < len(outs) else None
-            j = next((i for i, s in enumerate(sites) if not used[i] and _carries(s, slot.path, target, flow)), None)
+            j = next((i for i, s in enumerate(sites) if not used[i] and carries(s, slot.path, target, flow)), None)
             if j is None:
                 lost.append(slot.path + (f" (call {k})" if len(slot.calls) > 1 else ""))
                 continue
@@ -155,7 +155,7 @@ def compare(sites, expected: Expected, check_rates: bool, flow: dict | None = No
     return site_ok, not bad, reasons
 
 
-def _carries(site, slot_path: str, target: Any, flow: dict | None) -> bool:
+def carries(site, slot_path: str, target: Any, flow: dict | None) -> bool:
     if flow is None or target is None or site.path not in flow:
         return site.kind == "replace" and site.path == slot_path
     return any(_pick(o, tuple(site.output_index)) is target for o in flow[site.path])

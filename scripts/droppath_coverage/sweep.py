@@ -47,6 +47,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .runner import Timeout, time_limit
+
 ROOT = Path(__file__).resolve().parents[2]
 OUT_DIR = ROOT / "docs" / "sweep"
 RATE = 0.1
@@ -110,24 +112,6 @@ def first_line(exc: BaseException, limit: int = 240) -> str:
         text += " " + lines[1]
     text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-class Timeout(BaseException):
-    pass
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float):
-    def on_alarm(signum, frame):
-        raise Timeout(f"timed out after {seconds:.0f} s")
-
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def _count(model) -> int:
@@ -482,7 +466,7 @@ def hf_build(model_type: str):
 def sweep_hf(model_type: str) -> Result:
     import torch
 
-    from .judge import _carries
+    from .judge import carries
     from .oracles import expected_from_slots, native_slots, observe_outputs, runner
 
     res = Result("hf", model_type, family=model_type)
@@ -527,7 +511,7 @@ def sweep_hf(model_type: str) -> Result:
             for k in slot.calls:
                 target = outs[k] if outs is not None and k < len(outs) else None
                 j = next((i for i, s in enumerate(report.sites)
-                          if not used[i] and _carries(s, slot.path, target, flow)), None)
+                          if not used[i] and carries(s, slot.path, target, flow)), None)
                 if j is None:
                     lost.append(slot.path)
                 else:
