@@ -50,10 +50,10 @@ def native_regularizers(model: nn.Module, replaced: list[nn.Module]) -> list[str
                     f"the model's own layer drop is on ({prefix}.{name}={value:g}: one coin per layer for the whole batch "
                     f"in training), beside drop path: set model.{prefix}.{name} = 0.0 to regularise once"
                 )
-    active = [
-        (path, _rate_of(m)) for path, m in model.named_modules()
-        if is_drop_path_like(m) and not isinstance(m, DropPath) and _rate_of(m) > 0
+    own = [
+        (path, _rate_of(m)) for path, m in model.named_modules() if is_drop_path_like(m) and not isinstance(m, DropPath)
     ]
+    active = [(path, rate) for path, rate in own if rate > 0]
     if active:
         paths = ", ".join(f"{p} ({r:g})" for p, r in active[:3]) + (" ..." if len(active) > 3 else "")
         notes.append(

@@ -42,15 +42,11 @@ class BlockDecision:
 
     def mask(self, drop: Any, x: Tensor, dim: int, keep: Tensor) -> Tensor:
         """The multiplier of a masked branch of this block: the same samples for every branch."""
-        from .skip import SkipDropPath
+        from .skip import SkipDropPath, kept_mask
 
         if isinstance(drop, SkipDropPath) and drop.mode == "row":  # the skip draw: masked branches agree with skipping ones
             idx, v, last = self.kept(drop, x.shape[dim], x.device)
-            weights = drop.branch_weights(v, last, x.dtype)
-            mask = torch.zeros(x.shape[dim], dtype=x.dtype, device=x.device).index_put((idx,), weights.to(x.dtype))
-            shape = [1] * x.ndim
-            shape[dim] = x.shape[dim]
-            return mask.view(shape)
+            return kept_mask(x, dim, idx, drop.branch_weights(v, last, x.dtype))
         shape = mask_shape(x, dim, drop.mode)
         work = torch.float64 if x.dtype == torch.float64 else torch.float32
         n = shape[dim] if drop.mode == "row" else 1

@@ -43,6 +43,7 @@ __all__ = [
     "SkipEntry",
     "SkipState",
     "take_rows",
+    "kept_mask",
     "scatter_rows",
 ]
 
@@ -76,6 +77,16 @@ def take_rows(t: Tensor, idx: Tensor, dim: int) -> Tensor:
     """``t.index_select(dim, idx)``, by advanced indexing: on CPU ``index_select``'s backward
     (``index_add``) is several times slower than indexing's (``index_put`` with accumulation)."""
     return t[(slice(None),) * dim + (idx,)]
+
+
+def kept_mask(x: Tensor, dim: int, idx: Tensor, weights: Tensor) -> Tensor:
+    """The multiplier of the masked form of a kept set: ``weights`` at rows ``idx`` of ``x``'s dim ``dim``,
+    0 elsewhere, shaped to broadcast against ``x``."""
+    mask = torch.zeros(x.shape[dim], dtype=x.dtype, device=x.device)
+    mask = mask.index_put((idx.to(x.device),), weights.to(device=x.device, dtype=x.dtype))
+    shape = [1] * x.ndim
+    shape[dim] = x.shape[dim]
+    return mask.view(shape)
 
 
 def scatter_rows(src: Tensor, idx: Tensor, dim: int, batch: int) -> Tensor:
@@ -404,11 +415,7 @@ class SkipDropPath(DropPath):
         """The masked form with the exactness check's fixed kept set (in eval mode)."""
         idx, weights = self._forced_mask  # type: ignore[misc]
         dim = self.batch_dim if self.batch_dim >= 0 else self.batch_dim + x.ndim
-        mask = torch.zeros(x.shape[dim], dtype=x.dtype, device=x.device)
-        mask = mask.index_put((idx.to(x.device),), weights.to(device=x.device, dtype=x.dtype))
-        shape = [1] * x.ndim
-        shape[dim] = x.shape[dim]
-        return x * mask.view(shape)
+        return x * kept_mask(x, dim, idx, weights)
 
     def extra_repr(self) -> str:
         skipping = sum(s.enabled for s in self.skip_states)
