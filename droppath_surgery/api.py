@@ -27,7 +27,7 @@ from .nn.skip import DEFAULT_MIN_SKIP_RATE, KEPT_COUNTS
 from .plan import FilterFn, Plan, PlannedSite, make_plan
 from .report import DropPathReport, build_report, report_of_patch
 from .schedules import LeaveOut, Schedule, check_schedule, describe, rate_sites, remembered
-from .verify import check_skipping, has_meta_tensors, state_fingerprint, verify_eval
+from .verify import check_skipping, eval_pass, has_meta_tensors, state_fingerprint, verify_eval
 
 __all__ = [
     "apply_drop_path",
@@ -233,11 +233,14 @@ def apply_drop_path(
             _one_rate_per_block(list(plan.sites), rates, schedule)
         drops = attach(model, plan, rates, schedule=remembered(schedule), per_stack=per_stack, options=options)
         try:
-            if skip_dropped:
+            skipping = [d for d in drops if isinstance(d, SkipDropPath)] if skip_dropped else []
+            # One eval pass: verification judges it, and the exactness check compares with it.
+            after = eval_pass(model, analysis.args, analysis.kwargs, skipping) if verify else None
+            if after is not None:
+                verify_eval(model, analysis.recording.outputs, state_before, after)
+            if skipping:
                 input_dim = analysis.input_dim if analysis.input_dim is not None else (batch_dim or 0)
-                check_skipping(model, [d for d in drops if isinstance(d, SkipDropPath)], analysis.args, analysis.kwargs, input_dim)
-            if verify:
-                verify_eval(model, analysis.recording.outputs, state_before, analysis.args, analysis.kwargs)
+                check_skipping(model, skipping, analysis.args, analysis.kwargs, input_dim, after)
         except BaseException:
             detach(model)
             raise

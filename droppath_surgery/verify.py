@@ -4,16 +4,17 @@
 * ``state_fingerprint`` / ``compare_state``: ``state_dict`` keys and, per entry, the tensor's identity,
   storage, shape, dtype and version counter: surgery never writes a tensor, so an unchanged fingerprint
   proves unchanged keys and values without copying weights.
-* ``verify_eval``: the patched model in eval mode against the outputs of the recorded pass. The pass
-  runs under a pass-through ``TorchFunctionMode``, as the recording did, so both take the same kernels
-  (``nn.TransformerEncoderLayer`` takes a fused fast path only when no mode is active).
-* ``check_skipping``: with ``skip_dropped=True``, each skipping branch on a fixed subset of a grown
-  example batch must give the masked form's output, or it masks, with the reason.
+* ``eval_pass`` / ``verify_eval``: the patched model in eval mode against the outputs of the recorded
+  pass. The pass runs under a pass-through ``TorchFunctionMode``, as the recording did, so both take
+  the same kernels (``nn.TransformerEncoderLayer`` takes a fused fast path only when no mode is active).
+* ``check_skipping``: with ``skip_dropped=True``, each skipping branch on the example batch with one
+  sample dropped must give the kept samples of that same eval pass, or it masks, with the reason.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,11 +25,15 @@ from . import nested
 from .analysis.batch import map_batch_tensors
 from .analysis.record import version_counter
 from .errors import VerificationError
-from .isolation import observation, rng_restored
+from .isolation import observation
 from .nn import SkipDropPath
 from .nn.skip import SkipState
+from .sketch import Projections, agree, sketch, tolerance
 
-__all__ = ["compare_outputs", "has_meta_tensors", "state_fingerprint", "compare_state", "verify_eval", "check_skipping"]
+__all__ = [
+    "compare_outputs", "has_meta_tensors", "state_fingerprint", "compare_state", "EvalPass", "eval_pass", "verify_eval",
+    "Sketches", "check_skipping",
+]
 
 
 def _bitwise_equal(a: Tensor, b: Tensor) -> bool:
@@ -117,12 +122,30 @@ class _PassThrough(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def verify_eval(model: nn.Module, reference: Any, state_before: dict[str, tuple], args: tuple, kwargs: dict) -> None:
-    """``VerificationError`` unless the patched model's eval output equals ``reference`` bitwise
-    and its ``state_dict`` is unchanged."""
-    with observation(model, (args, kwargs)), _PassThrough():
-        after = model(*args, **kwargs)
-    diffs = compare_outputs(reference, after) + compare_state(state_before, state_fingerprint(model))
+@dataclass
+class EvalPass:
+    """One eval pass of the patched model (eval mode, no grad, the random state of the recording, the
+    recording's kernels): its outputs, and a ``Sketches`` log of every call of the given DropPaths."""
+
+    outputs: Any
+    log: Sketches
+
+
+def eval_pass(model: nn.Module, args: tuple, kwargs: dict, drops: list[SkipDropPath] = ()) -> EvalPass:  # type: ignore[assignment]
+    """Run the patched model once in eval mode, sketching the output of every call of ``drops``: the
+    pass ``verify_eval`` judges and the exactness check compares with (one pass serves both)."""
+    log = Sketches()
+    with observation(model, (args, kwargs)), _PassThrough(), contextlib.ExitStack() as probing:
+        for drop in drops:
+            probing.enter_context(drop.probing(None, log.of(drop)))
+        outputs = model(*args, **kwargs)
+    return EvalPass(outputs, log)
+
+
+def verify_eval(model: nn.Module, reference: Any, state_before: dict[str, tuple], after: EvalPass) -> None:
+    """``VerificationError`` unless the patched model's eval output (``after``, from ``eval_pass``)
+    equals ``reference`` bitwise and its ``state_dict`` is unchanged."""
+    diffs = compare_outputs(reference, after.outputs) + compare_state(state_before, state_fingerprint(model))
     if diffs:
         raise VerificationError(
             "drop path changed the model in eval mode, so it was removed again: " + "; ".join(diffs[:5])
@@ -132,7 +155,45 @@ def verify_eval(model: nn.Module, reference: Any, state_before: dict[str, tuple]
 
 # -- skipping: the run-time exactness check -----------------------------------------------------
 
-PROBE_BATCH = 4
+PROBE_BATCH = 2  # the check needs a dropped sample and a kept one
+
+
+class Sketches:
+    """Per call of the watched DropPaths, in call order: ``(drop, state, shape, dtype, sketch)``, the
+    ``sketch.sketch`` of each output along the drop's batch dimension (a few numbers per sample instead
+    of the tensor). ``of(drop)`` is the ``log`` that ``SkipDropPath.probing`` appends ``(state, out)`` to."""
+
+    def __init__(self, projections: Projections | None = None) -> None:
+        self.entries: list[tuple[SkipDropPath, Any, tuple, torch.dtype, Tensor | None]] = []
+        self.projections: Projections = projections if projections is not None else {}
+
+    def of(self, drop: SkipDropPath) -> _DropLog:
+        return _DropLog(self, drop)
+
+    def add(self, drop: SkipDropPath, state: Any, out: Tensor) -> None:
+        summary = sketch(out, drop.batch_dim, self.projections, drop.rows_per_sample)
+        self.entries.append((drop, state, tuple(out.shape), out.dtype, summary))
+
+
+class _DropLog:
+    def __init__(self, sketches: Sketches, drop: SkipDropPath) -> None:
+        self.sketches, self.drop = sketches, drop
+
+    def append(self, item: tuple) -> None:
+        state, out = item
+        self.sketches.add(self.drop, state, out)
+
+
+def _close(a: Tensor, b: Tensor) -> tuple[bool, float]:
+    """Two tensors equal within float tolerance (relative to the larger of 1 and ``a``'s largest magnitude)."""
+    if a.shape != b.shape:
+        return False, float("inf")
+    if a.device.type == "meta":
+        return True, 0.0
+    a64, b64 = a.detach().double(), b.detach().double()
+    diff = (a64 - b64).abs().nan_to_num(float("inf")).max().item() if a.numel() else 0.0
+    scale = max(1.0, a64.abs().max().item() if a.numel() else 0.0)
+    return diff <= tolerance(a.dtype) * scale, diff
 
 
 def _grow(obj: Any, dim: int, batch: int, target: int) -> Any:
@@ -148,27 +209,23 @@ def _grow(obj: Any, dim: int, batch: int, target: int) -> Any:
     return map_batch_tensors(obj, dim, batch, grow)
 
 
-def _close(a: Tensor, b: Tensor) -> tuple[bool, float]:
-    if a.shape != b.shape:
-        return False, float("inf")
-    if a.device.type == "meta":
-        return True, 0.0
-    a64, b64 = a.detach().double(), b.detach().double()
-    diff = (a64 - b64).abs().nan_to_num(float("inf")).max().item() if a.numel() else 0.0
-    scale = max(1.0, a64.abs().max().item() if a.numel() else 0.0)
-    tol = (1e-4 if a.dtype in (torch.float32, torch.float64) else 3e-2) * scale
-    return diff <= tol, diff
+def check_skipping(
+    model: nn.Module, drops: list[SkipDropPath], args: tuple, kwargs: dict, input_dim: int, reference: EvalPass | None = None
+) -> int:
+    """Prove, on the example batch, that each skipping branch gives the masked form's output.
 
-
-def check_skipping(model: nn.Module, drops: list[SkipDropPath], args: tuple, kwargs: dict, input_dim: int) -> int:
-    """Prove, on a grown example batch, that each skipping branch gives the masked form's output.
-
-    With one fixed kept set for every branch (sample 1 dropped, the last computed sample weighted 0,
-    the others 1.5), the model runs once masked and then skipping, in eval mode without grad, every
-    pass from the same random state; the first branch end whose output differs beyond float
-    tolerance, or the branch that was running when the model raised, is disarmed with the reason, and
-    the skipping pass is repeated until it agrees. A difference before any skipping branch ran (a
-    model whose passes differ by themselves) disarms them all. Returns the number of passes run.
+    Sample 1 is dropped in every branch and the others are kept with weight 1, so the kept samples of
+    every branch end and of the model output must equal those of ``reference``, the eval pass on the
+    same inputs that verification ran (``eval_pass``; run here when there is none, or when the batch
+    has a single sample and is grown to ``PROBE_BATCH``): one more pass, in which each skipping branch
+    computes all but one sample, in eval mode without grad, from the same random state. Branch ends
+    are compared by their ``Sketches``. Where anything differs, the masked form with the same kept
+    samples becomes the reference (one more pass: a model that couples samples outside the skipping
+    branches carries the dropped sample into the others); the first branch end whose kept samples
+    differ from it beyond float tolerance, or the branch that was running when the model raised, is
+    disarmed with the reason, and the skipping pass is repeated until it agrees. A difference before
+    any skipping branch ran (a model whose passes differ by themselves) disarms them all. Returns the
+    number of passes run.
     """
     states = [s for d in drops for s in d.skip_states]
     if not any(s.enabled for s in states):
@@ -176,78 +233,101 @@ def check_skipping(model: nn.Module, drops: list[SkipDropPath], args: tuple, kwa
     tensors = [t for t in nested.tensors((args, kwargs)) if t.ndim > input_dim]
     if not tensors:
         return 0
-    batch_in = tensors[0].shape[input_dim]
-    args, kwargs = _grow(args, input_dim, batch_in, PROBE_BATCH), _grow(kwargs, input_dim, batch_in, PROBE_BATCH)
-    batch = max(PROBE_BATCH, batch_in)
-    kept = [i for i in range(batch) if i != 1]
-    weights = torch.full((len(kept),), 1.5)
-    weights[-1] = 0.0
-    forced = (torch.tensor(kept), weights)
-    log: list[tuple[Any, Tensor]] = []
+    batch = tensors[0].shape[input_dim]
+    passes = 0
+    if batch < PROBE_BATCH or reference is None:
+        if batch < PROBE_BATCH:
+            args, kwargs = _grow(args, input_dim, batch, PROBE_BATCH), _grow(kwargs, input_dim, batch, PROBE_BATCH)
+            batch = PROBE_BATCH
+        reference = eval_pass(model, args, kwargs, drops)
+        passes += 1
+    kept = torch.tensor([i for i in range(batch) if i != 1])
+    forced = (kept, torch.ones(len(kept)))
+    log = Sketches(reference.log.projections)
 
-    def run(skipping: bool) -> Any:
-        log.clear()
+    def run(into: Sketches, skipping: bool) -> Any:
+        into.entries.clear()
         for state in states:
             state.pending = None
             state.forced = forced if skipping and state.enabled else None
-        # Every pass from the same random state: random ops of the model's own (ViT-MAE's patch
-        # masking runs in eval mode too) then draw the same numbers in each pass.
-        with rng_restored(model, (args, kwargs)):
+        with observation(model, (args, kwargs)), _PassThrough(), contextlib.ExitStack() as probing:
+            for drop in drops:
+                probing.enter_context(drop.probing(forced, into.of(drop)))
             return model(*args, **kwargs)
 
-    with observation(model, (args, kwargs)), contextlib.ExitStack() as probing:
-        for drop in drops:
-            probing.enter_context(drop.probing(forced, log))
-        try:
-            reference_out = run(False)
-            reference = list(log)
-            passes = 1
-            for _ in range(len(states) + 1):
-                try:
-                    out, error = run(True), None
-                except Exception as exc:  # noqa: BLE001 - any failure of the subset run decides the branch
-                    out, error = None, exc
+    masked: EvalPass | None = None
+    try:
+        for _ in range(len(states) + 1):
+            try:
+                out, error = run(log, True), None
+            except Exception as exc:  # noqa: BLE001 - any failure of the subset run decides the branch
+                out, error = None, exc
+            passes += 1
+            culprit, why = _culprit(states, log, reference, out, error, kept, batch, input_dim)
+            if (culprit is not None or why) and error is None and masked is None:
+                # A difference from the eval pass may come from the dropped sample itself where the model
+                # couples samples outside the skipping branches: judge by the masked form from now on.
+                masked_log = Sketches(log.projections)
+                masked = reference = EvalPass(run(masked_log, False), masked_log)
                 passes += 1
-                culprit, why = _culprit(states, log, reference, reference_out, out, error)
-                if culprit is None:
-                    if error is not None:
-                        raise error
-                    if why:  # a difference that no skipping branch ran before: the passes themselves differ
-                        for state in states:
-                            if state.enabled:
-                                state.disarm(
-                                    f"the model does not repeat its outputs from one pass to the next ({why}), "
-                                    "so skipping cannot be shown exact"
-                                )
-                    return passes
-                culprit.disarm(f"running it on a subset of the batch is not exact: {why}")
-            return passes
-        finally:
-            for state in states:
-                state.forced = None
-                state.pending = None
+                culprit, why = _culprit(states, log, reference, out, error, kept, batch, input_dim)
+            if culprit is None:
+                if error is not None:
+                    raise error
+                if why:  # a difference that no skipping branch ran before: the passes themselves differ
+                    for state in states:
+                        if state.enabled:
+                            state.disarm(
+                                f"the model does not repeat its outputs from one pass to the next ({why}), "
+                                "so skipping cannot be shown exact"
+                            )
+                return passes
+            culprit.disarm(f"running it on a subset of the batch is not exact: {why}")
+        return passes
+    finally:
+        for state in states:
+            state.forced = None
+            state.pending = None
 
 
-def _culprit(states: list[SkipState], log: list, reference: list, reference_out: Any, out: Any, error: Any) -> tuple[SkipState | None, str]:
-    """The skipping branch to blame for a difference from the masked pass, and what it was."""
+def _culprit(
+    states: list[SkipState], log: Sketches, reference: EvalPass, out: Any, error: Any, kept: Tensor, batch: int, input_dim: int
+) -> tuple[SkipState | None, str]:
+    """The skipping branch to blame for a difference from the reference on the kept samples, and what it was."""
+    entries, wanted = log.entries, reference.log.entries
 
     def last_skipping(upto: int) -> SkipState | None:
-        for state, _ in reversed(log[:upto]):
+        for _, state, *_ in reversed(entries[:upto]):
             if state is not None and state.enabled:
                 return state
         return None
 
     if error is not None:
         running = next((s for s in states if s.pending is not None), None)
-        return running or last_skipping(len(log)), f"{type(error).__name__}: {error}"
-    for i, ((state, got), (_, want)) in enumerate(zip(log, reference)):
-        ok, diff = _close(want, got)
+        return running or last_skipping(len(entries)), f"{type(error).__name__}: {error}"
+    for i, ((drop, state, shape, dtype, got), (other, _, want_shape, _, want)) in enumerate(zip(entries, wanted)):
+        if drop is not other or shape != want_shape:
+            ok, diff = False, float("inf")
+        else:
+            ok, diff = agree(want if want is None else want[kept], got if got is None else got[kept], dtype)
         if not ok:
             return (state if state is not None else last_skipping(i)), f"its output differs from the masked form (max |diff| {diff:.3g})"
-    if len(log) != len(reference):
-        return last_skipping(len(log)), "the model ran another sequence of branches"
-    for want, got in zip(nested.tensors(reference_out), nested.tensors(out)):
-        ok, diff = _close(want, got)
+    if len(entries) != len(wanted):
+        return last_skipping(len(entries)), "the model ran another sequence of branches"
+    for want, got in zip(nested.tensors(reference.outputs), nested.tensors(out)):
+        d = _output_batch_dim(want, batch, input_dim)
+        if d is None:  # no sample dimension to pick the kept samples by (a loss over the batch): not compared
+            continue
+        ok, diff = _close(want, got) if want.shape != got.shape else _close(want.index_select(d, kept), got.index_select(d, kept))
         if not ok:
-            return last_skipping(len(log)), f"the model output differs from the masked form (max |diff| {diff:.3g})"
+            return last_skipping(len(entries)), f"the model output differs from the masked form (max |diff| {diff:.3g})"
     return None, ""
+
+
+def _output_batch_dim(t: Tensor, batch: int, input_dim: int) -> int | None:
+    """The dimension of an output tensor that indexes samples: the inputs' when it has the batch size
+    there, else the only one that does; None when there is none or several (such outputs are not compared)."""
+    if t.ndim > input_dim and t.shape[input_dim] == batch:
+        return input_dim
+    dims = [d for d, n in enumerate(t.shape) if n == batch]
+    return dims[0] if len(dims) == 1 else None

@@ -329,7 +329,7 @@ def test_branch_that_returns_the_wrong_number_of_samples_masks():
     )
     by_branch = {(s.block, s.branch): s.compute for s in report.sites}
     assert by_branch == {(0, 0): "mask", (0, 1): "skip", (1, 0): "mask", (1, 1): "skip"}, report
-    assert sum("returned 4 samples on dim 0 but ran on 3" in n for n in report.notes) == 2, report.notes
+    assert sum("returned 2 samples on dim 0 but ran on 1" in n for n in report.notes) == 2, report.notes  # sample 1 of 2 dropped
     seen = []
     for block in model:
         for part in (block.attn, block.mlp):
@@ -658,3 +658,23 @@ def test_fixed_count_makes_no_host_synchronizing_op(kept_count, syncs):
     found = ops.names & {"_local_scalar_dense", "nonzero", "item"}
     assert bool(found) == syncs, found
     assert "topk" in ops.names if kept_count == "fixed" else "nonzero" in ops.names
+
+
+def test_exactness_check_costs_one_pass_when_skipping_is_exact(monkeypatch):
+    """The check compares one skipping pass with the eval pass that verification ran (no pass of its
+    own for the reference); where the model couples samples outside the skipping branches it adds the
+    masked form as the reference (MixNet: its mixing branches mask, and carry the dropped sample)."""
+    import droppath_surgery.api as api
+
+    passes = []
+    original = api.check_skipping
+    monkeypatch.setattr(api, "check_skipping", lambda *a, **k: passes.append(original(*a, **k)) or passes[-1])
+    torch.manual_seed(0)
+    report = apply_drop_path(timm_vit(), 0.5, schedule="uniform", skip_dropped=True)
+    assert report.sites and all(s.compute == "skip" for s in report.sites)
+    report = apply_drop_path(timm_vit(), 0.5, schedule="uniform", skip_dropped=True, verify=False)
+    assert all(s.compute == "skip" for s in report.sites)
+    apply_drop_path(MixNet(), 0.5, schedule="uniform", skip_dropped=True, example_inputs=torch.randn(3, 8), batch_dim=0)
+    assert passes[0] == 1  # the skipping pass only
+    assert passes[1] == 2  # without verification, the eval pass is the check's own
+    assert passes[2] >= 3  # skipping, masked reference, and a repeat after each disarmed branch

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import ExampleInputsError
 from ..isolation import rng_restored
-from .batch import UNMAPPED_REASON, assign_batch_dims
+from .batch import UNMAPPED_REASON, assign_batch_dims, candidate_batch_sizes
 from .blocks import Branch, ModuleIndex, find_branches, number_units
 from .merges import find_merges
 from .record import Recording, record
@@ -56,13 +56,12 @@ def analyse(model: nn.Module, args: tuple, kwargs: dict, *, batch_dim: int | Non
     mode and ``no_grad`` (``isolation.observation``); every recorded pass starts from the same random
     state, so passes compared with each other see the same draws."""
 
-    def probe(a: tuple, k: dict, keep_values: bool) -> Recording:
+    def probe(a: tuple, k: dict, sketch_sizes: frozenset[int]) -> Recording:
         with rng_restored(model, (a, k)):
-            return record(model, a, k, keep_values=keep_values)
+            return record(model, a, k, sketch_sizes=sketch_sizes)
 
-    keep_values = batch_dim is None and not inputs_batch_first  # the sample-independence check compares values
     try:
-        recording = probe(args, kwargs, keep_values)
+        recording = probe(args, kwargs, candidate_batch_sizes(args, kwargs, batch_dim, inputs_batch_first))
     except Exception as exc:
         raise ExampleInputsError(
             f"the model failed to run on the example inputs ({type(exc).__name__}: {exc}); pass "

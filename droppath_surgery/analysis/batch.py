@@ -26,11 +26,12 @@ from torch import Tensor
 from .. import nested
 from ..checks import check_batch_dim
 from ..errors import BatchDimError
+from ..sketch import agree
 from .blocks import Branch
 from .merges import find_merges
 from .record import Recording
 
-__all__ = ["BatchDims", "assign_batch_dims", "map_batch_tensors", "UNMAPPED_REASON"]
+__all__ = ["BatchDims", "assign_batch_dims", "candidate_batch_sizes", "map_batch_tensors", "UNMAPPED_REASON"]
 
 UNMAPPED_REASON = (
     "the branch reaches the residual through layout operations (view, reshape, permute, slicing) that do "
@@ -38,7 +39,17 @@ UNMAPPED_REASON = (
     "dropping at the module would not drop whole samples of the residual"
 )
 
-Prober = Callable[[tuple, dict, bool], Recording]  # (args, kwargs, keep_values) -> a recorded pass
+SAMPLES_COMPARED = 2  # the sample-independence check changes sample 0 and watches sample 1
+Prober = Callable[[tuple, dict, frozenset[int]], Recording]  # (args, kwargs, sketch sizes) -> a recorded pass
+
+
+def candidate_batch_sizes(args: tuple, kwargs: dict, batch_dim: int | None, inputs_batch_first: bool) -> frozenset[int]:
+    """The sizes the inputs' batch dimension may have, where the sample-independence check will compare
+    the passes' branch values (``record``'s ``sketch_sizes``); empty when no check will run."""
+    if batch_dim is not None or inputs_batch_first:
+        return frozenset()
+    tensors = [t for t in nested.tensors((args, kwargs)) if t.ndim > 0]
+    return frozenset(tensors[0].shape[d] for d in (0, 1) if d < tensors[0].ndim) if tensors else frozenset()
 
 
 @dataclass(frozen=True)
@@ -97,12 +108,13 @@ def _at_end(br: Branch, merged_dim: int) -> tuple[int, tuple, int] | None:
     return matches[0] if len(matches) == 1 else None
 
 
-def _merged(recording: Recording) -> dict[tuple, tuple[tuple, Tensor | None]]:
-    """Merge key -> (shape, branch tensor or None) of every merge of a recorded pass."""
+def _merged(recording: Recording) -> dict[tuple, tuple[tuple, tuple | None]]:
+    """Merge key -> (shape, the branch operand's (dtype, sketches by dimension), or None) of every
+    merge of a recorded pass."""
     out = {}
     for m in find_merges(recording):
-        values = recording.additions[m.addition].values
-        out[m.key] = (m.shape, values[m.operand] if values else None)
+        sketches = recording.additions[m.addition].sketches
+        out[m.key] = (m.shape, sketches[m.operand] if sketches else None)
     return out
 
 
@@ -116,7 +128,7 @@ def _dims_by_size(branches: list[Branch], probe: Prober, args: tuple, kwargs: di
         # Ambiguous sizes: record again with the batch doubled and see which dimension doubles.
         double = lambda t: torch.cat([t, t], dim=input_dim)  # noqa: E731
         try:
-            doubled = _merged(probe(map_batch_tensors(args, input_dim, batch, double), map_batch_tensors(kwargs, input_dim, batch, double), False))
+            doubled = _merged(probe(map_batch_tensors(args, input_dim, batch, double), map_batch_tensors(kwargs, input_dim, batch, double), frozenset()))
         except Exception:  # noqa: BLE001 - a model that cannot take the doubled batch: not this dimension
             return None
         for i, br in enumerate(branches):
@@ -153,15 +165,22 @@ def _perturb_first_sample(obj: Any, dim: int, batch: int, gen: torch.Generator) 
 def _samples_independent(
     branches: list[Branch], dims: list[int], reference: Recording, probe: Prober, args: tuple, kwargs: dict, input_dim: int, batch: int
 ) -> bool:
-    """True if changing sample 0 of the inputs changes no other sample of any branch."""
+    """True if changing sample 0 of the inputs changes sample 1 of no branch: the first
+    ``SAMPLES_COMPARED`` samples, sample 0 changed, run once more (a small pass), and sample 1 of
+    each branch must agree with the full batch's (``sketch.agree``: within float tolerance, as the
+    batch size may change the summation order)."""
     gen = torch.Generator().manual_seed(1)
-    before = _merged(reference)
-    after = _merged(probe(_perturb_first_sample(args, input_dim, batch, gen), _perturb_first_sample(kwargs, input_dim, batch, gen), True))
+    first = lambda t: t.narrow(input_dim, 0, SAMPLES_COMPARED)  # noqa: E731
+    if batch > SAMPLES_COMPARED:
+        args, kwargs = map_batch_tensors(args, input_dim, batch, first), map_batch_tensors(kwargs, input_dim, batch, first)
+    small = min(batch, SAMPLES_COMPARED)
+    perturbed = (_perturb_first_sample(args, input_dim, small, gen), _perturb_first_sample(kwargs, input_dim, small, gen))
+    before, after = _merged(reference), _merged(probe(*perturbed, frozenset({small})))
     for br, d in zip(branches, dims):
         a, b = before.get(br.merge.key, (None, None))[1], after.get(br.merge.key, (None, None))[1]
-        if a is None or b is None or a.shape != b.shape:
+        if a is None or b is None or d not in a[1] or d not in b[1] or a[1][d] is None or b[1][d] is None:
             continue
-        if a.shape[d] > 1 and not torch.equal(a.narrow(d, 1, a.shape[d] - 1), b.narrow(d, 1, b.shape[d] - 1)):
+        if not agree(a[1][d][1:2], b[1][d][1:2], a[0])[0]:
             return False
     return True
 

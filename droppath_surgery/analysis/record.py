@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .. import nested
+from ..sketch import Projections, sketch
 
 __all__ = ["Node", "Call", "LayoutOp", "Addition", "Recording", "record", "version_counter", "SELF"]
 
@@ -146,7 +147,7 @@ class Addition:
     shape: tuple
     stack: tuple  # module calls enclosing the addition, outermost first
     serial: int  # serial of the last value made before the addition
-    values: tuple = ()  # (a, b) tensors, kept only when the recording keeps values
+    sketches: tuple = ()  # per operand (dtype, {dim: sketch.sketch}) for dims of a sketched size (see ``record``)
 
 
 @dataclass(frozen=True)
@@ -170,9 +171,10 @@ def version_counter(t: Tensor) -> int:
 
 
 class _Recorder(TorchFunctionMode):
-    def __init__(self, keep_values: bool) -> None:
+    def __init__(self, sketch_sizes: frozenset[int]) -> None:
         super().__init__()
-        self.keep_values = keep_values
+        self.sketch_sizes = sketch_sizes
+        self.projections: Projections = {}
         self.nodes: dict[int, tuple[weakref.ref, Node]] = {}
         self.serial = 0
         self.stack: list[Call] = []
@@ -273,15 +275,19 @@ class _Recorder(TorchFunctionMode):
             return
         na, nb = self.node_of(a), self.node_of(b)
         if na.live or nb.live:
-            values = (a, b) if self.keep_values else ()
-            self.additions.append(Addition(na, nb, tuple(a.shape), tuple(self.stack), self.serial, values))
+            sketches = tuple(self._sketches(t) for t in (a, b)) if self.sketch_sizes else ()
+            self.additions.append(Addition(na, nb, tuple(a.shape), tuple(self.stack), self.serial, sketches))
+
+    def _sketches(self, t: Tensor) -> tuple[torch.dtype, dict[int, Tensor | None]]:
+        return t.dtype, {d: sketch(t, d, self.projections) for d, n in enumerate(t.shape) if n in self.sketch_sizes}
 
 
-def record(model: nn.Module, args: tuple, kwargs: dict, *, keep_values: bool = False) -> Recording:
+def record(model: nn.Module, args: tuple, kwargs: dict, *, sketch_sizes: frozenset[int] = frozenset()) -> Recording:
     """Run ``model(*args, **kwargs)`` once and record it. The caller sets eval mode, ``no_grad`` and
-    the random state; hooks are removed afterwards. ``keep_values`` keeps the tensors of every
-    addition (for passes that compare values); otherwise only shapes and provenance are kept."""
-    rec = _Recorder(keep_values)
+    the random state; hooks are removed afterwards. Only shapes and provenance are kept, no tensor
+    of the pass; with ``sketch_sizes`` each addition also keeps a per-sample ``sketch`` of its operands
+    along every dimension of one of those sizes (for passes that compare values)."""
+    rec = _Recorder(frozenset(sketch_sizes))
     handles = []
     try:
         for module in model.modules():

@@ -390,9 +390,9 @@ class SkipDropPath(DropPath):
         object.__setattr__(self, "_skipping", skipping)
 
     @contextlib.contextmanager
-    def probing(self, forced: tuple, log: list) -> Iterator[None]:
-        """For the exactness check: mask with the fixed kept set ``forced`` (also in eval mode) and
-        append ``(state or None, output)`` to ``log`` at every call."""
+    def probing(self, forced: tuple | None, log: Any) -> Iterator[None]:
+        """For the exactness check: mask with the fixed kept set ``forced`` (also in eval mode; None:
+        as usual) and append ``(state or None, output)`` to ``log`` at every call."""
         self._forced_mask, self._probe_log = forced, log
         try:
             yield
@@ -415,6 +415,10 @@ class SkipDropPath(DropPath):
         """The masked form with the exactness check's fixed kept set (in eval mode)."""
         idx, weights = self._forced_mask  # type: ignore[misc]
         dim = self.batch_dim if self.batch_dim >= 0 else self.batch_dim + x.ndim
+        rows = self.rows_per_sample
+        if rows > 1:  # a sample's windows are consecutive rows: they share its multiplier
+            grouped = x.unflatten(dim, (x.shape[dim] // rows, rows))
+            return (grouped * kept_mask(grouped, dim, idx, weights)).flatten(dim, dim + 1)
         return x * kept_mask(x, dim, idx, weights)
 
     def extra_repr(self) -> str:

@@ -1,0 +1,62 @@
+"""Per-sample sketches: compare two passes of a model in a few numbers per sample instead of tensors.
+
+The sketch of a tensor along its sample dimension holds, per sample, ``SKETCH_SIZE`` fixed random
+projections of the sample's elements and their norm. Two samples with equal values have equal
+sketches up to float rounding; any change spread over a sample moves its projections by about the
+change's norm. ``agree`` judges two sketches within float tolerance relative to the samples' norms,
+so passes that differ only by the summation order of another batch size agree. The analysis keeps
+sketches of the additions' operands (sample independence) and the exactness check of skip mode
+those of the branch ends.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["SKETCH_SIZE", "Projections", "sketch", "agree", "tolerance"]
+
+SKETCH_SIZE = 8
+
+Projections = dict  # (size, role, dtype, device) -> random weights, shared by the sketches of one comparison
+
+
+def _random(cache: Projections, n: int, role: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    key = (n, role, dtype, device)
+    if key not in cache:
+        gen = torch.Generator().manual_seed(2 * n + role)
+        cache[key] = torch.randn(n, SKETCH_SIZE, generator=gen, dtype=dtype).to(device)
+    return cache[key]
+
+
+def sketch(t: Tensor, dim: int, cache: Projections, rows_per_sample: int = 1) -> Tensor | None:
+    """``(samples, SKETCH_SIZE + 1)`` float64 for ``t``'s samples along ``dim`` (``rows_per_sample``
+    consecutive entries of ``dim`` per sample); None on the meta device or for a 0-dim tensor."""
+    if t.device.type == "meta" or t.ndim == 0:
+        return None
+    work = torch.float64 if t.dtype == torch.float64 else torch.float32
+    moved = t.detach().movedim(dim % t.ndim, 0)
+    width = moved.shape[-1] if moved.ndim > 1 else 1
+    rows = moved.reshape(moved.shape[0] // rows_per_sample, -1, width).to(work)  # (samples, rest, width)
+    # Weights a[i, j] * b[k, j] (i across the width, k along the rest): one small matrix product
+    # instead of a weight matrix as large as a sample.
+    projected = (rows @ _random(cache, width, 0, work, rows.device)) * _random(cache, rows.shape[1], 1, work, rows.device)
+    return torch.cat([projected.sum(1), rows.flatten(1).norm(dim=1, keepdim=True)], dim=1).double()
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    """Relative tolerance of values computed in ``dtype`` in another batch or order."""
+    return 1e-4 if dtype in (torch.float32, torch.float64) else 3e-2
+
+
+def agree(want: Tensor | None, got: Tensor | None, dtype: torch.dtype) -> tuple[bool, float]:
+    """Two sketches (of the same samples) within float tolerance, and the largest difference."""
+    if want is None or got is None:
+        return (True, 0.0) if want is None and got is None else (False, float("inf"))
+    if want.shape != got.shape:
+        return False, float("inf")
+    if not want.numel():
+        return True, 0.0
+    diff = (want[:, :SKETCH_SIZE] - got[:, :SKETCH_SIZE]).abs().nan_to_num(float("inf")).max().item()
+    scale = max(1.0, want[:, SKETCH_SIZE].nan_to_num(0.0).max().item())
+    return diff <= tolerance(dtype) * scale, diff
