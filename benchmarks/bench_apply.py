@@ -1,8 +1,8 @@
 """Patch time of apply_drop_path on a timm model over one eval forward of the same example input.
 
 Goals for vit_base_patch16_224: at most 2.5x with verify=True, at most 1.5x with verify=False.
-``skip_dropped=True`` adds the apply-time exactness check (a masked and a skipping pass on a batch
-of 4). ``schedule="timm"`` adds reading timm's rates (a meta-device build of the architecture, made
+``skip_dropped=True`` adds the apply-time exactness check (one skipping pass on the example batch,
+compared with verification's eval pass; goal: at most 3x one eval forward). ``schedule="timm"`` adds reading timm's rates (a meta-device build of the architecture, made
 once and cached: the warm-up run pays for it). Then ``set_drop_path_rate`` per call with
 ``schedule="timm"`` over ``"linear"``. Each figure is the median of several runs, interleaved, in
 one process.
