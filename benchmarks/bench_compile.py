@@ -8,10 +8,14 @@ sides alike:
 * with ``--baseline``: the compiled patched model over the compiled unpatched one (the cost of drop
   path under compile);
 * how many times dynamo compiled while ``set_drop_path_rate`` changed the rate ``--rate-changes``
-  times, one training step each (goal: 0 recompiles after the first compile).
+  times, one training step each (goal: 0 recompiles after the first compile);
+* with ``--batch-sizes 4,4,6,8,8,12,5``: instead of the above, the frames dynamo compiles for one
+  training step at each of these batch sizes, unpatched, masked and ``skip_dropped=True``, with
+  ``dynamic=None`` and ``dynamic=True`` (goal: patched no more than unpatched).
 
     python benchmarks/bench_compile.py                        # CPU: vit_small_patch16_224, fp32
     python benchmarks/bench_compile.py --device cuda --model vit_base_patch16_224 --dtype bfloat16 --baseline
+    python benchmarks/bench_compile.py --model vit_tiny_patch16_224 --batch-sizes 4,4,6,8,8,12,5 --backend aot_eager
 
 On CUDA the compiled steps also run under ``torch.cuda.set_sync_debug_mode("error")``, which raises
 on any host-device synchronization.
@@ -58,6 +62,31 @@ def timed(fn, device: str) -> float:
     return time.perf_counter() - start
 
 
+def frames_over_batch_sizes(base, sizes: list[int], rate: float, backend: str, device: str) -> None:
+    """Print the frames dynamo compiles for a training step at each of ``sizes``, per variant."""
+    variants = {"unpatched": {}, "masked": {"skip_dropped": False}, "skip": {"skip_dropped": True}}
+    size = base.patch_embed.img_size
+    for dynamic in (None, True):
+        counts = {}
+        for name, options in variants.items():
+            model = copy.deepcopy(base)
+            if name != "unpatched":
+                apply_drop_path(model, rate, schedule="uniform", **options)
+            model.train()
+            torch._dynamo.reset()
+            counter = CompileCounterWithBackend(backend)
+            compiled = torch.compile(model, backend=counter, dynamic=dynamic)
+            start = time.perf_counter()
+            for b in sizes:
+                compiled(torch.randn(b, 3, *size, device=device)).sum().backward()
+            sync(device)
+            counts[name] = counter.frame_count
+            print(f"  dynamic={dynamic!s:5s} {name:10s} frames compiled {counter.frame_count:3d} ({time.perf_counter() - start:.1f} s)")
+        torch._dynamo.reset()
+        verdict = "no more" if counts["skip"] <= counts["unpatched"] else "MORE"
+        print(f"dynamic={dynamic}: skip {counts['skip']} frames vs unpatched {counts['unpatched']} ({verdict} than unpatched)")
+
+
 def main() -> None:
     import timm
 
@@ -71,6 +100,9 @@ def main() -> None:
     parser.add_argument("--rate-changes", type=int, default=100)
     parser.add_argument("--baseline", action="store_true", help="also time the compiled unpatched model")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--batch-sizes", default=None, help="comma-separated batch sizes: count frames compiled "
+                        "over them (unpatched, masked, skip_dropped=True) instead of timing")
+    parser.add_argument("--backend", default="inductor", help="torch.compile backend for --batch-sizes")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -78,6 +110,12 @@ def main() -> None:
     torch.manual_seed(0)
 
     base = timm.create_model(args.model, pretrained=False).to(device)
+    if args.batch_sizes:
+        sizes = [int(b) for b in args.batch_sizes.split(",")]
+        print(f"{args.model}: frames compiled over batch sizes {sizes}, rate {args.rate} (uniform), backend "
+              f"{args.backend}, {device}, torch {torch.__version__}")
+        frames_over_batch_sizes(base, sizes, args.rate, args.backend, device)
+        return
     patched = copy.deepcopy(base)
     report = apply_drop_path(patched, args.rate)
     print(f"{args.model}: {len(report.sites)} drop path sites, top rate {args.rate}, batch {args.batch}, "

@@ -520,6 +520,39 @@ def test_fixed_count_is_whole_when_b_times_keep_is_whole():
     assert set(kept.sum(1).tolist()) == {6.0}
 
 
+@pytest.mark.parametrize("k", [8, 9, 10])
+def test_a_count_above_the_least_stays_exact(monkeypatch, k):
+    """Compiled code may compute more than ceil(B (1 - p)) samples (its count comes from a grid); with
+    B (1 - p) = 6.5 the first 6 of the k computed are kept, the 7th half the time, the rest weighted 0.
+
+    Forced k = 8, 9, 10 (the least is 7). Bounds, 4000 trials: each sample's keep frequency within 5
+    binomial sigmas of 0.65 (sqrt(.65 * .35 / 4000) = 0.0075), the mean kept count within 5 sigmas of
+    6.5 (its sd is 0.5); E[output] = x: each element's mean output over the trials within 5 sigmas of
+    x (the multiplier is 0 or 1 / 0.65, sd sqrt(.35 / .65) per trial).
+    """
+    torch.manual_seed(0)
+    trials, batch, p = 4000, 10, 0.35
+    monkeypatch.setattr(SkipDropPath, "kept_for", lambda self, b: k)
+    drop = SkipDropPath(p, min_skip_rate=0.0)
+    state = SkipState(drop, 0, "test", ())
+    x = torch.randn(batch, 3, dtype=torch.float64)
+    kept = torch.zeros(trials, batch)
+    total = torch.zeros_like(x)
+    for t in range(trials):
+        state.draw(batch, torch.device("cpu"))
+        idx = state.pending[0]
+        assert idx.shape == (k,)
+        out = state.finish(x[idx])
+        kept[t] = (out != 0).all(1).float()
+        total += out
+    counts = kept.sum(1)
+    assert set(counts.tolist()) == {6.0, 7.0}
+    assert abs(counts.mean().item() - 6.5) < 5 * 0.5 / math.sqrt(trials)
+    assert (kept.mean(0) - 0.65).abs().max().item() < 5 * math.sqrt(0.65 * 0.35 / trials)
+    sigma = math.sqrt(0.35 / 0.65 / trials) * x.abs()
+    assert ((total / trials - x).abs() < 5 * sigma).all()
+
+
 def test_random_count_is_binomial():
     """Independent decisions: counts spread over many values, per-sample rate 0.6 within 5 sigmas."""
     torch.manual_seed(0)
@@ -609,6 +642,48 @@ def test_rate_changes_recompile_only_when_the_kept_count_changes():
         counts.append((model.blocks[0].drop_path1.kept_for(8), len(graphs)))
     torch._dynamo.reset()
     assert counts == [(4, 1), (4, 1), (4, 1), (4, 1), (4, 1), (3, 2), (3, 2), (4, 3)]
+
+
+BATCH_SIZES = (4, 4, 6, 8, 8, 12, 5)
+
+
+def _frames_compiled(model, dynamic):
+    """Frames dynamo compiles for training steps of ``model`` at ``BATCH_SIZES``, and the compiled model."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter, dynamic=dynamic)
+    for b in BATCH_SIZES:
+        compiled(torch.randn(b, 3, 32, 32)).sum().backward()
+    return counter.frame_count, compiled
+
+
+@pytest.mark.parametrize("dynamic", [None, True])
+def test_batch_size_changes_compile_no_more_frames_than_unpatched(dynamic):
+    """Under compile the kept count is integer arithmetic on the batch size, which a symbolic size takes:
+    a frame dynamic in the batch serves every size with one graph (measured, both settings: 2 frames
+    patched and unpatched; before, the count was a constant per size and every block broke the graph
+    once the batch was dynamic: 23 and 29 frames and the recompile limit hit). A new size after that
+    compiles nothing; the compiled draw ran at it (``_last_batch``, a side effect of the compiled code)."""
+    torch.manual_seed(0)
+    plain = timm_vit()
+    model = timm_vit()
+    model.load_state_dict(plain.state_dict())
+    report = apply_drop_path(model, 0.5, schedule="uniform", skip_dropped=True)
+    assert report.sites and all(s.compute == "skip" for s in report.sites)
+    plain.train()
+    model.train()
+    torch._dynamo.reset()
+    try:
+        unpatched, _ = _frames_compiled(plain, dynamic)
+        torch._dynamo.reset()
+        patched, compiled = _frames_compiled(model, dynamic)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            compiled(torch.randn(7, 3, 32, 32)).sum().backward()
+    finally:
+        torch._dynamo.reset()
+    assert patched <= unpatched, (patched, unpatched)
+    assert all(d._last_batch == 7 for d in model.modules() if isinstance(d, SkipDropPath))
 
 
 def test_copies_and_pickles_keep_skipping():

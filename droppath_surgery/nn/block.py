@@ -26,7 +26,7 @@ class BlockDecision:
     def __init__(self, block: int) -> None:
         self.block = block
         self.uniform: Tensor | None = None  # per-sample (or per-batch) numbers, masked blocks
-        self.drawn: tuple | None = None  # (idx, v, last), skipping blocks
+        self.drawn: tuple | None = None  # (idx, v, kept), skipping blocks
 
     def reset(self) -> None:
         self.uniform = None
@@ -45,8 +45,8 @@ class BlockDecision:
         from .skip import SkipDropPath, kept_mask
 
         if isinstance(drop, SkipDropPath) and drop.mode == "row":  # the skip draw: masked branches agree with skipping ones
-            idx, v, last = self.kept(drop, x.shape[dim], x.device)
-            return kept_mask(x, dim, idx, drop.branch_weights(v, last, x.dtype))
+            idx, v, kept = self.kept(drop, x.shape[dim], x.device)
+            return kept_mask(x, dim, idx, drop.branch_weights(v, kept, x.dtype))
         shape = mask_shape(x, dim, drop.mode)
         work = torch.float64 if x.dtype == torch.float64 else torch.float32
         n = shape[dim] if drop.mode == "row" else 1

@@ -7,11 +7,18 @@ takes those rows of its full-batch arguments; the branch runs on ``k`` samples, 
 in bf16/fp16) and scatters them into a zero tensor of the full batch, which the model adds to its
 stream as before. ``SkipState`` carries one branch's draw from its first entry to its end.
 
-Which samples are kept (``kept_count``): ``"fixed"`` computes exactly ``k = ceil(B (1 - p))``, a
-uniformly random set (``topk`` of uniform numbers); where ``B (1 - p)`` is not whole the last of them
-is kept only with probability ``1 - (k - B (1 - p))``, so every sample is kept with probability
-exactly ``1 - p``. Shapes depend only on ``B`` and the count: no host sync, ``fullgraph=True``
-compiles. ``"random"``: independent decisions as in masking, one host sync (``nonzero``) per branch.
+Which samples are kept (``kept_count``): ``"fixed"`` computes ``k`` samples, a uniformly random set
+in a uniformly random order (``topk`` of uniform numbers). With ``m = floor(B (1 - p))``, the first
+``m`` of them are kept, the next one with probability ``B (1 - p) - m``, any after it weighted 0
+(``kept_positions``), so every sample is kept with probability exactly ``1 - p`` for any
+``k >= ceil(B (1 - p))``. Eager code computes the least count, ``ceil(B (1 - p))`` (at least 1).
+Compiled code computes ``ceil(B g / KEPT_GRID)`` in integer arithmetic, ``g / KEPT_GRID`` being
+``1 - p`` rounded up on a grid, which a symbolic batch size takes: a frame that dynamo made dynamic
+in the batch runs every batch size with one graph (tiny timm ViT, batch sizes 4, 4, 6, 8, 8, 12, 5:
+2 frames, as unpatched). ``g`` is an int that compiled code guards on and that a rate change moves only
+when it must (``SkipDropPath.kept_for``). Shapes depend only on ``B`` and ``g``: no host sync,
+``fullgraph=True`` compiles. ``"random"``: independent decisions as in masking, one host sync
+(``nonzero``) per branch.
 """
 
 from __future__ import annotations
@@ -99,27 +106,36 @@ def scatter_rows(src: Tensor, idx: Tensor, dim: int, batch: int) -> Tensor:
 
 
 def draw_kept(drop: SkipDropPath, batch: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """The samples a branch computes, ``(idx, v, last)``: their indices, the uniform numbers that
-    round each one's scale, and whether the last of them is kept (see the module docstring)."""
-    keep = drop.keep_prob.to(device)
+    """The samples a branch computes, ``(idx, v, kept)``: their indices, the uniform numbers that
+    round each one's scale, and whether each is kept (see the module docstring)."""
     if drop.kept_count == "fixed":
         k = drop.kept_for(batch)
         u = draw_uniform([2 * batch + 1], torch.float32, device, drop.sync_group)
         # The k samples with the largest uniform numbers, in decreasing order: a uniformly random
-        # set, whose last member is a uniformly random one of them (sorting by index would make
-        # the conditionally kept sample the highest index, and bias it).
+        # set in a uniformly random order (sorting by index would make the conditionally kept
+        # sample the one of highest index, and bias it).
         idx = torch.topk(u[:batch], k).indices
         v = u[batch : batch + k]
-        # P(keep the last computed sample) = 1 - (k - B keep): each sample kept w.p. keep.
-        last = u[2 * batch] >= (k - batch * keep)
+        kept = kept_positions(k, batch, drop.keep_prob.to(device), u[2 * batch])
     else:
         u = draw_uniform([2 * batch], torch.float32, device, drop.sync_group)
-        idx = (u[:batch] < keep).nonzero().flatten()  # host synchronization
+        idx = (u[:batch] < drop.keep_prob.to(device)).nonzero().flatten()  # host synchronization
         v = u[batch:][: max(1, idx.numel())]
-        last = torch.tensor(idx.numel() > 0, device=device)
+        kept = torch.full((max(1, idx.numel()),), idx.numel() > 0, device=device)
         if idx.numel() == 0:  # every sample dropped: run one, weighted 0 (empty batches break models)
             idx = torch.zeros(1, dtype=torch.long, device=device)
-    return idx, v, last
+    return idx, v, kept
+
+
+def kept_positions(k: int, batch: int, keep: Tensor, u: Tensor) -> Tensor:
+    """Which of ``k`` computed samples, in uniformly random order, are kept, for ``k >= ceil(B keep)``:
+    with ``m = floor(B keep)``, the first ``m``, the next one if ``u < B keep - m``, none after it.
+    Each of the ``B`` samples is then kept with probability ``(m + (B keep - m)) / B = keep``. From
+    tensors only (no host sync); ``k`` and ``batch`` may be symbolic under torch.compile."""
+    expected = keep * batch  # float32, as the masked form's u < keep
+    whole = torch.floor(expected)
+    pos = torch.arange(k, device=keep.device)
+    return (pos < whole) | ((pos == whole) & (u < expected - whole))
 
 
 class SkipState:
@@ -141,7 +157,7 @@ class SkipState:
         self.reason = reason
         self.enabled = not reason
         self.handles: list[RemovableHandle] = []
-        self.pending: tuple | None = None  # (idx, weights or None, rounding uniforms, last kept, batch)
+        self.pending: tuple | None = None  # (idx, weights or None, rounding uniforms, kept, batch)
         self.forced: tuple | None = None  # (idx, weights): a fixed kept set, for the exactness check
         self.decision: Any = None  # granularity="block": the block's shared BlockDecision
 
@@ -178,16 +194,16 @@ class SkipState:
             self.pending = (idx.to(device), weights.to(device), None, None, batch)
             return
         found = self.decision.kept(self.drop, batch, device) if self.decision is not None else draw_kept(self.drop, batch, device)
-        idx, v, last = found
-        self.pending = (idx, None, v, last, batch)
+        idx, v, kept = found
+        self.pending = (idx, None, v, kept, batch)
 
-    def weights(self, v: Tensor, last: Tensor, dtype: torch.dtype) -> Tensor:
+    def weights(self, v: Tensor, kept: Tensor, dtype: torch.dtype) -> Tensor:
         """The multiplier of each computed sample (``SkipDropPath.branch_weights``)."""
-        return self.drop.branch_weights(v, last, dtype)
+        return self.drop.branch_weights(v, kept, dtype)
 
     def finish(self, y: Tensor) -> Tensor:
         """The branch output of the kept samples, scaled and scattered into the full batch."""
-        idx, weights, v, last, batch = self.pending  # type: ignore[misc]
+        idx, weights, v, kept, batch = self.pending  # type: ignore[misc]
         dim = self.batch_dim if self.batch_dim >= 0 else self.batch_dim + y.ndim
         k = idx.shape[0]
         if y.shape[dim] != k:  # raised with the draw still pending: the exactness check blames this branch
@@ -197,7 +213,7 @@ class SkipState:
             )
         self.pending = None
         if weights is None:
-            weights = self.weights(v, last, y.dtype)
+            weights = self.weights(v, kept, y.dtype)
         shape = [1] * y.ndim
         shape[dim] = k
         return scatter_rows(y * weights.to(y.dtype).view(shape), idx, dim, batch)
@@ -299,11 +315,30 @@ class SkipEntry:
         return f"SkipEntry({self.state.path!r}, args={[a.location for a in self.args]}, draws={self.draws})"
 
 
-@torch.compiler.assume_constant_result
-def _kept_count(drop: SkipDropPath, batch: int, version: int) -> int:
-    """``drop``'s kept count for ``batch`` (a constant to torch.compile, guarded by ``version``)."""
-    drop._batches.add(batch)
-    return drop._count(batch)
+# Under torch.compile the kept count is ``ceil(B g / KEPT_GRID)`` in integer arithmetic, which takes a
+# symbolic batch size: one graph serves every batch size of a dynamic frame. ``g / KEPT_GRID`` is the
+# keep probability rounded up on a grid that holds rates of three decimals, binary fractions down to
+# 1/1024, thirds, ninths and sevenths exactly (8,064,000 = 2**10 * 3**2 * 5**3 * 7).
+KEPT_GRID = 8_064_000
+# How far above the keep probability the grid may stay after a rate change, where it no longer gives the
+# least count at some batch size seen: at most ``B / 32 + 1`` samples computed in vain, and about one
+# recompile per 1/32 of rate where many batch sizes are seen (one per count change with a few).
+GRID_SLACK = 1 / 32
+# A new grid is set as high as the counts at the batch sizes seen allow, up to this fraction above the
+# keep probability, so that a slightly lower rate next needs no new grid (nor recompile).
+GRID_HEADROOM = 1 / 8
+
+
+def _grid_at(rate: float) -> int:
+    """The least ``g >= 1`` with ``g / KEPT_GRID >= 1 - rate``, so that ``ceil(B g / KEPT_GRID)`` is at
+    least ``ceil(B (1 - rate))`` for every batch size ``B`` (less a tolerance for the float rate, smaller
+    than ``_count_at``'s up to batch sizes of about 8,000)."""
+    return max(1, math.ceil((1.0 - rate) * KEPT_GRID - 1e-6))
+
+
+def _grid_count(batch: int, grid: int) -> int:
+    """``ceil(batch * grid / KEPT_GRID)`` for an int or a SymInt ``batch`` (between 1 and ``batch``)."""
+    return (batch * grid + KEPT_GRID - 1) // KEPT_GRID
 
 
 class SkipDropPath(DropPath):
@@ -325,24 +360,53 @@ class SkipDropPath(DropPath):
         self.kept_count = kept_count
         self.min_skip_rate = validate_rate(min_skip_rate, "min_skip_rate")
         self.skip_states: list[SkipState] = []
-        self._batches: set[int] = set()  # batch sizes kept_for has been asked about
-        self._counts_version = 0  # bumped when a rate change changes the kept count of a batch size seen
+        self._batches: set[int] = set()  # batch sizes a branch was drawn for (see ``_seen``)
+        self._last_batch: int | None = None  # set by compiled code, folded into ``_batches`` on a rate change
+        self._grid = _grid_at(self._rate)  # the kept count under torch.compile (see ``kept_for``)
+        self._counts_version = 0  # bumped at every change of ``_grid``
         self._forced_mask: tuple | None = None  # set inside ``probing`` only
         self._probe_log: list | None = None  # set inside ``probing`` only
         self._update_skipping()
 
     @DropPath.rate.setter  # type: ignore[attr-defined]
     def rate(self, value: float) -> None:
-        old = self._rate
         DropPath.rate.fset(self, value)  # type: ignore[attr-defined]
         self._update_skipping()
-        if any(self._count_at(batch, old) != self._count(batch) for batch in self._batches):
-            object.__setattr__(self, "_counts_version", self._counts_version + 1)
+        self._update_grid()
+
+    def _seen(self) -> set[int]:
+        if self._last_batch is not None:
+            self._batches.add(self._last_batch)
+            object.__setattr__(self, "_last_batch", None)
+        return self._batches
+
+    def _update_grid(self) -> None:
+        """After a rate change: keep ``_grid`` while it is valid (at least the new keep probability, on
+        the grid) and either counts as few samples as the least valid grid at every batch size seen,
+        or exceeds it by at most ``GRID_SLACK``. Else bump ``_counts_version`` (compiled code recompiles
+        once) and take the largest grid that still gives the least counts at the batch sizes seen
+        (the least grid before any is seen), at most ``GRID_HEADROOM`` above the least: room for the
+        rate to fall a little without a new grid while the seen counts stay."""
+        least = _grid_at(self._rate)
+        grid = self._grid
+        seen = self._seen()
+        if grid >= least and (
+            grid - least <= GRID_SLACK * KEPT_GRID
+            or (seen and all(_grid_count(b, grid) == _grid_count(b, least) for b in seen))
+        ):
+            return
+        top = min(KEPT_GRID, least + int(least * GRID_HEADROOM)) if seen else least
+        for b in seen:  # ceil(b g / KEPT_GRID) stays at the least count while g <= count * KEPT_GRID / b
+            top = min(top, _grid_count(b, least) * KEPT_GRID // b)
+        object.__setattr__(self, "_grid", top)
+        object.__setattr__(self, "_counts_version", self._counts_version + 1)
 
     def __setstate__(self, state: dict) -> None:
-        # Pickled before the kept counts were versioned: start afresh (counts are recomputed on use).
+        # Pickled before the kept counts were versioned or gridded: start afresh (counts are recomputed on use).
         state.pop("_kept_counts", None)
         state.setdefault("_batches", set())
+        state.setdefault("_last_batch", None)
+        state.setdefault("_grid", _grid_at(state["_rate"]))
         state.setdefault("_counts_version", 0)
         super().__setstate__(state)
 
@@ -358,16 +422,15 @@ class SkipDropPath(DropPath):
             return "mask"
         return BELOW_MIN_SKIP_RATE if self._rate < self.min_skip_rate else "skip"
 
-    def branch_weights(self, v: Tensor, last: Tensor, dtype: torch.dtype) -> Tensor:
-        """The multiplier of each computed sample: ``1 / keep`` (unbiased in ``dtype``), and 0 for the
-        last one when the draw left it out."""
+    def branch_weights(self, v: Tensor, kept: Tensor, dtype: torch.dtype) -> Tensor:
+        """The multiplier of each computed sample: ``1 / keep`` (unbiased in ``dtype``) where the draw
+        kept it (``kept``), else 0."""
         work = torch.float64 if dtype == torch.float64 else torch.float32
         if self.scale_by_keep:
             w = unbiased_scale(self.keep_prob.to(device=v.device, dtype=work), v.to(work), dtype)
         else:
             w = torch.ones(v.shape, dtype=work, device=v.device)
-        is_last = torch.arange(v.shape[0], device=v.device) == v.shape[0] - 1
-        return torch.where(is_last & ~last, torch.zeros((), dtype=work, device=v.device), w)
+        return torch.where(kept, w, torch.zeros((), dtype=work, device=v.device))
 
     @staticmethod
     def _count_at(batch: int, rate: float) -> int:
@@ -377,12 +440,31 @@ class SkipDropPath(DropPath):
         return self._count_at(batch, self._rate)
 
     def kept_for(self, batch: int) -> int:
-        """How many samples a branch computes with ``kept_count="fixed"``: ``ceil(B * (1 - p))``, at
-        least 1. Compiled code takes the count as a constant that depends only on the batch size and
-        ``_counts_version``, which a rate change bumps only when a count changes: no recompile on the
-        second step, none for rate changes that keep the count (reading the float rate would
-        recompile on every change), one for a new count or batch size."""
-        return _kept_count(self, batch, self._counts_version)
+        """How many samples a branch computes with ``kept_count="fixed"``.
+
+        Eager: ``ceil(B * (1 - p))``, at least 1. Compiled: ``ceil(B * g / KEPT_GRID)`` in integer
+        arithmetic, where ``g / KEPT_GRID`` is the keep probability rounded up on a grid; the batch size
+        may be symbolic, so a frame that dynamo made dynamic in the batch runs every batch size with
+        one graph. A count above ``ceil(B * (1 - p))`` stays exact (``kept_positions``); it only costs
+        compute. ``g`` is an int attribute that compiled code guards on (with ``_counts_version``),
+        and a rate change moves it only when it must (``_update_grid``): when the new keep
+        probability is above it, or when it is more than ``GRID_SLACK`` above and a smaller ``g``
+        would compute fewer samples at a batch size seen so far (eager draws, and the last batch of
+        compiled code before each rate change). So: no recompile on the second step, none for rate
+        changes that keep the counts of the batch sizes seen (reading the float rate would recompile
+        on every change), at most one for each new count.
+        """
+        if not torch.compiler.is_compiling():
+            self._batches.add(batch)
+            return self._count(batch)
+        # A side effect that dynamo replays after the graph, also with a symbolic batch size (no graph
+        # break): the rate setter folds it into the batch sizes seen.
+        object.__setattr__(self, "_last_batch", batch)
+        # Never true; reading the version makes compiled code guard on it, so that every change of the
+        # grid compiles once, also back to an earlier one (as every change of a count did before).
+        if self._counts_version < 0:
+            raise AssertionError(self._counts_version)
+        return _grid_count(batch, self._grid)
 
     def _update_skipping(self) -> None:
         # A plain bool attribute: torch.compile guards on it, so crossing min_skip_rate recompiles once.
