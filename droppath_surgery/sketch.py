@@ -1,4 +1,4 @@
-"""Per-sample sketches: compare two passes of a model in a few numbers per sample instead of tensors.
+"""Sketches and fingerprints: compare two passes of a model in a few numbers instead of tensors.
 
 The sketch of a tensor along its sample dimension holds, per sample, ``SKETCH_SIZE`` fixed random
 projections of the sample's elements and their norm. Two samples with equal values have equal
@@ -6,15 +6,19 @@ sketches up to float rounding; any change spread over a sample moves its project
 change's norm. ``agree`` judges two sketches within float tolerance relative to the samples' norms,
 so passes that differ only by the summation order of another batch size agree. The analysis keeps
 sketches of the additions' operands (sample independence) and the exactness check of skip mode
-those of the branch ends.
+those of the branch ends. A ``Fingerprint`` is exact instead: shape, dtype, device and two sums of
+the elements' bit patterns (plain and position-weighted, wrapping in int64), equal for bitwise equal
+tensors; the recording keeps its outputs that way, which verification compares with bitwise.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-__all__ = ["SKETCH_SIZE", "Projections", "sketch", "agree", "tolerance"]
+__all__ = ["SKETCH_SIZE", "Projections", "sketch", "agree", "tolerance", "Fingerprint", "fingerprint"]
 
 SKETCH_SIZE = 8
 
@@ -60,3 +64,37 @@ def agree(want: Tensor | None, got: Tensor | None, dtype: torch.dtype) -> tuple[
     diff = (want[:, :SKETCH_SIZE] - got[:, :SKETCH_SIZE]).abs().nan_to_num(float("inf")).max().item()
     scale = max(1.0, want[:, SKETCH_SIZE].nan_to_num(0.0).max().item())
     return diff <= tolerance(dtype) * scale, diff
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What verification needs of a recorded output tensor (``fingerprint``); ``sums`` is None on the
+    meta device, where shape and dtype are all there is."""
+
+    shape: tuple
+    dtype: torch.dtype
+    device: torch.device
+    sums: tuple[int, int] | None
+
+    def matches(self, t: Tensor) -> bool:
+        return fingerprint(t) == self
+
+
+_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
+_CHUNK = 1 << 20
+
+
+def fingerprint(t: Tensor) -> Fingerprint:
+    """``t``'s shape, dtype, device and, off the meta device, the sum of its elements' bit patterns and
+    their sum weighted by position (int64, wrapping; in chunks of a million elements): a change of any
+    bit, or two elements swapped, changes it (up to a chance collision of the sums)."""
+    if t.device.type == "meta":
+        return Fingerprint(tuple(t.shape), t.dtype, t.device, None)
+    flat = t.detach().contiguous().view(-1)
+    bits = flat.view(_INT_OF_SIZE.get(flat.element_size(), torch.int64))
+    total = weighted = 0
+    for start in range(0, bits.numel(), _CHUNK):
+        part = bits[start : start + _CHUNK].to(torch.int64)
+        total += int(part.sum())
+        weighted += int((part * torch.arange(start + 1, start + 1 + part.numel(), device=part.device)).sum())
+    return Fingerprint(tuple(t.shape), t.dtype, t.device, (total, weighted))

@@ -28,7 +28,7 @@ from .errors import VerificationError
 from .isolation import observation
 from .nn import SkipDropPath
 from .nn.skip import SkipState
-from .sketch import Projections, agree, sketch, tolerance
+from .sketch import Fingerprint, Projections, agree, sketch, tolerance
 
 __all__ = [
     "compare_outputs", "has_meta_tensors", "state_fingerprint", "compare_state", "EvalPass", "eval_pass", "verify_eval",
@@ -47,7 +47,8 @@ def _bitwise_equal(a: Tensor, b: Tensor) -> bool:
 
 
 def compare_outputs(before: Any, after: Any) -> list[str]:
-    """Descriptions of every difference between two outputs; empty when bitwise identical."""
+    """Descriptions of every difference between two outputs; empty when bitwise identical. ``before``
+    may hold ``Fingerprint``s where it held tensors (a recorded pass keeps its outputs that way)."""
     left = list(nested.leaves(before))
     right = list(nested.leaves(after))
     if [i for i, _ in left] != [i for i, _ in right]:
@@ -55,7 +56,13 @@ def compare_outputs(before: Any, after: Any) -> list[str]:
     diffs = []
     for (index, a), (_, b) in zip(left, right):
         name = nested.describe(index)
-        if isinstance(a, Tensor) and isinstance(b, Tensor):
+        if isinstance(a, Fingerprint) and isinstance(b, Tensor):  # a recorded output (``Recording.outputs``)
+            if not a.matches(b):
+                if a.shape != tuple(b.shape) or a.dtype != b.dtype:
+                    diffs.append(f"{name}: {a.shape} {a.dtype} became {tuple(b.shape)} {b.dtype}")
+                else:
+                    diffs.append(f"{name}: elements differ bitwise from the unpatched pass (its {b.numel()} elements' fingerprint changed)")
+        elif isinstance(a, Tensor) and isinstance(b, Tensor):
             if not _bitwise_equal(a, b):
                 if a.shape != b.shape or a.dtype != b.dtype:
                     diffs.append(f"{name}: {tuple(a.shape)} {a.dtype} became {tuple(b.shape)} {b.dtype}")
@@ -63,7 +70,7 @@ def compare_outputs(before: Any, after: Any) -> list[str]:
                     differ = (a != b) & ~(a.isnan() & b.isnan()) if a.is_floating_point() else a != b
                     delta = (a.double() - b.double()).abs().nan_to_num(0).max().item()
                     diffs.append(f"{name}: {int(differ.sum())} of {a.numel()} elements differ (max |diff| {delta:.3g})")
-        elif isinstance(a, Tensor) or isinstance(b, Tensor):
+        elif isinstance(a, (Tensor, Fingerprint)) or isinstance(b, Tensor):
             diffs.append(f"{name}: {type(a).__name__} became {type(b).__name__}")
         else:
             diffs += _compare_objects(name, a, b)
@@ -87,7 +94,8 @@ def _compare_objects(name: str, a: Any, b: Any) -> list[str]:
 
 
 def has_meta_tensors(obj: Any) -> bool:
-    return any(t.device.type == "meta" for t in nested.tensors(obj))
+    """Some tensor (or a recorded output's ``Fingerprint``) in ``obj`` is on the meta device."""
+    return any(isinstance(x, (Tensor, Fingerprint)) and x.device.type == "meta" for _, x in nested.leaves(obj))
 
 
 def state_fingerprint(model: nn.Module) -> dict[str, tuple]:

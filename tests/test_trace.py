@@ -757,8 +757,8 @@ class _WideBlock(nn.Module):
 def test_recording_holds_no_activation_of_the_pass():
     """The analysis keeps provenance and per-sample sketches, not tensors: from the recording of a
     pass on user inputs (which runs the sample-independence check, comparing values), the tensors
-    reachable besides the outputs, inputs and weights come to less than one activation (512 KiB here;
-    keeping the additions' operands, as before, held 8 of them)."""
+    reachable besides the inputs and weights come to less than one activation (512 KiB here; keeping
+    the additions' operands, as before, held 8 of them; the outputs are kept as fingerprints)."""
     import gc
 
     from droppath_surgery.analysis import analyse
@@ -769,7 +769,7 @@ def test_recording_holds_no_activation_of_the_pass():
     with observation(model, x):
         analysis = analyse(model, (x,), {}, batch_dim=None, inputs_batch_first=False)
     assert len(analysis.branches) == 4 and analysis.input_dim == 0
-    known = {id(x), id(analysis.recording.outputs), *(id(t) for t in model.state_dict(keep_vars=True).values())}
+    known = {id(x), *(id(t) for t in model.state_dict(keep_vars=True).values())}  # outputs are fingerprints
     seen, stack, held = set(), [analysis.recording], 0
     while stack:
         obj = stack.pop()
@@ -781,3 +781,22 @@ def test_recording_holds_no_activation_of_the_pass():
             continue
         stack.extend(gc.get_referents(obj))
     assert held < x.numel() * x.element_size(), f"{held} bytes of tensors held by the recording"
+
+
+def test_fingerprints_tell_bitwise_equal_tensors_from_changed_ones():
+    from droppath_surgery.sketch import fingerprint
+
+    torch.manual_seed(0)
+    for t in (torch.randn(3, 1000, 700), torch.randn(64).bfloat16(), torch.randint(0, 9, (5, 7)), torch.rand(9) > 0.5):
+        assert fingerprint(t) == fingerprint(t.clone()) and fingerprint(t.t() if t.ndim == 2 else t) is not None
+        swapped = t.clone().view(-1)
+        first, last = swapped[0].clone(), swapped[-1].clone()
+        swapped[0], swapped[-1] = last, first
+        if not torch.equal(first, last):
+            assert fingerprint(swapped.view(t.shape)) != fingerprint(t)  # same bit sum, other positions
+        flipped = t.clone().view(-1)
+        flipped.view(torch.uint8)[-1] ^= 1  # one bit of the last element
+        assert fingerprint(flipped.view(t.shape)) != fingerprint(t)
+    assert fingerprint(torch.zeros(2, 3)) != fingerprint(torch.zeros(3, 2))
+    meta = fingerprint(torch.empty(4, 5, device="meta"))
+    assert meta.sums is None and meta.matches(torch.empty(4, 5, device="meta"))

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .. import nested
-from ..sketch import Projections, sketch
+from ..sketch import Projections, fingerprint, sketch
 
 __all__ = ["Node", "Call", "LayoutOp", "Addition", "Recording", "record", "version_counter", "SELF"]
 
@@ -158,7 +158,7 @@ class Recording:
     calls: tuple[Call, ...]  # every module call, in call order
     additions: tuple[Addition, ...]
     call_counts: Mapping[int, int]  # id(module) -> calls in the pass
-    outputs: Any = field(repr=False)  # what the model returned
+    outputs: Any = field(repr=False)  # what the model returned, each tensor as its ``sketch.Fingerprint``
     last_serial: int = 0
 
 
@@ -305,6 +305,6 @@ def record(model: nn.Module, args: tuple, kwargs: dict, *, sketch_sizes: frozens
         calls=tuple(rec.calls),
         additions=tuple(rec.additions),
         call_counts=MappingProxyType(dict(rec.call_counts)),
-        outputs=outputs,
+        outputs=nested.map_tensors(outputs, fingerprint),  # the pass's tensors are not kept
         last_serial=rec.serial,
     )
