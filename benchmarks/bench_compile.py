@@ -7,6 +7,7 @@ sides alike:
   ``apply_drop_path`` (forward, backward, AdamW step);
 * with ``--baseline``: the compiled patched model over the compiled unpatched one (the cost of drop
   path under compile);
+* with ``--skip``: the compiled model patched with ``skip_dropped=True`` over the compiled masked one;
 * how many times dynamo compiled while ``set_drop_path_rate`` changed the rate ``--rate-changes``
   times, one training step each (goal: 0 recompiles after the first compile);
 * with ``--batch-sizes 4,4,6,8,8,12,5``: instead of the above, the frames dynamo compiles for one
@@ -99,6 +100,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--rate-changes", type=int, default=100)
     parser.add_argument("--baseline", action="store_true", help="also time the compiled unpatched model")
+    parser.add_argument("--skip", action="store_true", help="also time the model compiled with skip_dropped=True")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--batch-sizes", default=None, help="comma-separated batch sizes: count frames compiled "
                         "over them (unpatched, masked, skip_dropped=True) instead of timing")
@@ -131,6 +133,11 @@ def main() -> None:
         "eager (patched)": make_step(eager_model, torch.optim.AdamW(eager_model.parameters()), x, y, dtype),
         "compiled (patched)": make_step(compiled_model, torch.optim.AdamW(compiled_model.parameters()), x, y, dtype),
     }
+    if args.skip:
+        skipping = copy.deepcopy(base)
+        apply_drop_path(skipping, args.rate, skip_dropped=True)
+        skip_compiled = torch.compile(skipping).train()
+        candidates["compiled (skip)"] = make_step(skip_compiled, torch.optim.AdamW(skip_compiled.parameters()), x, y, dtype)
     if args.baseline:
         plain = torch.compile(copy.deepcopy(base)).train()
         candidates["compiled (no drop path)"] = make_step(plain, torch.optim.AdamW(plain.parameters()), x, y, dtype)
@@ -160,6 +167,9 @@ def main() -> None:
         print(f"  {name:26s} median {t * 1000:9.1f} ms over {args.repeats}")
     print(f"compiled / eager step time (patched): {med['compiled (patched)'] / med['eager (patched)']:.3f}x "
           f"(speed-up {med['eager (patched)'] / med['compiled (patched)']:.2f}x)")
+    if args.skip:
+        print(f"compiled skip_dropped=True / compiled masked step time: "
+              f"{med['compiled (skip)'] / med['compiled (patched)']:.3f}x")
     if args.baseline:
         print(f"compiled patched / compiled without drop path: "
               f"{med['compiled (patched)'] / med['compiled (no drop path)']:.3f}x")

@@ -81,12 +81,12 @@ class Fingerprint:
 
 
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
-_CHUNK = 1 << 20
+_CHUNK = 1 << 16  # elements per step: the int64 temporaries stay near 1.5 MiB
 
 
 def fingerprint(t: Tensor) -> Fingerprint:
     """``t``'s shape, dtype, device and, off the meta device, the sum of its elements' bit patterns and
-    their sum weighted by position (int64, wrapping; in chunks of a million elements): a change of any
+    their sum weighted by position (int64, wrapping; in chunks of 65,536 elements): a change of any
     bit, or two elements swapped, changes it (up to a chance collision of the sums)."""
     if t.device.type == "meta":
         return Fingerprint(tuple(t.shape), t.dtype, t.device, None)
