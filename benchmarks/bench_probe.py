@@ -109,15 +109,12 @@ def one(name: str, what: str, device: str) -> dict:
             fn()
             out[key + "_rise"] = meter.peak() - start
     else:
+        sys.path.insert(0, str(HERE))
+        from bench_op import timed
+
         forward()
         for key, fn in (("forward", forward), ("apply", apply), ("forward2", forward)):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            out[key + "_s"] = time.perf_counter() - start
+            out[key + "_s"] = timed(fn, device)
     return out
 
 

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,13 +140,13 @@ class EvalPass:
     log: Sketches
 
 
-def eval_pass(model: nn.Module, args: tuple, kwargs: dict, drops: list[SkipDropPath] = ()) -> EvalPass:  # type: ignore[assignment]
+def eval_pass(model: nn.Module, args: tuple, kwargs: dict, drops: Sequence[SkipDropPath] = ()) -> EvalPass:
     """Run the patched model once in eval mode, sketching the output of every call of ``drops``: the
     pass ``verify_eval`` judges and the exactness check compares with (one pass serves both)."""
     log = Sketches()
     with observation(model, (args, kwargs)), _PassThrough(), contextlib.ExitStack() as probing:
         for drop in drops:
-            probing.enter_context(drop.probing(None, log.of(drop)))
+            probing.enter_context(drop.probing(None, log.add))
         outputs = model(*args, **kwargs)
     return EvalPass(outputs, log)
 
@@ -169,27 +170,15 @@ PROBE_BATCH = 2  # the check needs a dropped sample and a kept one
 class Sketches:
     """Per call of the watched DropPaths, in call order: ``(drop, state, shape, dtype, sketch)``, the
     ``sketch.sketch`` of each output along the drop's batch dimension (a few numbers per sample instead
-    of the tensor). ``of(drop)`` is the ``log`` that ``SkipDropPath.probing`` appends ``(state, out)`` to."""
+    of the tensor). ``add`` is the ``log`` that ``SkipDropPath.probing`` calls."""
 
     def __init__(self, projections: Projections | None = None) -> None:
         self.entries: list[tuple[SkipDropPath, Any, tuple, torch.dtype, Tensor | None]] = []
         self.projections: Projections = projections if projections is not None else {}
 
-    def of(self, drop: SkipDropPath) -> _DropLog:
-        return _DropLog(self, drop)
-
-    def add(self, drop: SkipDropPath, state: Any, out: Tensor) -> None:
+    def add(self, drop: SkipDropPath, state: SkipState | None, out: Tensor) -> None:
         summary = sketch(out, drop.batch_dim, self.projections, drop.rows_per_sample)
         self.entries.append((drop, state, tuple(out.shape), out.dtype, summary))
-
-
-class _DropLog:
-    def __init__(self, sketches: Sketches, drop: SkipDropPath) -> None:
-        self.sketches, self.drop = sketches, drop
-
-    def append(self, item: tuple) -> None:
-        state, out = item
-        self.sketches.add(self.drop, state, out)
 
 
 def _close(a: Tensor, b: Tensor) -> tuple[bool, float]:
@@ -260,7 +249,7 @@ def check_skipping(
             state.forced = forced if skipping and state.enabled else None
         with observation(model, (args, kwargs)), _PassThrough(), contextlib.ExitStack() as probing:
             for drop in drops:
-                probing.enter_context(drop.probing(forced, into.of(drop)))
+                probing.enter_context(drop.probing(forced, into.add))
             return model(*args, **kwargs)
 
     masked: EvalPass | None = None

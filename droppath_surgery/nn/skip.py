@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -365,7 +365,7 @@ class SkipDropPath(DropPath):
         self._grid = _grid_at(self._rate)  # the kept count under torch.compile (see ``kept_for``)
         self._counts_version = 0  # bumped at every change of ``_grid``
         self._forced_mask: tuple | None = None  # set inside ``probing`` only
-        self._probe_log: list | None = None  # set inside ``probing`` only
+        self._probe_log: Callable[[SkipDropPath, SkipState | None, Tensor], None] | None = None  # inside ``probing`` only
         self._update_skipping()
 
     @DropPath.rate.setter  # type: ignore[attr-defined]
@@ -472,9 +472,9 @@ class SkipDropPath(DropPath):
         object.__setattr__(self, "_skipping", skipping)
 
     @contextlib.contextmanager
-    def probing(self, forced: tuple | None, log: Any) -> Iterator[None]:
+    def probing(self, forced: tuple | None, log: Callable[[SkipDropPath, SkipState | None, Tensor], None]) -> Iterator[None]:
         """For the exactness check: mask with the fixed kept set ``forced`` (also in eval mode; None:
-        as usual) and append ``(state or None, output)`` to ``log`` at every call."""
+        as usual) and call ``log(self, state or None, output)`` at every call."""
         self._forced_mask, self._probe_log = forced, log
         try:
             yield
@@ -490,7 +490,7 @@ class SkipDropPath(DropPath):
         else:
             out = super().forward(x)
         if self._probe_log is not None:
-            self._probe_log.append((used, out))
+            self._probe_log(self, used, out)
         return out
 
     def _masked_forced(self, x: Tensor) -> Tensor:
