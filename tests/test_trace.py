@@ -77,6 +77,24 @@ def test_sequence_first_stream_is_found_to_have_batch_dim_1(shape):
     assert [s.batch_dim for s in report.sites] == [1] * 6
 
 
+def test_a_single_dimension_that_fits_the_traced_shapes_needs_no_independence_pass():
+    # (N, C, H, W) images: only dim 0 fits the branches' shapes (the doubled-channels pass fails at the
+    # first convolution), so no pass beyond the recorded one completes. A sequence-first (L, N, D)
+    # input fits both dims, and the small passes of the independence check decide (see above).
+    def completed_passes(model, x):
+        seen = []
+        model.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
+        report = find_residual_branches(model, x)
+        return report, seen
+
+    conv = nn.Sequential(nn.Conv2d(3, 8, 3), *[_ConvRes() for _ in range(2)])
+    report, seen = completed_passes(conv, torch.randn(4, 3, 9, 9))
+    assert {s.batch_dim for s in report.sites} == {0} and seen == [(4, 3, 9, 9)]
+    report, seen = completed_passes(SeqFirstNet(), torch.randn(6, 3, 8))
+    assert {s.batch_dim for s in report.sites} == {1}
+    assert seen[0] == (6, 3, 8) and (2, 3, 8) in seen[1:] and (6, 2, 8) in seen[1:]
+
+
 def test_sequence_first_training_drops_whole_samples_never_tokens():
     model = SeqFirstNet()
     apply_drop_path(model, 0.5, schedule="uniform", example_inputs=torch.randn(6, 4, 8))

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import ExampleInputsError
 from ..isolation import rng_restored
-from .batch import UNMAPPED_REASON, assign_batch_dims, candidate_batch_sizes
+from .batch import UNMAPPED_REASON, WATCHED_SAMPLE, assign_batch_dims, candidate_batch_sizes
 from .blocks import Branch, ModuleIndex, find_branches, number_units
 from .merges import find_merges
 from .record import Recording, record
@@ -58,7 +58,7 @@ def analyse(model: nn.Module, args: tuple, kwargs: dict, *, batch_dim: int | Non
 
     def probe(a: tuple, k: dict, sketch_sizes: frozenset[int]) -> Recording:
         with rng_restored(model, (a, k)):
-            return record(model, a, k, sketch_sizes=sketch_sizes)
+            return record(model, a, k, sketch_sizes=sketch_sizes, sketch_sample=WATCHED_SAMPLE)
 
     try:
         recording = probe(args, kwargs, candidate_batch_sizes(args, kwargs, batch_dim, inputs_batch_first))

@@ -1,12 +1,12 @@
 """Batch dimensions: which dimension of each branch output indexes samples.
 
 The inputs' batch dimension is 0 for inputs built by ``integrations.inputs``; for inputs a user
-passes it is 0 or 1, decided by a pass with only sample 0 changed: no other sample of any branch may
-change (a sequence-first ``(L, N, D)`` input read as batch-first fails that, since attention spreads
-the change over the tokens). Each branch's batch dimension is the one whose size is the batch size;
-where that is ambiguous a second pass with the batch doubled shows which dimension grows. On the meta
-device there are no values to compare: where more than one input dimension fits, it cannot be
-decided and ``BatchDimError`` asks for ``batch_dim=``.
+passes it is 0 or 1: the one that fits the traced shapes (each branch's batch dimension is the one
+whose size is the batch size; where that is ambiguous a second pass with the batch doubled shows
+which dimension grows). Where both fit, a small pass with only sample 0 changed decides: no other
+sample of any branch may change (a sequence-first ``(L, N, D)`` input read as batch-first fails that,
+since attention spreads the change over the tokens). On the meta device there are no values to
+compare: where both fit, ``BatchDimError`` asks for ``batch_dim=``.
 
 A branch that reaches its merge through layout operations is dropped at the module output: the
 layout is replayed on a tensor of sample indices, and the output's batch dimension is the one
@@ -31,7 +31,7 @@ from .blocks import Branch
 from .merges import find_merges
 from .record import Recording
 
-__all__ = ["BatchDims", "assign_batch_dims", "candidate_batch_sizes", "map_batch_tensors", "UNMAPPED_REASON"]
+__all__ = ["BatchDims", "assign_batch_dims", "candidate_batch_sizes", "map_batch_tensors", "UNMAPPED_REASON", "WATCHED_SAMPLE"]
 
 UNMAPPED_REASON = (
     "the branch reaches the residual through layout operations (view, reshape, permute, slicing) that do "
@@ -39,7 +39,8 @@ UNMAPPED_REASON = (
     "dropping at the module would not drop whole samples of the residual"
 )
 
-SAMPLES_COMPARED = 2  # the sample-independence check changes sample 0 and watches sample 1
+SAMPLES_COMPARED = 2  # the sample-independence check changes sample 0 and watches sample WATCHED_SAMPLE
+WATCHED_SAMPLE = 1
 Prober = Callable[[tuple, dict, frozenset[int]], Recording]  # (args, kwargs, sketch sizes) -> a recorded pass
 
 
@@ -165,7 +166,7 @@ def _perturb_first_sample(obj: Any, dim: int, batch: int, gen: torch.Generator) 
 def _samples_independent(
     branches: list[Branch], dims: list[int], reference: Recording, probe: Prober, args: tuple, kwargs: dict, input_dim: int, batch: int
 ) -> bool:
-    """True if changing sample 0 of the inputs changes sample 1 of no branch: the first
+    """True if changing sample 0 of the inputs changes sample ``WATCHED_SAMPLE`` (1) of no branch: the first
     ``SAMPLES_COMPARED`` samples, sample 0 changed, run once more (a small pass), and sample 1 of
     each branch must agree with the full batch's (``sketch.agree``: within float tolerance, as the
     batch size may change the summation order)."""
@@ -180,7 +181,7 @@ def _samples_independent(
         a, b = before.get(br.merge.key, (None, None))[1], after.get(br.merge.key, (None, None))[1]
         if a is None or b is None or d not in a[1] or d not in b[1] or a[1][d] is None or b[1][d] is None:
             continue
-        if not agree(a[1][d][1:2], b[1][d][1:2], a[0])[0]:
+        if not agree(a[1][d], b[1][d], a[0])[0]:
             return False
     return True
 
@@ -213,18 +214,18 @@ def assign_batch_dims(
     candidates = [0] if inputs_batch_first else [d for d in (0, 1) if d < tensors[0].ndim]
     fitting: list[tuple[int, list[int]]] = []
     for input_dim in candidates:
-        batch = tensors[0].shape[input_dim]
-        dims = _dims_by_size(branches, probe, args, kwargs, input_dim, batch)
-        if dims is None:
-            continue
-        if batch > 1 and not inputs_batch_first:
-            if meta:  # no values to check sample independence with: every fitting dimension counts
-                fitting.append((input_dim, dims))
-                continue
-            if not _samples_independent(branches, dims, recording, probe, args, kwargs, input_dim, batch):
-                continue
-        fitting.append((input_dim, dims))
-        break
+        dims = _dims_by_size(branches, probe, args, kwargs, input_dim, tensors[0].shape[input_dim])
+        if dims is not None:
+            fitting.append((input_dim, dims))
+    if len(fitting) > 1 and not meta:
+        # Several dimensions fit the traced shapes: the samples are along the first one whose samples
+        # the model keeps apart (a batch of 1 has nothing to compare and is taken as it is).
+        batch = lambda d: tensors[0].shape[d]  # noqa: E731
+        independent = (
+            (d, dims) for d, dims in fitting
+            if batch(d) <= 1 or _samples_independent(branches, dims, recording, probe, args, kwargs, d, batch(d))
+        )
+        fitting = [found] if (found := next(independent, None)) else []
     if len(fitting) > 1:
         raise BatchDimError(
             f"on the meta device there are no values to tell which dimension of the inputs indexes samples, and "

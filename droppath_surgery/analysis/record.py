@@ -102,14 +102,14 @@ class Node:
         self.op = op  # name of the operation that made it ("" for inputs, parameters, constants)
         self.parents = parents  # the values it was computed from
         self.live = live  # computed from the example inputs
-        self.chain: list[tuple[Call, tuple]] = []  # (Call, output index) of every module call that returned it
+        self.chain: tuple[tuple[Call, tuple], ...] = ()  # (Call, output index) of every module call that returned it
         self.linear = linear  # made by an operation that is linear in its live inputs
         self.mixing = mixing  # made by an operation that mixes channels or tokens (not depthwise)
         self.scaled_from = scaled_from  # the live node this is a per-sample-neutral scaling of
         self.layout_from = layout_from  # (live node, LayoutOp) when a layout operation made it from that node
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Call:
     """One call of one module. ``last`` is set when the call returns."""
 
@@ -147,7 +147,7 @@ class Addition:
     shape: tuple
     stack: tuple  # module calls enclosing the addition, outermost first
     serial: int  # serial of the last value made before the addition
-    sketches: tuple = ()  # per operand (dtype, {dim: sketch.sketch}) for dims of a sketched size (see ``record``)
+    sketches: tuple = ()  # per operand (dtype, {dim: sketch of one sample}) for dims of a sketched size (``record``)
 
 
 @dataclass(frozen=True)
@@ -171,9 +171,10 @@ def version_counter(t: Tensor) -> int:
 
 
 class _Recorder(TorchFunctionMode):
-    def __init__(self, sketch_sizes: frozenset[int]) -> None:
+    def __init__(self, sketch_sizes: frozenset[int], sketch_sample: int) -> None:
         super().__init__()
         self.sketch_sizes = sketch_sizes
+        self.sketch_sample = sketch_sample
         self.projections: Projections = {}
         self.nodes: dict[int, tuple[weakref.ref, Node]] = {}
         self.serial = 0
@@ -215,7 +216,7 @@ class _Recorder(TorchFunctionMode):
             if isinstance(t, Tensor):
                 node = self.node_of(t)
                 if node.live:
-                    node.chain.append((call, index))
+                    node.chain += ((call, index),)
 
     # -- torch operations -----------------------------------------------------------------------
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -279,15 +280,20 @@ class _Recorder(TorchFunctionMode):
             self.additions.append(Addition(na, nb, tuple(a.shape), tuple(self.stack), self.serial, sketches))
 
     def _sketches(self, t: Tensor) -> tuple[torch.dtype, dict[int, Tensor | None]]:
-        return t.dtype, {d: sketch(t, d, self.projections) for d, n in enumerate(t.shape) if n in self.sketch_sizes}
+        i = self.sketch_sample
+        return t.dtype, {
+            d: sketch(t.narrow(d, i, 1), d, self.projections) for d, n in enumerate(t.shape) if n in self.sketch_sizes and n > i
+        }
 
 
-def record(model: nn.Module, args: tuple, kwargs: dict, *, sketch_sizes: frozenset[int] = frozenset()) -> Recording:
+def record(
+    model: nn.Module, args: tuple, kwargs: dict, *, sketch_sizes: frozenset[int] = frozenset(), sketch_sample: int = 0
+) -> Recording:
     """Run ``model(*args, **kwargs)`` once and record it. The caller sets eval mode, ``no_grad`` and
     the random state; hooks are removed afterwards. Only shapes and provenance are kept, no tensor
-    of the pass; with ``sketch_sizes`` each addition also keeps a per-sample ``sketch`` of its operands
-    along every dimension of one of those sizes (for passes that compare values)."""
-    rec = _Recorder(frozenset(sketch_sizes))
+    of the pass; with ``sketch_sizes`` each addition also keeps the ``sketch`` of sample ``sketch_sample``
+    of its operands along every dimension of one of those sizes (passes compared by that sample)."""
+    rec = _Recorder(frozenset(sketch_sizes), sketch_sample)
     handles = []
     try:
         for module in model.modules():
