@@ -10,7 +10,7 @@ is a second patch in the same process (the first one grows Python's heap for the
 objects, which the allocator keeps). Goals (issue 15): memory at most
 1.5x, time at most 2.5x, both linear in depth; a 70B decoder on the meta device patches in seconds.
 
-    python benchmarks/bench_probe.py                  # sizes, 22M to 1.1B parameters, and depths 12..96
+    python benchmarks/bench_probe.py                  # sizes, 22M to 2B parameters, and depths 12..96
     python benchmarks/bench_probe.py --only vit_b d12 --depths
     python benchmarks/bench_probe.py --meta-70b       # the 70B Llama config on the meta device only
 """
@@ -39,6 +39,8 @@ MODELS = {
     "vit_g_dinov2_224": ("timm", {"name": "vit_giant_patch14_dinov2", "img_size": 224}, 1),
     "llama_1b": ("llama", {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
                            "num_key_value_heads": 4, "vocab_size": 32000}, 1),
+    "llama_2b": ("llama", {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 30, "num_attention_heads": 32,
+                           "num_key_value_heads": 8, "vocab_size": 32000}, 1),
 }
 DEPTHS = {f"d{n}": ("timm", {"name": "vit_small_patch16_224", "depth": n}, 8) for n in (12, 24, 48, 96)}
 LLAMA_70B = {"hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80, "num_attention_heads": 64,
