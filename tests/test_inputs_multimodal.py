@@ -228,3 +228,14 @@ def test_a_vlm_whose_image_features_fail_gets_an_error_naming_pixel_values_and_i
     )
     with pytest.raises(ExampleInputsError, match="'pixel_values' and 'input_ids'.*image token"):
         build_example_inputs(T.Idefics3Model(config))
+
+
+def test_a_vlm_whose_image_token_is_outside_its_vocabulary_gets_an_error_saying_so():
+    # LLaVA's default config: image_token_index 32000, a 32000-token vocabulary (checkpoints resize it).
+    config = T.LlavaConfig(
+        vision_config=T.CLIPVisionConfig(**VISION, image_size=32, patch_size=8),
+        text_config=T.LlamaConfig(**TEXT),
+        image_token_index=99,
+    )
+    with pytest.raises(ExampleInputsError, match="image token id 99 is outside its 99-token embedding"):
+        build_example_inputs(T.LlavaModel(config))

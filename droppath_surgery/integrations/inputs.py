@@ -365,6 +365,14 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
     if wants_image:
         candidates = _pixel_candidates(model, vision, params, device, dtype, gen)
         image = candidates[0]
+        embed = model.get_input_embeddings() if takes_ids and image_token is not None else None
+        rows = getattr(embed, "num_embeddings", None)
+        if rows is not None and image_token >= rows:  # a default config whose vocabulary was never resized
+            raise ExampleInputsError(
+                f"{type(model).__name__}: its image token id {image_token} is outside its {rows}-token embedding, so "
+                f"it cannot take images as configured; resize the embedding (model.resize_token_embeddings) or pass "
+                f"example_inputs= with 'pixel_values' and 'input_ids'."
+            )
         if takes_ids and image_token is not None and hasattr(model, "get_image_features"):
             # a VLM: as many placeholders as the projector emits, in the first layout the model takes
             failures = []
