@@ -189,7 +189,16 @@ def _pixel_candidates(model: nn.Module, vision: Any, params: Any, device: torch.
     patch_key = "pixel_values" if "pixel_values" in params else "hidden_states"
     if grid_key is not None and getattr(vision, "patch_size", None):  # Qwen2-VL: flattened patches and their grid
         rows, grid = _patch_rows(vision, device, dtype, gen)
-        return [{patch_key: rows, grid_key: grid}]
+        extra = {}
+        if "image_merge_sizes" in params:  # the merge of each image passed in (VideoLLaMA 3)
+            merge = _field(vision, "spatial_merge_size", "merge_size") or 1
+            extra["image_merge_sizes"] = torch.full((len(grid),), merge, dtype=torch.long, device=device)
+        out = [{patch_key: rows, grid_key: grid, **extra}]
+        p = vision.patch_size
+        if rows.shape[1] % (p * p) == 0:  # or unflattened (patches, C, p, p), optionally batched (Kimi, PaddleOCR-VL)
+            square = rows.view(rows.shape[0], -1, p, p)
+            out += [{patch_key: square, grid_key: grid, **extra}, {patch_key: square[None], grid_key: grid, **extra}]
+        return out
     if "spatial_shapes" in params:  # NaFlex: patches of a 4 x 4 grid, the second image 3 x 4 and padded
         side, p, c = 4, vision.patch_size, vision.num_channels
         pixels = torch.randn(EXAMPLE_BATCH, side * side, c * p * p, generator=gen).to(device, dtype)
