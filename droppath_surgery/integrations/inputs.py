@@ -10,6 +10,25 @@ model's device and in its floating dtype:
 * Hugging Face: ``config.image_size`` and ``config.num_channels`` for vision models
   (``pixel_values``; a clip of ``config.num_frames`` images for video models), ``input_ids`` within
   ``config.vocab_size`` for text models, both for two-tower models such as ``CLIPModel``;
+* Hugging Face vision-language models (``config.image_token_id`` / ``image_token_index`` and a forward
+  taking ``input_ids``): the image is tried in the layouts below on the model's own ``get_image_features``
+  and ``input_ids`` get one image token per feature vector it returns (between the config's vision start
+  and end tokens, if any; random text avoids every ``*_token_id``), with ``mm_token_type_ids`` where the
+  forward takes them. Layouts: Qwen2-VL flattened patches (``image_grid_thw`` / ``grid_thw`` in the
+  forward: ``GRID_SIDE x spatial_merge_size`` patches a side, rows of ``channels x temporal_patch_size x
+  patch_size**2``; a vision tower taking ``hidden_states`` and ``grid_thw`` gets the same), NaFlex
+  patches (``spatial_shapes``), LLaVA-NeXT crops (``config.image_grid_pinpoints``: an image of the first
+  pinpoint's size, with ``image_sizes``), else ``(B, C, H, W)`` then ``(B, 1, C, H, W)`` (Idefics), each with
+  ``image_sizes`` where the forward takes them. If every layout fails, ``ExampleInputsError`` says why;
+* Hugging Face audio: ``input_features`` of ``num_mel_bins`` (``input_feat_size``,
+  ``input_feat_per_channel``; in ``audio_config`` / ``encoder_config`` if there) mel bins, ``(B, mel,
+  2 x max_source_positions)`` for Whisper-style configs, else ``2 x n_window`` (or ``AUDIO_FRAMES``) frames
+  as ``(B, T, mel)`` or ``(B, mel, T)``, the first the forward runs on (a trial forward in eval mode, the
+  global RNG restored), with all-valid ``input_features_mask`` / ``feature_attention_mask``;
+  ``input_values``: a spectrogram ``(B, max_length, mel)`` where the config has both (AST), raw audio for
+  wav2vec2-style ``conv_kernel``/``conv_stride`` and for codecs (``AUDIO_HOPS`` x ``hop_length`` /
+  ``frame_size`` / the product of the sampling ratios, else 1 s at ``sampling_rate``), as ``(B, T)`` or
+  ``(B, audio_channels, T)``, again the first the forward runs on;
 * torchvision classification models: 224 x 224 (299 for Inception v3, ``image_size`` for ViT).
 
 Anything else needs ``example_inputs=``.
@@ -133,40 +152,270 @@ def _has(config: Any, *names: str) -> bool:
     return all(getattr(config, n, None) is not None for n in names)
 
 
+def _field(config: Any, *names: str) -> Any:
+    """The first of ``names`` the config sets."""
+    return next((v for v in (getattr(config, n, None) for n in names) if v is not None), None)
+
+
+def _required(params: Any) -> list[str]:
+    return [
+        n for n, p in params.items()
+        if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+
+
+GRID_SIDE = 2  # patch grid of an example image, in units of the spatial merge (4 x 4 patches for a 2 x 2 merge)
+GRID_IMAGES = 2  # images per sample in packed patches: the grid has as many rows, and so is not read as batched
+
+
+def _patch_rows(vision: Any, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Qwen2-VL-style flattened patches: one row of ``channels x temporal_patch_size x patch_size**2`` values
+    per patch, every image's patches concatenated (no batch dimension), and the ``(t, h, w)`` grid of each
+    image. One frame per image, a grid of ``GRID_SIDE x spatial_merge_size`` patches a side, ``GRID_IMAGES``
+    images per sample."""
+    merge = _field(vision, "spatial_merge_size", "merge_size") or 1
+    temporal = _field(vision, "temporal_patch_size") or 1
+    channels = _field(vision, "in_channels", "num_channels", "in_chans") or 3
+    side = GRID_SIDE * merge
+    grid = torch.tensor([[1, side, side]] * (EXAMPLE_BATCH * GRID_IMAGES), dtype=torch.long)
+    rows = torch.randn(len(grid) * side * side, channels * temporal * vision.patch_size**2, generator=gen)
+    return rows.to(device, dtype), grid.to(device)
+
+
+def _pixel_candidates(model: nn.Module, vision: Any, params: Any, device: torch.device, dtype: torch.dtype,
+                      gen: torch.Generator) -> list[dict[str, Tensor]]:
+    """Image inputs, in the layouts the model may take (the first its ``get_image_features`` accepts is used)."""
+    grid_key = next((k for k in ("image_grid_thw", "grid_thw") if k in params), None)
+    patch_key = "pixel_values" if "pixel_values" in params else "hidden_states"
+    if grid_key is not None and getattr(vision, "patch_size", None):  # Qwen2-VL: flattened patches and their grid
+        rows, grid = _patch_rows(vision, device, dtype, gen)
+        extra = {}
+        if "image_merge_sizes" in params:  # the merge of each image passed in (VideoLLaMA 3)
+            merge = _field(vision, "spatial_merge_size", "merge_size") or 1
+            extra["image_merge_sizes"] = torch.full((len(grid),), merge, dtype=torch.long, device=device)
+        out = [{patch_key: rows, grid_key: grid, **extra}]
+        p = vision.patch_size
+        if rows.shape[1] % (p * p) == 0:  # or unflattened (patches, C, p, p), optionally batched (Kimi, PaddleOCR-VL)
+            square = rows.view(rows.shape[0], -1, p, p)
+            out += [{patch_key: square, grid_key: grid, **extra}, {patch_key: square[None], grid_key: grid, **extra}]
+        return out
+    if "spatial_shapes" in params:  # NaFlex: patches of a 4 x 4 grid, the second image 3 x 4 and padded
+        side, p, c = 4, vision.patch_size, vision.num_channels
+        pixels = torch.randn(EXAMPLE_BATCH, side * side, c * p * p, generator=gen).to(device, dtype)
+        mask = torch.ones(EXAMPLE_BATCH, side * side, dtype=torch.long)
+        mask[1, (side - 1) * side :] = 0
+        shapes = torch.tensor([[side, side], [side - 1, side]][:EXAMPLE_BATCH])
+        return [{"pixel_values": pixels, "pixel_attention_mask": mask.to(device), "spatial_shapes": shapes.to(device)}]
+    size = _pair(getattr(vision, "image_size", 224))
+    image = _image(EXAMPLE_BATCH, getattr(vision, "num_channels", 3), size, device, dtype, gen)
+    frames = getattr(vision, "num_frames", None)
+    if isinstance(frames, int) and frames > 0:  # video (VideoMAE, TimeSformer, ViViT, X-CLIP): (B, T, C, H, W)
+        return [{"pixel_values": torch.stack([image] * frames, dim=1)}]
+    pinpoints = getattr(model.config, "image_grid_pinpoints", None)
+    if pinpoints and "image_sizes" in params:  # LLaVA-NeXT "anyres": an image of the first pinpoint's size, as
+        high, wide = pinpoints[0]  # its crops of the tower's size plus the whole image resized, (B, crops, C, H, W)
+        crops = 1 + -(-high // size[0]) * -(-wide // size[1])
+        tiles = torch.stack([_image(EXAMPLE_BATCH, image.shape[1], size, device, dtype, gen) for _ in range(crops)], 1)
+        return [{"pixel_values": tiles, "image_sizes": torch.tensor([[high, wide]] * EXAMPLE_BATCH, device=device)}]
+    # (B, C, H, W), else one image per sample (B, images, C, H, W) (Idefics 2/3, SmolVLM); each also with the
+    # size of every image where the forward takes it (Mistral 3)
+    sizes = [{}]
+    if "image_sizes" in params:
+        sizes.append({"image_sizes": torch.tensor([list(size)] * EXAMPLE_BATCH, device=device)})
+    return [{"pixel_values": pixels, **extra} for pixels in (image, image.unsqueeze(1)) for extra in sizes]
+
+
+_IMAGE_TOKEN = ("image_token_id", "image_token_index")
+_IMAGE_START = ("vision_start_token_id", "image_start_token_id", "boi_token_id", "boi_token_index")
+_IMAGE_END = ("vision_end_token_id", "image_end_token_id", "eoi_token_id", "eoi_token_index")
+
+
+def _special_tokens(*configs: Any) -> list[int]:
+    """The ids a config reserves (``*_token_id``, ``*_token_index``): random text avoids them."""
+    ids = set()
+    for cfg in configs:
+        for key in dir(cfg):
+            if key.endswith(("_token_id", "_token_index")) and not key.startswith("_"):
+                value = getattr(cfg, key, None)
+                if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                    ids.add(value)
+    return sorted(ids)
+
+
+def _count_features(model: nn.Module, image: dict[str, Tensor]) -> list[int]:
+    """Image tokens of each sample: the feature vectors ``get_image_features`` returns for its image (so the
+    count includes whatever the projector pools, pixel-shuffles or adds). Raises what the model raises."""
+    fn = model.get_image_features
+    accepted = inspect.signature(fn).parameters
+    kw = {(k if k in accepted else k.removeprefix("image_")): v for k, v in image.items()
+          if k in accepted or k.removeprefix("image_") in accepted}
+    with torch.no_grad():
+        out = fn(**kw)
+    if not isinstance(out, Tensor) and hasattr(out, "pooler_output"):
+        out = out.pooler_output if out.pooler_output is not None else out.last_hidden_state
+    if isinstance(out, Tensor) and out.dim() == 3 and out.shape[0] == EXAMPLE_BATCH:  # (B, tokens, D)
+        return [out.shape[1]] * EXAMPLE_BATCH
+    tensors = [t for t in _flatten(out) if isinstance(t, Tensor) and t.dim() > 0 and t.shape[-1]]
+    rows = [t.numel() // t.shape[-1] for t in tensors]
+    if len(rows) == EXAMPLE_BATCH:  # one entry per image
+        return rows
+    if not rows or sum(rows) % EXAMPLE_BATCH:
+        raise ValueError(f"{len(rows)} feature tensors with {sum(rows)} rows for {EXAMPLE_BATCH} images")
+    return [sum(rows) // EXAMPLE_BATCH] * EXAMPLE_BATCH  # every image's features in one (tokens, D)
+
+
+def _flatten(value: Any) -> list:
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in _flatten(v)]
+    return [value]
+
+
+def _with_image_tokens(ids: Tensor, counts: list[int], images: int, token: int, start: int | None,
+                       end: int | None) -> Tensor:
+    """``ids`` with ``counts[i]`` image tokens in sample ``i``, ``images`` runs of them (each between the
+    start and end markers if the model has them, else after a text token) after its first ``PADDED + 1`` text
+    tokens, where no sample is padded on either side; samples with fewer image tokens keep more text, so
+    that every row has the same length."""
+    rows = []
+    cut = min(PADDED + 1, ids.shape[1])
+    for row, count in zip(ids, counts):
+        block = []
+        for i in range(images):
+            before = [start] if start is not None else ([] if i == 0 else [int(row[0])])
+            block += before + [token] * (count // images) + ([end] if end is not None else [])
+        text = row[: ids.shape[1] - (count - min(counts)) - (images - 1) * (start is None)]
+        rows.append(torch.cat([text[:cut], torch.tensor(block, dtype=ids.dtype, device=ids.device), text[cut:]]))
+    return torch.stack(rows)
+
+
+AUDIO_FRAMES = 64  # spectrogram frames of an example clip (8 after the usual 8x subsampling)
+AUDIO_HOPS = 4  # codec frames of an example waveform
+_FEATURE_MASKS = ("input_features_mask", "feature_attention_mask")  # 1 = a valid frame
+
+
+def _audio_candidates(config: Any, params: Any, main: str, device: torch.device, dtype: torch.dtype,
+                      gen: torch.Generator) -> list[dict[str, Tensor]]:
+    """Audio inputs in the layouts the config allows (the forward picks one: see ``_first_running``); [] when
+    the config says too little."""
+    audio = _field(config, "audio_config", "encoder_config") or config
+    mel = _field(audio, "num_mel_bins", "input_feat_size", "input_feat_per_channel")
+    if main == "input_features" and mel:
+        # Whisper-style encoders take exactly 2 x their positions; chunked ones (Qwen3-ASR) whole windows
+        whisper = _field(audio, "max_source_positions") if _has(audio, "num_mel_bins") else None
+        frames = 2 * whisper if whisper else 2 * (_field(audio, "n_window") or AUDIO_FRAMES // 2)
+        spectrogram = torch.randn(EXAMPLE_BATCH, frames, mel, generator=gen).to(device, dtype)
+        # Whisper-style: (B, mel, T); others (B, T, mel) or (B, mel, T), whichever the forward runs on
+        channels_first = spectrogram.transpose(1, 2).contiguous()
+        layouts = [channels_first] if whisper else [spectrogram, channels_first]
+        masks = {k: torch.ones(EXAMPLE_BATCH, frames, dtype=torch.long, device=device) for k in _FEATURE_MASKS if k in params}
+        return [{"input_features": x, **masks} for x in layouts]
+    if main != "input_values":
+        return []
+    length = _field(audio, "max_length")
+    if mel and length:  # a spectrogram named input_values (AST): (B, T, mel)
+        return [{"input_values": torch.randn(EXAMPLE_BATCH, length, mel, generator=gen).to(device, dtype)}]
+    if _has(audio, "conv_kernel", "conv_stride"):  # wav2vec2, HuBERT: raw audio
+        samples = _audio_samples(audio)
+    else:  # codecs: a few frames of their hop (or 1 s at their sampling rate)
+        ratios = _field(audio, "downsampling_ratios", "upsampling_ratios")
+        hop = _field(audio, "hop_length", "frame_size") or (int(torch.tensor(ratios).prod()) if ratios else None)
+        rate = _field(audio, "sampling_rate")
+        if not hop and not rate:
+            return []
+        samples = AUDIO_HOPS * hop if hop else rate
+    wave = torch.randn(EXAMPLE_BATCH, samples, generator=gen).to(device, dtype)
+    channels = _field(audio, "audio_channels", "channels") or 1
+    multi = wave.unsqueeze(1).expand(-1, channels, -1).contiguous()
+    return [{"input_values": wave}, {"input_values": multi}] if channels == 1 else [{"input_values": multi}]
+
+
+def _first_running(model: nn.Module, kwargs: dict, candidates: list[dict]) -> dict:
+    """``kwargs`` with the first candidate the model runs on (eval mode, no gradient, the global RNG
+    restored), else with the first: its error is then the forward's."""
+    if len(candidates) > 1:
+        modes = {m: m.training for m in model.modules()}
+        model.eval()
+        try:
+            for candidate in candidates:
+                try:
+                    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                        model(**kwargs, **candidate)
+                    return {**kwargs, **candidate}
+                except Exception:  # noqa: BLE001, S112 - not this layout: the next one is tried
+                    continue
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+    return {**kwargs, **candidates[0]}
+
+
 def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> dict:
     """The inputs the model's forward takes, from its config: images (or NaFlex patches with their mask
-    and shapes), token ids with a padded attention mask (left padding for decoders) and token types,
-    decoder inputs for encoder-decoders, mel features or raw audio for speech models."""
+    and shapes, or Qwen2-VL flattened patches with their grid), token ids with a padded attention mask (left
+    padding for decoders) and token types, image placeholder tokens for vision-language models, decoder
+    inputs for encoder-decoders, mel features or raw audio for speech models."""
     config: Any = model.config
     params = inspect.signature(model.forward).parameters
+    required = _required(params)
     vision = getattr(config, "vision_config", None) or config
     text = getattr(config, "text_config", None) or config
     main = getattr(model, "main_input_name", "pixel_values")
+    modalities = getattr(model, "input_modalities", ()) or ()
     kwargs: dict[str, Tensor] = {}
 
-    if "pixel_values" in params and (main == "pixel_values" or "input_ids" in params):
-        if "spatial_shapes" in params:  # NaFlex: patches of a 4 x 4 grid, the second image 3 x 4 and padded
-            side, p, c = 4, vision.patch_size, vision.num_channels
-            kwargs["pixel_values"] = torch.randn(EXAMPLE_BATCH, side * side, c * p * p, generator=gen).to(device, dtype)
-            mask = torch.ones(EXAMPLE_BATCH, side * side, dtype=torch.long)
-            mask[1, (side - 1) * side :] = 0
-            kwargs["pixel_attention_mask"] = mask.to(device)
-            kwargs["spatial_shapes"] = torch.tensor([[side, side], [side - 1, side]][:EXAMPLE_BATCH]).to(device)
-        else:
-            size = _pair(getattr(vision, "image_size", 224))
-            image = _image(EXAMPLE_BATCH, getattr(vision, "num_channels", 3), size, device, dtype, gen)
-            frames = getattr(vision, "num_frames", None)
-            if isinstance(frames, int) and frames > 0:  # video (VideoMAE, TimeSformer, ViViT, X-CLIP): (B, T, C, H, W)
-                image = torch.stack([image] * frames, dim=1)
-            kwargs["pixel_values"] = image
-    if main == "input_features" and _has(config, "max_source_positions", "num_mel_bins"):
-        # Whisper: (B, mel bins, 2 * max_source_positions)
-        frames = 2 * config.max_source_positions
-        kwargs["input_features"] = torch.randn(EXAMPLE_BATCH, config.num_mel_bins, frames, generator=gen).to(device, dtype)
-    elif main == "input_values" and _has(config, "conv_kernel", "conv_stride"):  # wav2vec2, HuBERT: raw audio
-        kwargs["input_values"] = torch.randn(EXAMPLE_BATCH, _audio_samples(config), generator=gen).to(device, dtype)
-    if "input_ids" in params and (main == "input_ids" or "pixel_values" in kwargs):
-        ids = _tokens(model, text, device, gen)
+    image_token = _field(config, *_IMAGE_TOKEN)
+    takes_ids = "input_ids" in params
+    wants_image = "pixel_values" in params and (
+        main == "pixel_values" or takes_ids or "pixel_values" in required or "image" in modalities
+    )
+    if not wants_image and {"hidden_states", "grid_thw"} <= set(required):  # a Qwen2-VL vision tower
+        wants_image = True
+    image_tokens = None
+    if wants_image:
+        candidates = _pixel_candidates(model, vision, params, device, dtype, gen)
+        image = candidates[0]
+        embed = model.get_input_embeddings() if takes_ids and image_token is not None else None
+        rows = getattr(embed, "num_embeddings", None)
+        if rows is not None and image_token >= rows:  # a default config whose vocabulary was never resized
+            raise ExampleInputsError(
+                f"{type(model).__name__}: its image token id {image_token} is outside its {rows}-token embedding, so "
+                f"it cannot take images as configured; resize the embedding (model.resize_token_embeddings) or pass "
+                f"example_inputs= with 'pixel_values' and 'input_ids'."
+            )
+        if takes_ids and image_token is not None and hasattr(model, "get_image_features"):
+            # a VLM: as many placeholders as the projector emits, in the first layout the model takes
+            failures = []
+            for layout in candidates:
+                try:
+                    image_tokens = _count_features(model, layout)
+                    image = layout
+                    break
+                except Exception as exc:  # noqa: BLE001 - not this layout: the next one is tried
+                    failures.append(f"{type(exc).__name__}: {exc}".splitlines()[0][:120])
+            else:
+                raise ExampleInputsError(
+                    f"{type(model).__name__}: cannot tell how many image tokens (id {image_token}) it takes per "
+                    f"image: its get_image_features fails on the example images ({'; '.join(failures)}); pass "
+                    f"example_inputs= with 'pixel_values' and 'input_ids' holding one image token per image feature."
+                )
+        kwargs.update(image)
+    audio = _audio_candidates(config, params, main, device, dtype, gen)
+    if audio:
+        kwargs.update(audio[0])
+    if takes_ids and (main == "input_ids" or "pixel_values" in kwargs):
+        spread = max(image_tokens) - min(image_tokens) if image_tokens else 0  # text that evens out the rows
+        ids = _tokens(model, text, device, gen, length=TEXT_LENGTH + spread)
+        if image_tokens is not None:
+            special = torch.tensor(_special_tokens(config, text, vision), dtype=ids.dtype, device=ids.device)
+            clash = torch.isin(ids, special)
+            if clash.any():  # random text that hits a reserved id: the first id that is not reserved
+                free = next(i for i in range(int(text.vocab_size)) if i not in set(special.tolist()))
+                ids = ids.masked_fill(clash, free)
+            start, end = _field(config, *_IMAGE_START), _field(config, *_IMAGE_END)
+            images = len(next((v for k, v in image.items() if k.endswith("grid_thw")), [None] * EXAMPLE_BATCH))
+            ids = _with_image_tokens(ids, image_tokens, images // EXAMPLE_BATCH, image_token, start, end)
+            if "mm_token_type_ids" in params:  # text 0, image 1 (M-RoPE positions)
+                kwargs["mm_token_type_ids"] = (ids == image_token).to(torch.int)
         kwargs["input_ids"] = ids
         seq2seq = getattr(config, "is_encoder_decoder", False)
         if "attention_mask" in params:
@@ -180,16 +429,17 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
         kwargs["decoder_input_ids"] = decoder
         if "decoder_attention_mask" in params:
             kwargs["decoder_attention_mask"] = _padding_mask(decoder, left=False)
-    missing = [
-        n for n, p in params.items()
-        if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in kwargs
-    ]
+    if len(audio) > 1:
+        kwargs = _first_running(model, {k: v for k, v in kwargs.items() if k not in audio[0]}, audio)
+    missing = [n for n in required if n not in kwargs]
     if not kwargs or missing:
         need = missing or [main]
         raise ExampleInputsError(
             f"{type(model).__name__} takes {', '.join(repr(n) for n in need)}, for which no example can be built "
             f"automatically; pass example_inputs= (a dict of keyword arguments, e.g. {{'{need[0]}': tensor, ...}})."
         )
+    if "input_ids" in kwargs:  # first: the engine reads the batch off it, not off packed patches or features
+        kwargs = {"input_ids": kwargs.pop("input_ids"), **kwargs}
     return {"kwargs": kwargs}
 
 

@@ -1,0 +1,241 @@
+"""Automatic example inputs of Hugging Face multimodal and audio models: image placeholder tokens as many as
+the projector emits, Qwen2-VL flattened patches with their grid, Idefics-style (B, images, C, H, W) images,
+spectrograms and waveforms in the layout the config and the forward allow, and an error naming the input
+where the config says too little. Tiny configs, nothing downloaded."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import transformers as T
+from training_fixtures import single_thread  # noqa: F401  (autouse: tiny models run faster on one thread)
+
+from droppath_surgery import ExampleInputsError, apply_drop_path, build_example_inputs
+from droppath_surgery.errors import BatchDimError
+
+TEXT = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=256,
+)
+VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+IMAGE_TOKEN = 98
+
+
+def _patch(model):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = apply_drop_path(model, 0.1)
+    assert report.verified is True
+    assert len(report.sites) > 0
+    return report
+
+
+def _image_tokens(kwargs) -> list[int]:
+    return (kwargs["input_ids"] == IMAGE_TOKEN).sum(1).tolist()
+
+
+def test_a_vlm_gets_one_placeholder_per_projected_image_feature():
+    # LLaVA: 32 x 32 images, 8 x 8 patches, the CLS feature dropped ("default" strategy): 16 features an image.
+    config = T.LlavaConfig(
+        vision_config=T.CLIPVisionConfig(**VISION, image_size=32, patch_size=8, projection_dim=32),
+        text_config=T.LlamaConfig(**TEXT),
+        image_token_index=IMAGE_TOKEN,
+        vision_feature_layer=-1,
+    )
+    model = T.LlavaModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape == (2, 3, 32, 32)
+    assert _image_tokens(kwargs) == [16, 16]
+    assert kwargs["attention_mask"].shape == kwargs["input_ids"].shape
+    _patch(model)
+
+
+def test_random_text_never_collides_with_the_image_token():
+    config = T.LlavaConfig(
+        vision_config=T.CLIPVisionConfig(**VISION, image_size=32, patch_size=8),
+        text_config=T.LlamaConfig(**dict(TEXT, vocab_size=4)),
+        image_token_index=3,
+        vision_feature_layer=-1,
+    )
+    _, kwargs = build_example_inputs(T.LlavaModel(config))  # 3 of 4 ids free: random text would hit id 3
+    assert (kwargs["input_ids"] == 3).sum(1).tolist() == [16, 16]
+
+
+def _qwen2_vl():
+    text = dict(TEXT, hidden_size=64, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3]})
+    vision = dict(
+        depth=2, embed_dim=32, hidden_size=64, num_heads=2, patch_size=4, spatial_merge_size=2, temporal_patch_size=2
+    )
+    config = T.Qwen2VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=97,
+        vision_start_token_id=95,
+        vision_end_token_id=96,
+    )
+    return T.Qwen2VLModel(config)
+
+
+def test_qwen2_vl_gets_flattened_patches_their_grid_and_token_types():
+    model = _qwen2_vl().eval()
+    args, kwargs = build_example_inputs(model)
+    # two images a sample (a grid of 4 rows is not read as batched), a 4 x 4 grid of patches an image (2 x the
+    # 2 x 2 merge), one row of 3 x 2 x 4 x 4 values a patch
+    assert kwargs["pixel_values"].shape == (4 * 16, 3 * 2 * 4 * 4)
+    assert kwargs["image_grid_thw"].tolist() == [[1, 4, 4]] * 4
+    assert _image_tokens(kwargs) == [8, 8]  # 16 patches merged 2 x 2, twice
+    assert torch.equal(kwargs["mm_token_type_ids"], (kwargs["input_ids"] == IMAGE_TOKEN).int())
+    assert ((kwargs["input_ids"] == 95).sum(1) == 2).all() and ((kwargs["input_ids"] == 96).sum(1) == 2).all()
+    assert next(iter(kwargs)) == "input_ids"  # the engine reads the batch off the first input
+    with torch.no_grad():
+        assert model(*args, **kwargs).last_hidden_state.shape == (*kwargs["input_ids"].shape, 64)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=BatchDimError,
+    reason="engine: the packed vision tower has no batch dimension "
+    "(its patches are not independent samples), so no batch dimension fits every branch",
+)
+def test_qwen2_vl_patches_with_automatic_inputs():
+    _patch(_qwen2_vl())
+
+
+def test_a_qwen2_vl_style_vision_tower_gets_patches_and_grid_it_runs_on():
+    # The engine cannot drop per image here (one packed sequence, no batch dimension): only the inputs are ours.
+    config = T.Glm4vVisionConfig(
+        depth=2,
+        hidden_size=32,
+        out_hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        image_size=16,
+        patch_size=4,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
+    model = T.Glm4vVisionModel(config).eval()
+    args, kwargs = build_example_inputs(model)
+    assert set(kwargs) == {"hidden_states", "grid_thw"}
+    assert kwargs["hidden_states"].shape == (4 * 16, 3 * 2 * 4 * 4)
+    with torch.no_grad():
+        out = model(*args, **kwargs)
+    assert out.pooler_output.shape == (4 * 4, 32)
+
+
+def test_idefics_style_models_get_several_images_per_sample_dimension():
+    # Idefics2 takes (B, images, C, H, W); its perceiver resampler emits 4 latents an image.
+    config = T.Idefics2Config(
+        vision_config=dict(VISION, image_size=32, patch_size=8),
+        perceiver_config=dict(
+            hidden_size=32,
+            resampler_n_latents=4,
+            resampler_depth=1,
+            resampler_n_heads=2,
+            resampler_head_dim=8,
+            num_key_value_heads=1,
+        ),
+        text_config=dict(TEXT, model_type="mistral"),
+        image_token_id=IMAGE_TOKEN,
+    )
+    model = T.Idefics2Model(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape == (2, 1, 3, 32, 32)
+    assert _image_tokens(kwargs) == [4, 4]
+    _patch(model)
+
+
+@pytest.mark.parametrize("layout", ["frames first", "mel first"])
+def test_spectrogram_encoders_get_the_layout_their_forward_runs_on(layout):
+    if layout == "frames first":  # Parakeet: (B, T, mel), subsampled 8x by convolutions
+        model = T.ParakeetEncoder(
+            T.ParakeetEncoderConfig(
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=64,
+                num_mel_bins=16,
+                subsampling_conv_channels=8,
+            )
+        )
+        expected = (2, 64, 16)
+    else:  # Voxtral Realtime: (B, mel, T), convolutions over the mel bins as channels
+        model = T.VoxtralRealtimeEncoder(
+            T.VoxtralRealtimeEncoderConfig(
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=4,
+                head_dim=8,
+                intermediate_size=64,
+                num_mel_bins=16,
+            )
+        )
+        expected = (2, 16, 64)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["input_features"].shape == expected
+    _patch(model)
+
+
+def test_codecs_get_a_waveform_of_a_few_hops():
+    config = T.EncodecConfig(
+        num_filters=4,
+        hidden_size=16,
+        codebook_size=16,
+        num_lstm_layers=1,
+        upsampling_ratios=[4, 2],
+        num_residual_layers=1,
+    )
+    model = T.EncodecModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["input_values"].shape == (2, 1, 4 * 8)  # (B, audio channels, 4 hops of 4 x 2 samples)
+    _patch(model)
+
+
+def test_a_model_whose_config_does_not_size_its_input_gets_an_error_naming_it():
+    # PE Audio's encoder takes a waveform but its config has no hop, frame size or sampling rate.
+    model = T.PeAudioEncoder(
+        T.PeAudioEncoderConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            head_dim=8,
+        )
+    )
+    with pytest.raises(ExampleInputsError, match="'input_values'"):
+        build_example_inputs(model)
+    with pytest.raises(ExampleInputsError, match="'input_values'"):
+        apply_drop_path(model, 0.1)
+
+
+def test_a_vlm_whose_image_features_fail_gets_an_error_naming_pixel_values_and_input_ids():
+    # Idefics3 pixel-shuffles its 3 x 3 patch grid by 2: no layout of the example image works.
+    config = T.Idefics3Config(
+        vision_config=dict(VISION, image_size=24, patch_size=8),
+        scale_factor=2,
+        text_config=dict(TEXT, model_type="llama"),
+        image_token_id=IMAGE_TOKEN,
+    )
+    with pytest.raises(ExampleInputsError, match="'pixel_values' and 'input_ids'.*image token"):
+        build_example_inputs(T.Idefics3Model(config))
+
+
+def test_a_vlm_whose_image_token_is_outside_its_vocabulary_gets_an_error_saying_so():
+    # LLaVA's default config: image_token_index 32000, a 32000-token vocabulary (checkpoints resize it).
+    config = T.LlavaConfig(
+        vision_config=T.CLIPVisionConfig(**VISION, image_size=32, patch_size=8),
+        text_config=T.LlamaConfig(**TEXT),
+        image_token_index=99,
+    )
+    with pytest.raises(ExampleInputsError, match="image token id 99 is outside its 99-token embedding"):
+        build_example_inputs(T.LlavaModel(config))
