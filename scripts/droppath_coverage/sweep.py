@@ -314,7 +314,7 @@ _LAYERS_ONLY = {k: v for k, v in _TINY.items() if k in (
     "num_decoder_layers", "n_layer", "n_layers")}
 
 
-# Sizes a config leaves unset (None) that its model needs: the "tiny, unset sizes set" level fills them
+# Sizes a config leaves unset (None) that its model needs: the "tiny, consistent" level fills them
 # (HunYuan's and Ministral's head_dim, ESM's vocab_size, the time series models' prediction_length, ...).
 _UNSET = {"vocab_size": 1000, "prediction_length": 4, "num_experts": 4, "num_experts_per_tok": 2, "top_k_experts": 2,
           "moe_intermediate_size": 64, "intermediate_size": 128, "pad_token_id": 1}
@@ -329,24 +329,84 @@ def _is_size(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, fill: bool = False) -> dict:
+def _shrink_plain(config, table: dict, mha: bool = False, depth: int = 0) -> dict:
+    """``shrink_overrides`` without ``consistent``: the first level, the sizes most types were swept at."""
+    values = config.to_dict()
+    out: dict[str, Any] = {}
+    for key, small in table.items():
+        value = values.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > small:
+            out[key] = small
+    if mha and "num_key_value_heads" in out:
+        out["num_key_value_heads"] = out.get("num_attention_heads", values.get("num_attention_heads"))
+    if "num_attention_heads" in out and "head_dim" in values and values["head_dim"] and "head_dim" not in out:
+        out["head_dim"] = 16
+    if "num_key_value_heads" in values and values["num_key_value_heads"] and "num_attention_heads" in out \
+            and "num_key_value_heads" not in out and values["num_key_value_heads"] > out["num_attention_heads"]:
+        out["num_key_value_heads"] = out["num_attention_heads"]
+    if table is _TINY:
+        heads = values.get("num_heads")
+        if isinstance(heads, (list, tuple)) and heads and all(isinstance(h, int) for h in heads):
+            out["num_heads"] = [1] * len(heads)  # every stage width stays divisible
+        depths = values.get("depths")
+        if isinstance(depths, (list, tuple)) and depths and all(isinstance(d, int) for d in depths):
+            out["depths"] = [min(d, 1) if d else d for d in depths]
+        rope = values.get("rope_parameters") or values.get("rope_scaling")
+        if isinstance(rope, dict) and isinstance(rope.get("mrope_section"), list) and "head_dim" in out:
+            sec = rope["mrope_section"]
+            half = out["head_dim"] // 2
+            new = [max(1, round(s * half / sum(sec))) for s in sec]
+            new[0] += half - sum(new)
+            key = "rope_parameters" if values.get("rope_parameters") else "rope_scaling"
+            out[key] = dict(rope, mrope_section=new)
+    layers = next((values[k] for k in _LAYERS_ONLY if isinstance(values.get(k), int) and k in out), None)
+    if layers is not None:  # per-layer lists and {layer index: ...} maps follow the new layer count
+        new = next(out[k] for k in _LAYERS_ONLY if k in out)
+        for key, value in values.items():
+            if key in out or key == "layer_types" or layers <= new:
+                continue
+            if isinstance(value, list) and len(value) == layers:
+                out[key] = value[:new]
+            elif isinstance(value, dict) and value and all(str(k).isdigit() for k in value):
+                out[key] = {k: v for k, v in value.items() if int(k) < new}
+    if {"expand", "head_dim", "num_heads"} <= set(values) and "hidden_size" in out and isinstance(values["expand"], int):
+        out["num_heads"] = out["hidden_size"] * values["expand"] // out.get("head_dim", values["head_dim"] or 16)
+    types = values.get("layer_types")
+    if isinstance(types, list) and types and "num_hidden_layers" in out:
+        # one layer of each kind (hybrid models need their attention layers), at least the table's count
+        kinds = list(dict.fromkeys(types))
+        kinds += [types[-1]] * (out["num_hidden_layers"] - len(kinds))
+        out["layer_types"], out["num_hidden_layers"] = kinds, len(kinds)
+    if depth < 3:
+        for name in getattr(config, "sub_configs", {}) or {}:
+            sub = getattr(config, name, None)
+            if sub is not None and hasattr(sub, "to_dict"):
+                inner = _shrink_plain(sub, table, mha, depth + 1)
+                if inner:
+                    out[name] = sub.to_dict() | inner
+    return out
+
+
+def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, consistent: bool = False) -> dict:
     """Constructor keyword arguments that shrink ``config`` (a default instance): each key of ``table``
     the config has as a number above the table's value, ``depths`` lists to ones, sub-configs
     recursively (passed as dicts, built by the parent), and the fields that must stay consistent with them
     (head_dim, rotary sections, per-layer lists, widths other parts name). ``mha``: key/value heads = heads.
-    ``fill``: sizes the config leaves unset (None) get the table's value (``_UNSET``'s where the table has none)."""
+    ``consistent``: also the fields that must follow the shrunk ones (the "tiny, consistent" level: without it,
+    the plain first level), and sizes the config leaves unset (None) get the table's value (or ``_UNSET``'s)."""
+    if not consistent:
+        return _shrink_plain(config, table, mha, depth)
     values = config.to_dict()
     out: dict[str, Any] = {}
     for key, small in table.items():
         value = values.get(key)
         if _is_size(value) and value > small:
             out[key] = small
-    if fill:
-        for key, small in (_UNSET | {k: v for k, v in table.items() if k in _UNSET or k in _TINY}).items():
-            if key in values and values[key] is None and key not in ("head_dim", "num_key_value_heads"):
-                out[key] = small
+    for key, small in (_UNSET | {k: v for k, v in table.items() if k in _UNSET or k in _TINY}).items():
+        if key in values and values[key] is None and key not in ("head_dim", "num_key_value_heads"):
+            out[key] = small
     layers = next((out.get(k, values[k]) for k in _LAYERS_ONLY if _is_size(values.get(k))), None)
-    if fill and layers:  # per-layer lists the config leaves unset (its model indexes them): HF's kind names
+    if layers:  # per-layer lists the config leaves unset (its model indexes them): HF's kind names
         for key, kinds in (("layer_types", ["full_attention"]), ("mlp_layer_types", ["dense", "sparse"])):
             if key in values and values[key] is None:
                 out[key] = (kinds * layers)[:layers]
@@ -355,9 +415,9 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, fil
                 out[key] = [layers - 1]  # Bamba's attention layers: the last one
     heads = out.get("num_attention_heads", values.get("num_attention_heads"))
     width = out.get("hidden_size", values.get("hidden_size"))
-    if fill and "head_dim" in values and values["head_dim"] is None and _is_size(heads) and _is_size(width) and heads:
+    if "head_dim" in values and values["head_dim"] is None and _is_size(heads) and _is_size(width) and heads:
         out["head_dim"] = width // heads  # the models that read config.head_dim without a fallback (HunYuan)
-    if fill and "num_key_value_heads" in values and values["num_key_value_heads"] is None and _is_size(heads):
+    if "num_key_value_heads" in values and values["num_key_value_heads"] is None and _is_size(heads):
         out["num_key_value_heads"] = heads
     if mha and "num_key_value_heads" in out:
         out["num_key_value_heads"] = out.get("num_attention_heads", values.get("num_attention_heads"))
@@ -393,7 +453,7 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, fil
         for name in getattr(config, "sub_configs", {}) or {}:
             sub = getattr(config, name, None)
             if sub is not None and hasattr(sub, "to_dict"):
-                inner = shrink_overrides(sub, table, mha, depth + 1, fill)
+                inner = shrink_overrides(sub, table, mha, depth + 1, True)
                 if inner:
                     out[name] = sub.to_dict() | inner
     if depth == 0 and table is _TINY:
@@ -595,7 +655,7 @@ def hf_build(model_type: str):
     default = config_cls()
     levels = [
         ("tiny", lambda: config_cls(**shrink_overrides(default, _TINY))),
-        ("tiny, unset sizes set", lambda: config_cls(**shrink_overrides(default, _TINY, fill=True))),
+        ("tiny, consistent", lambda: config_cls(**shrink_overrides(default, _TINY, consistent=True))),
         ("tiny, kv heads = heads", lambda: config_cls(**shrink_overrides(default, _TINY, mha=True))),
         ("layers only", lambda: config_cls(**shrink_overrides(default, _LAYERS_ONLY))),
         ("default", config_cls),
