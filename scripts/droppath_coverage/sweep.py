@@ -16,7 +16,10 @@ Sizes. timm models are built with ``pretrained=False`` and the smallest of ``img
 ``BIG_PARAMS`` parameters are also tried with ``depth=4``; models still above ``HUGE_PARAMS`` run on
 the meta device (sites and parity, eval not verifiable). Hugging Face model types are built from their
 config class shrunk by ``shrink_overrides`` (2 layers, hidden size 64, 4 heads, ...; sub-configs too),
-then less shrunk (layers only) and unchanged, the first that builds and runs on its automatic inputs.
+then with the fields that must follow those kept consistent (``consistent=True``: one layer of each kind,
+rotary sections, latent attention dims, widths other parts name; unset sizes set), then less shrunk
+(layers only) and unchanged, the first that builds and runs on its automatic inputs (with
+``use_cache=False`` where only that runs: hybrids whose layers hold no attention).
 
 Parity. timm: the judge of the coverage table with the default schedule (site parity: every slot call
 of the native build ``drop_path_rate=RATE`` that is added to a residual is carried by an engine site,
