@@ -416,6 +416,10 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
         for key, value in values.items():
             if value is None and _LAYER_INDEX_LIST.search(key):
                 out[key] = [layers - 1]  # Bamba's attention layers: the last one
+    kinds = out.get("layer_types", values.get("layer_types"))
+    if values.get("rope_parameters") == {} and isinstance(kinds, list) and kinds:
+        # per-layer-type rotary parameters left empty (Cohere Compass, whose model reads them per type)
+        out["rope_parameters"] = {k: {"rope_type": "default", "rope_theta": 10000.0} for k in dict.fromkeys(kinds)}
     heads = out.get("num_attention_heads", values.get("num_attention_heads"))
     width = out.get("hidden_size", values.get("hidden_size"))
     if "head_dim" in values and values["head_dim"] is None and _is_size(heads) and _is_size(width) and heads:
