@@ -37,6 +37,7 @@ import argparse
 import collections
 import contextlib
 import json
+import math
 import os
 import re
 import select
@@ -463,6 +464,16 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
                 inner = shrink_overrides(sub, table, mha, depth + 1, True)
                 if inner:
                     out[name] = sub.to_dict() | inner
+    vision = out.get("vision_config", values.get("vision_config"))
+    tokens = values.get("mm_tokens_per_image")
+    if _is_size(tokens) and isinstance(vision, dict) and _is_size(vision.get("image_size")) \
+            and _is_size(vision.get("patch_size")) and vision["patch_size"]:
+        # image tokens pooled from the patch grid (Gemma 3's default: 256 tokens from 14 x 14 patches, stride 0):
+        # tokens per side a divisor of patches per side
+        side, per_side = vision["image_size"] // vision["patch_size"], math.isqrt(tokens)
+        if side and per_side and side % per_side:
+            per_side = max(d for d in range(1, min(side, per_side) + 1) if side % d == 0)
+            out["mm_tokens_per_image"] = per_side * per_side
     if depth == 0 and table is _TINY:
         _follow_widths(config, out)
     return out
@@ -695,7 +706,8 @@ def hf_build(model_type: str):
             return config, model_cls, level, params, errors
         except Exception as exc:  # noqa: BLE001 - the next level is tried
             errors.append(f"{level}: {first_line(exc, 160)}")
-            ran_nowhere = ran_nowhere or (config, level, params, exc)
+            if ran_nowhere is None or level == "tiny, consistent":  # the consistent one's error over tiny's
+                ran_nowhere = (config, level, params, exc)
         if getattr(config, "use_cache", None) is True:  # hybrids whose stack has no attention layer fail their own
             config.use_cache = False  # forward with a cache (Granite 4 hybrid's default is all Mamba)
             try:
