@@ -55,3 +55,31 @@ def test_the_hardest_model_of_each_cause_patches_at_parity(library, name):
         assert res.site_parity, res.parity_reason
     if library == "hf" and res.layers and name in sweep.CI_DECODERS:
         assert res.sites == 2 * res.layers  # attention and MLP branch of every decoder layer
+
+
+def test_the_consistent_level_shrinks_dependent_fields_together():
+    transformers = pytest.importorskip("transformers")
+    # Jamba: attention every 8th layer from the 4th; 2 plain layers would have none (its forward fails with a cache)
+    jamba = sweep.shrink_overrides(transformers.JambaConfig(), sweep._TINY, consistent=True)
+    config = transformers.JambaConfig(**jamba)
+    assert "attention" in config.layers_block_type and config.num_hidden_layers == 2
+    # Bailing hybrid: one layer of each kind of both per-layer lists; latent attention's q/k head = nope + rope
+    bailing = sweep.shrink_overrides(transformers.BailingHybridConfig(), sweep._TINY, consistent=True)
+    assert set(bailing["layer_types"]) == {"linear_attention", "full_attention"}
+    assert set(bailing["mlp_layer_types"]) == {"dense", "sparse"}
+    assert len(bailing["layer_types"]) == len(bailing["mlp_layer_types"]) == bailing["num_hidden_layers"]
+    assert bailing["qk_head_dim"] == bailing["qk_nope_head_dim"] + bailing["qk_rope_head_dim"]
+    # DeepSeek-V3: the rotary head dim follows qk_rope_head_dim; GLM-4V-MoE: mrope sections sum to half its rotary dims
+    v3 = sweep.shrink_overrides(transformers.DeepseekV3Config(), sweep._TINY, consistent=True)
+    assert v3["head_dim"] == v3["qk_rope_head_dim"]
+    glm = sweep.shrink_overrides(transformers.Glm4vMoeTextConfig(), sweep._TINY, consistent=True)
+    assert sum(glm["rope_parameters"]["mrope_section"]) == 16 // 2 // 2  # head 16, partial rotary 0.5
+    # HunYuan leaves head_dim unset and reads it: the consistent level sets it; the model builds and runs
+    import torch
+
+    hunyuan = transformers.HunYuanDenseV1Config(**sweep.shrink_overrides(
+        transformers.HunYuanDenseV1Config(), sweep._TINY, consistent=True) | {"vocab_size": 128})
+    assert hunyuan.head_dim == 16
+    model = transformers.HunYuanDenseV1Model(hunyuan).eval()
+    with torch.no_grad():
+        assert model(torch.arange(8).view(1, 8)).last_hidden_state.shape == (1, 8, 64)

@@ -16,7 +16,10 @@ Sizes. timm models are built with ``pretrained=False`` and the smallest of ``img
 ``BIG_PARAMS`` parameters are also tried with ``depth=4``; models still above ``HUGE_PARAMS`` run on
 the meta device (sites and parity, eval not verifiable). Hugging Face model types are built from their
 config class shrunk by ``shrink_overrides`` (2 layers, hidden size 64, 4 heads, ...; sub-configs too),
-then less shrunk (layers only) and unchanged, the first that builds and runs on its automatic inputs.
+then with the fields that must follow those kept consistent (``consistent=True``: one layer of each kind,
+rotary sections, latent attention dims, widths other parts name; unset sizes set), then less shrunk
+(layers only) and unchanged, the first that builds and runs on its automatic inputs (with
+``use_cache=False`` where only that runs: hybrids whose layers hold no attention).
 
 Parity. timm: the judge of the coverage table with the default schedule (site parity: every slot call
 of the native build ``drop_path_rate=RATE`` that is added to a residual is carried by an engine site,
@@ -34,6 +37,7 @@ import argparse
 import collections
 import contextlib
 import json
+import math
 import os
 import re
 import select
@@ -301,10 +305,11 @@ _TINY = {
     "intermediate_size": 128, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128, "ffn_dim": 128, "n_inner": 128,
     # mixture of experts
     "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2,
+    "num_experts_per_token": 2, "num_expert_group": 1,
     "moe_intermediate_size": 64, "shared_expert_intermediate_size": 64, "n_group": 1, "topk_group": 1,
     # latent / partial rotary attention (DeepSeek, GPT-J, CodeGen)
     "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16, "kv_lora_rank": 32, "q_lora_rank": 32,
-    "rotary_dim": 8,
+    "rotary_dim": 8, "hidden_size_per_layer_input": 16,
     # images (EfficientNet's default config is at 600 px)
     "image_size": 224,
 }
@@ -313,10 +318,23 @@ _LAYERS_ONLY = {k: v for k, v in _TINY.items() if k in (
     "num_decoder_layers", "n_layer", "n_layers")}
 
 
-def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0) -> dict:
-    """Constructor keyword arguments that shrink ``config`` (a default instance): each key of ``table``
-    the config has as a number above the table's value, ``depths`` lists to ones, sub-configs
-    recursively (passed as dicts, built by the parent). ``mha``: key/value heads = heads."""
+# Sizes a config leaves unset (None) that its model needs: the "tiny, consistent" level fills them
+# (HunYuan's and Ministral's head_dim, ESM's vocab_size, the time series models' prediction_length, ...).
+_UNSET = {"vocab_size": 1000, "prediction_length": 4, "num_experts": 4, "num_experts_per_tok": 2, "top_k_experts": 2,
+          "moe_intermediate_size": 64, "intermediate_size": 128, "pad_token_id": 1}
+# Width keys whose shrinking other fields follow: a sub-config's ``out_hidden_size`` / ``text_hidden_size`` /
+# ``audio_hidden_size`` naming the width of another part, or the same config's ``codebook_dim``.
+_WIDTHS = ("hidden_size", "d_model", "n_embd", "embed_dim", "dim")
+_NOT_A_WIDTH = re.compile(r"vocab|image|patch|position|window|chunk|batch|kernel|sampl|length|bucket|scale|num_|"
+                          r"max_|min_|_rate|stride|seq|frame|rank|label|token|_id$|ids$")
+
+
+def _is_size(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shrink_plain(config, table: dict, mha: bool = False, depth: int = 0) -> dict:
+    """``shrink_overrides`` without ``consistent``: the first level, the sizes most types were swept at."""
     values = config.to_dict()
     out: dict[str, Any] = {}
     for key, small in table.items():
@@ -367,10 +385,241 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0) -> 
         for name in getattr(config, "sub_configs", {}) or {}:
             sub = getattr(config, name, None)
             if sub is not None and hasattr(sub, "to_dict"):
-                inner = shrink_overrides(sub, table, mha, depth + 1)
+                inner = _shrink_plain(sub, table, mha, depth + 1)
                 if inner:
                     out[name] = sub.to_dict() | inner
     return out
+
+
+def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, consistent: bool = False) -> dict:
+    """Constructor keyword arguments that shrink ``config`` (a default instance): each key of ``table``
+    the config has as a number above the table's value, ``depths`` lists to ones, sub-configs
+    recursively (passed as dicts, built by the parent), and the fields that must stay consistent with them
+    (head_dim, rotary sections, per-layer lists, widths other parts name). ``mha``: key/value heads = heads.
+    ``consistent``: also the fields that must follow the shrunk ones (the "tiny, consistent" level: without it,
+    the plain first level), and sizes the config leaves unset (None) get the table's value (or ``_UNSET``'s)."""
+    if not consistent:
+        return _shrink_plain(config, table, mha, depth)
+    values = config.to_dict()
+    out: dict[str, Any] = {}
+    for key, small in table.items():
+        value = values.get(key)
+        if _is_size(value) and value > small:
+            out[key] = small
+    for key, small in (_UNSET | {k: v for k, v in table.items() if k in _UNSET or k in _TINY}).items():
+        if key in values and values[key] is None and key not in ("head_dim", "num_key_value_heads"):
+            out[key] = small
+    layers = next((out.get(k, values[k]) for k in _LAYERS_ONLY if _is_size(values.get(k))), None)
+    if layers:  # per-layer lists the config leaves unset (its model indexes them): HF's kind names
+        for key, kinds in (("layer_types", ["full_attention"]), ("mlp_layer_types", ["dense", "sparse"])):
+            if key in values and values[key] is None:
+                out[key] = (kinds * layers)[:layers]
+        for key, value in values.items():
+            if value is None and _LAYER_INDEX_LIST.search(key):
+                out[key] = [layers - 1]  # Bamba's attention layers: the last one
+    kinds = out.get("layer_types", values.get("layer_types"))
+    if values.get("rope_parameters") == {} and isinstance(kinds, list) and kinds:
+        # per-layer-type rotary parameters left empty (Cohere Compass, whose model reads them per type)
+        out["rope_parameters"] = {k: {"rope_type": "default", "rope_theta": 10000.0} for k in dict.fromkeys(kinds)}
+    heads = out.get("num_attention_heads", values.get("num_attention_heads"))
+    width = out.get("hidden_size", values.get("hidden_size"))
+    if "head_dim" in values and values["head_dim"] is None and _is_size(heads) and _is_size(width) and heads:
+        out["head_dim"] = width // heads  # the models that read config.head_dim without a fallback (HunYuan)
+    if "num_key_value_heads" in values and values["num_key_value_heads"] is None and _is_size(heads):
+        out["num_key_value_heads"] = heads
+    if mha and "num_key_value_heads" in out:
+        out["num_key_value_heads"] = out.get("num_attention_heads", values.get("num_attention_heads"))
+    if "num_attention_heads" in out and "head_dim" in values and values["head_dim"] and "head_dim" not in out:
+        out["head_dim"] = 16
+    if "head_dim" in out and values.get("head_dim") and values["head_dim"] == values.get("qk_rope_head_dim") \
+            and "qk_rope_head_dim" in out:
+        out["head_dim"] = out["qk_rope_head_dim"]  # latent attention's rotary head dim (DeepSeek-V3, Youtu)
+    if not mha and values.get("num_key_value_heads") and values["num_key_value_heads"] == values.get(
+            "num_attention_heads") and "num_attention_heads" in out:
+        out["num_key_value_heads"] = out["num_attention_heads"]  # multi-head attention stays so (DeepSeek-V2)
+    if "num_key_value_heads" in values and values["num_key_value_heads"] and "num_attention_heads" in out \
+            and "num_key_value_heads" not in out and values["num_key_value_heads"] > out["num_attention_heads"]:
+        out["num_key_value_heads"] = out["num_attention_heads"]
+    if table is _TINY:
+        heads = values.get("num_heads")
+        if isinstance(heads, (list, tuple)) and heads and all(isinstance(h, int) for h in heads):
+            out["num_heads"] = [1] * len(heads)  # every stage width stays divisible
+        depths = values.get("depths")
+        if isinstance(depths, (list, tuple)) and depths and all(isinstance(d, int) for d in depths):
+            out["depths"] = [min(d, 1) if d else d for d in depths]
+        _shrink_mrope(config, values, out)
+    layers_key = next((k for k in _LAYERS_ONLY if _is_size(values.get(k)) and k in out), None)
+    if layers_key is not None:
+        _shrink_per_layer(values, out, layers_key)
+    if _is_size(values.get("qk_head_dim")) and {"qk_nope_head_dim", "qk_rope_head_dim"} & set(out):
+        # latent attention's q/k head = its part without rotary + its rotary part
+        out["qk_head_dim"] = (out.get("qk_nope_head_dim", values.get("qk_nope_head_dim")) or 0) + (
+            out.get("qk_rope_head_dim", values.get("qk_rope_head_dim")) or 0)
+    if {"expand", "head_dim", "num_heads"} <= set(values) and "hidden_size" in out and isinstance(values["expand"], int):
+        out["num_heads"] = out["hidden_size"] * values["expand"] // out.get("head_dim", values["head_dim"] or 16)
+    if depth < 3:
+        for name in getattr(config, "sub_configs", {}) or {}:
+            sub = getattr(config, name, None)
+            if sub is not None and hasattr(sub, "to_dict"):
+                inner = shrink_overrides(sub, table, mha, depth + 1, True)
+                if inner:
+                    out[name] = sub.to_dict() | inner
+    vision = out.get("vision_config", values.get("vision_config"))
+    tokens = values.get("mm_tokens_per_image")
+    if _is_size(tokens) and isinstance(vision, dict) and _is_size(vision.get("image_size")) \
+            and _is_size(vision.get("patch_size")) and vision["patch_size"]:
+        # image tokens pooled from the patch grid (Gemma 3's default: 256 tokens from 14 x 14 patches, stride 0):
+        # tokens per side a divisor of patches per side
+        side, per_side = vision["image_size"] // vision["patch_size"], math.isqrt(tokens)
+        if side and per_side and side % per_side:
+            per_side = max(d for d in range(1, min(side, per_side) + 1) if side % d == 0)
+            out["mm_tokens_per_image"] = per_side * per_side
+    if depth == 0 and table is _TINY:
+        _follow_widths(config, out)
+    return out
+
+
+_LAYER_INDEX_LIST = re.compile(r"(layer_ids|layer_indices|layers_idx|_idxs)$")
+
+
+def _shrink_per_layer(values: dict, out: dict, layers_key: str) -> None:
+    """The layers kept when ``layers_key`` shrinks, and every per-layer field made to match: one layer of each
+    kind of every per-layer list of kinds (``layer_types``, ``mlp_layer_types``, Zamba's ``layers_block_type``;
+    hybrid models need their attention layers), padded with the first others up to the table's count; lists of
+    one entry per layer and {layer index: ...} maps take the kept layers' entries, lists of layer indices
+    (``hybrid_layer_ids``) their new positions; ``*_period`` / ``*_offset`` pairs (Jamba's attention every 8th
+    layer from the 4th) and repeating patterns of kinds shorter than the stack (RecurrentGemma's
+    ``block_types``) keep each kind within the new count."""
+    layers, new = values[layers_key], out[layers_key]
+    per_layer = {k: v for k, v in values.items() if k not in out and isinstance(v, list) and len(v) == layers}
+    per_layer |= {k: v for k, v in out.items() if k != layers_key and isinstance(v, list) and len(v) == layers}
+    indices = {k: v for k, v in values.items() if k not in per_layer and _LAYER_INDEX_LIST.search(k)
+               and isinstance(v, list) and v and all(_is_size(i) and 0 <= i < layers for i in v)}
+    if layers <= new:
+        return
+    keep: list[int] = []
+    for key, value in per_layer.items():
+        if all(isinstance(x, str) for x in value) and ("type" in key or "kind" in key):
+            firsts = {}
+            for i, kind in enumerate(value):
+                firsts.setdefault(kind, i)
+            keep += firsts.values()
+    keep += [v[0] for v in indices.values()]
+    keep = sorted(set(keep))
+    keep += [i for i in range(layers) if i not in keep][: max(0, new - len(keep))]
+    keep.sort()
+    out[layers_key] = len(keep)
+    counts = {k: v for k, v in values.items() if k not in out and k not in _LAYERS_ONLY and _is_size(v)
+              and re.fullmatch(r"(num|n)_\w+_layers", k) and 0 < v <= layers}
+    if sum(counts.values()) == layers and len(counts) <= len(keep):  # parts of the stack (Dory's input,
+        share = dict.fromkeys(counts, 1)  # recurrent and output layers): one each, the rest to the biggest
+        share[max(counts, key=counts.get)] += len(keep) - len(counts)
+        out.update(share)
+    else:  # counts of some of the layers (Gemma 3n's KV-sharing layers): scaled
+        out.update({k: v * len(keep) // layers for k, v in counts.items()})
+    for key, value in per_layer.items():
+        out[key] = [value[i] for i in keep]
+    for key, value in indices.items():
+        out[key] = [keep.index(i) for i in value if i in keep]
+    for key, value in values.items():
+        if key in out:
+            continue
+        if isinstance(value, dict) and value and all(str(k).isdigit() for k in value) and "label" not in key:
+            pos = {i: n for n, i in enumerate(keep)}
+            kept = {pos[int(k)]: v for k, v in value.items() if int(k) in pos}
+            out[key] = {(str(k) if isinstance(next(iter(value)), str) else k): v for k, v in kept.items()}
+        elif key.endswith("_period") and _is_size(value) and value > len(keep):
+            offset = key[: -len("_period")] + "_offset"
+            out[key] = len(keep)
+            if _is_size(values.get(offset)):
+                out[offset] = values[offset] % len(keep)
+        elif (isinstance(value, (list, tuple)) and len(keep) < len(value) < layers and "type" in key
+              and all(isinstance(x, str) for x in value)):
+            last = max({kind: i for i, kind in reversed(list(enumerate(value)))}.values())
+            if last >= len(keep):  # a pattern repeated over the stack: every kind within the new count
+                out[layers_key] = last + 1
+                for k in per_layer:
+                    out[k] = (list(out[k]) + [values[k][i] for i in range(layers) if i not in keep])[: last + 1]
+
+
+def _shrink_mrope(config, values: dict, out: dict) -> None:
+    """Multimodal rotary sections (time, height, width) summing to half the rotary dims of the shrunk heads:
+    ``qk_rope_head_dim`` where the attention has one (latent attention), else the head dim. Configs that take
+    ``mrope_section`` but leave it to the model's default (Qwen2-VL's, GLM-4V's ``[16, 24, 24]``) get one."""
+    rope = values.get("rope_parameters") or values.get("rope_scaling")
+    if not isinstance(rope, dict):
+        return
+    sec = rope.get("mrope_section")
+    if not sec and "mrope_section" in (getattr(config, "ignore_keys_at_rope_validation", None) or ()):
+        sec = [2, 1, 1]  # the model's default sections are for its default head dim: time, height, width
+    if not (isinstance(sec, list) and sec):
+        return
+    if _is_size(values.get("qk_rope_head_dim")):
+        dim = out.get("qk_rope_head_dim", values["qk_rope_head_dim"])
+    elif "head_dim" in out:
+        dim = out["head_dim"]
+    elif values.get("head_dim") or not ({"hidden_size", "num_attention_heads"} & set(out)):
+        return  # heads unchanged: the sections still fit
+    else:
+        dim = out.get("hidden_size", values.get("hidden_size")) // out.get(
+            "num_attention_heads", values.get("num_attention_heads"))
+    factor = rope.get("partial_rotary_factor", values.get("partial_rotary_factor"))
+    if isinstance(factor, float) and 0 < factor < 1:  # GLM-4V-MoE rotates half of each head
+        dim = int(dim * factor)
+    half = dim // 2
+    if sum(sec) == half and sec == rope.get("mrope_section"):
+        return
+    new = [max(1, (s * half) // sum(sec)) for s in sec]
+    new[0] += half - sum(new)
+    key = "rope_parameters" if values.get("rope_parameters") else "rope_scaling"
+    out[key] = dict(rope, mrope_section=new)
+
+
+def _follow_widths(config, out: dict) -> None:
+    """Fields that name the width of a part that was shrunk follow it: any ``*hidden_size`` equal to the
+    old width of some (sub-)config (a vision config's ``out_hidden_size`` = the text width, an adapter's
+    ``audio_hidden_size``), and size fields of the same config equal to its own old width (``codebook_dim``)."""
+    nodes = []  # (config, its values, its overrides, a callable that hangs the overrides in the tree)
+
+    def walk(cfg, over, hang, depth=0):
+        nodes.append((cfg, cfg.to_dict(), over, hang))
+        for name in (getattr(cfg, "sub_configs", {}) or {}) if depth < 3 else ():
+            sub = getattr(cfg, name, None)
+            if sub is None or not hasattr(sub, "to_dict"):
+                continue
+            if name in over:
+                walk(sub, over[name], lambda: None, depth + 1)
+            else:
+                mine = {}
+
+                def hang_sub(over=over, name=name, sub=sub, mine=mine, hang=hang):
+                    if name not in over:
+                        over[name] = mine
+                        hang()
+                    for key, value in sub.to_dict().items():
+                        mine.setdefault(key, value)
+
+                walk(sub, mine, hang_sub, depth + 1)
+
+    walk(config, out, lambda: None)
+    changed = {}  # old width -> new width
+    for _, values, over, _ in nodes:
+        for key in _WIDTHS:
+            if key in over and _is_size(values.get(key)) and over[key] != values[key]:
+                changed.setdefault(values[key], over[key])
+    for _, values, over, hang in nodes:
+        own = {values[k]: over[k] for k in _WIDTHS if k in over and _is_size(values.get(k)) and over[k] != values[k]}
+        changes = {}
+        for key, value in values.items():
+            if (key in over and over[key] != value) or key in _TINY or not _is_size(value) or _NOT_A_WIDTH.search(key):
+                continue
+            if key.endswith("hidden_size") and value in changed:
+                changes[key] = changed[value]
+            elif (key.endswith("_dim") or key.endswith("_size")) and value in own:
+                changes[key] = own[value]
+        if changes:
+            over.update(changes)
+            hang()
 
 
 def hf_classes(model_type: str):
@@ -424,6 +673,7 @@ def hf_build(model_type: str):
     default = config_cls()
     levels = [
         ("tiny", lambda: config_cls(**shrink_overrides(default, _TINY))),
+        ("tiny, consistent", lambda: config_cls(**shrink_overrides(default, _TINY, consistent=True))),
         ("tiny, kv heads = heads", lambda: config_cls(**shrink_overrides(default, _TINY, mha=True))),
         ("layers only", lambda: config_cls(**shrink_overrides(default, _LAYERS_ONLY))),
         ("default", config_cls),
@@ -456,7 +706,15 @@ def hf_build(model_type: str):
             return config, model_cls, level, params, errors
         except Exception as exc:  # noqa: BLE001 - the next level is tried
             errors.append(f"{level}: {first_line(exc, 160)}")
-            ran_nowhere = ran_nowhere or (config, level, params, exc)
+            if ran_nowhere is None or level == "tiny, consistent":  # the consistent one's error over tiny's
+                ran_nowhere = (config, level, params, exc)
+        if getattr(config, "use_cache", None) is True:  # hybrids whose stack has no attention layer fail their own
+            config.use_cache = False  # forward with a cache (Granite 4 hybrid's default is all Mamba)
+            try:
+                eval_forward(model, args, kwargs)
+                return config, model_cls, f"{level}, use_cache=False", params, errors
+            except Exception:  # noqa: BLE001, S110 - not the cache: the next level is tried
+                config.use_cache = True
     if ran_nowhere is not None:  # built, but ran at no level: patch() records the forward's error
         config, level, params, _ = ran_nowhere
         return config, model_cls, level, params, errors

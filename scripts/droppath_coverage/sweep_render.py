@@ -264,7 +264,9 @@ def render(out_dir: Path) -> str:
                    + ", ".join(bad[:4]) + (f" (+{len(bad) - 4})" if len(bad) > 4 else "") + " |")
 
     out += ["", "## Hugging Face per model type", "",
-            ("*build*: the config level used (`tiny`: 2 layers, width 64, ...; `layers only`; `default`); *sites / "
+            ("*build*: the config level used (`tiny`: 2 layers, width 64, ...; `tiny, consistent`: also the fields "
+             "that follow them and unset sizes; `layers only`; `default`; `, use_cache=False` where only that runs); "
+             "*sites / "
             "layers*: engine sites and the config's layer count (a decoder layer has two branches); *slots*: HF's "
             "own drop path slot calls on a residual, and how many an engine site carries; *why not*: the error "
             "when apply_drop_path(model, 0.1) did not patch and verify."), "",
