@@ -8,6 +8,7 @@ what a container is (``_items`` / ``_rebuild``), so they agree on every structur
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,7 +31,9 @@ def _items(obj: Any) -> list[tuple[Any, Any]] | None:
 def _rebuild(obj: Any, values: dict[Any, Any]) -> Any:
     """A container of ``obj``'s type with the children in ``values`` replaced."""
     if isinstance(obj, dict):
-        out = obj.copy()  # keeps the type of an HF ModelOutput
+        # A dict subclass through its own copy protocol: an HF ModelOutput is rebuilt from its fields
+        # (``dict.copy`` of a subclass calls it with no arguments, which a required field refuses).
+        out = obj.copy() if type(obj) is dict else copy.copy(obj)
         for key, value in values.items():
             out[key] = value
         return out

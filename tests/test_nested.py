@@ -40,3 +40,21 @@ def test_map_and_replace_keep_every_container_type():
     assert out["hidden"][1] is t[2]  # the original is not modified
     assert nested.get_at(replaced, ("hidden", 0)) is t[1] and nested.get_at(replaced, ("nope",)) is None
     assert nested.replace_at(out, ("nope",), lambda x: x + 1) == out
+
+
+def test_a_model_output_with_a_required_field_is_rebuilt_with_its_type():
+    # xLSTM's output declares ``last_hidden_state`` without a default: OrderedDict.copy calls the class
+    # with no arguments and fails; the rebuilt copy keeps the type, the fields and the attributes.
+    from dataclasses import dataclass
+
+    from transformers.utils import ModelOutput
+
+    @dataclass
+    class Required(ModelOutput):
+        last_hidden_state: torch.Tensor | None
+        cache: object = None
+
+    t = torch.randn(2, 3)
+    out = nested.map_tensors(Required(last_hidden_state=t, cache="state"), lambda x: x * 2)
+    assert type(out) is Required and out.cache == "state" and torch.equal(out.last_hidden_state, t * 2)
+    assert torch.equal(out["last_hidden_state"], t * 2) and list(out.keys()) == ["last_hidden_state", "cache"]
