@@ -219,7 +219,7 @@ def _pixel_candidates(model: nn.Module, vision: Any, params: Any, device: torch.
         return [{"pixel_values": tiles, "image_sizes": torch.tensor([[high, wide]] * EXAMPLE_BATCH, device=device)}]
     # (B, C, H, W), else one image per sample (B, images, C, H, W) (Idefics 2/3, SmolVLM); each also with the
     # size of every image where the forward takes it (Mistral 3)
-    sizes = [{}]
+    sizes: list[dict[str, Tensor]] = [{}]
     if "image_sizes" in params:
         sizes.append({"image_sizes": torch.tensor([list(size)] * EXAMPLE_BATCH, device=device)})
     return [{"pixel_values": pixels, **extra} for pixels in (image, image.unsqueeze(1)) for extra in sizes]
@@ -245,7 +245,7 @@ def _special_tokens(*configs: Any) -> list[int]:
 def _count_features(model: nn.Module, image: dict[str, Tensor]) -> list[int]:
     """Image tokens of each sample: the feature vectors ``get_image_features`` returns for its image (so the
     count includes whatever the projector pools, pixel-shuffles or adds). Raises what the model raises."""
-    fn = model.get_image_features
+    fn: Any = model.get_image_features
     accepted = inspect.signature(fn).parameters
     kw = {(k if k in accepted else k.removeprefix("image_")): v for k, v in image.items()
           if k in accepted or k.removeprefix("image_") in accepted}
@@ -374,7 +374,8 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
     if wants_image:
         candidates = _pixel_candidates(model, vision, params, device, dtype, gen)
         image = candidates[0]
-        embed = model.get_input_embeddings() if takes_ids and image_token is not None else None
+        embeddings: Any = model.get_input_embeddings  # an HF PreTrainedModel's
+        embed = embeddings() if takes_ids and image_token is not None else None
         rows = getattr(embed, "num_embeddings", None)
         if rows is not None and image_token >= rows:  # a default config whose vocabulary was never resized
             raise ExampleInputsError(
