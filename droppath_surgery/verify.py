@@ -165,19 +165,35 @@ def verify_eval(model: nn.Module, reference: Any, state_before: dict[str, tuple]
 # -- skipping: the run-time exactness check -----------------------------------------------------
 
 PROBE_BATCH = 2  # the check needs a dropped sample and a kept one
+DROPPED = 1  # the sample the check drops in every skipping branch
+
+
+def _kept_rows(t: Tensor, dim: int, rows_per_sample: int) -> Tensor:
+    """``t`` without sample ``DROPPED`` along ``dim`` (a view when it is the last sample)."""
+    if t.device.type == "meta" or t.ndim == 0:
+        return t
+    samples = t.shape[dim] // rows_per_sample
+    if samples <= DROPPED:
+        return t
+    if samples == DROPPED + 1:
+        return t.narrow(dim, 0, DROPPED * rows_per_sample)
+    keep = [r for r in range(t.shape[dim]) if r // rows_per_sample != DROPPED]
+    return t.index_select(dim, torch.tensor(keep, device=t.device))
 
 
 class Sketches:
     """Per call of the watched DropPaths, in call order: ``(drop, state, shape, dtype, sketch)``, the
     ``sketch.sketch`` of each output along the drop's batch dimension (a few numbers per sample instead
-    of the tensor). ``add`` is the ``log`` that ``SkipDropPath.probing`` calls."""
+    of the tensor) for the samples the check compares: all but ``DROPPED``. ``add`` is the ``log`` that
+    ``SkipDropPath.probing`` calls."""
 
     def __init__(self, projections: Projections | None = None) -> None:
         self.entries: list[tuple[SkipDropPath, Any, tuple, torch.dtype, Tensor | None]] = []
         self.projections: Projections = projections if projections is not None else {}
 
     def add(self, drop: SkipDropPath, state: SkipState | None, out: Tensor) -> None:
-        summary = sketch(out, drop.batch_dim, self.projections, drop.rows_per_sample)
+        rows = drop.rows_per_sample
+        summary = sketch(_kept_rows(out, drop.batch_dim, rows), drop.batch_dim, self.projections, rows)
         self.entries.append((drop, state, tuple(out.shape), out.dtype, summary))
 
 
@@ -238,7 +254,7 @@ def check_skipping(
             batch = PROBE_BATCH
         reference = eval_pass(model, args, kwargs, drops)
         passes += 1
-    kept = torch.tensor([i for i in range(batch) if i != 1])
+    kept = torch.tensor([i for i in range(batch) if i != DROPPED])
     forced = (kept, torch.ones(len(kept)))
     log = Sketches(reference.log.projections)
 
@@ -306,7 +322,7 @@ def _culprit(
         if drop is not other or shape != want_shape:
             ok, diff = False, float("inf")
         else:
-            ok, diff = agree(want if want is None else want[kept], got if got is None else got[kept], dtype)
+            ok, diff = agree(want, got, dtype)  # both of the kept samples only (``Sketches``)
         if not ok:
             return (state if state is not None else last_skipping(i)), f"its output differs from the masked form (max |diff| {diff:.3g})"
     if len(entries) != len(wanted):
