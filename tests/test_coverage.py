@@ -195,6 +195,31 @@ def test_merges_are_followed_through_scaling_and_slicing_but_not_out_of_the_hold
     }
 
 
+def test_merges_are_followed_through_scalings_by_constants_but_not_through_other_operations_on_buffers():
+    class ScaleView(nn.Module):  # timm's PoolFormer v1: x + scale.view(1, -1, 1, 1) * drop_path(f(x))
+        def __init__(self, rate):
+            super().__init__()
+            self.f = nn.Conv2d(4, 4, 1)
+            self.scale = nn.Parameter(torch.ones(4))
+            self.drop_path = DropPathStandIn(rate)
+
+        def forward(self, x):
+            return x + self.drop_path(self.f(x)) * self.scale.view(1, -1, 1, 1)
+
+    class DroppedShortcut(nn.Module):  # timm's ResNeSt: the dropped input feeds the shortcut's batch norm
+        def __init__(self, rate):
+            super().__init__()
+            self.f = nn.Conv2d(4, 4, 1)
+            self.down = nn.BatchNorm2d(4)
+            self.drop_path = DropPathStandIn(rate)
+
+        def forward(self, x):
+            return self.f(x) + self.down(self.drop_path(x))
+
+    slots = _slots(nn.Sequential(ScaleView(0.1), DroppedShortcut(0.1)), torch.randn(2, 4, 3, 3))
+    assert {s.path: (s.calls, s.off_residual) for s in slots} == {"0.drop_path": (1, 0), "1.drop_path": (0, 1)}
+
+
 def test_a_slot_called_twice_is_two_branches_and_each_call_is_matched():
     class Twice(nn.Module):  # HF Dinov2 / torchvision Swin: one drop path module for both branches
         def __init__(self, rate):

@@ -180,6 +180,23 @@ def _nesting_unit(unit: nn.Module, stack_shapes: set[str], index: ModuleIndex) -
     return unit
 
 
+def _slots_before_scaling(merge: Merge, index: ModuleIndex) -> list[BranchEnd]:
+    """Drop path slots whose output the branch end only scales per sample alike (timm's PoolFormer v1:
+    ``x + layer_scale1(drop_path1(mixer(norm1(x))))``): the architecture's own slots for the branch,
+    innermost first."""
+    out: list[BranchEnd] = []
+    node = merge.end.scaled_from
+    while node is not None:
+        slots = [
+            BranchEnd(c.module, index.paths[id(c.module)], c.index, i)
+            for c, i in node.chain
+            if id(c.module) in index.paths and is_drop_path_slot(c.module, index.paths[id(c.module)])
+        ]
+        out = slots + out
+        node = node.scaled_from
+    return out
+
+
 def find_branches(merges: list[Merge], index: ModuleIndex) -> tuple[list[Branch], list[tuple[str, str]]]:
     """The block branches among ``merges`` with their blocks and units, and (path, reason) for every
     merge left out."""
@@ -191,6 +208,7 @@ def find_branches(merges: list[Merge], index: ModuleIndex) -> tuple[list[Branch]
         ]
         if not ends:
             continue
+        ends = _slots_before_scaling(merge, index) + ends
         if not merge.computes and not any(is_drop_path_slot(e.module, e.path) for e in ends):
             left_out.append((ends[-1].path, LINEAR_REASON))
             continue

@@ -51,13 +51,16 @@ _LAYOUT = {
 _CONV = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
 _MATMUL = {"linear", "matmul", "mm", "bmm", "einsum", "__matmul__", "addmm", "baddbmm", "scaled_dot_product_attention"}
 _LINEAR_ONE = (_CONV | _MATMUL | _SCALE) - {"scaled_dot_product_attention"}
-# Operations known not to mix channels (elementwise, activations, normalizations, pooling, layout).
-# Anything not known is assumed to mix (fused attention kernels, custom ops): that errs towards
-# finding a branch rather than missing one.
+# Operations known not to mix channels (elementwise, activations, per-channel normalizations, pooling,
+# layout). Anything not known is assumed to mix (fused attention kernels, custom ops): that errs
+# towards finding a branch rather than missing one. Layer, RMS and group norms are not here: their
+# statistics span the channels, so each output channel depends on the others (PoolFormer's token
+# mixer ``pool(norm(x)) - norm(x)`` computes through its norm); a group norm with one channel per
+# group is an instance norm, per channel.
 _PER_CHANNEL = _LINEAR_ANY | _SCALE | {
     "relu", "relu_", "relu6", "gelu", "silu", "silu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "hardswish",
     "hardswish_", "hardsigmoid", "leaky_relu", "leaky_relu_", "elu", "mish", "softplus", "hardtanh", "prelu",
-    "layer_norm", "group_norm", "rms_norm", "instance_norm", "normalize", "max_pool1d", "max_pool2d",
+    "instance_norm", "normalize", "max_pool1d", "max_pool2d",
     "max_pool3d", "adaptive_max_pool2d", "interpolate", "upsample", "exp", "log", "sqrt", "rsqrt", "pow", "__pow__",
     "abs", "clamp", "clamp_", "where", "erf", "sin", "cos", "masked_fill", "__setitem__", "zeros_like",
     "ones_like", "empty_like", "full_like", "new_zeros", "new_ones", "new_empty", "new_full", "size", "dim",
@@ -69,12 +72,17 @@ SELF = object()  # stands for the live input in a recorded layout operation's ar
 
 
 def _mixes(name: str, args: tuple, kwargs: dict) -> bool:
-    """Does this operation mix channels? (A depthwise convolution, an activation or a norm does not.)"""
+    """Does this operation mix channels? (A depthwise convolution, an activation or a per-channel norm
+    does not; a layer, RMS or group norm does, through its statistics.)"""
     if name in _MATMUL:
         return True
     if name in _CONV:
         weight = args[1] if len(args) > 1 else kwargs.get("weight")
         return isinstance(weight, Tensor) and weight.ndim > 1 and weight.shape[1] > 1
+    if name == "group_norm":
+        x = args[0] if args else kwargs.get("input")
+        groups = args[1] if len(args) > 1 else kwargs.get("num_groups")
+        return not (isinstance(x, Tensor) and x.ndim > 1 and groups == x.shape[1])
     return name not in _PER_CHANNEL
 
 

@@ -30,9 +30,10 @@ schedule=...)`` on the model built *without* drop path (timm ``create_model(name
   layer with ``self.drop_path``, torchvision's block with ``stochastic_depth``): that is the library's
   own statement of placement. A slot call is a branch when, in one eval forward of that build
   (``None`` slots set to a counting ``Identity``), its output is added to another tensor while its
-  holder's call runs (followed through scaling and slicing by parameters); calls that are never
-  (ByobNet blocks without shortcut, ResNeSt, RDNet) and slots forward never uses (EfficientNet blocks
-  without skip) are not branches. A slot called for two branches (HF Dinov2, torchvision Swin) is two.
+  holder's call runs (followed through scaling and slicing by parameters, and through scalings by
+  tensors made from parameters and buffers only, such as PoolFormer v1's ``scale.view(1, -1, 1, 1)``);
+  calls that are never (ByobNet blocks without shortcut, ResNeSt, RDNet) and slots forward never uses
+  (EfficientNet blocks without skip) are not branches. A slot called for two branches (HF Dinov2, torchvision Swin) is two.
 * **site parity**: every engine site must be claimed exactly once, and every expected branch matched:
     - each call of a slot that is a module in the model under test (``Identity``, a DropPath) is
       carried by an engine site: in one eval forward of the patched model, the site's output is the

@@ -71,23 +71,30 @@ class Slot:
 
 
 _ADDS = {torch.add, Tensor.add, Tensor.add_, Tensor.__add__, Tensor.__iadd__, Tensor.__radd__}
+_SCALINGS = {"mul", "mul_", "__mul__", "__rmul__", "__imul__", "div", "div_", "__truediv__", "__itruediv__"}
 
 
 class _MergeWatch(TorchFunctionMode):
     """Sees which slot outputs are added to another tensor while their holder runs.
 
     A slot's output is *marked*; the mark follows it through operations whose other inputs are
-    only parameters or numbers (``gamma * drop_path(x)``, ``x[:, :c]``), while the call of the module
-    that holds the slot is running. An addition of a marked tensor and another (non-parameter)
+    only parameters or numbers (``gamma * drop_path(x)``, ``x[:, :c]``), and through scalings by
+    constants (``drop_path(x) * scale.view(1, -1, 1, 1)``), while the call of the module that holds
+    the slot is running. A constant is a parameter or buffer of the model, or a tensor computed from
+    constants only (or from none). An addition of a marked tensor and another (non-parameter)
     tensor is a residual merge of that slot call. timm applies some drop paths off any residual
     (ByobNet blocks without a shortcut, whose whole output is dropped and returned); those calls
     are not branches.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, constants: list[Tensor]) -> None:
         super().__init__()
         self.marks: dict[int, tuple[Tensor, Any, Any]] = {}  # id(tensor) -> (tensor, call record, holder call token)
         self.active: set[int] = set()  # tokens of holder calls now running
+        self.constants: dict[int, Tensor] = {id(t): t for t in constants}  # kept alive, so ids stay unique
+
+    def _constant(self, t: Tensor) -> bool:
+        return self.constants.get(id(t)) is t
 
     def mark(self, t: Tensor, record: Any, token: Any) -> None:
         self.marks[id(t)] = (t, record, token)
@@ -107,9 +114,15 @@ class _MergeWatch(TorchFunctionMode):
         marked = [(t, self._mark_of(t)) for t in flat]
         marked = [(t, m) for t, m in marked if m is not None]
         out = func(*args, **kwargs)
+        if all(self._constant(t) for t in flat):
+            for o in (out if isinstance(out, (tuple, list)) else (out,)):
+                if isinstance(o, Tensor):
+                    self.constants[id(o)] = o
         if not marked:
             return out
         others = [t for t in flat if all(t is not mt for mt, _ in marked) and not isinstance(t, nn.Parameter)]
+        if getattr(func, "__name__", "") in _SCALINGS and all(self._constant(t) for t in others):
+            others = []
         if func in _ADDS and others:
             for _, (_, record, _) in marked:
                 record["merged"] = True
@@ -145,7 +158,7 @@ def native_slots(model: nn.Module, run: Callable[[nn.Module], Any]) -> list[Slot
             elif isinstance(held, nn.Identity):
                 slots[full] = Slot(full, 0.0, "Identity")
     modules = dict(model.named_modules())
-    watch = _MergeWatch()
+    watch = _MergeWatch([*model.parameters(), *model.buffers()])
     counter = [0]
     records: list[tuple[Slot, dict]] = []
     tokens: dict[str, list] = {}  # holder path -> stack of tokens of its running calls
