@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from .analysis import Analysis, analyse
+from .analysis import NOT_PER_SAMPLE, Analysis, analyse
 from .checks import check_batch_dim, check_bool, check_choice, check_mode, validate_rate
 from .errors import InvalidArgumentError, NotPatchedError, ScheduleError
 from .execute import Options, attach, detach, patched_modules, reattach, set_branch_rates
@@ -27,7 +27,7 @@ from .nn.skip import DEFAULT_MIN_SKIP_RATE, KEPT_COUNTS
 from .plan import FilterFn, Plan, PlannedSite, make_plan
 from .report import DropPathReport, build_report, report_of_patch
 from .schedules import LeaveOut, Schedule, check_schedule, describe, rate_sites, remembered
-from .verify import check_skipping, eval_pass, has_meta_tensors, state_fingerprint, verify_eval
+from .verify import check_skipping, compare_state, eval_pass, has_meta_tensors, state_fingerprint, verify_eval
 
 __all__ = [
     "apply_drop_path",
@@ -227,6 +227,10 @@ def apply_drop_path(
     try:
         state_before = state_fingerprint(model)
         analysis = _analyse(model, example_inputs, batch_dim)
+        # A model that writes its own state in an eval forward (RWKV rescales its weights on the first
+        # one) is judged from the state its unpatched forward left; the note says so.
+        probed = state_fingerprint(model)
+        self_written = compare_state(state_before, probed)
         plan = make_plan(model, analysis, filter_fn=filter_fn, skip=skip_dropped)
         plan, rates = _rate(model, plan, rate, schedule, per_stack, len(analysis.branches))
         if granularity == "block":
@@ -237,7 +241,7 @@ def apply_drop_path(
             # One eval pass: verification judges it, and the exactness check compares with it.
             after = eval_pass(model, analysis.args, analysis.kwargs, skipping) if verify else None
             if after is not None:
-                verify_eval(model, analysis.recording.outputs, state_before, after)
+                verify_eval(model, analysis.recording.outputs, probed, after)
             if skipping:
                 input_dim = analysis.input_dim if analysis.input_dim is not None else (batch_dim or 0)
                 check_skipping(model, skipping, analysis.args, analysis.kwargs, input_dim, after)
@@ -248,6 +252,11 @@ def apply_drop_path(
         reattach(model, previous)
         raise
     notes = _notes(model, plan, rates, rate, schedule)
+    if self_written:
+        notes.append(
+            f"the model wrote its own state during an eval forward before drop path was attached ({'; '.join(self_written)}); "
+            f"eval output and state_dict were verified against the state that forward left"
+        )
     for note in notes:
         warnings.warn(note, stacklevel=2)
     verified: bool | None = True if verify else None
@@ -267,6 +276,16 @@ def _notes(model: nn.Module, plan: Plan, rates: list[tuple[float, ...]], rate: A
         notes.append(
             f"schedule {schedule!r} gives every branch rate 0: it ramps from 0 at the first block of each stack, and this "
             f"model has {where}; use schedule='uniform' to drop at rate {rate} everywhere"
+        )
+    unsampled: dict[str, list[str]] = {}
+    for lo in plan.left_out:
+        if lo.reason in NOT_PER_SAMPLE:
+            unsampled.setdefault(lo.reason, []).append(lo.path)
+    for reason, paths in unsampled.items():
+        shown = ", ".join(paths[:3]) + (f", ... (+{len(paths) - 3})" if len(paths) > 3 else "")
+        notes.append(
+            f"{len(paths)} residual branch{'es' if len(paths) > 1 else ''} of blocks left without drop path ({shown}): "
+            f"{reason}"
         )
     replaced = [site.module for site in plan.sites if site.kind == "replace"]
     return notes + native_regularizers(model, replaced)

@@ -9,6 +9,7 @@ what a container is (``_items`` / ``_rebuild``), so they agree on every structur
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -36,6 +37,9 @@ def _rebuild(obj: Any, values: dict[Any, Any]) -> Any:
         out = obj.copy() if type(obj) is dict else copy.copy(obj)
         for key, value in values.items():
             out[key] = value
+        if isinstance(out, OrderedDict) and list(out) != list(obj):
+            for key in obj:  # the copy follows the fields' order, not the one the keys were set in
+                out.move_to_end(key)
         return out
     items = [values.get(i, item) for i, item in enumerate(obj)]
     if isinstance(obj, list):

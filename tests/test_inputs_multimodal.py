@@ -12,7 +12,7 @@ import torch
 import transformers as T
 from training_fixtures import single_thread  # noqa: F401  (autouse: tiny models run faster on one thread)
 
-from droppath_surgery import ExampleInputsError, apply_drop_path, build_example_inputs
+from droppath_surgery import ExampleInputsError, apply_drop_path, build_example_inputs, is_patched
 from droppath_surgery.errors import BatchDimError
 
 TEXT = dict(
@@ -99,14 +99,25 @@ def test_qwen2_vl_gets_flattened_patches_their_grid_and_token_types():
         assert model(*args, **kwargs).last_hidden_state.shape == (*kwargs["input_ids"].shape, 64)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=BatchDimError,
-    reason="engine: the packed vision tower has no batch dimension "
-    "(its patches are not independent samples), so no batch dimension fits every branch",
-)
-def test_qwen2_vl_patches_with_automatic_inputs():
-    _patch(_qwen2_vl())
+def test_qwen2_vl_drops_its_text_blocks_and_leaves_the_packed_vision_tower_out_with_a_warning():
+    # The vision tower runs the patches of all images as one sequence (no batch dimension): its branches
+    # cannot be dropped per sample, so they are left out, said in the report and warned about.
+    model = _qwen2_vl()
+    with pytest.warns(UserWarning, match=r"4 residual branches of blocks left without drop path \(visual\.blocks\.0\."):
+        report = apply_drop_path(model, 0.1)
+    assert report.verified is True
+    assert [s.path.split(".")[0] for s in report.sites] == ["language_model"] * 4  # 2 layers x 2 branches
+    packed = [s.path for s in report.skipped if "packs or folds the samples" in s.reason]
+    assert len(packed) == 4 and all(p.startswith("visual.blocks.") for p in packed)
+
+
+def test_a_packed_vision_tower_alone_says_its_stream_has_no_batch_dimension():
+    model = _qwen2_vl().visual
+    args, kwargs = build_example_inputs(model)
+    assert next(iter(kwargs)) == "grid_thw"  # one row per image: the batch, never the packed patches
+    with pytest.raises(BatchDimError, match="packs the samples together"):
+        apply_drop_path(model, 0.1)
+    assert not is_patched(model)
 
 
 def test_a_qwen2_vl_style_vision_tower_gets_patches_and_grid_it_runs_on():
@@ -124,7 +135,7 @@ def test_a_qwen2_vl_style_vision_tower_gets_patches_and_grid_it_runs_on():
     )
     model = T.Glm4vVisionModel(config).eval()
     args, kwargs = build_example_inputs(model)
-    assert set(kwargs) == {"hidden_states", "grid_thw"}
+    assert list(kwargs) == ["grid_thw", "hidden_states"]
     assert kwargs["hidden_states"].shape == (4 * 16, 3 * 2 * 4 * 4)
     with torch.no_grad():
         out = model(*args, **kwargs)

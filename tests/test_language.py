@@ -318,3 +318,18 @@ def test_video_models_get_a_clip_of_config_num_frames_images(name):
     assert kwargs["pixel_values"].shape == (2, 4, 3, 32, 32)
     report = apply_drop_path(model, 0.1)
     assert report.verified and len(report.sites) == 4
+
+
+def test_a_model_that_rescales_its_own_weights_in_its_first_eval_forward_is_verified_from_there():
+    # RWKV divides some weights by 2 ** (layer // rescale_every) in its first eval forward (and back in
+    # train): the probe's unpatched forward does it, the note says so, and the patched model is verified
+    # against the state that forward left.
+    config = T.RwkvConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, attention_hidden_size=32,
+                          intermediate_size=64, context_length=16, rescale_every=1)
+    model = T.RwkvModel(config)
+    before = model.blocks[1].attention.output.weight.detach().clone()
+    with pytest.warns(UserWarning, match=r"wrote its own state during an eval forward before drop path was attached"):
+        report = apply_drop_path(model, 0.1)
+    assert report.verified is True and len(report.sites) == 4
+    assert any("wrote its own state" in n for n in report.notes)
+    assert torch.equal(model.blocks[1].attention.output.weight, before / 2)  # the model's own rescaling, once

@@ -58,3 +58,18 @@ def test_a_model_output_with_a_required_field_is_rebuilt_with_its_type():
     out = nested.map_tensors(Required(last_hidden_state=t, cache="state"), lambda x: x * 2)
     assert type(out) is Required and out.cache == "state" and torch.equal(out.last_hidden_state, t * 2)
     assert torch.equal(out["last_hidden_state"], t * 2) and list(out.keys()) == ["last_hidden_state", "cache"]
+
+
+def test_a_model_output_keeps_its_key_order_when_a_field_was_set_after_the_others():
+    # Aya Vision's image outputs get ``pooler_output`` assigned after construction: its keys run
+    # last_hidden_state, hidden_states, pooler_output, while a copy rebuilds them in field order. The
+    # recorded outputs must keep the model's order, or verification reads a changed structure.
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    t = torch.randn(2, 3)
+    out = BaseModelOutputWithPooling(last_hidden_state=t, hidden_states=(t, t))
+    out.pooler_output = t[:, 0]
+    assert list(out.keys()) == ["last_hidden_state", "hidden_states", "pooler_output"]
+    mapped = nested.map_tensors(out, lambda x: x + 1)
+    assert list(mapped.keys()) == list(out.keys())
+    assert [i for i, _ in nested.leaves(mapped)] == [i for i, _ in nested.leaves(out)]

@@ -335,6 +335,132 @@ def test_positional_convolution_is_not_a_branch():
     assert [(s.path, "positional" in s.reason) for s in report.skipped] == [("0.act", True), ("1.act", True)]
 
 
+class _PoolMixer(nn.Module):  # PoolFormer's token mixer: pool(x) - x, linear and per channel
+    def __init__(self):
+        super().__init__()
+        self.pool = nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+
+    def forward(self, x):
+        return self.pool(x) - x
+
+
+class _Scale(nn.Module):  # timm's metaformer Scale: a per-channel parameter, viewed for NCHW
+    def __init__(self, dim):
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((dim,), 0.5))
+
+    def forward(self, x):
+        return x * self.scale.view(1, -1, 1, 1)
+
+
+class _PoolBlock(nn.Module):
+    """timm's PoolFormer v1 block: ``x + layer_scale1(drop_path1(mixer(norm1(x))))`` (the slot is
+    before the scaling); ``slot=False`` leaves the drop path slot out, ``groups`` sets the norm."""
+
+    def __init__(self, dim=4, groups=1, slot=True):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, dim)
+        self.token_mixer = _PoolMixer()
+        if slot:
+            self.drop_path1 = nn.Identity()
+        self.layer_scale1 = _Scale(dim)
+        self.mlp = nn.Sequential(nn.Conv2d(dim, 8, 1), nn.GELU(), nn.Conv2d(8, dim, 1))
+
+    def forward(self, x):
+        y = self.token_mixer(self.norm1(x))
+        y = self.drop_path1(y) if hasattr(self, "drop_path1") else y
+        x = x + self.layer_scale1(y)
+        return x + self.mlp(x)
+
+
+def test_a_norm_whose_statistics_span_the_channels_mixes_them_and_a_slot_before_a_scaling_is_the_site():
+    x = torch.randn(2, 4, 5, 5)
+    # The token mixer computes through its group norm (one group: statistics over all channels); the
+    # block's own slot before the scaling is replaced, as timm drops there.
+    report = find_residual_branches(nn.Sequential(_PoolBlock(), _PoolBlock()), x)
+    assert [(s.path, s.kind) for s in report.sites] == [
+        ("0.drop_path1", "replace"), ("0.mlp.2", "hook"), ("1.drop_path1", "replace"), ("1.mlp.2", "hook")
+    ]
+    # Without a slot the mixer is still a branch (the norm mixes channels): its end is the scaling.
+    report = find_residual_branches(nn.Sequential(_PoolBlock(slot=False), _PoolBlock(slot=False)), x)
+    assert [s.path for s in report.sites] == ["0.layer_scale1", "0.mlp.2", "1.layer_scale1", "1.mlp.2"]
+    # A group norm with one channel per group is an instance norm: per channel, so no block branch.
+    report = find_residual_branches(nn.Sequential(_PoolBlock(groups=4, slot=False), _PoolBlock(groups=4, slot=False)), x)
+    assert [s.path for s in report.sites] == ["0.mlp.2", "1.mlp.2"]
+    assert [(s.path, "linear or per-channel" in s.reason) for s in report.skipped] == [
+        ("0.layer_scale1", True), ("1.layer_scale1", True)
+    ]
+
+
+class _TokenAttnBlock(nn.Module):  # x + attn(x) over the tokens of one sequence (dim -2), then x + mlp(x)
+    def __init__(self, dim=6):
+        super().__init__()
+        self.qkv = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 12), nn.GELU(), nn.Linear(12, dim))
+
+    def forward(self, x):
+        h = self.qkv(x)
+        x = x + self.proj(torch.softmax(h @ h.transpose(-1, -2), -1) @ h)
+        return x + self.mlp(x)
+
+
+class _PackedTower(nn.Module):
+    """A Qwen2-VL-style vision tower: the patches of every image as one sequence ``(P, D)``, then
+    groups of 4 patches merged into ``(P / 4, D)`` and refined by one more block."""
+
+    def __init__(self, dim=6):
+        super().__init__()
+        self.blocks = nn.ModuleList([_TokenAttnBlock(dim), _TokenAttnBlock(dim)])
+        self.merge = nn.Linear(4 * dim, dim)
+        self.post = nn.ModuleList([_TokenAttnBlock(dim)])
+
+    def forward(self, patches):
+        for b in self.blocks:
+            patches = b(patches)
+        merged = self.merge(patches.reshape(-1, 4 * patches.shape[-1]))
+        for b in self.post:
+            merged = b(merged)
+        return merged
+
+
+class _PackedVLM(nn.Module):  # text (B, L, D) with the packed tower's features added to every sample alike
+    def __init__(self, dim=6):
+        super().__init__()
+        self.visual = _PackedTower(dim)
+        self.layers = nn.ModuleList([_TokenAttnBlock(dim), _TokenAttnBlock(dim)])
+
+    def forward(self, text, patches):
+        x = text + self.visual(patches).mean(0)
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def test_a_packed_stream_beside_a_batched_one_is_left_out_with_a_warning():
+    # The merged stream (2 rows) has the batch size by chance; the doubled pass shows it does not grow.
+    model = _PackedVLM()
+    inputs = {"text": torch.randn(2, 5, 6), "patches": torch.randn(8, 6)}
+    with pytest.warns(UserWarning, match=r"6 residual branches of blocks left without drop path \(visual\.blocks\.0\.proj, "):
+        report = apply_drop_path(model, 0.1, example_inputs=inputs)
+    assert report.verified is True
+    assert [s.path for s in report.sites] == ["layers.0.proj", "layers.0.mlp.2", "layers.1.proj", "layers.1.mlp.2"]
+    assert [s.path for s in report.skipped if "packs or folds the samples" in s.reason] == [
+        "visual.blocks.0.proj", "visual.blocks.0.mlp", "visual.blocks.1.proj", "visual.blocks.1.mlp",
+        "visual.post.0.proj", "visual.post.0.mlp",
+    ]
+
+
+def test_packed_patches_passed_first_are_never_read_as_samples():
+    # Dim 0 (8 patches) fits every branch once the doubled pass resolves the merged stream (2 -> 4 rows),
+    # but its patches are no independent samples: the independence pass rejects it, and the error says so.
+    model, patches = _PackedTower(), torch.randn(8, 6)
+    before = ModelSnapshot(model)
+    with pytest.raises(BatchDimError, match="cannot tell which dimension"):
+        apply_drop_path(model, 0.1, example_inputs=patches)
+    before.assert_same()
+
+
 def test_blocks_without_containers_are_found_by_their_twins():
     class B(nn.Module):
         def __init__(self):

@@ -156,6 +156,17 @@ def test_text_model_gets_input_ids():
     assert len(report.sites) == 4 and report.num_blocks == 2
 
 
+def test_a_multiple_choice_head_gets_its_candidate_texts_and_the_encoder_blocks():
+    config = T.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    model = T.BertForMultipleChoice(config)
+    (_, kwargs) = build(model)
+    assert kwargs["input_ids"].shape == (2, 2, 12)  # (B, choices, L); flat (B, L) ids fail its forward
+    assert kwargs["attention_mask"].shape == kwargs["token_type_ids"].shape == (2, 2, 12)
+    report = apply_drop_path(model, 0.1)
+    assert report.verified is True
+    assert len(report.sites) == 4 and report.num_blocks == 2
+
+
 def test_no_hooks_left_by_probing_hf_model():
     model = FACTORIES["clip_vision"]()
     hooks = hook_count(model)

@@ -15,13 +15,13 @@ from torch import nn
 
 from ..errors import ExampleInputsError
 from ..isolation import rng_restored
-from .batch import UNMAPPED_REASON, WATCHED_SAMPLE, assign_batch_dims, candidate_batch_sizes
+from .batch import NOT_PER_SAMPLE, WATCHED_SAMPLE, assign_batch_dims, candidate_batch_sizes
 from .blocks import Branch, ModuleIndex, find_branches, number_units
 from .merges import find_merges
 from .record import Recording, record
 from .stacks import find_stacks
 
-__all__ = ["Analysis", "AnalysedBranch", "analyse"]
+__all__ = ["Analysis", "AnalysedBranch", "analyse", "NOT_PER_SAMPLE"]
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,8 @@ def analyse(model: nn.Module, args: tuple, kwargs: dict, *, batch_dim: int | Non
     )
     mapped = []
     for br, found in zip(branches, dims.per_branch):
-        if found is None:
-            left_out.append((br.end_path, UNMAPPED_REASON))
+        if isinstance(found, str):
+            left_out.append((br.end_path, found))
         else:
             mapped.append((br, found))
     kept = [br for br, _ in mapped]

@@ -11,7 +11,11 @@ compare: where both fit, ``BatchDimError`` asks for ``batch_dim=``.
 A branch that reaches its merge through layout operations is dropped at the module output: the
 layout is replayed on a tensor of sample indices, and the output's batch dimension is the one
 dimension whose indices arrive exactly as the samples of the tensor added. With none (attention
-windows of several samples) the branch cannot be dropped per sample and is left out.
+windows of several samples) the branch cannot be dropped per sample and is left out. So is a branch
+whose stream has no dimension of the batch size at all (a *packed* stream: Qwen2-VL's vision tower runs
+the patches of every image as one sequence), when other branches have one; where the inputs are the
+user's, the sample-independence pass must then confirm the batch dimension (on the meta device it
+cannot, and ``BatchDimError`` asks for ``batch_dim=``).
 """
 
 from __future__ import annotations
@@ -31,13 +35,25 @@ from .blocks import Branch
 from .merges import find_merges
 from .record import Recording
 
-__all__ = ["BatchDims", "assign_batch_dims", "candidate_batch_sizes", "map_batch_tensors", "UNMAPPED_REASON", "WATCHED_SAMPLE"]
+__all__ = [
+    "BatchDims", "assign_batch_dims", "candidate_batch_sizes", "map_batch_tensors", "NOT_PER_SAMPLE", "PACKED_REASON",
+    "UNMAPPED_REASON", "WATCHED_SAMPLE",
+]
 
 UNMAPPED_REASON = (
     "the branch reaches the residual through layout operations (view, reshape, permute, slicing) that do "
     "not keep whole samples of the module output together (e.g. windows or tokens of several samples), so "
     "dropping at the module would not drop whole samples of the residual"
 )
+
+PACKED_REASON = (
+    "no dimension of the branch's stream has the batch size: the stream packs or folds the samples together "
+    "(e.g. a vision tower that runs the patches of all images as one sequence), so the branch cannot be "
+    "dropped per sample"
+)
+PACKED = -1  # the batch dimension of a packed branch
+# Why a block branch that was found has no drop path: degraded results, which apply_drop_path warns of.
+NOT_PER_SAMPLE = frozenset({UNMAPPED_REASON, PACKED_REASON})
 
 SAMPLES_COMPARED = 2  # the sample-independence check changes sample 0 and watches sample WATCHED_SAMPLE
 WATCHED_SAMPLE = 1
@@ -55,10 +71,11 @@ def candidate_batch_sizes(args: tuple, kwargs: dict, batch_dim: int | None, inpu
 
 @dataclass(frozen=True)
 class BatchDims:
-    """Per branch, ``(batch dim, shape)`` of the module output where drop path goes, or None where no
-    dimension holds whole samples; and the inputs' batch dimension (None when ``batch_dim`` was given)."""
+    """Per branch, ``(batch dim, shape, rows per sample)`` of the module output where drop path goes, or
+    the reason no dimension holds whole samples; and the inputs' batch dimension (None when
+    ``batch_dim`` was given)."""
 
-    per_branch: tuple[tuple[int, tuple, int] | None, ...]  # (batch dim, shape, rows per sample)
+    per_branch: tuple[tuple[int, tuple, int] | str, ...]
     input_dim: int | None
 
 
@@ -109,6 +126,11 @@ def _at_end(br: Branch, merged_dim: int) -> tuple[int, tuple, int] | None:
     return matches[0] if len(matches) == 1 else None
 
 
+def _ends_at(br: Branch, merged_dim: int) -> tuple[int, tuple, int] | str:
+    found = _at_end(br, merged_dim)
+    return UNMAPPED_REASON if found is None else found
+
+
 def _merged(recording: Recording) -> dict[tuple, tuple[tuple, tuple | None]]:
     """Merge key -> (shape, the branch operand's (dtype, sketches by dimension), or None) of every
     merge of a recorded pass."""
@@ -119,32 +141,45 @@ def _merged(recording: Recording) -> dict[tuple, tuple[tuple, tuple | None]]:
     return out
 
 
-def _dims_by_size(branches: list[Branch], probe: Prober, args: tuple, kwargs: dict, input_dim: int, batch: int) -> list[int] | None:
-    """Batch dimension of each branch's merged tensor, given the inputs'; None when undecidable."""
+def _dims_by_size(
+    branches: list[Branch], probe: Prober, args: tuple, kwargs: dict, input_dim: int, batch: int
+) -> tuple[list[int], bool] | None:
+    """Batch dimension of each branch's merged tensor, given the inputs' (``PACKED`` for a branch with no
+    dimension of the batch size that the doubled pass does not resolve either), and whether the shapes
+    alone did not decide (the doubled pass was needed, or a branch is packed); None when undecidable or
+    when no branch has a batch dimension."""
     dims: list[int | None] = []
     for br in branches:
         matches = [d for d, n in enumerate(br.merge.shape) if n == batch]
         dims.append(matches[0] if len(matches) == 1 else None)
-    if any(d is None for d in dims):
-        # Ambiguous sizes: record again with the batch doubled and see which dimension doubles.
-        double = lambda t: torch.cat([t, t], dim=input_dim)  # noqa: E731
-        try:
-            doubled = _merged(probe(map_batch_tensors(args, input_dim, batch, double), map_batch_tensors(kwargs, input_dim, batch, double), frozenset()))
-        except Exception:  # noqa: BLE001 - a model that cannot take the doubled batch: not this dimension
-            return None
-        for i, br in enumerate(branches):
-            if dims[i] is not None:
-                continue
-            shape = br.merge.shape
-            other = doubled.get(br.merge.key)
-            if other is None or len(other[0]) != len(shape):
-                return None
+    if all(d is not None for d in dims):
+        return dims, False  # type: ignore[return-value]
+    # Ambiguous or missing sizes: record again with the batch doubled and see which dimension doubles.
+    double = lambda t: torch.cat([t, t], dim=input_dim)  # noqa: E731
+    try:
+        doubled = _merged(probe(map_batch_tensors(args, input_dim, batch, double), map_batch_tensors(kwargs, input_dim, batch, double), frozenset()))
+    except Exception:  # noqa: BLE001 - a model that cannot take the doubled batch (packed images in a VLM)
+        doubled = {}
+    for i, br in enumerate(branches):
+        shape = br.merge.shape
+        other = doubled.get(br.merge.key)
+        same = []
+        if other is not None and len(other[0]) == len(shape):
             grown = [d for d, (a, b) in enumerate(zip(shape, other[0])) if b == 2 * a and a > 0]
             same = [d for d in grown if all(x == y for j, (x, y) in enumerate(zip(shape, other[0])) if j != d)]
-            if len(same) != 1:
-                return None
+        if dims[i] is not None:
+            if other is not None and dims[i] not in same:  # the batch size by chance: it did not grow with the batch
+                dims[i] = PACKED
+            continue
+        if len(same) == 1:
             dims[i] = same[0]
-    return dims  # type: ignore[return-value]
+        elif batch in shape:  # several dimensions of the batch size, and the doubled pass does not tell
+            return None
+        else:
+            dims[i] = PACKED
+    if all(d == PACKED for d in dims):
+        return None
+    return dims, True  # type: ignore[return-value]
 
 
 def _perturb_first_sample(obj: Any, dim: int, batch: int, gen: torch.Generator) -> Any:
@@ -176,7 +211,11 @@ def _samples_independent(
         args, kwargs = map_batch_tensors(args, input_dim, batch, first), map_batch_tensors(kwargs, input_dim, batch, first)
     small = min(batch, SAMPLES_COMPARED)
     perturbed = (_perturb_first_sample(args, input_dim, small, gen), _perturb_first_sample(kwargs, input_dim, small, gen))
-    before, after = _merged(reference), _merged(probe(*perturbed, frozenset({small})))
+    try:
+        after = _merged(probe(*perturbed, frozenset({small})))
+    except Exception:  # noqa: BLE001 - inputs cut to two samples that the model cannot run: not shown independent
+        return False
+    before = _merged(reference)
     for br, d in zip(branches, dims):
         a, b = before.get(br.merge.key, (None, None))[1], after.get(br.merge.key, (None, None))[1]
         if a is None or b is None or d not in a[1] or d not in b[1] or a[1][d] is None or b[1][d] is None:
@@ -203,7 +242,7 @@ def assign_batch_dims(
     if batch_dim is not None:
         for br in branches:
             check_batch_dim(batch_dim, len(br.merge.shape), f"the branch ending at {br.end_path} with shape {br.merge.shape}")
-        return BatchDims(tuple(_at_end(br, batch_dim % len(br.merge.shape)) for br in branches), None)
+        return BatchDims(tuple(_ends_at(br, batch_dim % len(br.merge.shape)) for br in branches), None)
     tensors = [t for t in nested.tensors((args, kwargs)) if t.ndim > 0]
     if not tensors:
         raise BatchDimError(
@@ -213,19 +252,30 @@ def assign_batch_dims(
     meta = tensors[0].device.type == "meta"
     candidates = [0] if inputs_batch_first else [d for d in (0, 1) if d < tensors[0].ndim]
     fitting: list[tuple[int, list[int]]] = []
+    unsure = False  # the shapes alone did not decide
     for input_dim in candidates:
-        dims = _dims_by_size(branches, probe, args, kwargs, input_dim, tensors[0].shape[input_dim])
-        if dims is not None:
-            fitting.append((input_dim, dims))
-    if len(fitting) > 1 and not meta:
-        # Several dimensions fit the traced shapes: the samples are along the first one whose samples
-        # the model keeps apart (a batch of 1 has nothing to compare and is taken as it is).
+        sized = _dims_by_size(branches, probe, args, kwargs, input_dim, tensors[0].shape[input_dim])
+        if sized is not None:
+            fitting.append((input_dim, sized[0]))
+            unsure |= sized[1]
+    packed = any(PACKED in dims for _, dims in fitting)
+    if (len(fitting) > 1 or (unsure and not inputs_batch_first)) and not meta:
+        # Several dimensions fit the traced shapes, or one fits only with the doubled pass or for some
+        # branches (patches of a packed stream grow with a doubled input too): the samples are along
+        # the first one whose samples the model keeps apart (a batch of 1 has nothing to compare and is
+        # taken as it is). Inputs built for the model (``inputs_batch_first``) hold the batch first.
         batch = lambda d: tensors[0].shape[d]  # noqa: E731
         independent = (
             (d, dims) for d, dims in fitting
             if batch(d) <= 1 or _samples_independent(branches, dims, recording, probe, args, kwargs, d, batch(d))
         )
         fitting = [found] if (found := next(independent, None)) else []
+    if fitting and packed and meta and not inputs_batch_first:
+        raise BatchDimError(
+            f"on the meta device there are no values to tell whether dimension {fitting[0][0]} of the example input "
+            f"of shape {tuple(tensors[0].shape)} indexes samples: some residual branches have no dimension of that "
+            f"size (a packed stream); pass batch_dim= (0 for (N, ...) layouts, 1 for sequence-first (L, N, D))."
+        )
     if len(fitting) > 1:
         raise BatchDimError(
             f"on the meta device there are no values to tell which dimension of the inputs indexes samples, and "
@@ -234,7 +284,16 @@ def assign_batch_dims(
         )
     if fitting:
         input_dim, dims = fitting[0]
-        return BatchDims(tuple(_at_end(br, d) for br, d in zip(branches, dims)), input_dim)
+        return BatchDims(tuple(PACKED_REASON if d == PACKED else _ends_at(br, d) for br, d in zip(branches, dims)), input_dim)
+    sizes = {tensors[0].shape[d] for d in candidates}
+    if all(n not in sizes for br in branches for n in br.merge.shape):
+        raise BatchDimError(
+            f"no residual branch has a dimension of the batch size ({', '.join(map(str, sorted(sizes)))}: input "
+            f"dimensions {candidates} of the example input of shape {tuple(tensors[0].shape)}): the residual stream "
+            f"packs the samples together (e.g. a vision tower that runs the patches of all images as one sequence), "
+            f"so no branch can be dropped per sample. Patch the model that holds it (a vision-language model drops "
+            f"its text blocks and leaves the packed tower out), or pass example_inputs= whose first tensor has the batch."
+        )
     raise BatchDimError(
         f"cannot tell which dimension of the residual stream indexes samples (tried input dimensions "
         f"{candidates}; example input shape {tuple(tensors[0].shape)}); pass batch_dim= (0 for (N, ...) "

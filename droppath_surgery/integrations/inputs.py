@@ -9,7 +9,8 @@ model's device and in its floating dtype:
   ``in_chans`` (else the channels of its first convolution);
 * Hugging Face: ``config.image_size`` and ``config.num_channels`` for vision models
   (``pixel_values``; a clip of ``config.num_frames`` images for video models), ``input_ids`` within
-  ``config.vocab_size`` for text models, both for two-tower models such as ``CLIPModel``;
+  ``config.vocab_size`` for text models (``(B, CHOICES, L)`` for a ``*ForMultipleChoice`` head), both
+  for two-tower models such as ``CLIPModel``;
 * Hugging Face vision-language models (``config.image_token_id`` / ``image_token_index`` and a forward
   taking ``input_ids``): the image is tried in the layouts below on the model's own ``get_image_features``
   and ``input_ids`` get one image token per feature vector it returns (between the config's vision start
@@ -112,6 +113,7 @@ def _timm_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen
 
 
 TEXT_LENGTH = 12  # tokens per example sequence
+CHOICES = 2  # candidate texts per sample of a multiple-choice head
 PADDED = 3  # pad positions of the second sample: masks are exercised as in training
 
 
@@ -439,8 +441,12 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
             f"{type(model).__name__} takes {', '.join(repr(n) for n in need)}, for which no example can be built "
             f"automatically; pass example_inputs= (a dict of keyword arguments, e.g. {{'{need[0]}': tensor, ...}})."
         )
-    if "input_ids" in kwargs:  # first: the engine reads the batch off it, not off packed patches or features
-        kwargs = {"input_ids": kwargs.pop("input_ids"), **kwargs}
+    if type(model).__name__.endswith("ForMultipleChoice"):  # (B, choices, L): each sample's candidate texts
+        kwargs = {k: v[:, None].expand(-1, CHOICES, *v.shape[1:]).contiguous() if v.ndim == 2 else v for k, v in kwargs.items()}
+    grid = next((k for k in ("image_grid_thw", "grid_thw") if k in kwargs), None)
+    first = "input_ids" if "input_ids" in kwargs else grid
+    if first is not None:  # the engine reads the batch off the first tensor: never off packed patches
+        kwargs = {first: kwargs.pop(first), **kwargs}  # (a vision tower alone: one grid row per image)
     return {"kwargs": kwargs}
 
 
