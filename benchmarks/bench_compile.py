@@ -32,6 +32,7 @@ import time
 
 import torch
 import torch._dynamo
+from bench_op import timed  # the script's folder is on sys.path
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from droppath_surgery import apply_drop_path, set_drop_path_rate
@@ -53,14 +54,6 @@ def make_step(model, optimizer, x, y, dtype):
         optimizer.zero_grad(set_to_none=True)
 
     return step
-
-
-def timed(fn, device: str) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
 
 
 def frames_over_batch_sizes(base, sizes: list[int], rate: float, backend: str, device: str) -> None:

@@ -47,7 +47,7 @@ def test_results_are_saved_sorted_and_loaded_for_resuming(tmp_path):
 @pytest.mark.parametrize(("library", "name"), [(lib, n) for lib, names in sweep.CI_SUBSET.items() for n in names])
 def test_the_hardest_model_of_each_cause_patches_at_parity(library, name):
     pytest.importorskip("timm" if library == "timm" else "transformers")
-    res = sweep.sweep_timm(name) if library == "timm" else sweep.sweep_hf(name)
+    res = sweep.sweep_timm(name) if library == "timm" else sweep.sweep_hf(name, library)
     assert res.status == "ok", f"{res.stage}: {res.error}"
     assert res.verified is True
     assert res.sites, "no residual branch found"

@@ -6,10 +6,12 @@ the conventions used for rate parity.
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import sweep_render
 from .catalog import CONVENTIONS, RATE, TIMM_CONVENTION, WHY_NOT_AT_PARITY, schedule_for
 from .judge import Row
 from .text import join
@@ -61,7 +63,8 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
-def to_markdown(rows: list[Row], elapsed: float, subset: bool) -> str:
+def to_markdown(rows: list[Row], elapsed: float, subset: bool, sweep_dir: Path | None = None) -> str:
+    """The coverage table; with ``sweep_dir`` (the sweep's JSON files) also the sweep of every model."""
     import timm
     import torchvision
     import transformers
@@ -150,6 +153,15 @@ def to_markdown(rows: list[Row], elapsed: float, subset: bool) -> str:
         out += ["", "## Skipping: branches that mask instead, and why", ""]
         for r in masking:
             out.append(f"- {r.library}:{r.family} (`{r.model}`, {r.skip}): {r.skip_note}")
+    if sweep_dir is not None:
+        rows_by_library, runs = sweep_render.load(sweep_dir)
+        if any(rows_by_library.values()):
+            out += ["", "## Every model: the sweep", "", (
+                "The table above judges one model per family; the sweep (`python scripts/sweep.py hf hf-heads timm`, "
+                "also rendered alone in [sweep.md](sweep.md)) patches every timm model and every Hugging Face "
+                "AutoModel type and task head with `apply_drop_path(model, 0.1)` and nothing else. "
+                + sweep_render.provenance(rows_by_library, runs))]
+            out += sweep_render.sections(rows_by_library, level=3)
     out += ["", "## Conventions used for rate parity", ""]
     out.append("| convention | formula | named schedule |")
     out.append("|---|---|---|")

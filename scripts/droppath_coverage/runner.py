@@ -42,6 +42,7 @@ from .render import summary_lines, to_markdown
 from .text import join, short
 
 ROOT = Path(__file__).resolve().parents[2]
+SWEEP_DIR = ROOT / "docs" / "sweep"  # the sweep's JSON files, embedded in coverage.md
 DEFAULT_TIMEOUT_S = 240
 
 
@@ -270,7 +271,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     rows = run_rows(args.subset, args.only, args.timeout, log=sys.stderr)
     elapsed = time.perf_counter() - start
-    text = to_markdown(rows, elapsed, args.subset)
+    text = to_markdown(rows, elapsed, args.subset, None if args.subset or args.only else SWEEP_DIR)
     if args.out == "-":
         print(text)
     else:

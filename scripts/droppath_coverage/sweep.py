@@ -2,7 +2,7 @@
 builds, patched with ``apply_drop_path(model, RATE)`` and nothing else, judged against the library's own
 drop path slots (the oracle of ``oracles``) where it has them.
 
-    python scripts/sweep.py hf timm                 # both, resuming docs/sweep/{hf,timm}.json
+    python scripts/sweep.py hf hf-heads timm        # all, resuming docs/sweep/{hf,hf-heads,timm}.json
     python scripts/sweep.py timm --only resnet18 vit_tiny_patch16_224 --out-dir /tmp/sweep
     python scripts/sweep.py --render                # docs/sweep.md from the JSON files only
 
@@ -20,6 +20,10 @@ then with the fields that must follow those kept consistent (``consistent=True``
 rotary sections, latent attention dims, widths other parts name; unset sizes set), then less shrunk
 (layers only) and unchanged, the first that builds and runs on its automatic inputs (with
 ``use_cache=False`` where only that runs: hybrids whose layers hold no attention).
+
+Task heads (``hf-heads``): every head and backbone class that transformers maps to a model type of the
+coverage table's Hugging Face families (``head_names``), built and judged like its AutoModel type; the
+summary compares its sites with that type's AutoModel row (a head adds no block).
 
 Parity. timm: the judge of the coverage table with the default schedule (site parity: every slot call
 of the native build ``drop_path_rate=RATE`` that is added to a residual is carried by an engine site,
@@ -56,6 +60,7 @@ from .runner import Timeout, time_limit
 ROOT = Path(__file__).resolve().parents[2]
 OUT_DIR = ROOT / "docs" / "sweep"
 RATE = 0.1
+LIBRARIES = ("hf", "hf-heads", "timm")  # hf-heads: the task heads of the coverage table's HF families
 TIMEOUT_S = 100  # per model, in the worker
 GRACE_S = 45  # then the driver kills the worker
 IMG_SIZES = (96, 128, 160, 224)
@@ -70,10 +75,15 @@ MEMORY_LIMIT_GB = 9.0  # address space per worker
 CI_SUBSET = {
     # MaxViT: the attention parts' MLP residuals and each stage's first MBConv (issue 14); SAM ViT: windowed
     # attention branches, dropped per sample through the window layout.
-    "timm": ["maxvit_pico_rw_256", "samvit_base_patch16"],
+    # PoolFormer v1: a token mixer that computes only through its group norm, with timm's slot before the
+    # layer scale (the engine's rule and the oracle both missed it).
+    "timm": ["maxvit_pico_rw_256", "samvit_base_patch16", "poolformer_s12"],
     # GPT-NeoX: both branches of every decoder layer (issue 14); Swin: HF's slots carried, and the MLP
-    # branches HF does not drop found as well.
-    "hf": ["gpt_neox", "swin"],
+    # branches HF does not drop found as well; Qwen2.5-VL: the text blocks patched, the packed vision tower
+    # left out (it failed the whole model with BatchDimError).
+    "hf": ["gpt_neox", "swin", "qwen2_5_vl"],
+    # a head whose inputs are (B, choices, L)
+    "hf-heads": ["bert/BertForMultipleChoice"],
 }
 CI_DECODERS = ["gpt_neox"]
 
@@ -151,11 +161,6 @@ def patch(res: Result, model, example_inputs=None):
     except Exception as exc:  # noqa: BLE001 - any failure becomes the model's reason
         res.status, res.stage, res.error = "failed", "inputs", first_line(exc)
         return None
-    try:
-        eval_forward(model, args, kwargs)
-    except Exception as exc:  # noqa: BLE001
-        res.status, res.stage, res.error = "failed", "forward", first_line(exc)
-        return None
     start = time.perf_counter()
     try:
         with warnings.catch_warnings():
@@ -164,6 +169,10 @@ def patch(res: Result, model, example_inputs=None):
     except Exception as exc:  # noqa: BLE001
         res.patch_s = time.perf_counter() - start
         res.status, res.stage, res.error = "failed", "apply", first_line(exc)
+        try:  # a model that does not run on its inputs at all fails at "forward", not at the engine
+            eval_forward(model, args, kwargs)
+        except Exception as fwd:  # noqa: BLE001
+            res.stage, res.error = "forward", first_line(fwd)
         return None
     res.patch_s = time.perf_counter() - start
     res.sites, res.blocks = len(report.sites), report.num_blocks
@@ -176,6 +185,7 @@ def patch(res: Result, model, example_inputs=None):
 
 
 def _timm_meta(name: str, kwargs: dict, forward: bool):
+    """The model built on the meta device (and run once on its example inputs with ``forward``)."""
     import timm
     import torch
 
@@ -188,6 +198,7 @@ def _timm_meta(name: str, kwargs: dict, forward: bool):
         model.eval()
         with torch.no_grad():
             model(*args, **kw)
+        model.example_side = max(args[0].shape[-2:]) if args and args[0].ndim == 4 else None
     return model
 
 
@@ -198,16 +209,26 @@ def timm_build_kwargs(name: str) -> tuple[dict, int, bool, str]:
     params = _count(model)
     cfg = getattr(model, "pretrained_cfg", None) or {}
     side = max(cfg.get("input_size", (3, 224, 224))[1:])
+    channels = cfg.get("input_size", (3, 224, 224))[0]
     kwargs: dict = {}
     for size in IMG_SIZES:
         if size >= side:
             break
-        try:
-            _timm_meta(name, {"img_size": size}, forward=True)
-        except Exception:  # noqa: BLE001, S112 - a size the model does not take is simply not used
-            continue
-        kwargs = {"img_size": size}
-        break
+        # a model built for the size (img_size=), told its input size through its pretrained config too
+        # where its example inputs do not follow img_size (what build_example_inputs reads: Gemma 4's
+        # ViT took img_size and kept 768 px inputs), else a fully convolutional one told only that,
+        # as a fine-tuning user would
+        overlay = {"pretrained_cfg_overlay": {"input_size": (channels, size, size)}}
+        for sized in ({"img_size": size}, {"img_size": size} | overlay, overlay):
+            try:
+                model = _timm_meta(name, sized, forward=True)
+            except Exception:  # noqa: BLE001, S112 - a size the model does not take is simply not used
+                continue
+            if model.example_side == size:
+                kwargs = sized
+                break
+        if kwargs:
+            break
     note = ""
     if params > BIG_PARAMS:
         for fewer in ({"depth": 4}, {"depths": (2, 2, 2, 2)}, {"depths": (2, 2, 2)}):
@@ -221,6 +242,18 @@ def timm_build_kwargs(name: str) -> tuple[dict, int, bool, str]:
         else:
             note = "no depth= or depths= to shrink it"
     return kwargs, params, params > HUGE_PARAMS, note
+
+
+def build_text(kwargs: dict) -> str:
+    """The build arguments as the sweep's table shows them (an input size set through the pretrained
+    config as ``input_size=96``)."""
+    parts = []
+    for k, v in kwargs.items():
+        if k == "pretrained_cfg_overlay":
+            parts.append(f"input_size={v['input_size'][-1]}")
+        else:
+            parts.append(f"{k}={v}")
+    return ", ".join(parts)
 
 
 def sweep_timm(name: str) -> Result:
@@ -238,7 +271,7 @@ def sweep_timm(name: str) -> Result:
     except Exception as exc:  # noqa: BLE001
         res.status, res.stage, res.error = "failed", "build", first_line(exc)
         return res
-    res.build = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+    res.build = build_text(kwargs)
     torch.manual_seed(0)
     try:
         if huge:
@@ -252,11 +285,12 @@ def sweep_timm(name: str) -> Result:
         res.status, res.stage, res.error = "failed", "build", first_line(exc)
         return res
     done = patch(res, model)
-    if done is None and res.stage == "forward" and "img_size" in kwargs and res.device != "meta":
+    sized = {"img_size", "pretrained_cfg_overlay"}
+    if done is None and res.stage == "forward" and sized & set(kwargs) and res.device != "meta":
         # ran on the meta device at this size but not for real (MViTv2's relative positions): its default size
-        kwargs = {k: v for k, v in kwargs.items() if k != "img_size"}
+        kwargs = {k: v for k, v in kwargs.items() if k not in sized}
         res.note = "; ".join(p for p in (res.note, f"at {res.build}: {res.error}") if p)
-        res.build = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+        res.build = build_text(kwargs)
         res.status, res.stage, res.error = "ok", "", ""
         torch.manual_seed(0)
         model = timm.create_model(name, pretrained=False, **kwargs)
@@ -333,18 +367,33 @@ def _is_size(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _shrink_plain(config, table: dict, mha: bool = False, depth: int = 0) -> dict:
-    """``shrink_overrides`` without ``consistent``: the first level, the sizes most types were swept at."""
+def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, consistent: bool = False) -> dict:
+    """Constructor keyword arguments that shrink ``config`` (a default instance): each key of ``table``
+    the config has as a number above the table's value, ``depths`` lists to ones, sub-configs
+    recursively (passed as dicts, built by the parent), and the fields that must stay consistent with them
+    (head_dim, rotary sections, per-layer lists, widths other parts name). ``mha``: key/value heads = heads.
+    ``consistent``: also the fields that must follow the shrunk ones (the "tiny, consistent" level: without it,
+    the plain first level, the sizes most types were first swept at), and sizes the config leaves unset
+    (None) get the table's value (or ``_UNSET``'s)."""
     values = config.to_dict()
     out: dict[str, Any] = {}
     for key, small in table.items():
         value = values.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > small:
+        if _is_size(value) and value > small:
             out[key] = small
+    if consistent:
+        _fill_unset(values, out, table)
     if mha and "num_key_value_heads" in out:
         out["num_key_value_heads"] = out.get("num_attention_heads", values.get("num_attention_heads"))
     if "num_attention_heads" in out and "head_dim" in values and values["head_dim"] and "head_dim" not in out:
         out["head_dim"] = 16
+    if consistent:
+        if "head_dim" in out and values.get("head_dim") and values["head_dim"] == values.get("qk_rope_head_dim") \
+                and "qk_rope_head_dim" in out:
+            out["head_dim"] = out["qk_rope_head_dim"]  # latent attention's rotary head dim (DeepSeek-V3, Youtu)
+        if not mha and values.get("num_key_value_heads") and values["num_key_value_heads"] == values.get(
+                "num_attention_heads") and "num_attention_heads" in out:
+            out["num_key_value_heads"] = out["num_attention_heads"]  # multi-head attention stays so (DeepSeek-V2)
     if "num_key_value_heads" in values and values["num_key_value_heads"] and "num_attention_heads" in out \
             and "num_key_value_heads" not in out and values["num_key_value_heads"] > out["num_attention_heads"]:
         out["num_key_value_heads"] = out["num_attention_heads"]
@@ -355,28 +404,21 @@ def _shrink_plain(config, table: dict, mha: bool = False, depth: int = 0) -> dic
         depths = values.get("depths")
         if isinstance(depths, (list, tuple)) and depths and all(isinstance(d, int) for d in depths):
             out["depths"] = [min(d, 1) if d else d for d in depths]
-        rope = values.get("rope_parameters") or values.get("rope_scaling")
-        if isinstance(rope, dict) and isinstance(rope.get("mrope_section"), list) and "head_dim" in out:
-            sec = rope["mrope_section"]
-            half = out["head_dim"] // 2
-            new = [max(1, round(s * half / sum(sec))) for s in sec]
-            new[0] += half - sum(new)
-            key = "rope_parameters" if values.get("rope_parameters") else "rope_scaling"
-            out[key] = dict(rope, mrope_section=new)
-    layers = next((values[k] for k in _LAYERS_ONLY if isinstance(values.get(k), int) and k in out), None)
-    if layers is not None:  # per-layer lists and {layer index: ...} maps follow the new layer count
-        new = next(out[k] for k in _LAYERS_ONLY if k in out)
-        for key, value in values.items():
-            if key in out or key == "layer_types" or layers <= new:
-                continue
-            if isinstance(value, list) and len(value) == layers:
-                out[key] = value[:new]
-            elif isinstance(value, dict) and value and all(str(k).isdigit() for k in value):
-                out[key] = {k: v for k, v in value.items() if int(k) < new}
+        (_shrink_mrope if consistent else _shrink_mrope_plain)(config, values, out)
+    layers_key = next((k for k in _LAYERS_ONLY if _is_size(values.get(k)) and k in out), None)
+    if consistent:
+        if layers_key is not None:
+            _shrink_per_layer(values, out, layers_key)
+        if _is_size(values.get("qk_head_dim")) and {"qk_nope_head_dim", "qk_rope_head_dim"} & set(out):
+            # latent attention's q/k head = its part without rotary + its rotary part
+            out["qk_head_dim"] = (out.get("qk_nope_head_dim", values.get("qk_nope_head_dim")) or 0) + (
+                out.get("qk_rope_head_dim", values.get("qk_rope_head_dim")) or 0)
+    elif layers_key is not None:
+        _shrink_per_layer_plain(values, out, layers_key)
     if {"expand", "head_dim", "num_heads"} <= set(values) and "hidden_size" in out and isinstance(values["expand"], int):
         out["num_heads"] = out["hidden_size"] * values["expand"] // out.get("head_dim", values["head_dim"] or 16)
     types = values.get("layer_types")
-    if isinstance(types, list) and types and "num_hidden_layers" in out:
+    if not consistent and isinstance(types, list) and types and "num_hidden_layers" in out:
         # one layer of each kind (hybrid models need their attention layers), at least the table's count
         kinds = list(dict.fromkeys(types))
         kinds += [types[-1]] * (out["num_hidden_layers"] - len(kinds))
@@ -385,27 +427,18 @@ def _shrink_plain(config, table: dict, mha: bool = False, depth: int = 0) -> dic
         for name in getattr(config, "sub_configs", {}) or {}:
             sub = getattr(config, name, None)
             if sub is not None and hasattr(sub, "to_dict"):
-                inner = _shrink_plain(sub, table, mha, depth + 1)
+                inner = shrink_overrides(sub, table, mha, depth + 1, consistent)
                 if inner:
                     out[name] = sub.to_dict() | inner
+    if consistent:
+        _fit_image_tokens(values, out)
+        if depth == 0 and table is _TINY:
+            _follow_widths(config, out)
     return out
 
 
-def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, consistent: bool = False) -> dict:
-    """Constructor keyword arguments that shrink ``config`` (a default instance): each key of ``table``
-    the config has as a number above the table's value, ``depths`` lists to ones, sub-configs
-    recursively (passed as dicts, built by the parent), and the fields that must stay consistent with them
-    (head_dim, rotary sections, per-layer lists, widths other parts name). ``mha``: key/value heads = heads.
-    ``consistent``: also the fields that must follow the shrunk ones (the "tiny, consistent" level: without it,
-    the plain first level), and sizes the config leaves unset (None) get the table's value (or ``_UNSET``'s)."""
-    if not consistent:
-        return _shrink_plain(config, table, mha, depth)
-    values = config.to_dict()
-    out: dict[str, Any] = {}
-    for key, small in table.items():
-        value = values.get(key)
-        if _is_size(value) and value > small:
-            out[key] = small
+def _fill_unset(values: dict, out: dict, table: dict) -> None:
+    """Sizes and per-layer lists the config leaves unset (None) that its model needs."""
     for key, small in (_UNSET | {k: v for k, v in table.items() if k in _UNSET or k in _TINY}).items():
         if key in values and values[key] is None and key not in ("head_dim", "num_key_value_heads"):
             out[key] = small
@@ -427,56 +460,46 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
         out["head_dim"] = width // heads  # the models that read config.head_dim without a fallback (HunYuan)
     if "num_key_value_heads" in values and values["num_key_value_heads"] is None and _is_size(heads):
         out["num_key_value_heads"] = heads
-    if mha and "num_key_value_heads" in out:
-        out["num_key_value_heads"] = out.get("num_attention_heads", values.get("num_attention_heads"))
-    if "num_attention_heads" in out and "head_dim" in values and values["head_dim"] and "head_dim" not in out:
-        out["head_dim"] = 16
-    if "head_dim" in out and values.get("head_dim") and values["head_dim"] == values.get("qk_rope_head_dim") \
-            and "qk_rope_head_dim" in out:
-        out["head_dim"] = out["qk_rope_head_dim"]  # latent attention's rotary head dim (DeepSeek-V3, Youtu)
-    if not mha and values.get("num_key_value_heads") and values["num_key_value_heads"] == values.get(
-            "num_attention_heads") and "num_attention_heads" in out:
-        out["num_key_value_heads"] = out["num_attention_heads"]  # multi-head attention stays so (DeepSeek-V2)
-    if "num_key_value_heads" in values and values["num_key_value_heads"] and "num_attention_heads" in out \
-            and "num_key_value_heads" not in out and values["num_key_value_heads"] > out["num_attention_heads"]:
-        out["num_key_value_heads"] = out["num_attention_heads"]
-    if table is _TINY:
-        heads = values.get("num_heads")
-        if isinstance(heads, (list, tuple)) and heads and all(isinstance(h, int) for h in heads):
-            out["num_heads"] = [1] * len(heads)  # every stage width stays divisible
-        depths = values.get("depths")
-        if isinstance(depths, (list, tuple)) and depths and all(isinstance(d, int) for d in depths):
-            out["depths"] = [min(d, 1) if d else d for d in depths]
-        _shrink_mrope(config, values, out)
-    layers_key = next((k for k in _LAYERS_ONLY if _is_size(values.get(k)) and k in out), None)
-    if layers_key is not None:
-        _shrink_per_layer(values, out, layers_key)
-    if _is_size(values.get("qk_head_dim")) and {"qk_nope_head_dim", "qk_rope_head_dim"} & set(out):
-        # latent attention's q/k head = its part without rotary + its rotary part
-        out["qk_head_dim"] = (out.get("qk_nope_head_dim", values.get("qk_nope_head_dim")) or 0) + (
-            out.get("qk_rope_head_dim", values.get("qk_rope_head_dim")) or 0)
-    if {"expand", "head_dim", "num_heads"} <= set(values) and "hidden_size" in out and isinstance(values["expand"], int):
-        out["num_heads"] = out["hidden_size"] * values["expand"] // out.get("head_dim", values["head_dim"] or 16)
-    if depth < 3:
-        for name in getattr(config, "sub_configs", {}) or {}:
-            sub = getattr(config, name, None)
-            if sub is not None and hasattr(sub, "to_dict"):
-                inner = shrink_overrides(sub, table, mha, depth + 1, True)
-                if inner:
-                    out[name] = sub.to_dict() | inner
+
+
+def _fit_image_tokens(values: dict, out: dict) -> None:
+    """Image tokens pooled from the patch grid (Gemma 3's default: 256 tokens from 14 x 14 patches, stride 0):
+    tokens per side a divisor of patches per side."""
     vision = out.get("vision_config", values.get("vision_config"))
     tokens = values.get("mm_tokens_per_image")
     if _is_size(tokens) and isinstance(vision, dict) and _is_size(vision.get("image_size")) \
             and _is_size(vision.get("patch_size")) and vision["patch_size"]:
-        # image tokens pooled from the patch grid (Gemma 3's default: 256 tokens from 14 x 14 patches, stride 0):
-        # tokens per side a divisor of patches per side
         side, per_side = vision["image_size"] // vision["patch_size"], math.isqrt(tokens)
         if side and per_side and side % per_side:
             per_side = max(d for d in range(1, min(side, per_side) + 1) if side % d == 0)
             out["mm_tokens_per_image"] = per_side * per_side
-    if depth == 0 and table is _TINY:
-        _follow_widths(config, out)
-    return out
+
+
+def _shrink_mrope_plain(config, values: dict, out: dict) -> None:
+    """The plain level's rotary sections: rescaled (rounded) to half the new head dim, where it shrank."""
+    rope = values.get("rope_parameters") or values.get("rope_scaling")
+    if isinstance(rope, dict) and isinstance(rope.get("mrope_section"), list) and "head_dim" in out:
+        sec = rope["mrope_section"]
+        half = out["head_dim"] // 2
+        new = [max(1, round(s * half / sum(sec))) for s in sec]
+        new[0] += half - sum(new)
+        key = "rope_parameters" if values.get("rope_parameters") else "rope_scaling"
+        out[key] = dict(rope, mrope_section=new)
+
+
+def _shrink_per_layer_plain(values: dict, out: dict, layers_key: str) -> None:
+    """The plain level's per-layer fields: lists of one entry per layer and {layer index: ...} maps cut to
+    the first layers (``layer_types`` is kept one of each kind by the caller)."""
+    layers, new = values[layers_key], out[layers_key]
+    if layers <= new:
+        return
+    for key, value in values.items():
+        if key in out or key == "layer_types":
+            continue
+        if isinstance(value, list) and len(value) == layers:
+            out[key] = value[:new]
+        elif isinstance(value, dict) and value and all(str(k).isdigit() for k in value):
+            out[key] = {k: v for k, v in value.items() if int(k) < new}
 
 
 _LAYER_INDEX_LIST = re.compile(r"(layer_ids|layer_indices|layers_idx|_idxs)$")
@@ -623,13 +646,43 @@ def _follow_widths(config, out: dict) -> None:
 
 
 def hf_classes(model_type: str):
+    """(config class, model class) of an AutoModel type, or of ``type/Class`` (a task head)."""
     import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
     from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
-    names = MODEL_MAPPING_NAMES[model_type]
+    model_type, _, head = model_type.partition("/")
+    names = MODEL_MAPPING_NAMES[model_type] if not head else head
     name = names[0] if isinstance(names, (tuple, list)) else names
     return CONFIG_MAPPING[model_type], getattr(transformers, name)
+
+
+def head_names() -> list[str]:
+    """``type/Class`` for every task head (and backbone) that transformers' auto mappings give a model
+    type of the coverage table's Hugging Face families (``catalog.hf_cases``; a ``clip_vision_model``
+    family brings in ``clip``), the AutoModel class itself left out (the ``hf`` sweep has it)."""
+    import transformers
+    from transformers.models.auto import modeling_auto
+
+    from .catalog import hf_cases
+
+    types = set()
+    for case in hf_cases():
+        model_type = getattr(transformers, case.config).model_type
+        types.add(model_type)
+        types |= {model_type.removesuffix(s) for s in ("_vision_model", "_text_model") if model_type.endswith(s)}
+    mappings = [v for k, v in sorted(vars(modeling_auto).items())
+                if k.startswith("MODEL_") and k.endswith("_MAPPING_NAMES") and k != "MODEL_MAPPING_NAMES"]
+    base = modeling_auto.MODEL_MAPPING_NAMES
+    out = set()
+    for mapping in mappings:
+        for model_type in types & set(mapping):
+            names = mapping[model_type]
+            for name in names if isinstance(names, (tuple, list)) else [names]:
+                own = base.get(model_type)
+                if name not in (own if isinstance(own, (tuple, list)) else [own]) and hasattr(transformers, name):
+                    out.add(f"{model_type}/{name}")
+    return sorted(out)
 
 
 def _text_layers(config) -> int | None:
@@ -721,13 +774,13 @@ def hf_build(model_type: str):
     raise RuntimeError("no config level builds: " + " | ".join(errors))
 
 
-def sweep_hf(model_type: str) -> Result:
+def sweep_hf(model_type: str, library: str = "hf") -> Result:
     import torch
 
     from .judge import carries
     from .oracles import expected_from_slots, native_slots, observe_outputs, runner
 
-    res = Result("hf", model_type, family=model_type)
+    res = Result(library, model_type, family=model_type.partition("/")[0])
     try:
         res.cls = hf_classes(model_type)[1].__name__
         config, model_cls, res.build, res.params, tried = hf_build(model_type)
@@ -742,7 +795,7 @@ def sweep_hf(model_type: str) -> Result:
     done = patch(res, model)
     if done is None and getattr(config, "use_cache", None) is True:
         config.use_cache = False
-        retry = Result("hf", model_type)
+        retry = Result(library, model_type)
         torch.manual_seed(0)
         again = patch(retry, model_cls(config))
         outcome = (f"{retry.sites} sites, verified {retry.verified}" if again is not None
@@ -815,7 +868,7 @@ def worker(timeout: float) -> int:
         start = time.perf_counter()
         try:
             with time_limit(timeout):
-                res = sweep_timm(name) if library == "timm" else sweep_hf(name)
+                res = sweep_timm(name) if library == "timm" else sweep_hf(name, library)
         except Timeout as exc:
             res = Result(library, name, status="failed", stage="timeout", error=str(exc))
         except MemoryError as exc:
@@ -844,6 +897,8 @@ def all_names(library: str) -> list[str]:
         by_family = [timm.list_models(module=m) for m in sorted(timm.list_modules())]
         names = [n for group in itertools.zip_longest(*by_family) for n in group if n]
         return names + sorted(set(timm.list_models()) - set(names))
+    if library == "hf-heads":
+        return head_names()
     from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
     return sorted(MODEL_MAPPING_NAMES)
@@ -966,7 +1021,7 @@ def run(libraries: list[str], workers: int, timeout: float, out_dir: Path, only=
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("libraries", nargs="*", help="what to sweep, in this order: hf, timm")
+    add("libraries", nargs="*", help="what to sweep, in this order: " + ", ".join(LIBRARIES))
     add("--only", nargs="+", help="these model names / model types only")
     add("--workers", type=int, default=2)
     add("--timeout", type=float, default=TIMEOUT_S, help="seconds per model (default %(default)s)")
@@ -979,8 +1034,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args.timeout)
-    if any(lib not in ("timm", "hf") for lib in args.libraries):
-        parser.error("libraries are timm and hf")
+    if any(lib not in LIBRARIES for lib in args.libraries):
+        parser.error("libraries are " + ", ".join(LIBRARIES))
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not args.render:
