@@ -11,8 +11,10 @@ hangs or dies (out of memory) is killed and replaced, and the model gets that as
 are written to ``docs/sweep/<library>.json`` as they arrive, so an interrupted sweep resumes where it
 stopped (models already in the file are skipped; ``--retry-failed`` runs the failed ones again).
 
-Sizes. timm models are built with ``pretrained=False`` and the smallest of ``img_size`` = 96, 128, 160,
-224 that the model accepts and runs at (on the meta device), else their default; models above
+Sizes. timm models are built with ``pretrained=False`` at the smallest of 96, 128, 160, 224 px that they
+run at (on the meta device), set through ``img_size``, the pretrained config's ``input_size``
+(``pretrained_cfg_overlay``, what sizes a fully convolutional model's example input) or both, else their
+default; models above
 ``BIG_PARAMS`` parameters are also tried with ``depth=4``; models still above ``HUGE_PARAMS`` run on
 the meta device (sites and parity, eval not verifiable). Hugging Face model types are built from their
 config class shrunk by ``shrink_overrides`` (2 layers, hidden size 64, 4 heads, ...; sub-configs too),
