@@ -36,6 +36,9 @@ def test_failures_are_grouped_by_cause_with_numbers_and_names_blanked():
     assert sweep_render.cause_of(row).startswith("shape error on the sweep's shrunk config")
     other = {"stage": "apply", "error": "ValueError: something new in layers.3 (12 of 40)"}
     assert sweep_render.cause_of(other) == "apply: ValueError: something new in layers.# (…)"
+    backbone = {"stage": "build", "error": 'RuntimeError: no config level builds: tiny: TypeError: can only '
+                'concatenate list (not "tuple") to list | default: TypeError: can only concatenate list'}
+    assert sweep_render.cause_of(backbone).startswith("transformers bug: the class does not build")
 
 
 def test_results_are_saved_sorted_and_loaded_for_resuming(tmp_path):

@@ -41,6 +41,9 @@ CAUSES: list[tuple[str, str]] = [
     ((r"^build: .*(prediction_length|StrictDataclass|per_layer_config|KeyError|not subscriptable|empty\(|"
       r"has no attribute|in_channels must be|expanded size|divisible)"), (
         "the sweep could not build a small config (validation of the shrunk config; the default is too big)")),
+    (r'^build: .*can only concatenate list \(not "tuple"\)', (
+        "transformers bug: the class does not build from its own config class (a tuple `hidden_sizes` default "
+        "where its code adds a list; a hub `config.json` holds lists)")),
     (r"^build: ", "the sweep could not build the model"),
     (r"^timeout: ", "ran past the time limit"),
     (r"^apply: NoResidualBranchError", (
