@@ -36,8 +36,7 @@ CAUSES: list[tuple[str, str]] = [
         "(each patches and verifies with `use_cache=False`)")),
     ((r"^forward: .*(stride should not be zero|index # is out of bounds|index \d+ is out of bounds)|"
      r"^inputs: RuntimeError: Trying to create tensor with negative"), (
-        "does not run at the sweep's size (a sliding window or memory length of the shrunk config, MViTv2's "
-        "relative positions at img_size=96)")),
+        "does not run at the sweep's size (a sliding window or memory length of the shrunk config)")),
     ((r"^build: .*(prediction_length|StrictDataclass|per_layer_config|KeyError|not subscriptable|empty\(|"
       r"has no attribute|in_channels must be|expanded size|divisible)"), (
         "the sweep could not build a small config (validation of the shrunk config; the default is too big)")),
