@@ -2,8 +2,8 @@
 """Sweep every timm model and every Hugging Face AutoModel type (the package ``scripts/droppath_coverage``,
 module ``sweep``, does the work; its docstring says how).
 
-    python scripts/sweep.py hf timm          # resumes docs/sweep/{hf,timm}.json, writes docs/sweep.md
-    python scripts/sweep.py --render         # docs/sweep.md from the JSON files only
+    python scripts/sweep.py hf hf-heads timm # resumes docs/sweep/*.json, writes docs/sweep.md
+    python scripts/sweep.py --render         # docs/sweep.md and coverage.md's sweep section from the JSON
 """
 
 import sys

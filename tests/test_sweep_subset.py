@@ -41,6 +41,20 @@ def test_failures_are_grouped_by_cause_with_numbers_and_names_blanked():
     assert sweep_render.cause_of(backbone).startswith("transformers bug: the class does not build")
 
 
+def test_coverage_md_gets_the_sweep_section_of_the_committed_results_and_nothing_else(tmp_path):
+    committed = (ROOT / "docs" / "coverage.md").read_text()
+    start = committed.index(sweep_render.COVERAGE_HEADING)
+    stale = tmp_path / "coverage.md"  # a sweep section from an older sweep: other numbers, one row less
+    stale.write_text(committed[:start] + sweep_render.COVERAGE_HEADING + "\n\nold numbers\n\n## Conventions used for"
+                     + committed.split("## Conventions used for", 1)[1])
+    assert sweep_render.refresh_coverage(stale, ROOT / "docs" / "sweep")
+    assert stale.read_text() == committed  # what coverage.py wrote, byte for byte; the table above untouched
+    plain = tmp_path / "plain.md"
+    plain.write_text("# Coverage\n\nno sweep here\n")
+    assert not sweep_render.refresh_coverage(plain, ROOT / "docs" / "sweep")
+    assert plain.read_text() == "# Coverage\n\nno sweep here\n"
+
+
 def test_results_are_saved_sorted_and_loaded_for_resuming(tmp_path):
     path = tmp_path / "timm.json"
     sweep.save(path, {"b": {"name": "b"}, "a": {"name": "a"}})

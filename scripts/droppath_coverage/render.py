@@ -154,14 +154,7 @@ def to_markdown(rows: list[Row], elapsed: float, subset: bool, sweep_dir: Path |
         for r in masking:
             out.append(f"- {r.library}:{r.family} (`{r.model}`, {r.skip}): {r.skip_note}")
     if sweep_dir is not None:
-        rows_by_library, runs = sweep_render.load(sweep_dir)
-        if any(rows_by_library.values()):
-            out += ["", "## Every model: the sweep", "", (
-                "The table above judges one model per family; the sweep (`python scripts/sweep.py hf hf-heads timm`, "
-                "also rendered alone in [sweep.md](sweep.md)) patches every timm model and every Hugging Face "
-                "AutoModel type and task head with `apply_drop_path(model, 0.1)` and nothing else. "
-                + sweep_render.provenance(rows_by_library, runs))]
-            out += sweep_render.sections(rows_by_library, level=3)
+        out += sweep_render.coverage_section(sweep_dir)
     out += ["", "## Conventions used for rate parity", ""]
     out.append("| convention | formula | named schedule |")
     out.append("|---|---|---|")

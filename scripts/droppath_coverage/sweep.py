@@ -4,7 +4,7 @@ drop path slots (the oracle of ``oracles``) where it has them.
 
     python scripts/sweep.py hf hf-heads timm        # all, resuming docs/sweep/{hf,hf-heads,timm}.json
     python scripts/sweep.py timm --only resnet18 vit_tiny_patch16_224 --out-dir /tmp/sweep
-    python scripts/sweep.py --render                # docs/sweep.md from the JSON files only
+    python scripts/sweep.py --render                # docs/sweep.md (and coverage.md's sweep section) from the JSON
 
 Each model runs in a worker process (``--workers``, torch threads 1) under a time limit; a worker that
 hangs or dies (out of memory) is killed and replaced, and the model gets that as its reason. Results
@@ -1044,11 +1044,13 @@ def main(argv=None) -> int:
         start = time.time()
         run(args.libraries, args.workers, args.timeout, out_dir, args.only, args.retry_failed, args.limit)
         print(f"sweep took {(time.time() - start) / 60:.1f} min", file=sys.stderr)
-    from .sweep_render import render
+    from .sweep_render import refresh_coverage, render
 
     text = render(out_dir)
     if args.markdown == "-":
         print(text)
     else:
         Path(args.markdown).write_text(text)
+    if out_dir.resolve() == OUT_DIR.resolve():  # the committed results: coverage.md embeds them too
+        refresh_coverage(ROOT / "docs" / "coverage.md", out_dir)
     return 0

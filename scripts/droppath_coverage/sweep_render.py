@@ -236,6 +236,36 @@ def render(out_dir: Path) -> str:
     return "\n".join(out + sections(rows, level=2)) + "\n"
 
 
+COVERAGE_HEADING = "## Every model: the sweep"
+
+
+def coverage_section(out_dir: Path) -> list[str]:
+    """The sweep as ``docs/coverage.md`` embeds it (lines, from a blank line before its heading); no lines
+    when the sweep has no results."""
+    rows, runs = load(out_dir)
+    if not any(rows.values()):
+        return []
+    return ["", COVERAGE_HEADING, "", (
+        "The table above judges one model per family; the sweep (`python scripts/sweep.py hf hf-heads timm`, "
+        "also rendered alone in [sweep.md](sweep.md)) patches every timm model and every Hugging Face "
+        "AutoModel type and task head with `apply_drop_path(model, 0.1)` and nothing else. "
+        + provenance(rows, runs))] + sections(rows, level=3)
+
+
+def refresh_coverage(path: Path, out_dir: Path) -> bool:
+    """Replace the sweep section of an existing ``coverage.md`` (up to the next level-2 heading) with the
+    one the JSON files in ``out_dir`` give, so the sweep's numbers there never lag behind ``sweep.md``;
+    False (nothing written) when the file has no such section."""
+    text = path.read_text() if path.exists() else ""
+    start = text.find("\n" + COVERAGE_HEADING + "\n")
+    if start < 0:
+        return False
+    end = text.find("\n## ", start + len(COVERAGE_HEADING) + 2)
+    before, after = text[:start].rstrip("\n"), (text[end:] if end >= 0 else "\n")
+    path.write_text(before + "\n" + "\n".join(coverage_section(out_dir)) + "\n" + after)
+    return True
+
+
 def provenance(rows: dict[str, list[dict]], runs: list[dict]) -> str:
     import timm
     import torch
