@@ -44,7 +44,7 @@ def test_failures_are_grouped_by_cause_with_numbers_and_names_blanked():
 def test_coverage_md_gets_the_sweep_section_of_the_committed_results_and_nothing_else(tmp_path):
     committed = (ROOT / "docs" / "coverage.md").read_text()
     start = committed.index(sweep_render.COVERAGE_HEADING)
-    stale = tmp_path / "coverage.md"  # a sweep section from an older sweep: other numbers, one row less
+    stale = tmp_path / "coverage.md"  # the same file with an out-of-date sweep section
     stale.write_text(committed[:start] + sweep_render.COVERAGE_HEADING + "\n\nold numbers\n\n## Conventions used for"
                      + committed.split("## Conventions used for", 1)[1])
     assert sweep_render.refresh_coverage(stale, ROOT / "docs" / "sweep")

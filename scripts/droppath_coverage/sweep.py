@@ -14,11 +14,10 @@ stopped (models already in the file are skipped; ``--retry-failed`` runs the fai
 Sizes. timm models are built with ``pretrained=False`` at the smallest of 96, 128, 160, 224 px that they
 run at (on the meta device), set through ``img_size``, the pretrained config's ``input_size``
 (``pretrained_cfg_overlay``, what sizes a fully convolutional model's example input) or both, else their
-default; models above
-``BIG_PARAMS`` parameters are also tried with ``depth=4``; models still above ``HUGE_PARAMS`` run on
-the meta device (sites and parity, eval not verifiable). Hugging Face model types are built from their
-config class shrunk by ``shrink_overrides`` (2 layers, hidden size 64, 4 heads, ...; sub-configs too),
-then with the fields that must follow those kept consistent (``consistent=True``: one layer of each kind,
+default; models above ``BIG_PARAMS`` parameters are also tried with ``depth=4`` (or fewer ``depths``);
+models still above ``HUGE_PARAMS`` run on the meta device (sites and parity, eval not verifiable).
+Hugging Face model types are built from their config class shrunk by ``shrink_overrides`` (2 layers,
+hidden size 64, 4 heads, ...; sub-configs too), then with the fields that must follow those kept consistent (``consistent=True``: one layer of each kind,
 rotary sections, latent attention dims, widths other parts name; unset sizes set), then less shrunk
 (layers only) and unchanged, the first that builds and runs on its automatic inputs (with
 ``use_cache=False`` where only that runs: hybrids whose layers hold no attention).

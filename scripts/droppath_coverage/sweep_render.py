@@ -261,7 +261,7 @@ def refresh_coverage(path: Path, out_dir: Path) -> bool:
     if start < 0:
         return False
     end = text.find("\n## ", start + len(COVERAGE_HEADING) + 2)
-    before, after = text[:start].rstrip("\n"), (text[end:] if end >= 0 else "\n")
+    before, after = text[:start].rstrip("\n"), (text[end:] if end >= 0 else "")
     path.write_text(before + "\n" + "\n".join(coverage_section(out_dir)) + "\n" + after)
     return True
 
