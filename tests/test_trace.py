@@ -739,6 +739,41 @@ def test_operand_reaching_the_fork_input_only_through_another_input_is_no_branch
     assert [s.block_path for s in report.sites] == ["res.0", "res.1"]
 
 
+def test_sum_of_pieces_of_one_projection_is_one_branch():
+    # ViT-22B's ParallelScalingBlock (timm vit_*_xp, vit_pwee): one in_proj split into attention and MLP
+    # inputs, summed as attn_out(a) + mlp_out(m) and added once, x + ls(sum). The inner sum's operands
+    # come from x by paths of different length, but they are pieces of one computed value, so the
+    # shorter one is no shortcut: one branch per block. A shortcut that is the fork input's own slice
+    # (a reversible block's x1 + f(x2)) stays a merge.
+    class Fused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.in_proj = nn.Linear(8, 24)
+            self.attn_out, self.mlp_out = nn.Linear(8, 8), nn.Linear(16, 8)
+            self.ls = nn.Identity()
+
+        def forward(self, x):
+            a, m = torch.split(self.in_proj(x), [8, 16], dim=-1)
+            v = a.transpose(1, 2).reshape(a.shape).contiguous()  # the attention path is the longer one
+            a = (torch.softmax(a @ a.transpose(-1, -2), -1) @ v).flatten(2)
+            return x + self.ls(self.attn_out(a) + self.mlp_out(torch.relu(m)))
+
+    report = find_residual_branches(nn.Sequential(Fused(), Fused()), torch.randn(2, 5, 8))
+    assert [(s.block_path, s.path) for s in report.sites] == [("0", "0.ls"), ("1", "1.ls")]
+
+    class Rev(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = _mlp()
+
+        def forward(self, x):
+            x1, x2 = x.chunk(2, dim=-1)
+            return torch.cat([x1 + self.f(x2), x2], -1)
+
+    report = find_residual_branches(nn.Sequential(Rev(), Rev()), torch.randn(2, 16))
+    assert [s.block_path for s in report.sites] == ["0", "1"]
+
+
 def test_skip_inside_a_part_of_the_block_on_a_value_it_computed_is_no_branch():
     # SwiftFormer's attention returns proj(attn * key) + query, query computed inside it.
     class Attn(nn.Module):

@@ -148,12 +148,34 @@ def _classify(add: Addition, i: int) -> list[Merge]:
         barrier = frozenset(n.serial for n in stack[-1].inputs if n is not fork)
         da, va = search_back(na, fork, barrier)
         db, vb = search_back(nb, fork, barrier)
-        if da is None or db is None or da == db:
+        if da is None or db is None or da == db or _pieces(va, vb, fork):
             continue
         operand, visited = (0, va) if da > db else (1, vb)
         merge = _merge(add, i, operand, "fork", visited, fork)
         return [merge] if merge is not None else []
     return []
+
+
+_PIECE_OPS = {"split", "split_with_sizes", "tensor_split", "chunk", "unbind", "__getitem__", "narrow", "select"}
+
+
+def _pieces(va: list[Node], vb: list[Node], fork: Node) -> bool:
+    """Do the two operands start from different pieces (split, chunk, slice) of one value computed
+    after the fork? Then they are parts of one branch (ParallelScalingBlock's fused ``in_proj`` split
+    into attention and MLP inputs, summed as ``attn_out(a) + mlp_out(m)``), not a shortcut and a branch."""
+    seen_a = {n.serial for n in va}
+    seen_b = {n.serial for n in vb}
+
+    def pieces(visited: list[Node], other: set[int]) -> set[int]:
+        return {
+            p.serial
+            for n in visited
+            if n.op in _PIECE_OPS and n.serial not in other
+            for p in n.parents
+            if p.live and p.serial > fork.serial
+        }
+
+    return bool(pieces(va, seen_b) & pieces(vb, seen_a))
 
 
 def find_merges(recording: Recording) -> list[Merge]:

@@ -77,8 +77,9 @@ CI_SUBSET = {
     # MaxViT: the attention parts' MLP residuals and each stage's first MBConv (issue 14); SAM ViT: windowed
     # attention branches, dropped per sample through the window layout.
     # PoolFormer v1: a token mixer that computes only through its group norm, with timm's slot before the
-    # layer scale (the engine's rule and the oracle both missed it).
-    "timm": ["maxvit_pico_rw_256", "samvit_base_patch16", "poolformer_s12"],
+    # layer scale (the engine's rule and the oracle both missed it). ViT-22B's parallel scaling block: its
+    # attention and MLP outputs, pieces of one fused projection, summed inside the branch (was read as a fork).
+    "timm": ["maxvit_pico_rw_256", "samvit_base_patch16", "poolformer_s12", "vit_pwee_patch16_reg1_gap_256"],
     # GPT-NeoX: both branches of every decoder layer (issue 14); Swin: HF's slots carried, and the MLP
     # branches HF does not drop found as well; Qwen2.5-VL: the text blocks patched, the packed vision tower
     # left out (it failed the whole model with BatchDimError).
