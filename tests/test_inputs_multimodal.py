@@ -229,6 +229,35 @@ def test_a_model_whose_config_does_not_size_its_input_gets_an_error_naming_it():
         apply_drop_path(model, 0.1)
 
 
+def test_a_main_input_the_forward_does_not_require_is_still_built_or_named():
+    # Moonshine's forward takes input_values=None and runs its decoder alone without them: inputs without the
+    # audio would patch the decoder only, silently leaving the encoder out. Its config sizes no waveform.
+    model = T.MoonshineModel(
+        T.MoonshineConfig(
+            vocab_size=99,
+            hidden_size=32,
+            intermediate_size=64,
+            encoder_num_hidden_layers=1,
+            decoder_num_hidden_layers=1,
+            encoder_num_attention_heads=4,
+            decoder_num_attention_heads=4,
+        )
+    )
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ExampleInputsError, match=r"MoonshineModel takes 'input_values'.*pass example_inputs="):
+        apply_drop_path(model, 0.1)
+    assert not is_patched(model)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_a_config_without_a_position_limit_gets_text_of_the_usual_length():
+    # XLNet's max_position_embeddings is -1 (relative positions, no limit): it is no length.
+    model = T.XLNetModel(T.XLNetConfig(vocab_size=99, d_model=32, n_layer=2, n_head=4, d_inner=64))
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["input_ids"].shape == (2, 12)
+    _patch(model)
+
+
 def test_a_vlm_whose_image_features_fail_gets_an_error_naming_pixel_values_and_input_ids():
     # Idefics3 pixel-shuffles its 3 x 3 patch grid by 2: no layout of the example image works.
     config = T.Idefics3Config(

@@ -91,6 +91,9 @@ def test_the_consistent_level_shrinks_dependent_fields_together():
     assert v3["head_dim"] == v3["qk_rope_head_dim"]
     glm = sweep.shrink_overrides(transformers.Glm4vMoeTextConfig(), sweep._TINY, consistent=True)
     assert sum(glm["rope_parameters"]["mrope_section"]) == 16 // 2 // 2  # head 16, partial rotary 0.5
+    # Qwen3-VL: the vision tower's out_hidden_size is the text width, though the default's 3584 names no width
+    qwen3 = sweep.shrink_overrides(transformers.Qwen3VLConfig(), sweep._TINY, consistent=True)
+    assert qwen3["vision_config"]["out_hidden_size"] == qwen3["text_config"]["hidden_size"] == 64
     # HunYuan leaves head_dim unset and reads it: the consistent level sets it; the model builds and runs
     import torch
 

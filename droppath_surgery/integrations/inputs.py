@@ -32,7 +32,9 @@ model's device and in its floating dtype:
   ``(B, audio_channels, T)``, again the first the forward runs on;
 * torchvision classification models: 224 x 224 (299 for Inception v3, ``image_size`` for ViT).
 
-Anything else needs ``example_inputs=``.
+Anything else needs ``example_inputs=``: ``ExampleInputsError`` names the arguments it could not build, the
+model's main input (``main_input_name``) included even where the forward takes it as optional (Moonshine's
+decoder runs alone without its audio: probed so, the encoder would be left out unseen).
 """
 
 from __future__ import annotations
@@ -127,6 +129,7 @@ def _tokens(model: nn.Module, cfg: Any, device: torch.device, gen: torch.Generat
     if not vocab:
         raise ExampleInputsError(f"{type(model).__name__}: its config has no vocab_size; pass example_inputs=.")
     limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or length
+    limit = limit if limit > 0 else length  # XLNet's -1: no limit
     return torch.randint(0, vocab, (EXAMPLE_BATCH, min(length, limit)), generator=gen).to(device)
 
 
@@ -435,6 +438,9 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
     if len(audio) > 1:
         kwargs = _first_running(model, {k: v for k, v in kwargs.items() if k not in audio[0]}, audio)
     missing = [n for n in required if n not in kwargs]
+    if main in params and main not in kwargs and main not in missing:
+        # the main input left out: the forward may run without it (Moonshine's decoder alone), on part of the model
+        missing.append(main)
     if not kwargs or missing:
         need = missing or [main]
         raise ExampleInputsError(

@@ -645,6 +645,15 @@ def _follow_widths(config, out: dict) -> None:
         if changes:
             over.update(changes)
             hang()
+    # A vision tower's ``out_hidden_size`` feeds the text model: it is the text width even where the
+    # default config names no width with it (Qwen3-VL's 3584 beside a text width of 4096; GLM-OCR).
+    text = out.get("text_config", {}).get("hidden_size")
+    for name in getattr(config, "sub_configs", {}) or {}:
+        sub = getattr(config, name, None)
+        if name != "text_config" and _is_size(text) and sub is not None and _is_size(getattr(sub, "out_hidden_size", None)):
+            if out.get(name, {}).get("out_hidden_size") in (None, sub.out_hidden_size):
+                out[name] = out.get(name) or sub.to_dict()
+                out[name]["out_hidden_size"] = text
 
 
 def hf_classes(model_type: str):
