@@ -185,7 +185,8 @@ def find_merges(recording: Recording) -> list[Merge]:
     as CaiT's class token) is an ancestor of the other, live, operand; or when both are live and were
     computed from an input of the module call running the addition, one by a strictly shorter path
     (the shortcut) than the other (the branch), not through another input of that call (CoaT's
-    ``f(x4) + g(x3)``, ``x4`` made from ``x3`` before the call, is none). The branch must be a module
+    ``f(x4) + g(x3)``, ``x4`` made from ``x3`` before the call, is none), and not from different pieces
+    of one value computed after that input (``_pieces``: one branch's parts). The branch must be a module
     call's output, possibly followed by scalings by parameters or numbers and by layout operations on
     it alone, whose module runs inside the call that adds (a slice of the stream, TNT's
     ``patch_embed[:, 1:]``, leads back to the previous block).

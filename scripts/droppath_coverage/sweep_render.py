@@ -73,9 +73,10 @@ FINDINGS: list[tuple[str, str, str]] = [
      "drops only the bottleneck's residual, the engine also finds the inner one (8 sites more than timm's slots).")),
     ("sum of two computed paths inside a branch", "timm:vit_base_patch16_xp_224 (also vit_pwee_patch16_reg1_gap_256)",
      ("timm's ParallelScalingBlock adds `attn_out_proj(a) + mlp_out_proj(m)` (both from one fused projection of "
-     "the block input) and then `x + drop_path(ls(sum))`; the engine carries timm's slot and also reads the inner "
-     "sum as a fork merge (`shortcut(x) + f(x)`, the MLP path being shorter), one site more per block. A rule "
-     "that a shortcut must not compute would fix it; not changed without a full sweep.")),
+     "the block input) and then `x + drop_path(ls(sum))`. The engine read the inner sum as a fork merge "
+     "(`shortcut(x) + f(x)`, the MLP path being shorter): one site more per block. Fixed: two operands that start "
+     "from different pieces (split, chunk, slice) of one value computed inside the call are parts of one branch, "
+     "not a shortcut and a branch; these models are at parity now.")),
     ("blocks timm builds without drop path", "timm:vitamin_base_224, timm:csatv2",
      ("timm keeps them at rate 0 outside its ramp (ViTamin's hybrid stem inside `patch_embed`, CSATv2's transformer "
      "blocks unless `transformer_drop_path=True`); the engine drops their residual branches like any other "
