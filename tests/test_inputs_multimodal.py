@@ -250,6 +250,26 @@ def test_a_main_input_the_forward_does_not_require_is_still_built_or_named():
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
+def test_a_vlm_whose_config_has_no_image_token_gets_an_error_naming_the_field_and_the_fix_works():
+    # Blip-2's default config leaves image_token_id None; its forward compares input_ids with it and fails deep
+    # inside (a bool has no unsqueeze). The error names the field; setting it as told makes the model patchable.
+    config = T.Blip2Config(
+        vision_config=dict(VISION, intermediate_size=64, image_size=32, patch_size=8, num_hidden_layers=1),
+        qformer_config=dict(VISION, num_hidden_layers=1, encoder_hidden_size=32, vocab_size=99),
+        text_config=dict(model_type="opt", vocab_size=99, hidden_size=32, ffn_dim=64, num_hidden_layers=1,
+                         num_attention_heads=4, word_embed_proj_dim=32),
+        num_query_tokens=4,
+    )
+    model = T.Blip2Model(config)
+    with pytest.raises(ExampleInputsError, match=r"image_token_id is None.*set config.image_token_id"):
+        apply_drop_path(model, 0.1)
+    assert not is_patched(model)
+    model.config.image_token_id = IMAGE_TOKEN
+    _, kwargs = build_example_inputs(model)
+    assert min(_image_tokens(kwargs)) >= 1  # placeholders in every sample (its forward scatters the queries there)
+    _patch(model)
+
+
 def test_a_config_without_a_position_limit_gets_text_of_the_usual_length():
     # XLNet's max_position_embeddings is -1 (relative positions, no limit): it is no length.
     model = T.XLNetModel(T.XLNetConfig(vocab_size=99, d_model=32, n_layer=2, n_head=4, d_inner=64))

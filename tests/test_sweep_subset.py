@@ -94,6 +94,11 @@ def test_the_consistent_level_shrinks_dependent_fields_together():
     # Qwen3-VL: the vision tower's out_hidden_size is the text width, though the default's 3584 names no width
     qwen3 = sweep.shrink_overrides(transformers.Qwen3VLConfig(), sweep._TINY, consistent=True)
     assert qwen3["vision_config"]["out_hidden_size"] == qwen3["text_config"]["hidden_size"] == 64
+    # LLaVA's default image token 32000 is past its default 32000-token vocabulary: every level covers it
+    for consistent in (False, True):
+        llava = sweep.shrink_overrides(transformers.LlavaConfig(), sweep._TINY, consistent=consistent)
+        assert llava["text_config"]["vocab_size"] == 32001
+    assert "vocab_size" not in sweep.shrink_overrides(transformers.LlamaConfig(), sweep._TINY, consistent=True)
     # HunYuan leaves head_dim unset and reads it: the consistent level sets it; the model builds and runs
     import torch
 

@@ -379,6 +379,13 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
     if wants_image:
         candidates = _pixel_candidates(model, vision, params, device, dtype, gen)
         image = candidates[0]
+        unset = next((n for n in _IMAGE_TOKEN if hasattr(config, n)), None) if image_token is None else None
+        if takes_ids and unset is not None and hasattr(model, "get_image_features"):  # Blip-2's default config
+            raise ExampleInputsError(
+                f"{type(model).__name__}: its config's {unset} is None, so no text can hold its images (the forward "
+                f"looks for that token); set config.{unset} to your checkpoint's image token (its processor's), or "
+                f"pass example_inputs= with 'pixel_values' and 'input_ids'."
+            )
         embeddings: Any = model.get_input_embeddings  # an HF PreTrainedModel's
         embed = embeddings() if takes_ids and image_token is not None else None
         rows = getattr(embed, "num_embeddings", None)

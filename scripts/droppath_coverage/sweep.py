@@ -436,7 +436,28 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
         _fit_image_tokens(values, out)
         if depth == 0 and table is _TINY:
             _follow_widths(config, out)
+    if depth == 0:
+        _cover_image_tokens(config, out)
     return out
+
+
+def _cover_image_tokens(config, out: dict) -> None:
+    """A vocabulary that holds the config's image (and video) token ids: transformers' default configs of
+    LLaVA, Idefics, SmolVLM, Janus, ... name an image token past the default text vocabulary (their checkpoints
+    resize it), so the engine's input builder says they cannot take images as configured. At every level: only
+    configs the builder refuses change."""
+    ids = [v for k, v in config.to_dict().items() if _is_size(v) and re.fullmatch(r"(image|video)_token_(id|index)", k)]
+    if not ids:
+        return
+    need = max(ids) + 1
+    text = getattr(config, "text_config", None)
+    for holder, over in ((config, out), (text, out.get("text_config"))):
+        vocab = getattr(holder, "vocab_size", None) if holder is not None else None
+        if not _is_size(vocab) or (over or {}).get("vocab_size", vocab) >= need:
+            continue
+        if over is None:
+            over = out["text_config"] = text.to_dict()
+        over["vocab_size"] = need
 
 
 def _fill_unset(values: dict, out: dict, table: dict) -> None:
