@@ -496,6 +496,13 @@ def _fit_image_tokens(values: dict, out: dict) -> None:
         if side and per_side and side % per_side:
             per_side = max(d for d in range(1, min(side, per_side) + 1) if side % d == 0)
             out["mm_tokens_per_image"] = per_side * per_side
+    # A pixel shuffle of the patch grid (Idefics3's and SmolVLM's scale_factor): patches per side a multiple of it
+    scale = values.get("scale_factor")
+    if _is_size(scale) and scale > 1 and isinstance(vision, dict) and _is_size(vision.get("image_size")) \
+            and _is_size(vision.get("patch_size")) and vision["patch_size"]:
+        side = vision["image_size"] // vision["patch_size"]
+        if side % scale:
+            out["vision_config"] = dict(vision, image_size=vision["patch_size"] * scale * -(-side // scale))
 
 
 def _shrink_mrope_plain(config, values: dict, out: dict) -> None:
@@ -747,7 +754,9 @@ def _set_everywhere(config, key: str, value, depth: int = 0) -> bool:
 def hf_build(model_type: str):
     """(config, model class, level, params, notes): the smallest config level that builds and runs on its
     automatic inputs; a level where the input builder fails is used as it is (that is a finding, not a
-    reason to grow the model), and where no level runs, the first that builds."""
+    reason to grow the model), except the plain tiny one, whose shrink may have broken a field the inputs
+    need (the consistent level is tried, and the tiny level's failure kept if that does not run either);
+    where no level runs, the first that builds."""
     import torch
 
     from droppath_surgery import build_example_inputs
@@ -765,6 +774,7 @@ def hf_build(model_type: str):
     ]
     errors = []
     ran_nowhere = None  # the first level that built but did not run on its automatic inputs
+    refused = None  # the tiny level, when the input builder refused it
     for level, make in levels:
         try:
             config = make()
@@ -784,7 +794,13 @@ def hf_build(model_type: str):
             continue
         try:
             args, kwargs = build_example_inputs(model)
-        except Exception:  # noqa: BLE001 - the input builder's failure is a finding: patch() records it
+        except Exception as exc:  # noqa: BLE001 - the input builder's failure is a finding: patch() records it
+            if level == "tiny":  # unless it is the shrink's: the consistent level may keep the fields the inputs need
+                errors.append(f"{level}: {first_line(exc, 160)}")
+                refused = refused or (config, level, params)
+                continue
+            if refused is not None:
+                config, level, params = refused
             return config, model_cls, level, params, errors
         try:
             eval_forward(model, args, kwargs)
@@ -802,6 +818,9 @@ def hf_build(model_type: str):
                 config.use_cache = True
     if ran_nowhere is not None:  # built, but ran at no level: patch() records the forward's error
         config, level, params, _ = ran_nowhere
+        return config, model_cls, level, params, errors
+    if refused is not None:  # no level the input builder takes: patch() records its error at the tiny level
+        config, level, params = refused
         return config, model_cls, level, params, errors
     raise RuntimeError("no config level builds: " + " | ".join(errors))
 
