@@ -773,6 +773,22 @@ def test_sum_of_pieces_of_one_projection_is_one_branch():
     report = find_residual_branches(nn.Sequential(Rev(), Rev()), torch.randn(2, 16))
     assert [s.block_path for s in report.sites] == ["0", "1"]
 
+    # The same rows taken twice are no pieces (HiggsAudio's x[~m] += mlp(x[~m]), each x[~m] a gather of its
+    # own): that branch is still found.
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn, self.mlp = _mlp(), _mlp()
+            self.register_buffer("m", torch.tensor([True, False, True]))
+
+        def forward(self, x):
+            x = x + self.attn(x)
+            x[:, self.m] += self.mlp(x[:, self.m].reshape(-1, 8)).view(x.shape[0], -1, 8)
+            return x
+
+    report = find_residual_branches(nn.Sequential(Masked(), Masked()), torch.randn(2, 3, 8))
+    assert [s.path for s in report.sites] == ["0.attn.2", "0.mlp.2", "1.attn.2", "1.mlp.2"]
+
 
 def test_skip_inside_a_part_of_the_block_on_a_value_it_computed_is_no_branch():
     # SwiftFormer's attention returns proj(attn * key) + query, query computed inside it.

@@ -156,26 +156,27 @@ def _classify(add: Addition, i: int) -> list[Merge]:
     return []
 
 
-_PIECE_OPS = {"split", "split_with_sizes", "tensor_split", "chunk", "unbind", "__getitem__", "narrow", "select"}
+_PIECE_OPS = {"split", "split_with_sizes", "tensor_split", "chunk", "unbind"}  # one call, several pieces
 
 
 def _pieces(va: list[Node], vb: list[Node], fork: Node) -> bool:
-    """Do the two operands start from different pieces (split, chunk, slice) of one value computed
-    after the fork? Then they are parts of one branch (ParallelScalingBlock's fused ``in_proj`` split
-    into attention and MLP inputs, summed as ``attn_out(a) + mlp_out(m)``), not a shortcut and a branch."""
+    """Do the two operands start from different outputs of one split (``split``, ``chunk``, ``unbind``) of a
+    value computed after the fork? Then they are parts of one branch (ViT-22B's ParallelScalingBlock: its fused
+    ``in_proj`` split into attention and MLP inputs, summed as ``attn_out(a) + mlp_out(m)``), not a shortcut
+    and a branch. The same rows taken twice (HiggsAudio's ``h[~mask] += mlp(norm(h[~mask]))``) are no pieces:
+    each ``h[~mask]`` is an operation call of its own (``Node.call``)."""
     seen_a = {n.serial for n in va}
     seen_b = {n.serial for n in vb}
 
-    def pieces(visited: list[Node], other: set[int]) -> set[int]:
-        return {
-            p.serial
-            for n in visited
-            if n.op in _PIECE_OPS and n.serial not in other
-            for p in n.parents
-            if p.live and p.serial > fork.serial
-        }
+    def pieces(visited: list[Node], other: set[int]) -> dict[int, set[int]]:
+        out: dict[int, set[int]] = {}  # the split's operation call -> its outputs on this path
+        for n in visited:
+            if n.op in _PIECE_OPS and n.serial not in other and any(p.live and p.serial > fork.serial for p in n.parents):
+                out.setdefault(n.call, set()).add(n.serial)
+        return out
 
-    return bool(pieces(va, seen_b) & pieces(vb, seen_a))
+    mine, theirs = pieces(va, seen_b), pieces(vb, seen_a)
+    return any(call in theirs for call in mine)
 
 
 def find_merges(recording: Recording) -> list[Merge]:
@@ -185,8 +186,8 @@ def find_merges(recording: Recording) -> list[Merge]:
     as CaiT's class token) is an ancestor of the other, live, operand; or when both are live and were
     computed from an input of the module call running the addition, one by a strictly shorter path
     (the shortcut) than the other (the branch), not through another input of that call (CoaT's
-    ``f(x4) + g(x3)``, ``x4`` made from ``x3`` before the call, is none), and not from different pieces
-    of one value computed after that input (``_pieces``: one branch's parts). The branch must be a module
+    ``f(x4) + g(x3)``, ``x4`` made from ``x3`` before the call, is none), and not from different outputs
+    of one split of a value computed after that input (``_pieces``: one branch's parts). The branch must be a module
     call's output, possibly followed by scalings by parameters or numbers and by layout operations on
     it alone, whose module runs inside the call that adds (a slice of the stream, TNT's
     ``patch_embed[:, 1:]``, leads back to the previous block).

@@ -93,7 +93,7 @@ class Node:
     everything else is set at creation.
     """
 
-    __slots__ = ("serial", "parents", "live", "chain", "linear", "mixing", "scaled_from", "op", "layout_from")
+    __slots__ = ("serial", "parents", "live", "chain", "linear", "mixing", "scaled_from", "op", "layout_from", "call")
 
     def __init__(
         self,
@@ -105,6 +105,7 @@ class Node:
         scaled_from: Node | None = None,
         op: str = "",
         layout_from: tuple | None = None,
+        call: int = 0,
     ) -> None:
         self.serial = serial
         self.op = op  # name of the operation that made it ("" for inputs, parameters, constants)
@@ -115,6 +116,7 @@ class Node:
         self.mixing = mixing  # made by an operation that mixes channels or tokens (not depthwise)
         self.scaled_from = scaled_from  # the live node this is a per-sample-neutral scaling of
         self.layout_from = layout_from  # (live node, LayoutOp) when a layout operation made it from that node
+        self.call = call  # the torch operation call that made it (outputs of one ``split`` share it); 0 for inputs
 
 
 @dataclass(eq=False, slots=True)
@@ -191,6 +193,7 @@ class _Recorder(TorchFunctionMode):
         self.call_counts: dict[int, int] = {}
         self.additions: list[Addition] = []
         self.all_nodes: list[Node] = []
+        self.op_calls = 0
 
     def node_of(self, t: Tensor) -> Node:
         entry = self.nodes.get(id(t))
@@ -261,11 +264,13 @@ class _Recorder(TorchFunctionMode):
             layout_from = (live_parents[0], op)
         parents = tuple(nodes)
         live = bool(live_parents)
+        self.op_calls += 1
+        call = self.op_calls
         mutated = set()
         for t, v in zip(inputs, versions):
             if version_counter(t) != v and id(t) not in mutated:
                 mutated.add(id(t))
-                self.new_node(t, parents, live, linear, mixing, scaled_from, name)
+                self.new_node(t, parents, live, linear, mixing, scaled_from, name, None, call)
         outs = nested.tensors(out)
         if not outs:
             return out
@@ -275,7 +280,7 @@ class _Recorder(TorchFunctionMode):
             if id(o) in input_ids:
                 continue  # identity (e.g. contiguous(), eval dropout) or mutated above
             self.new_node(
-                o, parents, live, linear, mixing, scaled_from if single else None, name, layout_from if single else None
+                o, parents, live, linear, mixing, scaled_from if single else None, name, layout_from if single else None, call
             )
         return out
 
