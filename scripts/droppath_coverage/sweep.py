@@ -83,11 +83,13 @@ CI_SUBSET = {
     # GPT-NeoX: both branches of every decoder layer (issue 14); Swin: HF's slots carried, and the MLP
     # branches HF does not drop found as well; Qwen2.5-VL: the text blocks patched, the packed vision tower
     # left out (it failed the whole model with BatchDimError).
-    "hf": ["gpt_neox", "swin", "qwen2_5_vl"],
+    # HiggsAudio: its MLP residuals on the text rows, h[~m] += mlp(norm(h[~m])), two gathers of the same rows
+    # (a rule for ViT-22B's split pieces first took them for pieces of one branch and lost them).
+    "hf": ["gpt_neox", "swin", "qwen2_5_vl", "higgs_audio_v2"],
     # a head whose inputs are (B, choices, L)
     "hf-heads": ["bert/BertForMultipleChoice"],
 }
-CI_DECODERS = ["gpt_neox"]
+CI_DECODERS = ["gpt_neox", "higgs_audio_v2"]
 
 
 @dataclass
