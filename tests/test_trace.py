@@ -816,6 +816,38 @@ def test_skip_inside_a_part_of_the_block_on_a_value_it_computed_is_no_branch():
     assert "internal skip" in report.skipped[0].reason
 
 
+def test_skip_inside_a_part_on_a_value_it_computed_counts_when_it_ends_in_a_drop_path_slot():
+    # Grounding DINO's fusion layer: v = LN(v); v = v + drop_path(gamma * attn(v)), inside its encoder layer.
+    # The architecture names that skip a drop path slot (HF drops it): it is a branch. Without the slot
+    # (the same part, the slot not named) it stays an internal skip.
+    class Fusion(nn.Module):
+        def __init__(self, slot):
+            super().__init__()
+            self.norm, self.attn = nn.LayerNorm(8), _mlp()
+            self.gamma = nn.Parameter(torch.full((8,), 0.5))
+            self.drop_path = nn.Identity() if slot else None
+
+        def forward(self, v):
+            v = self.norm(v)
+            out = self.gamma * self.attn(v)
+            return v + (self.drop_path(out) if self.drop_path is not None else out)
+
+    class Layer(nn.Module):
+        def __init__(self, slot):
+            super().__init__()
+            self.fusion, self.mlp = Fusion(slot), _mlp()
+
+        def forward(self, x):
+            x = self.fusion(x)
+            return x + self.mlp(x)
+
+    report = find_residual_branches(nn.Sequential(Layer(True), Layer(True)), torch.randn(2, 8))
+    assert [s.path for s in report.sites] == ["0.fusion.drop_path", "0.mlp.2", "1.fusion.drop_path", "1.mlp.2"]
+    report = find_residual_branches(nn.Sequential(Layer(False), Layer(False)), torch.randn(2, 8))
+    assert [s.path for s in report.sites] == ["0.mlp.2", "1.mlp.2"]
+    assert [s.path for s in report.skipped] == ["0.fusion.attn", "1.fusion.attn"]
+
+
 def test_block_class_without_a_drop_path_slot_is_not_dropped_when_the_others_have_one():
     # GC ViT: MbConvBlock residuals in the stem and downsamplers hold no drop path slot; its
     # transformer blocks hold drop_path1/2 (nn.Identity in a build without drop path).

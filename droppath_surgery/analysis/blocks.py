@@ -254,13 +254,15 @@ def find_branches(merges: list[Merge], index: ModuleIndex) -> tuple[list[Branch]
         # residual of the block's stream (SwiftFormer's attention: proj(attn * key) + query); unless
         # that part is itself of a block class (RepViT's pre_block in its downsampler), or the value
         # is the result of a residual merge: the stream carried on (MaxViT's attention part,
-        # x = x + attn(x); x = x + mlp(x)).
+        # x = x + attn(x); x = x + mlp(x)), or the branch ends in a drop path slot the architecture
+        # named (Grounding DINO's fusion layer: v = LN(v); v = v + drop_path(gamma * attn(v))).
         if (
             merge.kind == "residual"
             and merge.inner_stream
             and any(c.module is block for c in merge.stack[:-1])
             and type(merge.stack[-1].module) not in block_types
             and merge.start.serial not in merge_results
+            and not any(is_drop_path_slot(e.module, e.path) for e in ends)
         ):
             left_out.append((ends[-1].path, INNER_REASON))
             continue

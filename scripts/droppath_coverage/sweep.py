@@ -85,7 +85,8 @@ CI_SUBSET = {
     # left out (it failed the whole model with BatchDimError).
     # HiggsAudio: its MLP residuals on the text rows, h[~m] += mlp(norm(h[~m])), two gathers of the same rows
     # (a rule for ViT-22B's split pieces first took them for pieces of one branch and lost them).
-    "hf": ["gpt_neox", "swin", "qwen2_5_vl", "higgs_audio_v2"],
+    # Grounding DINO: HF's slots on its fusion layer's residual, on that layer's own LayerNorm output.
+    "hf": ["gpt_neox", "swin", "qwen2_5_vl", "higgs_audio_v2", "grounding-dino"],
     # a head whose inputs are (B, choices, L)
     "hf-heads": ["bert/BertForMultipleChoice"],
 }

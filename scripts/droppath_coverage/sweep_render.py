@@ -65,9 +65,10 @@ FINDINGS: list[tuple[str, str, str]] = [
      "`x + f(x)` on the unchanged stream, so `NoResidualBranchError`.")),
     ("residual on a value its part computed", "hf:grounding-dino (also mm-grounding-dino)",
      ("the fusion layer adds its attention to its own LayerNorm outputs (`v = LN(v); v = v + drop_path(gamma * "
-     "attn(v))`) and HF drops that; the engine skips it as 'a residual inside a part of its block, on a value that "
-     "part computed itself' (the rule that keeps attentions' internal skips out), so 4 of HF's 8 slot calls are not "
-     "carried. Changing the rule would take in every internal skip of that shape; documented, not changed.")),
+     "attn(v))`) and HF drops that; the engine skipped it as 'a residual inside a part of its block, on a value that "
+     "part computed itself' (the rule that keeps attentions' internal skips out), so 4 of HF's 8 slot calls were not "
+     "carried. Fixed: such a residual counts when its branch ends in a drop path slot the architecture named (the "
+     "exception the rule for forks inside a block already had); both models are at parity now.")),
     ("nested residual inside a branch", "timm:bat_resnext26ts",
      ("the bottleneck's branch holds BAT non-local attention, which ends in its own `y + x` on the conv output; timm "
      "drops only the bottleneck's residual, the engine also finds the inner one (8 sites more than timm's slots).")),
@@ -75,8 +76,8 @@ FINDINGS: list[tuple[str, str, str]] = [
      ("timm's ParallelScalingBlock adds `attn_out_proj(a) + mlp_out_proj(m)` (both from one fused projection of "
      "the block input) and then `x + drop_path(ls(sum))`. The engine read the inner sum as a fork merge "
      "(`shortcut(x) + f(x)`, the MLP path being shorter): one site more per block. Fixed: two operands that start "
-     "from different pieces (split, chunk, slice) of one value computed inside the call are parts of one branch, "
-     "not a shortcut and a branch; these models are at parity now.")),
+     "from different outputs of one split (`split`, `chunk`, `unbind`) of a value computed inside the call are parts "
+     "of one branch, not a shortcut and a branch; these models are at parity now.")),
     ("blocks timm builds without drop path", "timm:vitamin_base_224, timm:csatv2",
      ("timm keeps them at rate 0 outside its ramp (ViTamin's hybrid stem inside `patch_embed`, CSATv2's transformer "
      "blocks unless `transformer_drop_path=True`); the engine drops their residual branches like any other "
