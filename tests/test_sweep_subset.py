@@ -99,6 +99,9 @@ def test_the_consistent_level_shrinks_dependent_fields_together():
         llava = sweep.shrink_overrides(transformers.LlavaConfig(), sweep._TINY, consistent=consistent)
         assert llava["text_config"]["vocab_size"] == 32001
     assert "vocab_size" not in sweep.shrink_overrides(transformers.LlamaConfig(), sweep._TINY, consistent=True)
+    # Blip-2 leaves its image token unset: the consistent level gives it one past the text vocabulary, and room
+    blip2 = sweep.shrink_overrides(transformers.Blip2Config(), sweep._TINY, consistent=True)
+    assert blip2["image_token_index"] == blip2["text_config"]["vocab_size"] - 1 == transformers.OPTConfig().vocab_size
     # Idefics3: 224 px of 32 px patches is 7 a side, which its pixel shuffle by 2 cannot fold: 8 a side
     idefics3 = sweep.shrink_overrides(transformers.Idefics3Config(), sweep._TINY, consistent=True)["vision_config"]
     assert (idefics3["image_size"], idefics3["patch_size"]) == (256, 32)

@@ -440,20 +440,31 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
         if depth == 0 and table is _TINY:
             _follow_widths(config, out)
     if depth == 0:
-        _cover_image_tokens(config, out)
+        _cover_image_tokens(config, out, consistent)
     return out
 
 
-def _cover_image_tokens(config, out: dict) -> None:
+_MEDIA_TOKEN = re.compile(r"(image|video)_token_(id|index)")
+
+
+def _cover_image_tokens(config, out: dict, consistent: bool) -> None:
     """A vocabulary that holds the config's image (and video) token ids: transformers' default configs of
     LLaVA, Idefics, SmolVLM, Janus, ... name an image token past the default text vocabulary (their checkpoints
     resize it), so the engine's input builder says they cannot take images as configured. At every level: only
-    configs the builder refuses change."""
-    ids = [v for k, v in config.to_dict().items() if _is_size(v) and re.fullmatch(r"(image|video)_token_(id|index)", k)]
+    configs the builder refuses change. The consistent level also gives an image token id the config leaves
+    None one of its own, past the vocabulary (Blip-2, MiniCPM-V: their checkpoints set it; without it the
+    builder refuses them, and MiniCPM-V's forward would skip its vision tower)."""
+    values = config.to_dict()
+    text = getattr(config, "text_config", None)
+    unset = next((k for k in ("image_token_id", "image_token_index") if k in values), None)
+    if consistent and unset and values[unset] is None and unset not in out:
+        vocab = getattr(text if text is not None else config, "vocab_size", None)
+        if _is_size(vocab):
+            out[unset] = vocab
+    ids = [v for k, v in (values | out).items() if _is_size(v) and _MEDIA_TOKEN.fullmatch(k)]
     if not ids:
         return
     need = max(ids) + 1
-    text = getattr(config, "text_config", None)
     for holder, over in ((config, out), (text, out.get("text_config"))):
         vocab = getattr(holder, "vocab_size", None) if holder is not None else None
         if not _is_size(vocab) or (over or {}).get("vocab_size", vocab) >= need:
