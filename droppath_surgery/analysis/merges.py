@@ -168,15 +168,15 @@ def _pieces(va: list[Node], vb: list[Node], fork: Node) -> bool:
     seen_a = {n.serial for n in va}
     seen_b = {n.serial for n in vb}
 
-    def pieces(visited: list[Node], other: set[int]) -> dict[int, set[int]]:
-        out: dict[int, set[int]] = {}  # the split's operation call -> its outputs on this path
-        for n in visited:
-            if n.op in _PIECE_OPS and n.serial not in other and any(p.live and p.serial > fork.serial for p in n.parents):
-                out.setdefault(n.call, set()).add(n.serial)
-        return out
+    def split_calls(visited: list[Node], other: set[int]) -> set[int]:
+        """The split calls whose outputs lie on this path only."""
+        return {
+            n.call
+            for n in visited
+            if n.op in _PIECE_OPS and n.serial not in other and any(p.live and p.serial > fork.serial for p in n.parents)
+        }
 
-    mine, theirs = pieces(va, seen_b), pieces(vb, seen_a)
-    return any(call in theirs for call in mine)
+    return bool(split_calls(va, seen_b) & split_calls(vb, seen_a))
 
 
 def find_merges(recording: Recording) -> list[Merge]:
