@@ -3,7 +3,8 @@
 Each DropPath attached carries its undo record in ``drop.patch`` (a ``PatchRecord``, the way
 ``torch.nn.utils.parametrize`` keeps the original on the module): the planned site, the module it
 replaced and every registration of it, or the module it hooks and the hook's handle. Skip entry hooks
-are kept, with their handles, in the DropPath's ``skip_states``. ``detach`` reads only these records
+are kept, with their handles, in the DropPath's ``skip_states``; so are the pre-hooks that hand a
+packed branch's DropPath its samples' boundaries at each call of its block (``segment_handles``). ``detach`` reads only these records
 (hooks go through their handles) and returns them, so ``reattach`` can put the very same objects
 back if a later step fails. Attaching is atomic: an error undoes what was done.
 """
@@ -25,7 +26,7 @@ from .nn.skip import SkipState
 from .plan import Plan, PlannedSite
 
 __all__ = [
-    "CHILD_NAME", "PatchRecord", "DropBranchOutput", "ResetCalls", "attach", "detach", "reattach", "patched_modules",
+    "CHILD_NAME", "PatchRecord", "DropBranchOutput", "SegmentsFromCall", "ResetCalls", "attach", "detach", "reattach", "patched_modules",
     "set_branch_rates", "Options",
 ]
 
@@ -55,6 +56,7 @@ class PatchRecord:
     registrations: list[tuple[nn.Module, str]] = field(default_factory=list)  # (parent, name) replaced
     handle: RemovableHandle | None = None  # the output hook of a "hook" site
     reset_handle: RemovableHandle | None = None  # a pre-hook on the model restarting the count of calls
+    segment_handles: list[RemovableHandle] = field(default_factory=list)  # packed: pre-hooks on the blocks
 
     @property
     def original(self) -> nn.Module:
@@ -71,6 +73,21 @@ class ResetCalls:
 
     def __call__(self, module: nn.Module, args: Any) -> None:
         self.drop.reset_calls()
+
+
+class SegmentsFromCall:
+    """Forward pre-hook on a block of a packed stream: hands the DropPath its samples' boundaries, the
+    block call's argument at ``location``."""
+
+    def __init__(self, drop: DropPath, location: tuple) -> None:
+        self.drop = drop
+        self.location = tuple(location)
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.drop.segments = nested.get_at((args, kwargs), self.location)
+
+    def __repr__(self) -> str:
+        return f"SegmentsFromCall(location={self.location!r})"
 
 
 class DropBranchOutput:
@@ -106,6 +123,8 @@ def _new_drop(site: PlannedSite, rate: float, options: Options, warned: set[str]
     common: dict[str, Any] = dict(
         batch_dim=site.batch_dim, mode=options.mode, scale_by_keep=options.scale_by_keep, rows_per_sample=site.rows_per_sample
     )
+    if site.packed:  # dropped per segment by masking, in skip mode too (the plan says so)
+        return DropPath(rate, packed=True, **common)
     if options.kept_count is None:
         return DropPath(rate, **common)
     drop = SkipDropPath(rate, kept_count=options.kept_count, min_skip_rate=options.min_skip_rate, **common)
@@ -126,6 +145,10 @@ def _install(root: nn.Module, drop: DropPath) -> None:
     else:
         site.module.add_module(CHILD_NAME, drop)
         record.handle = site.module.register_forward_hook(DropBranchOutput(site.output_index))
+    carriers = {(id(br.segments.block), br.segments.location): br.segments for br in site.branches if br.segments}
+    for segments in carriers.values():
+        hook = SegmentsFromCall(drop, segments.location)
+        record.segment_handles.append(segments.block.register_forward_pre_hook(hook, with_kwargs=True))
     if isinstance(drop, SkipDropPath):
         for state in drop.skip_states:
             state.arm()
@@ -139,6 +162,10 @@ def _uninstall(drop: DropPath) -> None:
     if isinstance(drop, SkipDropPath):
         for state in drop.skip_states:
             state.unhook()
+    for handle in record.segment_handles:
+        handle.remove()
+    record.segment_handles.clear()
+    drop.segments = None
     if record.site.kind == "replace":
         for parent, name in record.registrations:
             setattr(parent, name, record.site.module)

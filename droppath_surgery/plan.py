@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from torch import nn
 
-from .analysis import AnalysedBranch, Analysis
+from .analysis import AnalysedBranch, Analysis, Segments
 from .analysis.blocks import CONTAINERS
 from .analysis.entries import branch_entries
 from .analysis.slots import is_drop_path_slot, is_placeholder
@@ -37,6 +37,10 @@ FilterFn = Callable[[nn.Module, str], bool]
 WINDOWS_MASK = (
     "the branch runs on attention windows of several per sample: it is dropped per sample (all of a sample's windows "
     "together) by masking; running it on the kept samples' windows only is not supported"
+)
+PACKED_MASK = (
+    "the branch runs on a packed stream (the rows of several samples in one sequence): it is dropped per sample "
+    "(each segment of its block's boundaries) by masking; running it on the kept samples' rows only is not supported"
 )
 NO_OWN_MODULE = (
     "no module of its own ends this branch (every module that returns it is also used elsewhere), so drop path "
@@ -68,6 +72,7 @@ class PlannedBranch:
     rows_per_sample: int = 1  # consecutive entries of the batch dim that belong to one sample (attention windows)
     entries: tuple[Entry, ...] = ()  # with skip_dropped: where the branch takes in the batch
     mask_reason: str = ""  # with skip_dropped: why it must mask instead of skipping
+    segments: Segments | None = None  # a packed branch: its block's call argument holding the samples' boundaries
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,11 @@ class PlannedSite:
     @property
     def rows_per_sample(self) -> int:
         return self.branches[0].rows_per_sample
+
+    @property
+    def packed(self) -> bool:
+        """The batch dim packs the rows of several samples; each call of a block sets their boundaries."""
+        return self.branches[0].segments is not None
 
     @property
     def targets(self) -> tuple[Target, ...]:
@@ -168,7 +178,7 @@ def _choose(analysis: Analysis) -> tuple[list[tuple[nn.Module, str, tuple, list[
         one_unit = len({u for units in units_per_call.values() for u in units}) == 1
         return (
             (one_unit or (per_call and all(len(units) == 1 for units in units_per_call.values())))
-            and len({(branches[b].batch_dim, branches[b].rows_per_sample) for b, _ in entries}) == 1
+            and len({(branches[b].batch_dim, branches[b].rows_per_sample, branches[b].segments is None) for b, _ in entries}) == 1
             and len({end.output_index for _, end in entries}) == 1  # type: ignore[attr-defined]
         )
 
@@ -222,10 +232,12 @@ def make_plan(
         br = ab.branch
         pb = PlannedBranch(
             ab.unit, ab.position, ab.stack, br.block_path, index.path(br.unit), ab.batch_dim, ab.shape, _call_of(ab, module),
-            ab.rows_per_sample,
+            ab.rows_per_sample, segments=ab.segments,
         )
         if not skip:
             return pb
+        if ab.segments is not None:
+            return replace(pb, mask_reason=PACKED_MASK)
         if ab.rows_per_sample > 1:
             return replace(pb, mask_reason=WINDOWS_MASK)
         found = branch_entries(analysis.recording, br, ab.batch_dim, ab.shape, index)

@@ -46,6 +46,9 @@ class Site:
             encoder and a decoder, or two towers, are two stacks).
         rows_per_sample: how many consecutive entries of ``batch_dim`` belong to one sample (its
             attention windows, all dropped together); 1 for a plain batch dimension.
+        packed: ``batch_dim`` holds the rows of several samples one after another (a vision tower's
+            patches of all images in one sequence); each call of the block gives their boundaries,
+            and each sample's rows share one decision.
     """
 
     path: str
@@ -61,6 +64,7 @@ class Site:
     compute: str = "mask"
     stack: int = 0
     rows_per_sample: int = 1
+    packed: bool = False
 
     def with_rate(self, rate: float) -> Site:
         return replace(self, rate=rate)
@@ -145,7 +149,8 @@ class DropPathReport:
                 str(s.branch),
                 f"{s.rate:.4f}",
                 f"{s.kind} {s.replaced}",
-                str(s.batch_dim) + (f" ({s.rows_per_sample} windows)" if s.rows_per_sample > 1 else ""),
+                str(s.batch_dim) + (f" ({s.rows_per_sample} windows)" if s.rows_per_sample > 1 else "")
+                + (" (packed)" if s.packed else ""),
                 "x".join(str(d) for d in s.shape),
                 s.path + "".join(f"[{i!r}]" for i in s.output_index),
             )
@@ -211,6 +216,7 @@ def build_report(
             compute=compute,
             stack=br.stack,
             rows_per_sample=br.rows_per_sample,
+            packed=br.segments is not None,
         )
         for site, rates, computes in sites
         for br, branch_rate, compute in zip(site.branches, rates, computes)
@@ -245,6 +251,12 @@ def report_of_patch(drops: Sequence[DropPath], *, verified: bool | None = None, 
             ]
             if drop.rate < drop.min_skip_rate:
                 below[drop.min_skip_rate] = below.get(drop.min_skip_rate, 0) + sum(c != "mask" for c in computes)
+        else:  # a plain DropPath in skip mode (a packed branch): the plan's reason to mask
+            masking += [
+                f"masks instead of skipping: {site.path} (block {br.block}): {br.mask_reason}"
+                for br in site.branches
+                if br.mask_reason
+            ]
         rows.append((site, [drop.rate_of(br.call) for br in site.branches], computes))
     masking += [
         f"{n} branches could skip but mask at their current rate, below min_skip_rate={m:g} (skipping costs more "

@@ -13,7 +13,6 @@ import transformers as T
 from training_fixtures import single_thread  # noqa: F401  (autouse: tiny models run faster on one thread)
 
 from droppath_surgery import ExampleInputsError, apply_drop_path, build_example_inputs, is_patched
-from droppath_surgery.errors import BatchDimError
 
 TEXT = dict(
     vocab_size=99,
@@ -99,29 +98,45 @@ def test_qwen2_vl_gets_flattened_patches_their_grid_and_token_types():
         assert model(*args, **kwargs).last_hidden_state.shape == (*kwargs["input_ids"].shape, 64)
 
 
-def test_qwen2_vl_drops_its_text_blocks_and_leaves_the_packed_vision_tower_out_with_a_warning():
-    # The vision tower runs the patches of all images as one sequence (no batch dimension): its branches
-    # cannot be dropped per sample, so they are left out, said in the report and warned about.
+def test_qwen2_vl_drops_its_text_blocks_and_its_packed_vision_tower_per_image():
+    # The vision tower runs the patches of all images as one sequence (no batch dimension); its blocks are
+    # called with cu_seqlens, which its attention keeps apart: each image's rows share one decision.
     model = _qwen2_vl()
-    with pytest.warns(UserWarning, match=r"4 residual branches of blocks left without drop path \(visual\.blocks\.0\."):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is left out, so nothing is warned
         report = apply_drop_path(model, 0.1)
-    assert report.verified is True
-    assert [s.path.split(".")[0] for s in report.sites] == ["language_model"] * 4  # 2 layers x 2 branches
-    packed = [s.path for s in report.skipped if "packs or folds the samples" in s.reason]
-    assert len(packed) == 4 and all(p.startswith("visual.blocks.") for p in packed)
+    assert report.verified is True and report.skipped == ()
+    assert [s.path.split(".")[0] for s in report.sites] == ["visual"] * 4 + ["language_model"] * 4
+    assert [s.packed for s in report.sites] == [True] * 4 + [False] * 4
 
 
-def test_a_packed_vision_tower_alone_says_its_stream_has_no_batch_dimension():
+def test_a_packed_vision_tower_alone_is_dropped_per_image():
     model = _qwen2_vl().visual
     args, kwargs = build_example_inputs(model)
     assert next(iter(kwargs)) == "grid_thw"  # one row per image: the batch, never the packed patches
-    with pytest.raises(BatchDimError, match="packs the samples together"):
-        apply_drop_path(model, 0.1)
-    assert not is_patched(model)
+    report = apply_drop_path(model, 0.5, schedule="uniform")
+    assert len(report.sites) == 4 and all(s.packed for s in report.sites)
+    model.train()
+    grid = torch.tensor([[1, 4, 4], [1, 8, 4], [1, 4, 8], [1, 4, 4]])  # sizes it was not traced with
+    rows = grid.prod(-1)
+    patches = torch.randn(int(rows.sum()), kwargs["hidden_states"].shape[1])
+    seen = []
+    handle = model.blocks[0].attn.surgery_drop_path.register_forward_hook(lambda m, a, out: seen.append((a[0], out)))
+    with torch.no_grad():
+        for _ in range(40):
+            model(hidden_states=patches, grid_thw=grid)
+    handle.remove()
+    dropped = []
+    for x, out in seen:
+        for image in torch.split(torch.arange(len(x)), rows.tolist()):
+            zero = bool((out[image] == 0).all())
+            assert zero or torch.allclose(out[image], 2 * x[image]), "the rows of one image got different decisions"
+            dropped.append(zero)
+    assert 40 < sum(dropped) < 120  # 160 image draws at rate 0.5: mean 80, sd 6.3
 
 
 def test_a_qwen2_vl_style_vision_tower_gets_patches_and_grid_it_runs_on():
-    # The engine cannot drop per image here (one packed sequence, no batch dimension): only the inputs are ours.
+    # One packed sequence, no batch dimension: the inputs give the grid first, and cu_seqlens split the images.
     config = T.Glm4vVisionConfig(
         depth=2,
         hidden_size=32,

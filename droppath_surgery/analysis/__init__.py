@@ -2,7 +2,7 @@
 
 ``record`` (one pass: values, module calls, additions) -> ``merges`` (residual merges) -> ``blocks``
 (block branches, their blocks and units, unit numbering) -> ``batch`` (batch dimensions, with the
-layout replay) -> ``stacks`` (blocks linked by one residual stream); ``entries`` (where a branch takes
+layout replay; ``packed``: the samples' boundaries of packed streams) -> ``stacks`` (blocks linked by one residual stream); ``entries`` (where a branch takes
 in the batch, for skip mode) is read by the planner. ``slots`` holds the one drop path slot rule.
 ``analyse`` runs them in order and returns plain data; nothing here changes the model.
 """
@@ -13,15 +13,20 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..errors import ExampleInputsError
+from ..errors import BatchDimError, ExampleInputsError
 from ..isolation import rng_restored
-from .batch import NOT_PER_SAMPLE, WATCHED_SAMPLE, assign_batch_dims, candidate_batch_sizes
+from .batch import NOT_PER_SAMPLE as NOT_MAPPED
+from .batch import PACKED_REASON, WATCHED_SAMPLE, assign_batch_dims, candidate_batch_sizes
 from .blocks import Branch, ModuleIndex, find_branches, number_units
 from .merges import find_merges
+from .packed import CONFLICTING_REASON, UNCONFIRMED_REASON, WINDOWED_REASON, Segments, find_segments, packs_rows
 from .record import Recording, record
 from .stacks import find_stacks
 
-__all__ = ["Analysis", "AnalysedBranch", "analyse", "NOT_PER_SAMPLE"]
+__all__ = ["Analysis", "AnalysedBranch", "analyse", "NOT_PER_SAMPLE", "Segments"]
+
+# Why a block branch that was found has no drop path: degraded results, which apply_drop_path warns of.
+NOT_PER_SAMPLE = NOT_MAPPED | {WINDOWED_REASON, CONFLICTING_REASON, UNCONFIRMED_REASON}
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class AnalysedBranch:
     batch_dim: int  # of the module output where drop path goes
     shape: tuple  # of that module output
     rows_per_sample: int = 1  # consecutive entries of the batch dim per sample (attention windows)
+    segments: Segments | None = None  # a packed branch: where its samples' boundaries are at run time
 
 
 @dataclass(frozen=True)
@@ -73,17 +79,44 @@ def analyse(model: nn.Module, args: tuple, kwargs: dict, *, batch_dim: int | Non
     dims = assign_batch_dims(
         branches, recording, probe, args, kwargs, batch_dim=batch_dim, inputs_batch_first=inputs_batch_first
     )
+    per_branch: list = list(dims.per_branch)
+    packed = [
+        i for i, found in enumerate(per_branch)
+        if found == PACKED_REASON or (not isinstance(found, str) and found[2] == 1 and packs_rows(branches[i], found[0]))
+    ]
+    if packed:
+
+        def run(hooks: list) -> None:
+            handles = [
+                m.register_forward_pre_hook(fn, with_kwargs=True) if kind == "pre" else m.register_forward_hook(fn)
+                for m, kind, fn in hooks
+            ]
+            try:
+                with rng_restored(model, (args, kwargs)):
+                    model(*args, **kwargs)
+            finally:
+                for handle in handles:
+                    handle.remove()
+
+        for i, seg in zip(packed, find_segments([branches[i] for i in packed], recording, run)):
+            if isinstance(seg, Segments):
+                per_branch[i] = (seg.dim, branches[i].merge.shape, 1, seg)
+            else:
+                per_branch[i] = seg or PACKED_REASON
+    if dims.packed_error and all(isinstance(found, str) for found in per_branch):
+        reasons = sorted({found for found in per_branch if found != PACKED_REASON})
+        raise BatchDimError(dims.packed_error + "".join(f" Found instead: {reason}." for reason in reasons))
     mapped = []
-    for br, found in zip(branches, dims.per_branch):
+    for br, found in zip(branches, per_branch):
         if isinstance(found, str):
             left_out.append((br.end_path, found))
         else:
-            mapped.append((br, found))
+            mapped.append((br, (*found, None)[:4]))
     kept = [br for br, _ in mapped]
     units, positions, num_units = number_units(kept, recording, index) if kept else ([], [], 0)
     stacks = find_stacks(kept, units, recording)
     analysed = tuple(
-        AnalysedBranch(br, unit, position, stack, dim, shape, rows)
-        for (br, (dim, shape, rows)), unit, position, stack in zip(mapped, units, positions, stacks)
+        AnalysedBranch(br, unit, position, stack, dim, shape, rows, segments)
+        for (br, (dim, shape, rows, segments)), unit, position, stack in zip(mapped, units, positions, stacks)
     )
     return Analysis(recording, index, analysed, num_units, tuple(left_out), dims.input_dim, args, kwargs)

@@ -13,9 +13,9 @@ layout is replayed on a tensor of sample indices, and the output's batch dimensi
 dimension whose indices arrive exactly as the samples of the tensor added. With none (attention
 windows of several samples) the branch cannot be dropped per sample and is left out. So is a branch
 whose stream has no dimension of the batch size at all (a *packed* stream: Qwen2-VL's vision tower runs
-the patches of every image as one sequence), when other branches have one; where the inputs are the
-user's, the sample-independence pass must then confirm the batch dimension (on the meta device it
-cannot, and ``BatchDimError`` asks for ``batch_dim=``).
+the patches of every image as one sequence): ``packed`` then looks for its samples' boundaries. Where
+the inputs are the user's and other branches have a batch dimension, the sample-independence pass must
+confirm it (on the meta device it cannot, and ``BatchDimError`` asks for ``batch_dim=``).
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ UNMAPPED_REASON = (
 
 PACKED_REASON = (
     "no dimension of the branch's stream has the batch size: the stream packs or folds the samples together "
-    "(e.g. a vision tower that runs the patches of all images as one sequence), so the branch cannot be "
-    "dropped per sample"
+    "(e.g. a vision tower that runs the patches of all images as one sequence), and its block is not called "
+    "with the samples' boundaries (cu_seqlens), so the branch cannot be dropped per sample"
 )
 PACKED = -1  # the batch dimension of a packed branch
 # Why a block branch that was found has no drop path: degraded results, which apply_drop_path warns of.
@@ -77,6 +77,7 @@ class BatchDims:
 
     per_branch: tuple[tuple[int, tuple, int] | str, ...]
     input_dim: int | None
+    packed_error: str = ""  # every branch is packed: the error unless some find their samples' boundaries
 
 
 def map_batch_tensors(obj: Any, dim: int, batch: int, fn: Callable[[Tensor], Tensor]) -> Any:
@@ -287,13 +288,16 @@ def assign_batch_dims(
         return BatchDims(tuple(PACKED_REASON if d == PACKED else _ends_at(br, d) for br, d in zip(branches, dims)), input_dim)
     sizes = {tensors[0].shape[d] for d in candidates}
     if all(n not in sizes for br in branches for n in br.merge.shape):
-        raise BatchDimError(
+        # Every branch is packed: ``analysis.packed`` may still find each sample's rows at run time.
+        return BatchDims((PACKED_REASON,) * len(branches), None, packed_error=(
             f"no residual branch has a dimension of the batch size ({', '.join(map(str, sorted(sizes)))}: input "
             f"dimensions {candidates} of the example input of shape {tuple(tensors[0].shape)}): the residual stream "
             f"packs the samples together (e.g. a vision tower that runs the patches of all images as one sequence), "
-            f"so no branch can be dropped per sample. Patch the model that holds it (a vision-language model drops "
-            f"its text blocks and leaves the packed tower out), or pass example_inputs= whose first tensor has the batch."
-        )
+            f"and no block is called with the samples' boundaries (a 1-D integer tensor of cumulative lengths, as "
+            f"cu_seqlens) that a check pass confirms{' (the meta device has no values to check)' if meta else ''}, so "
+            f"no branch can be dropped per sample. Patch the model on a real device, patch the model that holds it "
+            f"(a vision-language model drops its text blocks), or pass example_inputs= whose first tensor has the batch."
+        ))
     raise BatchDimError(
         f"cannot tell which dimension of the residual stream indexes samples (tried input dimensions "
         f"{candidates}; example input shape {tuple(tensors[0].shape)}); pass batch_dim= (0 for (N, ...) "

@@ -68,6 +68,7 @@ _PER_CHANNEL = _LINEAR_ANY | _SCALE | {
     "amin", "max", "min", "var", "std", "var_mean", "std_mean", "softmax", "log_softmax",
 }
 
+MAX_INT_VALUES = 1 << 14  # longest integer vector argument whose values a module call keeps
 SELF = object()  # stands for the live input in a recorded layout operation's arguments
 
 
@@ -129,6 +130,7 @@ class Call:
     stack: tuple  # enclosing calls, outermost first
     inputs: tuple = ()  # live nodes of the call's tensor arguments
     args: tuple = ()  # (location in (args, kwargs), node, shape) of each tensor argument
+    int_values: tuple = ()  # (location, CPU copy) of each small 1-D integer tensor argument (sample boundaries)
     first: int = 0  # serials of the values made during the call are in (first, last]
     last: int = 1 << 62
 
@@ -216,7 +218,13 @@ class _Recorder(TorchFunctionMode):
             (index, self.node_of(t), tuple(t.shape)) for index, t in nested.leaves((args, kwargs)) if isinstance(t, Tensor)
         )
         inputs = tuple(node for _, node, _ in located if node.live)
-        call = Call(module, n, len(self.calls), tuple(self.stack), inputs, located, first=self.serial)
+        ints = tuple(
+            (index, t.detach().to("cpu", copy=True))
+            for index, t in nested.leaves((args, kwargs))
+            if isinstance(t, Tensor) and t.ndim == 1 and 1 < t.numel() <= MAX_INT_VALUES
+            and not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool and t.device.type != "meta"
+        )
+        call = Call(module, n, len(self.calls), tuple(self.stack), inputs, located, ints, first=self.serial)
         self.calls.append(call)
         self.stack.append(call)
 
@@ -304,8 +312,9 @@ def record(
 ) -> Recording:
     """Run ``model(*args, **kwargs)`` once and record it. The caller sets eval mode, ``no_grad`` and
     the random state; hooks are removed afterwards. Only shapes and provenance are kept, no tensor
-    of the pass; with ``sketch_sizes`` each addition also keeps the ``sketch`` of sample ``sketch_sample``
-    of its operands along every dimension of one of those sizes (passes compared by that sample)."""
+    of the pass but small integer vectors passed to modules (the sample boundaries of a packed stream);
+    with ``sketch_sizes`` each addition also keeps the ``sketch`` of sample ``sketch_sample`` of its
+    operands along every dimension of one of those sizes (passes compared by that sample)."""
     rec = _Recorder(frozenset(sketch_sizes), sketch_sample)
     handles = []
     try:

@@ -24,6 +24,12 @@ class DropPath(nn.Module):
     in place, so a compiled model sees the new rate without recompiling (only switching between
     ``rate == 0`` and ``rate > 0`` changes the traced code).
 
+    With ``packed=True`` the batch dimension holds the rows of several samples one after another (a
+    vision tower that runs the patches of all images as one sequence): before each call, ``segments``
+    must hold their boundaries, the cumulative lengths ``[0, n1, n1 + n2, ..., L]`` (``cu_seqlens``),
+    and each segment gets one decision for all its rows (no host sync). ``apply_drop_path`` sets them
+    with a pre-hook on the block, from the argument its attention reads them from.
+
     ``patch`` is None for a DropPath you create; on one that ``apply_drop_path`` attached it is the
     undo record (``droppath_surgery.execute.PatchRecord``): where it sits, what it replaced or hooks,
     the branches it drops.
@@ -32,6 +38,8 @@ class DropPath(nn.Module):
     keep_prob: Tensor
     batch_dim: int
     rows_per_sample: int
+    packed: bool
+    segments: Tensor | None
     mode: str
     scale_by_keep: bool
     sync_group: str | None
@@ -43,7 +51,14 @@ class DropPath(nn.Module):
     _call: int
 
     def __init__(
-        self, rate: float = 0.0, *, batch_dim: int = 0, mode: str = "row", scale_by_keep: bool = True, rows_per_sample: int = 1
+        self,
+        rate: float = 0.0,
+        *,
+        batch_dim: int = 0,
+        mode: str = "row",
+        scale_by_keep: bool = True,
+        rows_per_sample: int = 1,
+        packed: bool = False,
     ) -> None:
         super().__init__()
         self.batch_dim = check_batch_dim(batch_dim)
@@ -53,6 +68,8 @@ class DropPath(nn.Module):
                 f"e.g. its attention windows), got {rows_per_sample!r}."
             )
         self.rows_per_sample = rows_per_sample
+        self.packed = check_bool(packed, "packed", "the batch dim packs the rows of several samples, split by segments")
+        self.segments = None  # packed: the samples' boundaries for the next call
         self.mode = check_mode(mode)
         self.scale_by_keep = check_bool(scale_by_keep, "scale_by_keep", "scale kept samples by 1 / (1 - rate)")
         rate = validate_rate(rate)
@@ -110,6 +127,8 @@ class DropPath(nn.Module):
             return x
         check_floating(x)
         dim = batch_dim_of(self.batch_dim, x)
+        if self.packed:
+            return x * self._packed_mask(x, dim)
         if self.rows_per_sample > 1:  # a sample's windows are consecutive rows: one decision for them all
             rows = self.rows_per_sample
             if x.shape[dim] % rows:
@@ -120,7 +139,33 @@ class DropPath(nn.Module):
             return self._drop(x.unflatten(dim, (x.shape[dim] // rows, rows)), dim).flatten(dim, dim + 1)
         return self._drop(x, dim)
 
+    def _packed_mask(self, x: Tensor, dim: int) -> Tensor:
+        """The multiplier of packed rows: one decision per segment of ``segments``, spread over its rows."""
+        cu = self.segments
+        if cu is None or cu.ndim != 1 or cu.numel() < 2:
+            raise BatchDimError(
+                f"this DropPath drops packed rows per sample and needs their boundaries (a 1-D tensor of cumulative "
+                f"lengths, as cu_seqlens) in .segments before each call, got {None if cu is None else tuple(cu.shape)}; "
+                f"apply_drop_path sets them from the block's own argument: call the patched block, not its branch."
+            )
+        if cu.device.type == "cpu" and int(cu[-1]) != x.shape[dim]:  # on an accelerator this would sync; its gather fails instead
+            raise BatchDimError(
+                f"the sample boundaries end at row {int(cu[-1])}, but the branch output has {x.shape[dim]} rows "
+                f"along dim {dim}: they are not the boundaries of this stream"
+            )
+        ends = cu[1:].to(device=x.device, dtype=torch.int64)
+        rows = torch.arange(x.shape[dim], device=x.device)
+        per_segment = self._multiplier(x.new_empty(ends.shape), 0)
+        shape = [1] * x.ndim
+        if self.mode != "row":  # one decision for the whole batch
+            return per_segment.view(shape)
+        shape[dim] = x.shape[dim]
+        return per_segment[torch.searchsorted(ends, rows, right=True)].view(shape)
+
     def _drop(self, x: Tensor, dim: int) -> Tensor:
+        return x * self._multiplier(x, dim)
+
+    def _multiplier(self, x: Tensor, dim: int) -> Tensor:
         keep = self.keep_prob
         call = 0
         if self.call_rates is not None:
@@ -135,8 +180,8 @@ class DropPath(nn.Module):
             object.__setattr__(self, "_call", call + 1)
             keep = self.keep_prob[call]
         if self.decisions is not None:
-            return x * self.decisions[min(call, len(self.decisions) - 1)].mask(self, x, dim, keep)
-        return x * scaled_mask(x, keep, dim, self.mode, self.scale_by_keep, self.sync_group)
+            return self.decisions[min(call, len(self.decisions) - 1)].mask(self, x, dim, keep)
+        return scaled_mask(x, keep, dim, self.mode, self.scale_by_keep, self.sync_group)
 
     def __setstate__(self, state: dict) -> None:
         # Modules pickled by older versions load with masks drawn per rank and no undo record.
@@ -145,6 +190,8 @@ class DropPath(nn.Module):
         state.setdefault("call_rates", None)
         state.setdefault("decisions", None)
         state.setdefault("rows_per_sample", 1)
+        state.setdefault("packed", False)
+        state.setdefault("segments", None)
         state.setdefault("_call", 0)
         super().__setstate__(state)
 
@@ -162,6 +209,8 @@ class DropPath(nn.Module):
             parts.append(f"batch_dim={self.batch_dim}")
         if self.rows_per_sample != 1:
             parts.append(f"rows_per_sample={self.rows_per_sample}")
+        if self.packed:
+            parts.append("packed=True")
         if self.mode != "row":
             parts.append(f"mode={self.mode!r}")
         if not self.scale_by_keep:

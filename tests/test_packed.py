@@ -1,0 +1,210 @@
+"""Packed streams: a tower that runs the rows of several samples as one sequence, split by the
+``cu_seqlens`` its blocks are called with (Qwen2-VL's vision tower), is dropped per sample."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import ModelSnapshot, bitwise_equal, eval_output
+from torch import nn
+
+from droppath_surgery import BatchDimError, DropPath, NoResidualBranchError, apply_drop_path, remove_drop_path
+
+DIM = 16
+
+
+class _SegmentAttention(nn.Module):
+    """Attention within each segment of ``cu_seqlens`` (or over every row, ``leaks=True``)."""
+
+    def __init__(self, leaks: bool = False) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(DIM, 3 * DIM)
+        self.proj = nn.Linear(DIM, DIM)
+        self.leaks = leaks
+
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        if self.leaks:
+            return self.proj(F.scaled_dot_product_attention(q[None], k[None], v[None])[0])
+        bounds = cu_seqlens.tolist()
+        parts = [
+            F.scaled_dot_product_attention(q[None, a:b], k[None, a:b], v[None, a:b])[0] for a, b in zip(bounds[:-1], bounds[1:])
+        ]
+        return self.proj(torch.cat(parts))
+
+
+class _Block(nn.Module):
+    def __init__(self, leaks: bool = False) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(DIM), nn.LayerNorm(DIM)
+        self.attn = _SegmentAttention(leaks)
+        self.mlp = nn.Sequential(nn.Linear(DIM, 2 * DIM), nn.GELU(), nn.Linear(2 * DIM, DIM))
+
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), cu_seqlens)
+        return x + self.mlp(self.norm2(x))
+
+
+class _Tower(nn.Module):
+    """Patches of all images in one sequence; ``lengths`` rows per image. Blocks in ``windowed`` attend
+    within halves of each image (a second, finer boundaries tensor, as Qwen2.5-VL's window blocks)."""
+
+    def __init__(self, depth: int = 4, windowed: tuple[int, ...] = (), leaks: bool = False) -> None:
+        super().__init__()
+        self.embed = nn.Linear(12, DIM)
+        self.blocks = nn.ModuleList(_Block(leaks) for _ in range(depth))
+        self.windowed = windowed
+
+    def forward(self, patches: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        cu = F.pad(lengths.cumsum(0), (1, 0))
+        halves = torch.stack([lengths // 2, lengths - lengths // 2], dim=1).flatten()
+        cu_windows = F.pad(halves.cumsum(0), (1, 0))
+        x = self.embed(patches)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cu_windows if i in self.windowed else cu)
+        return x
+
+
+LENGTHS = torch.tensor([5, 7, 4, 6])
+
+
+def _inputs(lengths: torch.Tensor = LENGTHS, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(int(lengths.sum()), 12, generator=gen), lengths
+
+
+@pytest.mark.parametrize("rows_first", [True, False], ids=["patches-first", "lengths-first"])
+def test_packed_tower_is_dropped_per_sample_and_eval_output_is_bitwise_unchanged(rows_first):
+    torch.manual_seed(0)
+    model = _Tower().eval()
+    patches, lengths = _inputs()
+    before = eval_output(model, patches, lengths)
+    # Patches first, their rows read as a batch would be dropped per patch: the boundaries say otherwise.
+    example = (patches, lengths) if rows_first else {"lengths": lengths, "patches": patches}
+    report = apply_drop_path(model, 0.3, schedule="uniform", example_inputs=example)
+    assert len(report.sites) == 8 and report.skipped == ()
+    assert all(s.packed and s.batch_dim == 0 for s in report.sites)
+    assert "0 (packed)" in str(report)
+    drops = [m for m in model.modules() if isinstance(m, DropPath)]
+    assert len(drops) == 8 and all(d.packed for d in drops) and "packed=True" in repr(drops[0])
+    assert bitwise_equal(before, eval_output(model, patches, lengths))
+
+
+def test_each_segment_shares_one_decision_and_the_drop_rate_passes_a_binomial_test():
+    torch.manual_seed(0)
+    model = _Tower(depth=2)
+    apply_drop_path(model, 0.25, schedule="uniform", example_inputs=_inputs())
+    seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    cu_now: list[torch.Tensor] = []
+    for drop in (m for m in model.modules() if isinstance(m, DropPath)):
+        drop.register_forward_hook(lambda mod, args, out: seen.append((args[0], out, mod.segments)))
+    model.train()
+    # Sizes the model was not traced with: the boundaries come from each call.
+    lengths = torch.tensor([3, 9, 1, 6, 2, 4])
+    dropped = total = 0
+    for step in range(150):
+        seen.clear()
+        patches, _ = _inputs(lengths, seed=step)
+        model(patches, lengths)
+        assert len(seen) == 4
+        for x, out, cu in seen:
+            cu_now.append(cu)
+            for a, b in zip(cu.tolist()[:-1], cu.tolist()[1:]):
+                zero = bool((out[a:b] == 0).all())
+                assert zero or torch.allclose(out[a:b], x[a:b] / 0.75), "rows of one sample got different decisions"
+                dropped += zero
+                total += 1
+    assert all(torch.equal(cu, F.pad(lengths.cumsum(0), (1, 0))) for cu in cu_now)
+    # 3,600 segment draws at rate 0.25: 4.5 standard deviations either side.
+    bound = 4.5 * math.sqrt(0.25 * 0.75 / total)
+    assert abs(dropped / total - 0.25) < bound
+
+
+def test_boundaries_that_do_not_cover_the_rows_are_an_error():
+    model = _Tower(depth=1)
+    apply_drop_path(model, 0.5, schedule="uniform", example_inputs=_inputs())
+    drop = model.blocks[0].attn.surgery_drop_path
+    drop.train()
+    drop.segments = torch.tensor([0, 3, 5])
+    with pytest.raises(BatchDimError, match="end at row 5, but the branch output has 8 rows"):
+        drop(torch.randn(8, DIM))
+    drop.segments = None
+    with pytest.raises(BatchDimError, match="needs their boundaries"):
+        drop(torch.randn(8, DIM))
+
+
+def test_window_blocks_with_finer_boundaries_are_left_out_with_a_warning():
+    torch.manual_seed(0)
+    model = _Tower(depth=4, windowed=(0, 1, 2))
+    with pytest.warns(UserWarning, match="6 residual branches of blocks left without drop path .*finer boundaries"):
+        report = apply_drop_path(model, 0.3, example_inputs=_inputs())
+    assert [s.block_path for s in report.sites] == ["blocks.3", "blocks.3"]
+    assert {s.reason for s in report.skipped} == {
+        next(s.reason for s in report.skipped)
+    } and "attention windows" in report.skipped[0].reason
+    assert "dropping per window would drop parts of a sample" in str(report)
+
+
+def test_equal_boundaries_of_two_tensors_tell_nothing_and_the_error_says_so():
+    # Windows as large as the images: the two tensors are equal here, and at other sizes would not be.
+    torch.manual_seed(0)
+
+    class SameWindows(_Tower):
+        def forward(self, patches, lengths):
+            cu = F.pad(lengths.cumsum(0), (1, 0))
+            cu_windows = cu.clone()  # another tensor, as a window index would be
+            x = self.embed(patches)
+            for i, block in enumerate(self.blocks):
+                x = block(x, cu_windows if i in self.windowed else cu)
+            return x
+
+    model = SameWindows(depth=2, windowed=(0,))
+    snapshot = ModelSnapshot(model)
+    with pytest.raises(BatchDimError, match="none strictly coarser .*pass larger images"):
+        apply_drop_path(model, 0.3, example_inputs={"lengths": LENGTHS, "patches": _inputs()[0]})
+    snapshot.assert_same()
+
+
+def test_boundaries_the_attention_does_not_keep_apart_are_not_taken_as_samples():
+    torch.manual_seed(0)
+    model = _Tower(depth=2, leaks=True)
+    snapshot = ModelSnapshot(model)
+    with pytest.raises(BatchDimError, match="did not confirm them as samples"):
+        apply_drop_path(model, 0.3, example_inputs={"lengths": LENGTHS, "patches": _inputs()[0]})
+    snapshot.assert_same()
+    # Patches first: their rows would pass as a batch, but the boundaries show they are not samples.
+    with pytest.raises(NoResidualBranchError, match="blocks.0.attn: the branch runs on a packed stream .*did not confirm"):
+        apply_drop_path(model, 0.3, example_inputs=_inputs())
+    snapshot.assert_same()
+
+
+def test_remove_is_an_exact_undo_of_the_block_pre_hooks():
+    torch.manual_seed(0)
+    model = _Tower(depth=2)
+    snapshot = ModelSnapshot(model)
+    apply_drop_path(model, 0.3, example_inputs=_inputs())
+    assert len(model.blocks[0]._forward_pre_hooks) == 2  # one per branch DropPath
+    remove_drop_path(model)
+    snapshot.assert_same()
+
+
+def test_skip_mode_masks_packed_branches_and_says_why():
+    torch.manual_seed(0)
+    model = _Tower(depth=2)
+    report = apply_drop_path(model, 0.3, schedule="uniform", skip_dropped=True, example_inputs=_inputs())
+    assert {s.compute for s in report.sites} == {"mask"}
+    assert "packed stream" in str(report)
+    model.train()
+    patches, lengths = _inputs(torch.tensor([4, 4, 4]))
+    assert model(patches, lengths).shape == (12, DIM)
+
+
+def test_packed_on_the_meta_device_asks_for_a_real_device():
+    with torch.device("meta"):
+        model = _Tower(depth=1, leaks=True)  # the segment loop reads values, which meta tensors have not
+        patches = torch.randn(22, 12)
+    with pytest.raises(BatchDimError, match="meta device has no values"):
+        apply_drop_path(model, 0.3, example_inputs={"lengths": LENGTHS.to("meta"), "patches": patches})
