@@ -135,6 +135,22 @@ def test_a_packed_vision_tower_alone_is_dropped_per_image():
     assert 40 < sum(dropped) < 120  # 160 image draws at rate 0.5: mean 80, sd 6.3
 
 
+def test_qwen2_5_vl_window_blocks_are_left_out_and_its_full_attention_blocks_dropped_per_image():
+    # Window blocks are called with window boundaries, finer than the images' (full-attention blocks):
+    # dropping per window would drop parts of an image, and the images' boundaries never reach them.
+    config = T.Qwen2_5_VLVisionConfig(
+        depth=4, hidden_size=32, out_hidden_size=32, intermediate_size=64, num_heads=2, patch_size=4,
+        spatial_merge_size=2, temporal_patch_size=2, window_size=16, fullatt_block_indexes=[3],
+    )
+    model = T.Qwen2_5_VisionTransformerPretrainedModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["grid_thw"].tolist() == [[1, 8, 8]] * 4  # two 4-patch windows a side, not one window an image
+    with pytest.warns(UserWarning, match=r"6 residual branches .*finer boundaries \(attention windows\)"):
+        report = apply_drop_path(model, 0.1)
+    assert [(s.block_path, s.packed) for s in report.sites] == [("blocks.3", True)] * 2
+    assert len(report.skipped) == 6 and all(s.path.startswith(("blocks.0.", "blocks.1.", "blocks.2.")) for s in report.skipped)
+
+
 def test_a_qwen2_vl_style_vision_tower_gets_patches_and_grid_it_runs_on():
     # One packed sequence, no batch dimension: the inputs give the grid first, and cu_seqlens split the images.
     config = T.Glm4vVisionConfig(

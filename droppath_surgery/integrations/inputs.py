@@ -176,12 +176,16 @@ GRID_IMAGES = 2  # images per sample in packed patches: the grid has as many row
 def _patch_rows(vision: Any, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> tuple[Tensor, Tensor]:
     """Qwen2-VL-style flattened patches: one row of ``channels x temporal_patch_size x patch_size**2`` values
     per patch, every image's patches concatenated (no batch dimension), and the ``(t, h, w)`` grid of each
-    image. One frame per image, a grid of ``GRID_SIDE x spatial_merge_size`` patches a side, ``GRID_IMAGES``
-    images per sample."""
+    image. One frame per image, a grid of ``GRID_SIDE x spatial_merge_size`` patches a side (at least two
+    attention windows of ``window_size`` pixels, Qwen2.5-VL's: windows as large as the image would leave the
+    engine unable to tell them from the images), ``GRID_IMAGES`` images per sample."""
     merge = _field(vision, "spatial_merge_size", "merge_size") or 1
     temporal = _field(vision, "temporal_patch_size") or 1
     channels = _field(vision, "in_channels", "num_channels", "in_chans") or 3
     side = GRID_SIDE * merge
+    window = _field(vision, "window_size") or 0
+    if isinstance(window, int) and window >= vision.patch_size:
+        side = max(side, -(-2 * (window // vision.patch_size) // merge) * merge)
     grid = torch.tensor([[1, side, side]] * (EXAMPLE_BATCH * GRID_IMAGES), dtype=torch.long)
     rows = torch.randn(len(grid) * side * side, channels * temporal * vision.patch_size**2, generator=gen)
     return rows.to(device, dtype), grid.to(device)
