@@ -81,16 +81,21 @@ CI_SUBSET = {
     # attention and MLP outputs, pieces of one fused projection, summed inside the branch (was read as a fork).
     "timm": ["maxvit_pico_rw_256", "samvit_base_patch16", "poolformer_s12", "vit_pwee_patch16_reg1_gap_256"],
     # GPT-NeoX: both branches of every decoder layer (issue 14); Swin: HF's slots carried, and the MLP
-    # branches HF does not drop found as well; Qwen2.5-VL: the text blocks patched, the packed vision tower
-    # left out (it failed the whole model with BatchDimError).
+    # branches HF does not drop found as well; Qwen2.5-VL: the text blocks patched (a packed vision tower
+    # once failed the whole model with BatchDimError), and the tower's full-attention blocks dropped per image.
+    # GLM-4V's vision tower alone: packed patches of all images, dropped per image through the cu_seqlens its
+    # blocks are called with; Qwen2.5-VL's: the same, with its window blocks (finer boundaries) left out.
     # HiggsAudio: its MLP residuals on the text rows, h[~m] += mlp(norm(h[~m])), two gathers of the same rows
     # (a rule for ViT-22B's split pieces first took them for pieces of one branch and lost them).
     # Grounding DINO: HF's slots on its fusion layer's residual, on that layer's own LayerNorm output.
-    "hf": ["gpt_neox", "swin", "qwen2_5_vl", "higgs_audio_v2", "grounding-dino"],
+    "hf": ["gpt_neox", "swin", "qwen2_5_vl", "higgs_audio_v2", "grounding-dino", "glm4v_vision", "qwen2_5_vl_vision"],
     # a head whose inputs are (B, choices, L)
     "hf-heads": ["bert/BertForMultipleChoice"],
 }
 CI_DECODERS = ["gpt_neox", "higgs_audio_v2"]
+# Sites with packed towers: Qwen2.5-VL 4 text (2 layers x 2) + 8 vision (4 full-attention blocks x 2), its tower
+# alone 8, GLM-4V's tower 2 in each of its 24 blocks.
+CI_SITES = {"qwen2_5_vl": 12, "qwen2_5_vl_vision": 8, "glm4v_vision": 48}
 
 
 @dataclass
