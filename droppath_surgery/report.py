@@ -45,7 +45,8 @@ class Site:
         stack: the chain of blocks linked by one residual stream this branch belongs to (an
             encoder and a decoder, or two towers, are two stacks).
         rows_per_sample: how many consecutive entries of ``batch_dim`` belong to one sample (its
-            attention windows, all dropped together); 1 for a plain batch dimension.
+            attention windows, or the frames / token positions a video model folds into the batch,
+            all dropped together); 1 for a plain batch dimension.
         packed: ``batch_dim`` holds the rows of several samples one after another (a vision tower's
             patches of all images in one sequence); each call of the block gives their boundaries,
             and each sample's rows share one decision.
@@ -149,7 +150,7 @@ class DropPathReport:
                 str(s.branch),
                 f"{s.rate:.4f}",
                 f"{s.kind} {s.replaced}",
-                str(s.batch_dim) + (f" ({s.rows_per_sample} windows)" if s.rows_per_sample > 1 else "")
+                str(s.batch_dim) + (f" ({s.rows_per_sample} rows a sample)" if s.rows_per_sample > 1 else "")
                 + (" (packed)" if s.packed else ""),
                 "x".join(str(d) for d in s.shape),
                 s.path + "".join(f"[{i!r}]" for i in s.output_index),

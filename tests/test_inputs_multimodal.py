@@ -151,6 +151,35 @@ def test_qwen2_5_vl_window_blocks_are_left_out_and_its_full_attention_blocks_dro
     assert len(report.skipped) == 6 and all(s.path.startswith(("blocks.0.", "blocks.1.", "blocks.2.")) for s in report.skipped)
 
 
+def test_a_video_model_gets_a_clip_of_its_frames_in_the_layout_it_runs_on():
+    # VideoPrism takes pixel_values_videos (B, T, C, H, W): num_frames frames of image_size, factorized
+    # spatial then temporal encoders, both patched.
+    config = T.VideoPrismVisionConfig(
+        image_size=36, num_frames=3, tubelet_size=[1, 18, 18], hidden_size=32, num_attention_heads=2,
+        intermediate_size=64, num_spatial_layers=2, num_temporal_layers=1, num_auxiliary_layers=1,
+    )
+    model = T.VideoPrismVisionModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert list(kwargs) == ["pixel_values_videos"] and kwargs["pixel_values_videos"].shape == (2, 3, 3, 36, 36)
+    report = apply_drop_path(model, 0.1)
+    assert report.verified is True and len(report.sites) == 6  # 2 spatial + 1 temporal layers, 2 branches each
+    # The spatial layers run (B x frames) rows, the temporal ones (B x token positions): each sample's rows are
+    # consecutive (a check pass shows it), and share one decision: never one frame or one position alone.
+    assert [s.rows_per_sample for s in report.sites] == [3, 3, 3, 3, 4, 4]
+    apply_drop_path(model, 0.5, schedule="uniform")  # rescheduled: every branch at 0.5
+    model.train()
+    clip = kwargs["pixel_values_videos"].repeat(16, 1, 1, 1, 1)  # 32 videos
+    seen = []
+    drop = report.sites[4].path
+    model.get_submodule(drop).register_forward_hook(lambda m, a, out: seen.append((a[0], out)))
+    with torch.no_grad():
+        model(pixel_values_videos=clip)
+    x, out = seen[0]
+    dropped = (out == 0).flatten(1).all(1).view(32, 4)
+    assert (dropped.all(1) | (~dropped).all(1)).all()  # all 4 positions of a video together
+    assert 0 < int(dropped.all(1).sum()) < 32  # 32 draws at 0.5: all-equal has probability 2 ** -31
+
+
 def test_a_qwen2_vl_style_vision_tower_gets_patches_and_grid_it_runs_on():
     # One packed sequence, no batch dimension: the inputs give the grid first, and cu_seqlens split the images.
     config = T.Glm4vVisionConfig(

@@ -208,3 +208,54 @@ def test_packed_on_the_meta_device_asks_for_a_real_device():
         patches = torch.randn(22, 12)
     with pytest.raises(BatchDimError, match="meta device has no values"):
         apply_drop_path(model, 0.3, example_inputs={"lengths": LENGTHS.to("meta"), "patches": patches})
+
+
+class _FrameBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(DIM, DIM)
+        self.mlp = nn.Sequential(nn.Linear(DIM, 2 * DIM), nn.GELU(), nn.Linear(2 * DIM, DIM))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (frames, tokens, DIM): attention within each frame
+        x = x + self.proj(torch.softmax(x @ x.transpose(1, 2) / 4, dim=-1) @ x)
+        return x + self.mlp(x)
+
+
+class _FrameEncoder(nn.Module):
+    """A video model's spatial layers: every frame of every clip on its own, ``B x T`` rows (clip-major), or
+    ``T x B`` rows (frame-major: a sample's rows are not consecutive)."""
+
+    def __init__(self, frame_major: bool = False) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(_FrameBlock() for _ in range(2))
+        self.frame_major = frame_major
+
+    def forward(self, clip: torch.Tensor) -> torch.Tensor:  # (B, T, tokens, DIM)
+        x = clip.transpose(0, 1) if self.frame_major else clip
+        x = x.reshape(-1, *clip.shape[2:])
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def test_frames_folded_into_the_batch_share_their_clips_decision():
+    torch.manual_seed(0)
+    model = _FrameEncoder()
+    report = apply_drop_path(model, 0.5, schedule="uniform", example_inputs=torch.randn(2, 3, 5, DIM))
+    assert [s.rows_per_sample for s in report.sites] == [3] * 4 and "0 (3 rows a sample)" in str(report)
+    model.train()
+    seen = []
+    model.blocks[0].mlp.register_forward_hook(lambda m, a, out: seen.append(out))
+    model(torch.randn(64, 3, 5, DIM))
+    dropped = (seen[0] == 0).flatten(1).all(1).view(64, 3)
+    assert (dropped.all(1) | (~dropped).all(1)).all(), "frames of one clip got different decisions"
+    assert 10 < int(dropped.all(1).sum()) < 54  # 64 clips at 0.5: mean 32, sd 4
+
+
+def test_frames_folded_frame_major_are_not_grouped_and_the_error_says_why():
+    torch.manual_seed(0)
+    model, clip = _FrameEncoder(frame_major=True), torch.randn(2, 3, 5, DIM)
+    snapshot = ModelSnapshot(model)
+    with pytest.raises(NoResidualBranchError, match="folds each sample's frames or tokens in with it"):
+        apply_drop_path(model, 0.5, example_inputs=clip)
+    snapshot.assert_same()

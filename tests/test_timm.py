@@ -199,5 +199,14 @@ def test_branches_through_layout_operations_match_timms_slots(name, kwargs):
     if name == "rexnet_100":  # no slot in a build without drop path: hooks, compared per block
         theirs = timm_rates_by_block(oracle, x)
         assert {s.block_path: s.rate for s in report.sites} == pytest.approx(theirs, abs=1e-6)
+    elif name.startswith("tnt"):
+        # timm's one slot per block drops 4 branches: 2 on the patch stream (B, 197, D) and 2 on the pixel stream
+        # (B x 196 patches, 16, d), which timm drops per patch. We drop per image: the pixel branches carry one
+        # decision for the 196 rows of an image (a check pass shows they are consecutive), so they need hooks of
+        # their own, and the slot is not used.
+        assert {s.block_path for s in report.sites} == {b.removesuffix(".drop_path") for b in timm_slots(oracle)}
+        assert [(s.path.split(".")[-1], s.rows_per_sample) for s in report.sites[:4]] == [
+            ("attn_in", 196), ("mlp_in", 196), ("attn_out", 1), ("mlp", 1)
+        ]
     else:  # the same slots (NextViT scales its mhsa/mhca rates by 0.75/0.25 within a block: not compared)
         assert set(our_rates(model)) == set(timm_slots(oracle))

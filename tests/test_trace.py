@@ -657,7 +657,7 @@ def test_branch_on_windows_drops_all_windows_of_a_sample_together_never_one_wind
     # 4 windows per sample: the replayed layout maps windows 0-3 to sample 0, 4-7 to sample 1, ...
     report = apply_drop_path(model, 0.5, schedule="uniform", example_inputs=torch.randn(2, 4, 4, 8))
     assert [(s.path, s.batch_dim, s.rows_per_sample) for s in report.sites] == [("0.attn.2", 0, 4), ("1.attn.2", 0, 4)]
-    assert "0 (4 windows)" in str(report)
+    assert "0 (4 rows a sample)" in str(report)
     model.train()
     x = torch.randn(64, 4, 4, 8)
     out = model[0](x)  # x + branch: a dropped sample is exactly its input, at every window

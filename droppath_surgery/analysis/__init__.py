@@ -15,8 +15,15 @@ from torch import nn
 
 from ..errors import BatchDimError, ExampleInputsError
 from ..isolation import rng_restored
+from .batch import (
+    FOLDED_REASON,
+    PACKED_REASON,
+    WATCHED_SAMPLE,
+    assign_batch_dims,
+    candidate_batch_sizes,
+    group_folded_rows,
+)
 from .batch import NOT_PER_SAMPLE as NOT_MAPPED
-from .batch import PACKED_REASON, WATCHED_SAMPLE, assign_batch_dims, candidate_batch_sizes
 from .blocks import Branch, ModuleIndex, find_branches, number_units
 from .merges import find_merges
 from .packed import CONFLICTING_REASON, UNCONFIRMED_REASON, WINDOWED_REASON, Segments, find_segments, packs_rows
@@ -26,7 +33,7 @@ from .stacks import find_stacks
 __all__ = ["Analysis", "AnalysedBranch", "analyse", "NOT_PER_SAMPLE", "Segments"]
 
 # Why a block branch that was found has no drop path: degraded results, which apply_drop_path warns of.
-NOT_PER_SAMPLE = NOT_MAPPED | {WINDOWED_REASON, CONFLICTING_REASON, UNCONFIRMED_REASON}
+NOT_PER_SAMPLE = NOT_MAPPED | {FOLDED_REASON, WINDOWED_REASON, CONFLICTING_REASON, UNCONFIRMED_REASON}
 
 
 @dataclass(frozen=True)
@@ -80,24 +87,27 @@ def analyse(model: nn.Module, args: tuple, kwargs: dict, *, batch_dim: int | Non
         branches, recording, probe, args, kwargs, batch_dim=batch_dim, inputs_batch_first=inputs_batch_first
     )
     per_branch: list = list(dims.per_branch)
+
+    def run(hooks: list, a: tuple = args, k: dict = kwargs) -> None:
+        handles = [
+            m.register_forward_pre_hook(fn, with_kwargs=True) if kind == "pre" else m.register_forward_hook(fn)
+            for m, kind, fn in hooks
+        ]
+        try:
+            with rng_restored(model, (a, k)):
+                model(*a, **k)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    if dims.input_dim is not None:  # a batch dimension that folds each sample's frames or tokens in with it
+        for i, found in group_folded_rows(branches, per_branch, run, args, kwargs, dims.input_dim).items():
+            per_branch[i] = found
     packed = [
         i for i, found in enumerate(per_branch)
         if found == PACKED_REASON or (not isinstance(found, str) and found[2] == 1 and packs_rows(branches[i], found[0]))
     ]
     if packed:
-
-        def run(hooks: list) -> None:
-            handles = [
-                m.register_forward_pre_hook(fn, with_kwargs=True) if kind == "pre" else m.register_forward_hook(fn)
-                for m, kind, fn in hooks
-            ]
-            try:
-                with rng_restored(model, (args, kwargs)):
-                    model(*args, **kwargs)
-            finally:
-                for handle in handles:
-                    handle.remove()
-
         for i, seg in zip(packed, find_segments([branches[i] for i in packed], recording, run)):
             if isinstance(seg, Segments):
                 per_branch[i] = (seg.dim, branches[i].merge.shape, 1, seg)

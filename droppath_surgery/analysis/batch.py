@@ -25,18 +25,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .. import nested
 from ..checks import check_batch_dim
 from ..errors import BatchDimError
-from ..sketch import agree
+from ..sketch import agree, tolerance
 from .blocks import Branch
 from .merges import find_merges
 from .record import Recording
 
 __all__ = [
-    "BatchDims", "assign_batch_dims", "candidate_batch_sizes", "map_batch_tensors", "NOT_PER_SAMPLE", "PACKED_REASON",
+    "BatchDims", "assign_batch_dims", "candidate_batch_sizes", "group_folded_rows", "map_batch_tensors", "FOLDED_REASON", "NOT_PER_SAMPLE", "PACKED_REASON",
     "UNMAPPED_REASON", "WATCHED_SAMPLE",
 ]
 
@@ -50,6 +50,10 @@ PACKED_REASON = (
     "no dimension of the branch's stream has the batch size: the stream packs or folds the samples together "
     "(e.g. a vision tower that runs the patches of all images as one sequence), and its block is not called "
     "with the samples' boundaries (cu_seqlens), so the branch cannot be dropped per sample"
+)
+FOLDED_REASON = (
+    "the branch's batch dimension folds each sample's frames or tokens in with it (B x T rows), and a check pass "
+    "did not confirm that each sample's rows are consecutive, so no decision per sample can be placed"
 )
 PACKED = -1  # the batch dimension of a packed branch
 # Why a block branch that was found has no drop path: degraded results, which apply_drop_path warns of.
@@ -303,3 +307,60 @@ def assign_batch_dims(
         f"{candidates}; example input shape {tuple(tensors[0].shape)}); pass batch_dim= (0 for (N, ...) "
         f"layouts, 1 for sequence-first (L, N, D)), and use an example batch of at least 2 samples."
     )
+
+
+def group_folded_rows(
+    branches: list[Branch], per_branch: list, run: Callable[..., None], args: tuple, kwargs: dict, input_dim: int
+) -> dict[int, tuple[int, tuple, int] | str]:
+    """Branches whose batch dimension grew with the batch but holds ``k`` rows per sample (a video model's
+    spatial layers run ``B x T`` frames, its temporal layers ``B x N`` token positions): each sample's rows must
+    be consecutive, as a check pass shows (sample 0 of the inputs changed: rows ``[0, k)`` change and no other
+    row does). Returns, per such branch, ``(dim, shape, k)`` (one decision for ``k`` rows) or ``FOLDED_REASON``
+    (also on the meta device, where there are no values to check)."""
+    tensors = [t for t in nested.tensors((args, kwargs)) if t.ndim > input_dim]
+    if not tensors:
+        return {}
+    batch = tensors[0].shape[input_dim]
+    folded: dict[int, int] = {}
+    for i, found in enumerate(per_branch):
+        if isinstance(found, str) or found[2] != 1 or branches[i].merge.layout:
+            continue
+        size = found[1][found[0]]
+        if size != batch and batch > 0:
+            folded[i] = size // batch if size % batch == 0 else 0
+    if not folded:
+        return {}
+    out: dict[int, tuple[int, tuple, int] | str] = {i: FOLDED_REASON for i in folded}
+    checked = {i: k for i, k in folded.items() if k > 1}
+    if batch < 2 or not checked or tensors[0].device.type == "meta":
+        return out
+    reference: dict[int, Tensor] = {}
+    perturbed: dict[int, Tensor] = {}
+
+    def capture(store: dict) -> list:
+        hooks = []
+        for i in checked:
+            end = branches[i].ends[0]
+            calls = [0]
+
+            def keep(module: nn.Module, a: Any, output: Any, i: int = i, end: Any = end, calls: list = calls) -> None:
+                if calls[0] == end.call:
+                    store[i] = nested.get_at(output, end.output_index).detach().clone()
+                calls[0] += 1
+
+            hooks.append((end.module, "forward", keep))
+        return hooks
+
+    gen = torch.Generator().manual_seed(2)
+    run(capture(reference))
+    run(capture(perturbed), _perturb_first_sample(args, input_dim, batch, gen), _perturb_first_sample(kwargs, input_dim, batch, gen))
+    for i, k in checked.items():
+        dim = per_branch[i][0]
+        a, b = reference.get(i), perturbed.get(i)
+        if a is None or b is None or a.shape != b.shape or not a.is_floating_point():
+            continue
+        diff = (a.double() - b.double()).abs().movedim(dim, 0).flatten(1).amax(1)
+        scale = max(1.0, a.double().abs().max().item())
+        if diff[:k].max().item() > 0 and diff[k:].max().item() <= tolerance(a.dtype) * scale:
+            out[i] = (dim, per_branch[i][1], k)
+    return out

@@ -21,6 +21,9 @@ model's device and in its floating dtype:
   patches (``spatial_shapes``), LLaVA-NeXT crops (``config.image_grid_pinpoints``: an image of the first
   pinpoint's size, with ``image_sizes``), else ``(B, C, H, W)`` then ``(B, 1, C, H, W)`` (Idefics), each with
   ``image_sizes`` where the forward takes them. If every layout fails, ``ExampleInputsError`` says why;
+* Hugging Face video models taking ``pixel_values_videos`` (VideoPrism, V-JEPA 2): a clip of
+  ``num_frames`` (``frames_per_clip``) frames of ``image_size`` (``crop_size``), ``(B, T, C, H, W)`` or
+  ``(B, C, T, H, W)``, the first the forward runs on;
 * Hugging Face audio: ``input_features`` of ``num_mel_bins`` (``input_feat_size``,
   ``input_feat_per_channel``; in ``audio_config`` / ``encoder_config`` if there) mel bins, ``(B, mel,
   2 x max_source_positions)`` for Whisper-style configs, else ``2 x n_window`` (or ``AUDIO_FRAMES``) frames
@@ -234,6 +237,20 @@ def _pixel_candidates(model: nn.Module, vision: Any, params: Any, device: torch.
     return [{"pixel_values": pixels, **extra} for pixels in (image, image.unsqueeze(1)) for extra in sizes]
 
 
+def _video_candidates(config: Any, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> list[dict[str, Tensor]]:
+    """A clip for a video model's ``pixel_values_videos``: ``num_frames`` (``frames_per_clip``) frames of
+    ``image_size`` (``crop_size``), as ``(B, T, C, H, W)`` or ``(B, C, T, H, W)``; [] when the config says too little."""
+    video = _field(config, "vision_config", "video_config")
+    video = video if _field(video, "num_frames", "frames_per_clip") is not None else config
+    frames = _field(video, "num_frames", "frames_per_clip")
+    size = _field(video, "image_size", "crop_size")
+    if not isinstance(frames, int) or frames < 1 or size is None:
+        return []
+    channels = _field(video, "num_channels", "in_channels", "in_chans") or 3
+    clip = torch.randn(EXAMPLE_BATCH, frames, channels, *_pair(size), generator=gen).to(device, dtype)
+    return [{"pixel_values_videos": clip}, {"pixel_values_videos": clip.transpose(1, 2).contiguous()}]
+
+
 _IMAGE_TOKEN = ("image_token_id", "image_token_index")
 _IMAGE_START = ("vision_start_token_id", "image_start_token_id", "boi_token_id", "boi_token_index")
 _IMAGE_END = ("vision_end_token_id", "image_end_token_id", "eoi_token_id", "eoi_token_index")
@@ -416,10 +433,12 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
                     f"example_inputs= with 'pixel_values' and 'input_ids' holding one image token per image feature."
                 )
         kwargs.update(image)
-    audio = _audio_candidates(config, params, main, device, dtype, gen)
-    if audio:
-        kwargs.update(audio[0])
-    if takes_ids and (main == "input_ids" or "pixel_values" in kwargs):
+    media = _audio_candidates(config, params, main, device, dtype, gen)  # the layouts the forward may take
+    if not media and "pixel_values_videos" in params and (main == "pixel_values_videos" or "pixel_values_videos" in required):
+        media = _video_candidates(config, device, dtype, gen)
+    if media:
+        kwargs.update(media[0])
+    if takes_ids and (main == "input_ids" or "pixel_values" in kwargs or "pixel_values_videos" in kwargs):
         spread = max(image_tokens) - min(image_tokens) if image_tokens else 0  # text that evens out the rows
         ids = _tokens(model, text, device, gen, length=TEXT_LENGTH + spread)
         if image_tokens is not None:
@@ -446,8 +465,8 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
         kwargs["decoder_input_ids"] = decoder
         if "decoder_attention_mask" in params:
             kwargs["decoder_attention_mask"] = _padding_mask(decoder, left=False)
-    if len(audio) > 1:
-        kwargs = _first_running(model, {k: v for k, v in kwargs.items() if k not in audio[0]}, audio)
+    if len(media) > 1:
+        kwargs = _first_running(model, {k: v for k, v in kwargs.items() if k not in media[0]}, media)
     missing = [n for n in required if n not in kwargs]
     if main in params and main not in kwargs and main not in missing:
         # the main input left out: the forward may run without it (Moonshine's decoder alone), on part of the model

@@ -23,7 +23,8 @@ def sync_drop_path_masks(model: Any, group: Any = None, *, enabled: bool = True)
     masks (the draw is repeated from the restored RNG and broadcast again).
 
     Every rank must run the same DropPath calls in the same order with the same batch size (DDP
-    and FSDP training does). A dedicated group (``torch.distributed.new_group()``) keeps these
+    and FSDP training does; a packed vision tower draws one number per image, so every rank must
+    then hold the same number of images). A dedicated group (``torch.distributed.new_group()``) keeps these
     broadcasts apart from DDP's gradient all-reduces. Returns the number of DropPath modules set.
 
     Args:

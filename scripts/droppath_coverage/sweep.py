@@ -354,8 +354,8 @@ _TINY = {
     # latent / partial rotary attention (DeepSeek, GPT-J, CodeGen)
     "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16, "kv_lora_rank": 32, "q_lora_rank": 32,
     "rotary_dim": 8, "hidden_size_per_layer_input": 16,
-    # images (EfficientNet's default config is at 600 px)
-    "image_size": 224,
+    # images (EfficientNet's default config is at 600 px), video clips (V-JEPA 2's 64 frames)
+    "image_size": 224, "frames_per_clip": 8,
 }
 _LAYERS_ONLY = {k: v for k, v in _TINY.items() if k in (
     "num_hidden_layers", "num_layers", "encoder_layers", "decoder_layers", "num_encoder_layers",
