@@ -271,8 +271,8 @@ def test_codecs_get_a_waveform_of_a_few_hops():
     _patch(model)
 
 
-def test_a_model_whose_config_does_not_size_its_input_gets_an_error_naming_it():
-    # PE Audio's encoder takes a waveform but its config has no hop, frame size or sampling rate.
+def test_a_waveform_whose_config_names_no_rate_is_one_second_of_speech():
+    # PE Audio's encoder takes a waveform but its config has no hop, frame size or sampling rate: 16 kHz.
     model = T.PeAudioEncoder(
         T.PeAudioEncoderConfig(
             hidden_size=32,
@@ -283,15 +283,26 @@ def test_a_model_whose_config_does_not_size_its_input_gets_an_error_naming_it():
             head_dim=8,
         )
     )
-    with pytest.raises(ExampleInputsError, match="'input_values'"):
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["input_values"].shape[-1] == 16_000
+    _patch(model)
+
+
+def test_a_model_whose_input_no_rule_builds_gets_an_error_naming_it():
+    model = T.DecisionTransformerModel(T.DecisionTransformerConfig(state_dim=3, act_dim=2, hidden_size=32, n_layer=1, n_head=2))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ExampleInputsError, match=r"takes 'states'.*pass example_inputs="):
         build_example_inputs(model)
-    with pytest.raises(ExampleInputsError, match="'input_values'"):
+    with pytest.raises(ExampleInputsError, match=r"takes 'states'.*pass example_inputs="):
         apply_drop_path(model, 0.1)
+    assert not is_patched(model)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
-def test_a_main_input_the_forward_does_not_require_is_still_built_or_named():
+def test_a_main_input_the_forward_does_not_require_is_still_built():
     # Moonshine's forward takes input_values=None and runs its decoder alone without them: inputs without the
-    # audio would patch the decoder only, silently leaving the encoder out. Its config sizes no waveform.
+    # audio would patch the decoder only, silently leaving the encoder out. Its config sizes no waveform: 1 s
+    # at 16 kHz, and both stacks are patched.
     model = T.MoonshineModel(
         T.MoonshineConfig(
             vocab_size=99,
@@ -303,6 +314,21 @@ def test_a_main_input_the_forward_does_not_require_is_still_built_or_named():
             decoder_num_attention_heads=4,
         )
     )
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["input_values"].shape == (2, 16_000) and "decoder_input_ids" in kwargs
+    report = _patch(model)
+    assert {s.path.split(".")[0] for s in report.sites} == {"encoder", "decoder"}
+
+
+def test_a_main_input_the_forward_does_not_require_is_named_where_it_cannot_be_built(monkeypatch):
+    # As if no audio rule sized Moonshine's waveform: the decoder alone would run, so the error names the input.
+    import droppath_surgery.integrations.inputs as inputs
+
+    model = T.MoonshineModel(
+        T.MoonshineConfig(vocab_size=99, hidden_size=32, intermediate_size=64, encoder_num_hidden_layers=1,
+                          decoder_num_hidden_layers=1, encoder_num_attention_heads=4, decoder_num_attention_heads=4)
+    )
+    monkeypatch.setattr(inputs, "_audio_candidates", lambda *a, **k: [])
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ExampleInputsError, match=r"MoonshineModel takes 'input_values'.*pass example_inputs="):
         apply_drop_path(model, 0.1)

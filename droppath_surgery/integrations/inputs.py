@@ -25,14 +25,14 @@ model's device and in its floating dtype:
   ``num_frames`` (``frames_per_clip``) frames of ``image_size`` (``crop_size``), ``(B, T, C, H, W)`` or
   ``(B, C, T, H, W)``, the first the forward runs on;
 * Hugging Face audio: ``input_features`` of ``num_mel_bins`` (``input_feat_size``,
-  ``input_feat_per_channel``; in ``audio_config`` / ``encoder_config`` if there) mel bins, ``(B, mel,
-  2 x max_source_positions)`` for Whisper-style configs, else ``2 x n_window`` (or ``AUDIO_FRAMES``) frames
+  ``input_feat_per_channel``, ``feature_projection_input_dim``; in ``audio_config`` / ``encoder_config``
+  if there) mel bins, ``(B, mel, 2 x max_source_positions)`` for Whisper-style configs, else ``2 x n_window`` (or ``AUDIO_FRAMES``) frames
   as ``(B, T, mel)`` or ``(B, mel, T)``, the first the forward runs on (a trial forward in eval mode, the
   global RNG restored), with all-valid ``input_features_mask`` / ``feature_attention_mask``;
   ``input_values``: a spectrogram ``(B, max_length, mel)`` where the config has both (AST), raw audio for
   wav2vec2-style ``conv_kernel``/``conv_stride`` and for codecs (``AUDIO_HOPS`` x ``hop_length`` /
-  ``frame_size`` / the product of the sampling ratios, else 1 s at ``sampling_rate``), as ``(B, T)`` or
-  ``(B, audio_channels, T)``, again the first the forward runs on;
+  ``frame_size`` / the product of the sampling ratios, else 1 s at ``sampling_rate``, else at 16 kHz), as
+  ``(B, T)`` or ``(B, audio_channels, T)``, again the first the forward runs on;
 * torchvision classification models: 224 x 224 (299 for Inception v3, ``image_size`` for ViT).
 
 Anything else needs ``example_inputs=``: ``ExampleInputsError`` names the arguments it could not build, the
@@ -316,6 +316,7 @@ def _with_image_tokens(ids: Tensor, counts: list[int], images: int, token: int, 
 
 AUDIO_FRAMES = 64  # spectrogram frames of an example clip (8 after the usual 8x subsampling)
 AUDIO_HOPS = 4  # codec frames of an example waveform
+SPEECH_RATE = 16_000  # samples a second of a waveform whose config names no rate (Moonshine): the usual speech rate
 _FEATURE_MASKS = ("input_features_mask", "feature_attention_mask")  # 1 = a valid frame
 
 
@@ -324,7 +325,7 @@ def _audio_candidates(config: Any, params: Any, main: str, device: torch.device,
     """Audio inputs in the layouts the config allows (the forward picks one: see ``_first_running``); [] when
     the config says too little."""
     audio = _field(config, "audio_config", "encoder_config") or config
-    mel = _field(audio, "num_mel_bins", "input_feat_size", "input_feat_per_channel")
+    mel = _field(audio, "num_mel_bins", "input_feat_size", "input_feat_per_channel", "feature_projection_input_dim")
     if main == "input_features" and mel:
         # Whisper-style encoders take exactly 2 x their positions; chunked ones (Qwen3-ASR) whole windows
         whisper = _field(audio, "max_source_positions") if _has(audio, "num_mel_bins") else None
@@ -342,12 +343,10 @@ def _audio_candidates(config: Any, params: Any, main: str, device: torch.device,
         return [{"input_values": torch.randn(EXAMPLE_BATCH, length, mel, generator=gen).to(device, dtype)}]
     if _has(audio, "conv_kernel", "conv_stride"):  # wav2vec2, HuBERT: raw audio
         samples = _audio_samples(audio)
-    else:  # codecs: a few frames of their hop (or 1 s at their sampling rate)
+    else:  # codecs: a few frames of their hop (or 1 s at their sampling rate, else at SPEECH_RATE)
         ratios = _field(audio, "downsampling_ratios", "upsampling_ratios")
         hop = _field(audio, "hop_length", "frame_size") or (int(torch.tensor(ratios).prod()) if ratios else None)
-        rate = _field(audio, "sampling_rate")
-        if not hop and not rate:
-            return []
+        rate = _field(audio, "sampling_rate") or SPEECH_RATE
         samples = AUDIO_HOPS * hop if hop else rate
     wave = torch.randn(EXAMPLE_BATCH, samples, generator=gen).to(device, dtype)
     channels = _field(audio, "audio_channels", "channels") or 1
