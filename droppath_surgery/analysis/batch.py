@@ -157,9 +157,11 @@ def _dims_by_size(
     for br in branches:
         matches = [d for d, n in enumerate(br.merge.shape) if n == batch]
         dims.append(matches[0] if len(matches) == 1 else None)
-    if all(d is not None for d in dims):
+    if all(d is not None for d in dims) and all(d == input_dim for d in dims):
         return dims, False  # type: ignore[return-value]
-    # Ambiguous or missing sizes: record again with the batch doubled and see which dimension doubles.
+    # Ambiguous or missing sizes, or a branch whose only dimension of the batch size is not the inputs' (a
+    # video model's temporal layers run (B x tokens, T, D): with T = B, T fits by size): record again with
+    # the batch doubled and see which dimension doubles.
     double = lambda t: torch.cat([t, t], dim=input_dim)  # noqa: E731
     try:
         doubled = _merged(probe(map_batch_tensors(args, input_dim, batch, double), map_batch_tensors(kwargs, input_dim, batch, double), frozenset()))
@@ -174,7 +176,7 @@ def _dims_by_size(
             same = [d for d in grown if all(x == y for j, (x, y) in enumerate(zip(shape, other[0])) if j != d)]
         if dims[i] is not None:
             if other is not None and dims[i] not in same:  # the batch size by chance: it did not grow with the batch
-                dims[i] = PACKED
+                dims[i] = same[0] if len(same) == 1 else PACKED  # the one that did (rows of each sample: checked later)
             continue
         if len(same) == 1:
             dims[i] = same[0]
