@@ -515,6 +515,12 @@ def _fit_image_tokens(values: dict, out: dict) -> None:
         if side and per_side and side % per_side:
             per_side = max(d for d in range(1, min(side, per_side) + 1) if side % d == 0)
             out["mm_tokens_per_image"] = per_side * per_side
+    # LLaVA-NeXT's "anyres" resolutions are multiples of the tower's image size: they shrink with it
+    pinpoints = values.get("image_grid_pinpoints")
+    before = (values.get("vision_config") or {}).get("image_size")
+    after = vision.get("image_size") if isinstance(vision, dict) else None
+    if isinstance(pinpoints, list) and pinpoints and _is_size(before) and _is_size(after) and after != before:
+        out["image_grid_pinpoints"] = [[h * after // before, w * after // before] for h, w in pinpoints]
     # A pixel shuffle of the patch grid (Idefics3's and SmolVLM's scale_factor): patches per side a multiple of it
     scale = values.get("scale_factor")
     if _is_size(scale) and scale > 1 and isinstance(vision, dict) and _is_size(vision.get("image_size")) \
