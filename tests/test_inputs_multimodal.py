@@ -336,6 +336,21 @@ def test_a_main_input_the_forward_does_not_require_is_named_where_it_cannot_be_b
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
+def test_instructblip_gets_its_q_former_instruction_and_a_placeholder_per_query():
+    config = T.InstructBlipConfig(
+        vision_config=dict(VISION, intermediate_size=64, image_size=32, patch_size=8, num_hidden_layers=1),
+        qformer_config=dict(VISION, num_hidden_layers=1, encoder_hidden_size=32, vocab_size=99),
+        text_config=dict(model_type="opt", vocab_size=99, hidden_size=32, ffn_dim=64, num_hidden_layers=1,
+                         num_attention_heads=4, word_embed_proj_dim=32),
+        num_query_tokens=4, image_token_index=IMAGE_TOKEN,
+    )
+    model = T.InstructBlipModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["qformer_input_ids"].shape[0] == 2 and int(kwargs["qformer_input_ids"].max()) < 99
+    assert _image_tokens(kwargs) == [4, 4]
+    _patch(model)
+
+
 def test_a_vlm_whose_config_has_no_image_token_gets_an_error_naming_the_field_and_the_fix_works():
     # Blip-2's default config leaves image_token_id None; its forward compares input_ids with it and fails deep
     # inside (a bool has no unsqueeze). The error names the field; setting it as told makes the model patchable.
@@ -352,8 +367,14 @@ def test_a_vlm_whose_config_has_no_image_token_gets_an_error_naming_the_field_an
     assert not is_patched(model)
     model.config.image_token_id = IMAGE_TOKEN
     _, kwargs = build_example_inputs(model)
-    assert min(_image_tokens(kwargs)) >= 1  # placeholders in every sample (its forward scatters the queries there)
-    _patch(model)
+    # One placeholder per Q-Former query: its forward scatters the 4 queries of each image over the placeholders of
+    # the whole batch, so fewer would hand sample 0's queries to sample 1 (its get_image_features returns the
+    # vision tower's features, whose count says nothing here).
+    assert _image_tokens(kwargs) == [4, 4]
+    report = _patch(model)
+    # OPT runs its MLP on (B x L, D) rows: each sample's L consecutive rows share one decision.
+    fc2 = [s for s in report.sites if s.path.endswith("fc2")]
+    assert len(fc2) == 1 and fc2[0].rows_per_sample == kwargs["input_ids"].shape[1] and report.skipped == ()
 
 
 def test_a_config_without_a_position_limit_gets_text_of_the_usual_length():

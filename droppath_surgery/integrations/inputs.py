@@ -13,7 +13,9 @@ model's device and in its floating dtype:
   for two-tower models such as ``CLIPModel``;
 * Hugging Face vision-language models (``config.image_token_id`` / ``image_token_index`` and a forward
   taking ``input_ids``): the image is tried in the layouts below on the model's own ``get_image_features``
-  and ``input_ids`` get one image token per feature vector it returns (between the config's vision start
+  and ``input_ids`` get one image token per feature vector it returns (per query, ``num_query_tokens``, for a
+  Q-Former's: Blip-2's get_image_features returns the vision tower's features, not what takes their places;
+  InstructBLIP's Q-Former also gets its instruction, ``qformer_input_ids``) (between the config's vision start
   and end tokens, if any; random text avoids every ``*_token_id``), with ``mm_token_type_ids`` where the
   forward takes them. Layouts: Qwen2-VL flattened patches (``image_grid_thw`` / ``grid_thw`` in the
   forward: ``GRID_SIDE x spatial_merge_size`` patches a side, rows of ``channels x temporal_patch_size x
@@ -415,7 +417,10 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
                 f"it cannot take images as configured; resize the embedding (model.resize_token_embeddings) or pass "
                 f"example_inputs= with 'pixel_values' and 'input_ids'."
             )
-        if takes_ids and image_token is not None and hasattr(model, "get_image_features"):
+        queries = _field(config, "num_query_tokens")
+        if takes_ids and image_token is not None and isinstance(queries, int) and queries > 0:
+            image_tokens = [queries] * EXAMPLE_BATCH  # a Q-Former's queries take the image's places (Blip-2)
+        elif takes_ids and image_token is not None and hasattr(model, "get_image_features"):
             # a VLM: as many placeholders as the projector emits, in the first layout the model takes
             failures = []
             for layout in candidates:
@@ -459,6 +464,11 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
             types = torch.zeros_like(ids)
             types[:, ids.shape[1] // 2 :] = 1  # two segments, as in sentence-pair tasks
             kwargs["token_type_ids"] = types
+    qformer = getattr(config, "qformer_config", None)
+    if "qformer_input_ids" in params and qformer is not None and "pixel_values" in kwargs:  # InstructBLIP's instruction
+        kwargs["qformer_input_ids"] = _tokens(model, qformer, device, gen, length=TEXT_LENGTH // 2)
+        if "qformer_attention_mask" in params:
+            kwargs["qformer_attention_mask"] = torch.ones_like(kwargs["qformer_input_ids"])
     if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in params:
         decoder = _tokens(model, text, device, gen, length=TEXT_LENGTH // 2)
         kwargs["decoder_input_ids"] = decoder
