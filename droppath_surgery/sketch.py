@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["SKETCH_SIZE", "Projections", "sketch", "agree", "tolerance", "Fingerprint", "fingerprint"]
+__all__ = ["SKETCH_SIZE", "Projections", "sketch", "agree", "tolerance", "changed_only_first", "Fingerprint", "fingerprint"]
 
 SKETCH_SIZE = 8
 
@@ -64,6 +64,17 @@ def agree(want: Tensor | None, got: Tensor | None, dtype: torch.dtype) -> tuple[
     diff = (want[:, :SKETCH_SIZE] - got[:, :SKETCH_SIZE]).abs().nan_to_num(float("inf")).max().item()
     scale = max(1.0, want[:, SKETCH_SIZE].nan_to_num(0.0).max().item())
     return diff <= tolerance(dtype) * scale, diff
+
+
+def changed_only_first(before: Tensor, after: Tensor, dim: int, rows: int) -> bool:
+    """Of two passes' values of one tensor, rows ``[0, rows)`` along ``dim`` changed (by far more than any other
+    row) and no other row did, within float tolerance: the check passes that confirm which rows hold a sample."""
+    if before.shape != after.shape or not before.is_floating_point() or not 0 < rows < before.shape[dim]:
+        return False
+    diff = (before.double() - after.double()).abs().movedim(dim, 0).flatten(1).amax(1)
+    inside, outside = diff[:rows].max().item(), diff[rows:].max().item()
+    scale = max(1.0, before.double().abs().max().item())
+    return inside > 100 * outside and outside <= tolerance(before.dtype) * scale
 
 
 @dataclass(frozen=True)

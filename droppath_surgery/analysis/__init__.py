@@ -108,7 +108,7 @@ def analyse(model: nn.Module, args: tuple, kwargs: dict, *, batch_dim: int | Non
         if found == PACKED_REASON or (not isinstance(found, str) and found[2] == 1 and packs_rows(branches[i], found[0]))
     ]
     if packed:
-        for i, seg in zip(packed, find_segments([branches[i] for i in packed], recording, run)):
+        for i, seg in zip(packed, find_segments([branches[i] for i in packed], run)):
             if isinstance(seg, Segments):
                 per_branch[i] = (seg.dim, branches[i].merge.shape, 1, seg)
             else:

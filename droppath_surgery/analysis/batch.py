@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import nested
 from ..checks import check_batch_dim
 from ..errors import BatchDimError
-from ..sketch import agree, tolerance
-from .blocks import Branch
+from ..sketch import agree, changed_only_first
+from .blocks import Branch, branch_output_hooks
 from .merges import find_merges
 from .record import Recording
 
@@ -336,33 +336,15 @@ def group_folded_rows(
     checked = {i: k for i, k in folded.items() if k > 1}
     if batch < 2 or not checked or tensors[0].device.type == "meta":
         return out
+    watched = {i: branches[i] for i in checked}
     reference: dict[int, Tensor] = {}
     perturbed: dict[int, Tensor] = {}
-
-    def capture(store: dict) -> list:
-        hooks = []
-        for i in checked:
-            end = branches[i].ends[0]
-            calls = [0]
-
-            def keep(module: nn.Module, a: Any, output: Any, i: int = i, end: Any = end, calls: list = calls) -> None:
-                if calls[0] == end.call:
-                    store[i] = nested.get_at(output, end.output_index).detach().clone()
-                calls[0] += 1
-
-            hooks.append((end.module, "forward", keep))
-        return hooks
-
     gen = torch.Generator().manual_seed(2)
-    run(capture(reference))
-    run(capture(perturbed), _perturb_first_sample(args, input_dim, batch, gen), _perturb_first_sample(kwargs, input_dim, batch, gen))
+    run(branch_output_hooks(watched, reference))
+    perturbed_inputs = (_perturb_first_sample(args, input_dim, batch, gen), _perturb_first_sample(kwargs, input_dim, batch, gen))
+    run(branch_output_hooks(watched, perturbed), *perturbed_inputs)
     for i, k in checked.items():
         dim = per_branch[i][0]
-        a, b = reference.get(i), perturbed.get(i)
-        if a is None or b is None or a.shape != b.shape or not a.is_floating_point():
-            continue
-        diff = (a.double() - b.double()).abs().movedim(dim, 0).flatten(1).amax(1)
-        scale = max(1.0, a.double().abs().max().item())
-        if diff[:k].max().item() > 0 and diff[k:].max().item() <= tolerance(a.dtype) * scale:
+        if i in reference and i in perturbed and changed_only_first(reference[i], perturbed[i], dim, k):
             out[i] = (dim, per_branch[i][1], k)
     return out

@@ -16,11 +16,12 @@ from typing import Any
 
 from torch import nn
 
+from .. import nested
 from .merges import Merge
 from .record import Recording
 from .slots import holds_drop_path_slot, is_drop_path_slot
 
-__all__ = ["CONTAINERS", "ModuleIndex", "BranchEnd", "Branch", "find_branches", "number_units"]
+__all__ = ["CONTAINERS", "ModuleIndex", "BranchEnd", "Branch", "find_branches", "number_units", "branch_output_hooks"]
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -119,6 +120,23 @@ class Branch:
             if call.module is self.unit:
                 return id(self.unit), call.index
         return id(self.unit), 0
+
+
+def branch_output_hooks(branches: dict[int, Branch], store: dict[int, Any]) -> list[tuple[nn.Module, str, Any]]:
+    """Forward hooks ``(module, "forward", fn)`` that keep in ``store[i]`` a copy of branch ``i``'s output in a
+    pass: what the call of its innermost end module that returned it in the recorded pass returns."""
+    hooks = []
+    for i, br in branches.items():
+        end = br.ends[0]
+        calls = [0]
+
+        def keep(module: nn.Module, args: Any, output: Any, i: int = i, end: BranchEnd = end, calls: list = calls) -> None:
+            if calls[0] == end.call:
+                store[i] = nested.get_at(output, end.output_index).detach().clone()
+            calls[0] += 1
+
+        hooks.append((end.module, "forward", keep))
+    return hooks
 
 
 def _block_on_stack(stack: tuple, index: ModuleIndex) -> nn.Module | None:

@@ -26,9 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from .. import nested
-from ..sketch import tolerance
-from .blocks import Branch
-from .record import Node, Recording
+from ..sketch import changed_only_first
+from .blocks import Branch, branch_output_hooks
+from .record import Node
 
 __all__ = ["Segments", "find_segments", "packs_rows", "WINDOWED_REASON", "UNCONFIRMED_REASON", "CONFLICTING_REASON"]
 
@@ -47,7 +47,7 @@ UNCONFIRMED_REASON = (
     "did not confirm them as samples (changing the rows of one segment changed rows of another, or none of its own)"
 )
 
-Runner = Callable[[list[Any]], None]  # registers nothing itself: runs the model once with these hooks on
+Runner = Callable[..., None]  # run(hooks, args=example args, kwargs=example kwargs): one pass with these hooks on
 
 
 @dataclass(frozen=True)
@@ -129,23 +129,9 @@ def _confirmed(branches: list[Branch], found: dict[int, tuple[Segments, Tensor, 
     for segments, v, _ in found.values():
         perturbing.setdefault(id(segments.block), (segments, v))
 
-    def capture(store: dict) -> list[Any]:
-        hooks = []
-        counts: dict[int, int] = {}  # per branch: calls of its end module so far
-        for i in found:
-            end = branches[i].ends[0]
-
-            def keep(module: nn.Module, args: Any, output: Any, i: int = i, end: Any = end) -> None:
-                n = counts.get(i, 0)
-                counts[i] = n + 1
-                if n == end.call:
-                    store[i] = nested.get_at(output, end.output_index).detach().clone()
-
-            hooks.append((end.module, "forward", keep))
-        return hooks
-
+    watched = {i: branches[i] for i in found}
     reference: dict[int, Tensor] = {}
-    run(capture(reference))
+    run(branch_output_hooks(watched, reference))
     perturbed: dict[int, Tensor] = {}
 
     def perturb(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
@@ -155,26 +141,16 @@ def _confirmed(branches: list[Branch], found: dict[int, tuple[Segments, Tensor, 
         return _perturb_rows((args, kwargs), segments.dim, length, stop, gen)
 
     blocks = {id(s.block): s.block for s, _ in perturbing.values()}
-    run([*capture(perturbed), *((b, "pre", perturb) for b in blocks.values())])
-    ok = set()
-    for i, (segments, v, _) in found.items():
-        a, b = reference.get(i), perturbed.get(i)
-        stop = int(v[1])
-        if a is None or b is None or a.shape != b.shape or stop == 0 or stop == a.shape[segments.dim]:
-            continue
-        inside = (a.narrow(segments.dim, 0, stop).double() - b.narrow(segments.dim, 0, stop).double()).abs().max()
-        rest = a.shape[segments.dim] - stop
-        outside = (a.narrow(segments.dim, stop, rest).double() - b.narrow(segments.dim, stop, rest).double()).abs().max()
-        scale = max(1.0, a.double().abs().max().item())
-        if inside.item() > 100 * outside.item() and outside.item() <= tolerance(a.dtype) * scale:
-            ok.add(i)
-    return ok
+    run([*branch_output_hooks(watched, perturbed), *((b, "pre", perturb) for b in blocks.values())])
+    return {
+        i for i, (segments, v, _) in found.items()
+        if i in reference and i in perturbed and changed_only_first(reference[i], perturbed[i], segments.dim, int(v[1]))
+    }
 
 
-def find_segments(branches: list[Branch], recording: Recording, run: Runner) -> list[Segments | str]:
-    """Per packed branch, where its samples' boundaries are at run time, or why it has none.
-    ``run(hooks)`` runs the model once with ``hooks`` on (``(module, "pre" | "forward", fn)``)."""
-    del recording  # the boundaries are read off the branches' block calls
+def find_segments(branches: list[Branch], run: Runner) -> list[Segments | str]:
+    """Per packed branch, where its samples' boundaries are at run time (read off its block's recorded call),
+    or why it has none. ``run(hooks)`` runs the model once with ``hooks`` on (``(module, "pre" | "forward", fn)``)."""
     out: list[Segments | str] = ["" for _ in branches]
     found: dict[int, tuple[Segments, Tensor, Node]] = {}
     for i, br in enumerate(branches):
