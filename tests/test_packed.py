@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import ModelSnapshot, bitwise_equal, eval_output
+from helpers import ModelSnapshot, bitwise_equal, eval_output, hook_count
 from torch import nn
 
 from droppath_surgery import BatchDimError, DropPath, NoResidualBranchError, apply_drop_path, remove_drop_path
@@ -188,6 +189,11 @@ def test_remove_is_an_exact_undo_of_the_block_pre_hooks():
     snapshot = ModelSnapshot(model)
     apply_drop_path(model, 0.3, example_inputs=_inputs())
     assert len(model.blocks[0]._forward_pre_hooks) == 2  # one per branch DropPath
+    copied = copy.deepcopy(model)  # the copy's pre-hooks feed the copy's DropPaths, and go with its undo
+    copied.train()
+    assert copied(*_inputs(torch.tensor([3, 4, 5]))).shape == (12, DIM)
+    remove_drop_path(copied)
+    assert hook_count(copied) == 0 and hook_count(model) > 0
     remove_drop_path(model)
     snapshot.assert_same()
 
