@@ -191,7 +191,8 @@ def test_remove_is_an_exact_undo_of_the_block_pre_hooks():
     assert len(model.blocks[0]._forward_pre_hooks) == 2  # one per branch DropPath
     copied = copy.deepcopy(model)  # the copy's pre-hooks feed the copy's DropPaths, and go with its undo
     copied.train()
-    assert copied(*_inputs(torch.tensor([3, 4, 5]))).shape == (12, DIM)
+    with torch.random.fork_rng():  # its draws leave the global RNG, which the snapshot compares, alone
+        assert copied(*_inputs(torch.tensor([3, 4, 5]))).shape == (12, DIM)
     remove_drop_path(copied)
     assert hook_count(copied) == 0 and hook_count(model) > 0
     remove_drop_path(model)
