@@ -290,3 +290,45 @@ def test_a_dimension_of_the_batch_size_by_chance_is_not_taken_for_the_batch():
     model = _TemporalEncoder()
     report = apply_drop_path(model, 0.5, schedule="uniform", example_inputs=torch.randn(2, 2, 5, DIM))
     assert [(s.batch_dim, s.rows_per_sample) for s in report.sites] == [(0, 5)] * 4
+
+
+class _MaskedSegmentBlock(nn.Module):
+    """Attention within segments by a mask built on the device (no host values: compiles with fullgraph)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(DIM, DIM)
+        self.mlp = nn.Sequential(nn.Linear(DIM, 2 * DIM), nn.GELU(), nn.Linear(2 * DIM, DIM))
+
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        segment = torch.searchsorted(cu_seqlens[1:], torch.arange(x.shape[0]), right=True)
+        scores = (x @ x.T).masked_fill(segment[:, None] != segment[None, :], float("-inf"))
+        x = x + self.proj(torch.softmax(scores, dim=-1) @ x)
+        return x + self.mlp(x)
+
+
+class _MaskedTower(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(_MaskedSegmentBlock() for _ in range(2))
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        cu = F.pad(lengths.cumsum(0), (1, 0))
+        for block in self.blocks:
+            x = block(x, cu)
+        return x
+
+
+def test_packed_drop_compiles_with_fullgraph_and_matches_eager():
+    torch.manual_seed(0)
+    model = _MaskedTower()
+    report = apply_drop_path(model, 0.5, schedule="uniform", example_inputs={"lengths": LENGTHS, "x": torch.randn(22, DIM)})
+    assert len(report.sites) == 4 and all(s.packed for s in report.sites)
+    model.train()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)  # the block pre-hooks and the mask trace
+    x, lengths = torch.randn(12, DIM), torch.tensor([3, 4, 5])
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        eager = model(x, lengths)
+        torch.manual_seed(1)
+        assert torch.equal(compiled(x, lengths), eager)

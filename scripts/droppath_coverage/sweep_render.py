@@ -56,6 +56,19 @@ CAUSES: list[tuple[str, str]] = [
 # What the sweep found about the engine (read off each library's source; the hardest example of each).
 # Rows: (cause, example model, what the library does, what the engine does).
 FINDINGS: list[tuple[str, str, str]] = [
+    ("packed vision tower", "hf:qwen2_vl, glm4v_vision (also Qwen3-VL, Qwen3.5, GLM-OCR/Image, Cohere Compass, ...)",
+     ("the tower runs the patches of all images as one sequence `(P, D)` with no batch dimension, its blocks called "
+     "with `cu_seqlens`: 19 towers failed with `BatchDimError` and inside their VLMs were left out with a warning. "
+     "Fixed: a block called with boundaries whose last value is the row count gets `DropPath(packed=True)`, "
+     "handed each call's boundaries by a pre-hook, one decision per image; a check pass confirms the segments are "
+     "independent. Qwen2.5-VL's window blocks (finer boundaries, `cu_window_seqlens`) stay left out with the "
+     "reason: dropping per window would drop parts of an image.")),
+    ("samples folded into the batch dimension", "hf:videoprism (also timm:tnt_*, OPT's MLP in hf:blip-2)",
+     ("a branch whose batch dimension is `B x T` rows (VideoPrism's spatial layers: frames; its temporal layers: "
+     "token positions; TNT's pixel stream: patches; OPT's MLP on `(B x L, D)`) was dropped per row, so a sample "
+     "lost the branch on some frames or tokens only (timm does this for TNT). Fixed: a check pass shows each "
+     "sample's `T` rows are consecutive, and they share one decision; otherwise the branch is left out with the "
+     "reason. Sites and parity are unchanged (the oracle judges placement); the decisions are now per sample.")),
     ("hyper-connections", "hf:deepseek_v4 (also hy_v4, glm5_next_text)",
      ("the residual stream is `hc_mult` parallel streams mixed by learned matrices (`x' = H_res x + H_post f(H_pre x)`): "
      "there is no `x + f(x)`, so `NoResidualBranchError`. Dropping `f` per sample would need the mixing to be "
@@ -312,7 +325,12 @@ def sections(rows: dict[str, list[dict]], level: int) -> list[str]:
              "example-input builder (`droppath_surgery/integrations/inputs.py`, tested in `tests/test_language.py`): "
              "audio configs without Whisper's or wav2vec2's fields (AST, DAC, EnCodec) got an `AttributeError` and "
              "now an `ExampleInputsError` naming the input; video models (VideoMAE, TimeSformer, ViViT, X-CLIP) got "
-             "one image and now a clip of `config.num_frames`."),
+             "one image and now a clip of `config.num_frames`; Q-Former VLMs (Blip-2) got one image placeholder an "
+             "image where their forward scatters `num_query_tokens` queries (so sample 0's queries landed in sample "
+             "1: the folded-rows check below refused OPT's MLP for it) and now one per query, InstructBLIP its "
+             "`qformer_input_ids`; VideoPrism and V-JEPA 2 a clip for `pixel_values_videos`; wav2vec2-BERT, "
+             "Moonshine and PE Audio their audio (`feature_projection_input_dim`, 1 s at 16 kHz where the config "
+             "names no rate)."),
             "", "| kind | example | what happens |", "|---|---|---|"]
     out += [f"| {kind} | `{example}` | {_cell(text)} |" for kind, example, text in FINDINGS]
 
