@@ -34,9 +34,10 @@ __all__ = ["FilterFn", "PlannedBranch", "PlannedSite", "LeftOut", "Plan", "Targe
 
 FilterFn = Callable[[nn.Module, str], bool]
 
-WINDOWS_MASK = (
-    "the branch runs on attention windows of several per sample: it is dropped per sample (all of a sample's windows "
-    "together) by masking; running it on the kept samples' windows only is not supported"
+ROWS_MASK = (
+    "the branch's batch dimension holds several rows per sample (attention windows, or frames or tokens folded into "
+    "the batch): it is dropped per sample (all of a sample's rows together) by masking; running it on the kept "
+    "samples' rows only is not supported"
 )
 PACKED_MASK = (
     "the branch runs on a packed stream (the rows of several samples in one sequence): it is dropped per sample "
@@ -239,7 +240,7 @@ def make_plan(
         if ab.segments is not None:
             return replace(pb, mask_reason=PACKED_MASK)
         if ab.rows_per_sample > 1:
-            return replace(pb, mask_reason=WINDOWS_MASK)
+            return replace(pb, mask_reason=ROWS_MASK)
         found = branch_entries(analysis.recording, br, ab.batch_dim, ab.shape, index)
         return replace(pb, entries=found.entries, mask_reason=found.reason)
 
