@@ -35,6 +35,9 @@ model's device and in its floating dtype:
   wav2vec2-style ``conv_kernel``/``conv_stride`` and for codecs (``AUDIO_HOPS`` x ``hop_length`` /
   ``frame_size`` / the product of the sampling ratios, else 1 s at ``sampling_rate``, else at 16 kHz), as
   ``(B, T)`` or ``(B, audio_channels, T)``, again the first the forward runs on;
+* Hugging Face time series models taking ``past_values`` (PatchTST, PatchTSMixer, TimesFM, Autoformer,
+  Informer): ``context_length`` steps plus the longest lag, ``(B, T, C)`` or ``(B, T)``, with all-observed
+  masks and zero time features, the first the forward runs on;
 * torchvision classification models: 224 x 224 (299 for Inception v3, ``image_size`` for ViT).
 
 Anything else needs ``example_inputs=``: ``ExampleInputsError`` names the arguments it could not build, the
@@ -253,6 +256,36 @@ def _video_candidates(config: Any, device: torch.device, dtype: torch.dtype, gen
     return [{"pixel_values_videos": clip}, {"pixel_values_videos": clip.transpose(1, 2).contiguous()}]
 
 
+def _series_candidates(config: Any, params: Any, device: torch.device, dtype: torch.dtype,
+                       gen: torch.Generator) -> list[dict[str, Tensor]]:
+    """A time series for ``past_values``: ``context_length`` (else ``prediction_length``) steps plus the longest
+    lag, of ``num_input_channels`` (``input_size``) channels, as ``(B, T, C)`` or, for one channel, ``(B, T)``;
+    with all-observed ``past_observed_mask``, ``num_time_features`` time features, TimesFM's padding and frequency
+    where the forward takes them. [] when the config says too little."""
+    context = _field(config, "context_length", "prediction_length")
+    if not isinstance(context, int) or context < 1:
+        return []
+    lags = _field(config, "lags_sequence") or [0]
+    steps = context + max(lags)
+    channels = _field(config, "num_input_channels", "input_size") or 1
+    series = torch.randn(EXAMPLE_BATCH, steps, channels, generator=gen).to(device, dtype)
+    layouts = [series, series[..., 0]] if channels == 1 else [series]
+    out = []
+    for values in layouts:
+        extra: dict[str, Tensor] = {}
+        if "past_observed_mask" in params:
+            extra["past_observed_mask"] = torch.ones_like(values)
+        if "past_time_features" in params:
+            features = _field(config, "num_time_features") or 0
+            extra["past_time_features"] = torch.zeros(EXAMPLE_BATCH, steps, features, device=device, dtype=dtype)
+        if "past_values_padding" in params:
+            extra["past_values_padding"] = torch.zeros(EXAMPLE_BATCH, steps, device=device, dtype=dtype)
+        if "freq" in params:
+            extra["freq"] = torch.zeros(EXAMPLE_BATCH, 1, dtype=torch.long, device=device)
+        out.append({"past_values": values, **extra})
+    return out
+
+
 _IMAGE_TOKEN = ("image_token_id", "image_token_index")
 _IMAGE_START = ("vision_start_token_id", "image_start_token_id", "boi_token_id", "boi_token_index")
 _IMAGE_END = ("vision_end_token_id", "image_end_token_id", "eoi_token_id", "eoi_token_index")
@@ -440,6 +473,8 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
     media = _audio_candidates(config, params, main, device, dtype, gen)  # the layouts the forward may take
     if not media and "pixel_values_videos" in params and (main == "pixel_values_videos" or "pixel_values_videos" in required):
         media = _video_candidates(config, device, dtype, gen)
+    if not media and "past_values" in required:
+        media = _series_candidates(config, params, device, dtype, gen)
     if media:
         kwargs.update(media[0])
     if takes_ids and (main == "input_ids" or "pixel_values" in kwargs or "pixel_values_videos" in kwargs):
