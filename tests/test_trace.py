@@ -1027,3 +1027,50 @@ def test_fingerprints_tell_bitwise_equal_tensors_from_changed_ones():
     assert fingerprint(torch.zeros(2, 3)) != fingerprint(torch.zeros(3, 2))
     meta = fingerprint(torch.empty(4, 5, device="meta"))
     assert meta.sums is None and meta.matches(torch.empty(4, 5, device="meta"))
+
+
+class _GatedBlock(nn.Module):
+    """Branches multiplied, after their last module, by live values not computed from them: TimesFM's MLP times
+    (1 - padding), and an adaLN-style gate from a conditioning input. A per-sample mask on the module output
+    commutes with both. A branch times a function of itself is no such product."""
+
+    def __init__(self, self_gated: bool = False) -> None:
+        super().__init__()
+        self.attn = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+        self.mlp = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+        self.gate = nn.Linear(4, 8)
+        self.self_gated = self_gated
+
+    def forward(self, x, cond, padding):
+        a = self.attn(x)
+        x = x + (a * torch.sigmoid(a) if self.self_gated else self.gate(cond)[:, None] * a)
+        return x + self.mlp(x) * (1.0 - padding[..., None])
+
+
+class _GatedStack(nn.Module):
+    def __init__(self, self_gated: bool = False) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([_GatedBlock(self_gated), _GatedBlock(self_gated)])
+
+    def forward(self, x, cond, padding):
+        for block in self.blocks:
+            x = block(x, cond, padding)
+        return x
+
+
+GATED_INPUTS = {"x": torch.randn(4, 5, 8), "cond": torch.randn(4, 4), "padding": (torch.arange(5) > 2).float().expand(4, 5)}
+
+
+def test_a_branch_times_a_mask_or_a_gate_after_its_module_is_dropped_at_the_module():
+    model = _GatedStack()
+    report = apply_drop_path(model, 1.0, schedule="uniform", example_inputs=GATED_INPUTS)
+    assert [s.path for s in report.sites] == ["blocks.0.attn.2", "blocks.0.mlp.2", "blocks.1.attn.2", "blocks.1.mlp.2"]
+    assert report.verified is True
+    model.train()  # rate 1: both branches of every sample dropped, before their gate and mask: the block is identity
+    x = GATED_INPUTS["x"]
+    assert torch.equal(model.blocks[0](x, GATED_INPUTS["cond"], GATED_INPUTS["padding"]), x)
+
+
+def test_a_branch_times_a_function_of_itself_is_not_taken_for_a_gated_branch():
+    report = apply_drop_path(_GatedStack(self_gated=True), 0.5, example_inputs=GATED_INPUTS)
+    assert [s.path for s in report.sites] == ["blocks.0.mlp.2", "blocks.1.mlp.2"]  # a * sigmoid(a): not at attn

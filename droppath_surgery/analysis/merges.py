@@ -67,7 +67,8 @@ def search_back(node: Node, target: Node, barrier: frozenset = frozenset()) -> t
 
 
 def _branch_end(node: Node) -> tuple[Node | None, tuple]:
-    """The value a module returned that this branch value is, up to per-sample-neutral scalings and
+    """The value a module returned that this branch value is, up to per-sample-neutral scalings, products
+    with values not computed from it (a padding mask, a gate: they commute with a per-sample mask) and
     layout operations; and those layout operations, in the order they ran."""
     layout = []
     while not node.chain:
@@ -76,6 +77,12 @@ def _branch_end(node: Node) -> tuple[Node | None, tuple]:
         elif node.layout_from is not None:
             node, op = node.layout_from
             layout.append(op)
+        elif node.gated:
+            for scaled, gate in node.gated:
+                end, before = _branch_end(scaled)
+                if end is not None and search_back(gate, end)[0] is None and gate is not end:
+                    return end, before + tuple(reversed(layout))
+            return None, ()
         else:
             return None, ()
     return node, tuple(reversed(layout))

@@ -94,7 +94,9 @@ class Node:
     everything else is set at creation.
     """
 
-    __slots__ = ("serial", "parents", "live", "chain", "linear", "mixing", "scaled_from", "op", "layout_from", "call")
+    __slots__ = (
+        "serial", "parents", "live", "chain", "linear", "mixing", "scaled_from", "op", "layout_from", "call", "gated",
+    )
 
     def __init__(
         self,
@@ -107,6 +109,7 @@ class Node:
         op: str = "",
         layout_from: tuple | None = None,
         call: int = 0,
+        gated: tuple = (),
     ) -> None:
         self.serial = serial
         self.op = op  # name of the operation that made it ("" for inputs, parameters, constants)
@@ -118,6 +121,9 @@ class Node:
         self.scaled_from = scaled_from  # the live node this is a per-sample-neutral scaling of
         self.layout_from = layout_from  # (live node, LayoutOp) when a layout operation made it from that node
         self.call = call  # the torch operation call that made it (outputs of one ``split`` share it); 0 for inputs
+        # ``a * g`` (or ``a / g``) of two live values of which ``a`` has the output's shape: ``(a, g)`` pairs. It
+        # commutes with a per-sample mask on ``a`` unless ``g`` is computed from it (``merges`` checks that).
+        self.gated = gated
 
 
 @dataclass(eq=False, slots=True)
@@ -258,6 +264,12 @@ class _Recorder(TorchFunctionMode):
             divides_by_live = name not in _MUL and args[0] is not live_input
             if live_input.shape == out.shape and not divides_by_live:
                 scaled_from = live_parents[0]  # x * c, c * x or x / c: commutes with a per-sample mask
+        gated: tuple = ()
+        if name in _SCALE and len(live_parents) == 2 and len(inputs) == 2 and isinstance(out, Tensor):
+            # a branch times a padding mask or a gate (TimesFM's MLP, adaLN's gate): either factor of a product,
+            # the dividend of a quotient, where it has the output's shape
+            pairs = ((0, 1), (1, 0)) if name in _MUL else ((0, 1),) if args and args[0] is inputs[0] else ()
+            gated = tuple((nodes[i], nodes[j]) for i, j in pairs if inputs[i].shape == out.shape)
         layout_from = None
         if (
             name in _LAYOUT
@@ -278,7 +290,7 @@ class _Recorder(TorchFunctionMode):
         for t, v in zip(inputs, versions):
             if version_counter(t) != v and id(t) not in mutated:
                 mutated.add(id(t))
-                self.new_node(t, parents, live, linear, mixing, scaled_from, name, None, call)
+                self.new_node(t, parents, live, linear, mixing, scaled_from, name, None, call, gated)
         outs = nested.tensors(out)
         if not outs:
             return out
@@ -288,7 +300,8 @@ class _Recorder(TorchFunctionMode):
             if id(o) in input_ids:
                 continue  # identity (e.g. contiguous(), eval dropout) or mutated above
             self.new_node(
-                o, parents, live, linear, mixing, scaled_from if single else None, name, layout_from if single else None, call
+                o, parents, live, linear, mixing, scaled_from if single else None, name, layout_from if single else None, call,
+                gated if single else (),
             )
         return out
 

@@ -1102,7 +1102,8 @@ def main(argv=None) -> int:
     add("--workers", type=int, default=2)
     add("--timeout", type=float, default=TIMEOUT_S, help="seconds per model (default %(default)s)")
     add("--out-dir", default=str(OUT_DIR))
-    add("--markdown", default=str(ROOT / "docs" / "sweep.md"))
+    add("--markdown", help="markdown file to write ('-' for stdout); default: docs/sweep.md for the committed "
+        "results (the default --out-dir), else sweep.md in --out-dir")
     add("--retry-failed", action="store_true")
     add("--limit", type=int, help="run at most this many models")
     add("--render", action="store_true", help="only write the markdown from the JSON files")
@@ -1121,6 +1122,8 @@ def main(argv=None) -> int:
     from .sweep_render import refresh_coverage, render
 
     text = render(out_dir)
+    if args.markdown is None:  # a run into another folder never overwrites the committed docs
+        args.markdown = str(ROOT / "docs" / "sweep.md" if out_dir.resolve() == OUT_DIR.resolve() else out_dir / "sweep.md")
     if args.markdown == "-":
         print(text)
     else:
