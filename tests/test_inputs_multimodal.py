@@ -406,3 +406,24 @@ def test_a_vlm_whose_image_token_is_outside_its_vocabulary_gets_an_error_saying_
     )
     with pytest.raises(ExampleInputsError, match="image token id 99 is outside its 99-token embedding"):
         build_example_inputs(T.LlavaModel(config))
+
+
+def test_time_series_models_get_a_series_of_their_context_with_masks_and_time_features():
+    # PatchTST: (B, context, channels). Time Series Transformer: context plus the longest lag, all observed,
+    # with its time features; its encoder and decoder are both patched.
+    patchtst = T.PatchTSTModel(T.PatchTSTConfig(
+        num_input_channels=2, context_length=16, patch_length=4, patch_stride=4, d_model=32, num_attention_heads=2,
+        num_hidden_layers=2, ffn_dim=64,
+    ))
+    _, kwargs = build_example_inputs(patchtst)
+    assert kwargs["past_values"].shape == (2, 16, 2)
+    assert len(_patch(patchtst).sites) == 4
+    tst = T.TimeSeriesTransformerModel(T.TimeSeriesTransformerConfig(
+        prediction_length=4, context_length=8, lags_sequence=[1, 2, 3], num_time_features=2, d_model=32,
+        encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=64, decoder_ffn_dim=64,
+    ))
+    _, kwargs = build_example_inputs(tst)
+    assert kwargs["past_values"].shape == (2, 11) and kwargs["past_time_features"].shape == (2, 11, 2)
+    assert torch.equal(kwargs["past_observed_mask"], torch.ones(2, 11))
+    assert {s.path.split(".")[0] for s in _patch(tst).sites} == {"encoder", "decoder"}

@@ -259,7 +259,7 @@ def _video_candidates(config: Any, device: torch.device, dtype: torch.dtype, gen
 def _series_candidates(config: Any, params: Any, device: torch.device, dtype: torch.dtype,
                        gen: torch.Generator) -> list[dict[str, Tensor]]:
     """A time series for ``past_values``: ``context_length`` (else ``prediction_length``) steps plus the longest
-    lag, of ``num_input_channels`` (``input_size``) channels, as ``(B, T, C)`` or, for one channel, ``(B, T)``;
+    lag, of ``num_input_channels`` (``input_size``) channels, as ``(B, T, C)`` or, for one ``input_size``, ``(B, T)``;
     with all-observed ``past_observed_mask``, ``num_time_features`` time features, TimesFM's padding and frequency
     where the forward takes them. [] when the config says too little."""
     context = _field(config, "context_length", "prediction_length")
@@ -269,7 +269,9 @@ def _series_candidates(config: Any, params: Any, device: torch.device, dtype: to
     steps = context + max(lags)
     channels = _field(config, "num_input_channels", "input_size") or 1
     series = torch.randn(EXAMPLE_BATCH, steps, channels, generator=gen).to(device, dtype)
-    layouts = [series, series[..., 0]] if channels == 1 else [series]
+    layouts = [series]
+    if channels == 1:  # a univariate series: (B, T) where the config counts an input_size (TST, Informer), else (B, T, 1)
+        layouts = [series[..., 0], series] if _field(config, "num_input_channels") is None else [series, series[..., 0]]
     out = []
     for values in layouts:
         extra: dict[str, Tensor] = {}
