@@ -69,6 +69,12 @@ FINDINGS: list[tuple[str, str, str]] = [
      "lost the branch on some frames or tokens only (timm does this for TNT). Fixed: a check pass shows each "
      "sample's `T` rows are consecutive, and they share one decision; otherwise the branch is left out with the "
      "reason. Sites and parity are unchanged (the oracle judges placement); the decisions are now per sample.")),
+    ("branch times a mask after its module", "hf:timesfm (also timesfm2_5)",
+     ("TimesFM's MLP ends in `outputs * (1 - paddings) + x`: the branch leaves its last module and is multiplied "
+     "by a value from the inputs, so the engine found no module end and dropped the merge without a word (one "
+     "site per layer, the MLP silently without drop path). Fixed: a product with a live value not computed from "
+     "the branch commutes with a per-sample mask, so the module is the site (an adaLN gate `gate(c) * attn(x)` "
+     "the same); `a * sigmoid(a)` is not taken. Found once the time series inputs were built.")),
     ("hyper-connections", "hf:deepseek_v4 (also hy_v4, glm5_next_text)",
      ("the residual stream is `hc_mult` parallel streams mixed by learned matrices (`x' = H_res x + H_post f(H_pre x)`): "
      "there is no `x + f(x)`, so `NoResidualBranchError`. Dropping `f` per sample would need the mixing to be "
@@ -330,7 +336,7 @@ def sections(rows: dict[str, list[dict]], level: int) -> list[str]:
              "1: the folded-rows check below refused OPT's MLP for it) and now one per query, InstructBLIP its "
              "`qformer_input_ids`; VideoPrism and V-JEPA 2 a clip for `pixel_values_videos`; wav2vec2-BERT, "
              "Moonshine and PE Audio their audio (`feature_projection_input_dim`, 1 s at 16 kHz where the config "
-             "names no rate)."),
+             "names no rate); time series models (PatchTST, TimesFM, Informer, ...) their `past_values`."),
             "", "| kind | example | what happens |", "|---|---|---|"]
     out += [f"| {kind} | `{example}` | {_cell(text)} |" for kind, example, text in FINDINGS]
 
