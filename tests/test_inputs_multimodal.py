@@ -427,3 +427,24 @@ def test_time_series_models_get_a_series_of_their_context_with_masks_and_time_fe
     assert kwargs["past_values"].shape == (2, 11) and kwargs["past_time_features"].shape == (2, 11, 2)
     assert torch.equal(kwargs["past_observed_mask"], torch.ones(2, 11))
     assert {s.path.split(".")[0] for s in _patch(tst).sites} == {"encoder", "decoder"}
+
+
+def test_llava_next_crops_folded_into_the_tower_batch_are_dropped_per_sample():
+    # Each image is 1 + 2 crops run through the vision tower as one batch of B x 3: each sample's 3 rows share a
+    # decision. The check pass that shows it cannot roll sample 0's image_sizes (another size takes another number
+    # of crops and image tokens), so it changes the sample's pixels only.
+    config = T.LlavaNextConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=28, patch_size=14),
+        text_config=dict(TEXT),
+        image_grid_pinpoints=[[28, 56], [56, 28]],
+        image_token_index=IMAGE_TOKEN,
+    )
+    model = T.LlavaNextModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape[:2] == (2, 3) and kwargs["image_sizes"].tolist() == [[28, 56]] * 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing left out
+        report = apply_drop_path(model, 0.1)
+    tower = [s for s in report.sites if s.path.startswith("vision_tower")]
+    assert len(tower) == 4 and all(s.rows_per_sample == 3 for s in tower)

@@ -189,10 +189,13 @@ def _dims_by_size(
     return dims, True  # type: ignore[return-value]
 
 
-def _perturb_first_sample(obj: Any, dim: int, batch: int, gen: torch.Generator) -> Any:
-    """A copy of the inputs in which sample 0 (index 0 along ``dim``) differs and the rest are equal."""
+def _perturb_first_sample(obj: Any, dim: int, batch: int, gen: torch.Generator, ints: bool = True) -> Any:
+    """A copy of the inputs in which sample 0 (index 0 along ``dim``) differs and the rest are equal (its
+    integer tensors too, rolled, unless not ``ints``: sizes and grids then stay valid)."""
 
     def perturb(t: Tensor) -> Tensor:
+        if not ints and not t.is_floating_point():
+            return t
         out = t.clone()
         first = out.select(dim, 0)
         if out.is_floating_point():
@@ -339,10 +342,21 @@ def group_folded_rows(
     watched = {i: branches[i] for i in checked}
     reference: dict[int, Tensor] = {}
     perturbed: dict[int, Tensor] = {}
-    gen = torch.Generator().manual_seed(2)
-    run(branch_output_hooks(watched, reference))
-    perturbed_inputs = (_perturb_first_sample(args, input_dim, batch, gen), _perturb_first_sample(kwargs, input_dim, batch, gen))
-    run(branch_output_hooks(watched, perturbed), *perturbed_inputs)
+    try:
+        run(branch_output_hooks(watched, reference))
+    except Exception:  # noqa: BLE001 - a model that does not run twice alike: nothing confirmed
+        return out
+    # Sample 0 changed, integer inputs too (token ids), else its floats only (a rolled image size or grid may
+    # be one the model cannot take: LLaVA-NeXT's image_sizes).
+    for ints in (True, False):
+        gen = torch.Generator().manual_seed(2)
+        changed = (_perturb_first_sample(args, input_dim, batch, gen, ints), _perturb_first_sample(kwargs, input_dim, batch, gen, ints))
+        perturbed.clear()
+        try:
+            run(branch_output_hooks(watched, perturbed), *changed)
+            break
+        except Exception:  # noqa: BLE001, S112 - the inputs changed that way do not run: the next way is tried
+            continue
     for i, k in checked.items():
         dim = per_branch[i][0]
         if i in reference and i in perturbed and changed_only_first(reference[i], perturbed[i], dim, k):

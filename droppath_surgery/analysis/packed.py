@@ -131,7 +131,6 @@ def _confirmed(branches: list[Branch], found: dict[int, tuple[Segments, Tensor, 
 
     watched = {i: branches[i] for i in found}
     reference: dict[int, Tensor] = {}
-    run(branch_output_hooks(watched, reference))
     perturbed: dict[int, Tensor] = {}
 
     def perturb(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
@@ -141,7 +140,11 @@ def _confirmed(branches: list[Branch], found: dict[int, tuple[Segments, Tensor, 
         return _perturb_rows((args, kwargs), segments.dim, length, stop, gen)
 
     blocks = {id(s.block): s.block for s, _ in perturbing.values()}
-    run([*branch_output_hooks(watched, perturbed), *((b, "pre", perturb) for b in blocks.values())])
+    try:
+        run(branch_output_hooks(watched, reference))
+        run([*branch_output_hooks(watched, perturbed), *((b, "pre", perturb) for b in blocks.values())])
+    except Exception:  # noqa: BLE001 - a model that does not run with its rows changed: nothing confirmed
+        return set()
     return {
         i for i, (segments, v, _) in found.items()
         if i in reference and i in perturbed and changed_only_first(reference[i], perturbed[i], segments.dim, int(v[1]))
