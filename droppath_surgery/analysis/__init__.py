@@ -2,9 +2,10 @@
 
 ``record`` (one pass: values, module calls, additions) -> ``merges`` (residual merges) -> ``blocks``
 (block branches, their blocks and units, unit numbering) -> ``batch`` (batch dimensions, with the
-layout replay; ``packed``: the samples' boundaries of packed streams) -> ``stacks`` (blocks linked by one residual stream); ``entries`` (where a branch takes
-in the batch, for skip mode) is read by the planner. ``slots`` holds the one drop path slot rule.
-``analyse`` runs them in order and returns plain data; nothing here changes the model.
+layout replay and rows folded per sample; ``packed``: the samples' boundaries of packed streams) ->
+``stacks`` (blocks linked by one residual stream); ``entries`` (where a branch takes in the batch, for
+skip mode) is read by the planner. ``slots`` holds the one drop path slot rule. ``analyse`` runs them
+in order and returns plain data; nothing here changes the model.
 """
 
 from __future__ import annotations

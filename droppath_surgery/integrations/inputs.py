@@ -27,14 +27,14 @@ model's device and in its floating dtype:
   ``num_frames`` (``frames_per_clip``) frames of ``image_size`` (``crop_size``), ``(B, T, C, H, W)`` or
   ``(B, C, T, H, W)``, the first the forward runs on;
 * Hugging Face audio: ``input_features`` of ``num_mel_bins`` (``input_feat_size``,
-  ``input_feat_per_channel``, ``feature_projection_input_dim``; in ``audio_config`` / ``encoder_config``
-  if there) mel bins, ``(B, mel, 2 x max_source_positions)`` for Whisper-style configs, else ``2 x n_window`` (or ``AUDIO_FRAMES``) frames
-  as ``(B, T, mel)`` or ``(B, mel, T)``, the first the forward runs on (a trial forward in eval mode, the
-  global RNG restored), with all-valid ``input_features_mask`` / ``feature_attention_mask``;
-  ``input_values``: a spectrogram ``(B, max_length, mel)`` where the config has both (AST), raw audio for
-  wav2vec2-style ``conv_kernel``/``conv_stride`` and for codecs (``AUDIO_HOPS`` x ``hop_length`` /
-  ``frame_size`` / the product of the sampling ratios, else 1 s at ``sampling_rate``, else at 16 kHz), as
-  ``(B, T)`` or ``(B, audio_channels, T)``, again the first the forward runs on;
+  ``input_feat_per_channel``, ``feature_projection_input_dim``; in ``audio_config`` / ``encoder_config`` /
+  ``asr_config`` if there) mel bins, ``(B, mel, 2 x max_source_positions)`` for Whisper-style configs, else
+  ``2 x n_window`` (or ``AUDIO_FRAMES``) frames as ``(B, T, mel)`` or ``(B, mel, T)``, the first the forward
+  runs on (a trial forward in eval mode, the global RNG restored), with all-valid ``input_features_mask`` /
+  ``feature_attention_mask``; ``input_values``: a spectrogram ``(B, max_length, mel)`` where the config has
+  both (AST), raw audio for wav2vec2-style ``conv_kernel``/``conv_stride`` and for codecs (``AUDIO_HOPS`` x
+  ``hop_length`` / ``frame_size`` / the product of the sampling ratios, else 1 s at ``sampling_rate``, else
+  at 16 kHz), as ``(B, T)`` or ``(B, audio_channels, T)``, again the first the forward runs on;
 * Hugging Face time series models taking ``past_values`` (PatchTST, PatchTSMixer, TimesFM, Autoformer,
   Informer): ``context_length`` steps plus the longest lag, ``(B, T, C)`` or ``(B, T)``, with all-observed
   masks and zero time features, the first the forward runs on;
@@ -361,7 +361,7 @@ def _audio_candidates(config: Any, params: Any, main: str, device: torch.device,
                       gen: torch.Generator) -> list[dict[str, Tensor]]:
     """Audio inputs in the layouts the config allows (the forward picks one: see ``_first_running``); [] when
     the config says too little."""
-    audio = _field(config, "audio_config", "encoder_config") or config
+    audio = _field(config, "audio_config", "encoder_config", "asr_config") or config
     mel = _field(audio, "num_mel_bins", "input_feat_size", "input_feat_per_channel", "feature_projection_input_dim")
     if main == "input_features" and mel:
         # Whisper-style encoders take exactly 2 x their positions; chunked ones (Qwen3-ASR) whole windows
