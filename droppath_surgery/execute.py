@@ -6,7 +6,8 @@ replaced and every registration of it, or the module it hooks and the hook's han
 are kept, with their handles, in the DropPath's ``skip_states``; the pre-hooks that hand a packed
 branch's DropPath its samples' boundaries at each call of its block in the record's
 ``segment_handles``. ``detach`` reads only these records (hooks go through their handles) and returns
-them, so ``reattach`` can put the very same objects back if a later step fails. Attaching is atomic: an error undoes what was done.
+them, so ``reattach`` can put the very same objects back if a later step fails. Attaching is atomic:
+an error undoes what was done.
 """
 
 from __future__ import annotations

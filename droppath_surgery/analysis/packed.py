@@ -94,18 +94,18 @@ def _carrier_reasons(found: dict[int, tuple[Segments, Tensor, Node]]) -> dict[in
     """Why a branch's boundaries cannot be its samples': the blocks of a stream (boundaries of one total
     length) are called with several boundary tensors, and this one is not strictly coarser than every
     other (equal values of two tensors tell nothing either: windows as large as the example's images)."""
-    by_length: dict[int, dict[int, tuple[Node, frozenset]]] = {}
+    by_length: dict[int, dict[int, frozenset]] = {}  # total length -> recorded value's serial -> boundaries
     for _, v, node in found.values():
-        by_length.setdefault(int(v[-1]), {})[node.serial] = (node, frozenset(v.tolist()))
+        by_length.setdefault(int(v[-1]), {})[node.serial] = frozenset(v.tolist())
     out = {}
     for i, (_, v, node) in found.items():
         tensors = by_length[int(v[-1])]
         if len(tensors) == 1:
             continue
-        mine = tensors[node.serial][1]
-        if all(mine < other for serial, (_, other) in tensors.items() if serial != node.serial):
+        mine = tensors[node.serial]
+        if all(mine < other for serial, other in tensors.items() if serial != node.serial):
             continue
-        finer = any(other < mine for _, other in tensors.values())
+        finer = any(other < mine for other in tensors.values())
         out[i] = WINDOWED_REASON if finer else CONFLICTING_REASON
     return out
 

@@ -220,15 +220,14 @@ class _Recorder(TorchFunctionMode):
     def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         n = self.call_counts.get(id(module), 0)
         self.call_counts[id(module)] = n + 1
-        located = tuple(
-            (index, self.node_of(t), tuple(t.shape)) for index, t in nested.leaves((args, kwargs)) if isinstance(t, Tensor)
-        )
+        tensors = [(index, t) for index, t in nested.leaves((args, kwargs)) if isinstance(t, Tensor)]
+        located = tuple((index, self.node_of(t), tuple(t.shape)) for index, t in tensors)
         inputs = tuple(node for _, node, _ in located if node.live)
         ints = tuple(
             (index, t.detach().to("cpu", copy=True))
-            for index, t in nested.leaves((args, kwargs))
-            if isinstance(t, Tensor) and t.ndim == 1 and 1 < t.numel() <= MAX_INT_VALUES
-            and not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool and t.device.type != "meta"
+            for index, t in tensors
+            if t.ndim == 1 and 1 < t.numel() <= MAX_INT_VALUES and not t.is_floating_point() and not t.is_complex()
+            and t.dtype != torch.bool and t.device.type != "meta"
         )
         call = Call(module, n, len(self.calls), tuple(self.stack), inputs, located, ints, first=self.serial)
         self.calls.append(call)

@@ -156,12 +156,12 @@ class DropPath(nn.Module):
                 f"along dim {dim}: they are not the boundaries of this stream"
             )
         ends = cu[1:].to(device=x.device, dtype=torch.int64)
-        rows = torch.arange(x.shape[dim], device=x.device)
         per_segment = self._multiplier(x.new_empty(ends.shape), 0)
         shape = [1] * x.ndim
         if self.mode != "row":  # one decision for the whole batch
             return per_segment.view(shape)
         shape[dim] = x.shape[dim]
+        rows = torch.arange(x.shape[dim], device=x.device)
         return per_segment[torch.searchsorted(ends, rows, right=True)].view(shape)
 
     def _drop(self, x: Tensor, dim: int) -> Tensor:
