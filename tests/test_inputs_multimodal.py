@@ -299,21 +299,18 @@ def test_a_model_whose_input_no_rule_builds_gets_an_error_naming_it():
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
+def _moonshine():
+    return T.MoonshineModel(T.MoonshineConfig(
+        vocab_size=99, hidden_size=32, intermediate_size=64, encoder_num_hidden_layers=1, decoder_num_hidden_layers=1,
+        encoder_num_attention_heads=4, decoder_num_attention_heads=4,
+    ))
+
+
 def test_a_main_input_the_forward_does_not_require_is_still_built():
     # Moonshine's forward takes input_values=None and runs its decoder alone without them: inputs without the
     # audio would patch the decoder only, silently leaving the encoder out. Its config sizes no waveform: 1 s
     # at 16 kHz, and both stacks are patched.
-    model = T.MoonshineModel(
-        T.MoonshineConfig(
-            vocab_size=99,
-            hidden_size=32,
-            intermediate_size=64,
-            encoder_num_hidden_layers=1,
-            decoder_num_hidden_layers=1,
-            encoder_num_attention_heads=4,
-            decoder_num_attention_heads=4,
-        )
-    )
+    model = _moonshine()
     _, kwargs = build_example_inputs(model)
     assert kwargs["input_values"].shape == (2, 16_000) and "decoder_input_ids" in kwargs
     report = _patch(model)
@@ -324,10 +321,7 @@ def test_a_main_input_the_forward_does_not_require_is_named_where_it_cannot_be_b
     # As if no audio rule sized Moonshine's waveform: the decoder alone would run, so the error names the input.
     import droppath_surgery.integrations.inputs as inputs
 
-    model = T.MoonshineModel(
-        T.MoonshineConfig(vocab_size=99, hidden_size=32, intermediate_size=64, encoder_num_hidden_layers=1,
-                          decoder_num_hidden_layers=1, encoder_num_attention_heads=4, decoder_num_attention_heads=4)
-    )
+    model = _moonshine()
     monkeypatch.setattr(inputs, "_audio_candidates", lambda *a, **k: [])
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ExampleInputsError, match=r"MoonshineModel takes 'input_values'.*pass example_inputs="):
@@ -336,12 +330,19 @@ def test_a_main_input_the_forward_does_not_require_is_named_where_it_cannot_be_b
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
-def test_instructblip_gets_its_q_former_instruction_and_a_placeholder_per_query():
-    config = T.InstructBlipConfig(
+def _q_former_parts() -> dict:
+    """A tiny vision tower, Q-Former and OPT decoder: the sub-configs of Blip-2 and InstructBLIP."""
+    return dict(
         vision_config=dict(VISION, intermediate_size=64, image_size=32, patch_size=8, num_hidden_layers=1),
         qformer_config=dict(VISION, num_hidden_layers=1, encoder_hidden_size=32, vocab_size=99),
         text_config=dict(model_type="opt", vocab_size=99, hidden_size=32, ffn_dim=64, num_hidden_layers=1,
                          num_attention_heads=4, word_embed_proj_dim=32),
+    )
+
+
+def test_instructblip_gets_its_q_former_instruction_and_a_placeholder_per_query():
+    config = T.InstructBlipConfig(
+        **_q_former_parts(),
         num_query_tokens=4, image_token_index=IMAGE_TOKEN,
     )
     model = T.InstructBlipModel(config)
@@ -355,10 +356,7 @@ def test_a_vlm_whose_config_has_no_image_token_gets_an_error_naming_the_field_an
     # Blip-2's default config leaves image_token_id None; its forward compares input_ids with it and fails deep
     # inside (a bool has no unsqueeze). The error names the field; setting it as told makes the model patchable.
     config = T.Blip2Config(
-        vision_config=dict(VISION, intermediate_size=64, image_size=32, patch_size=8, num_hidden_layers=1),
-        qformer_config=dict(VISION, num_hidden_layers=1, encoder_hidden_size=32, vocab_size=99),
-        text_config=dict(model_type="opt", vocab_size=99, hidden_size=32, ffn_dim=64, num_hidden_layers=1,
-                         num_attention_heads=4, word_embed_proj_dim=32),
+        **_q_former_parts(),
         num_query_tokens=4,
     )
     model = T.Blip2Model(config)

@@ -229,18 +229,22 @@ class _FrameBlock(nn.Module):
         return x + self.mlp(x)
 
 
-class _FrameEncoder(nn.Module):
-    """A video model's spatial layers: every frame of every clip on its own, ``B x T`` rows (clip-major), or
-    ``T x B`` rows (frame-major: a sample's rows are not consecutive)."""
+class _FoldedEncoder(nn.Module):
+    """A video model's layers on rows folded into the batch, from a clip ``(B, T, tokens, DIM)``: ``"frames"`` runs
+    every frame of every clip on its own, ``B x T`` rows (clip-major); ``"frames_major"`` the same ``T x B`` (a
+    sample's rows are not consecutive); ``"positions"`` each token position's frames, ``(B x tokens, T, DIM)``."""
 
-    def __init__(self, frame_major: bool = False) -> None:
+    def __init__(self, fold: str = "frames") -> None:
         super().__init__()
         self.blocks = nn.ModuleList(_FrameBlock() for _ in range(2))
-        self.frame_major = frame_major
+        self.fold = fold
 
-    def forward(self, clip: torch.Tensor) -> torch.Tensor:  # (B, T, tokens, DIM)
-        x = clip.transpose(0, 1) if self.frame_major else clip
-        x = x.reshape(-1, *clip.shape[2:])
+    def forward(self, clip: torch.Tensor) -> torch.Tensor:
+        b, t, n, d = clip.shape
+        if self.fold == "positions":
+            x = clip.permute(0, 2, 1, 3).reshape(b * n, t, d)
+        else:
+            x = (clip.transpose(0, 1) if self.fold == "frames_major" else clip).reshape(-1, n, d)
         for block in self.blocks:
             x = block(x)
         return x
@@ -248,7 +252,7 @@ class _FrameEncoder(nn.Module):
 
 def test_frames_folded_into_the_batch_share_their_clips_decision():
     torch.manual_seed(0)
-    model = _FrameEncoder()
+    model = _FoldedEncoder("frames")
     report = apply_drop_path(model, 0.5, schedule="uniform", example_inputs=torch.randn(2, 3, 5, DIM))
     assert [s.rows_per_sample for s in report.sites] == [3] * 4 and "0 (3 rows a sample)" in str(report)
     model.train()
@@ -262,32 +266,17 @@ def test_frames_folded_into_the_batch_share_their_clips_decision():
 
 def test_frames_folded_frame_major_are_not_grouped_and_the_error_says_why():
     torch.manual_seed(0)
-    model, clip = _FrameEncoder(frame_major=True), torch.randn(2, 3, 5, DIM)
+    model, clip = _FoldedEncoder("frames_major"), torch.randn(2, 3, 5, DIM)
     snapshot = ModelSnapshot(model)
     with pytest.raises(NoResidualBranchError, match="folds each sample's frames or tokens in with it"):
         apply_drop_path(model, 0.5, example_inputs=clip)
     snapshot.assert_same()
 
 
-class _TemporalEncoder(nn.Module):
-    """A video model's temporal layers: each token position's frames on their own, ``(B x N, T, D)``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(_FrameBlock() for _ in range(2))
-
-    def forward(self, clip: torch.Tensor) -> torch.Tensor:  # (B, T, N, DIM)
-        b, t, n, d = clip.shape
-        x = clip.permute(0, 2, 1, 3).reshape(b * n, t, d)
-        for block in self.blocks:
-            x = block(x)
-        return x
-
-
 def test_a_dimension_of_the_batch_size_by_chance_is_not_taken_for_the_batch():
     # Two frames and a batch of two: dim 1 (frames) has the batch size, dim 0 (B x 5 positions) grows with it.
     torch.manual_seed(0)
-    model = _TemporalEncoder()
+    model = _FoldedEncoder("positions")
     report = apply_drop_path(model, 0.5, schedule="uniform", example_inputs=torch.randn(2, 2, 5, DIM))
     assert [(s.batch_dim, s.rows_per_sample) for s in report.sites] == [(0, 5)] * 4
 
