@@ -331,7 +331,11 @@ def _culprit(
         d = _output_batch_dim(want, batch, input_dim)
         if d is None:  # no sample dimension to pick the kept samples by (a loss over the batch): not compared
             continue
-        ok, diff = _close(want, got) if want.shape != got.shape else _close(want.index_select(d, kept), got.index_select(d, kept))
+        if want.shape != got.shape:
+            ok, diff = _close(want, got)
+        else:
+            rows = kept.to(want.device)  # the kept samples' indices live on the CPU, the outputs on the model's device
+            ok, diff = _close(want.index_select(d, rows), got.index_select(d, rows))
         if not ok:
             return last_skipping(len(entries)), f"the model output differs from the masked form (max |diff| {diff:.3g})"
     return None, ""
