@@ -12,10 +12,12 @@ an error undoes what was done.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
@@ -134,6 +136,18 @@ def _new_drop(site: PlannedSite, rate: float, options: Options, warned: set[str]
     return drop
 
 
+def _device_of(root: nn.Module, site: PlannedSite) -> torch.device | None:
+    """Where the site's branch runs: the device of the first parameter or buffer of the site's module,
+    else of its block, else of the model (None for a model with neither). The DropPath goes there, so
+    that its rate buffer is read where the branch output is, with no copy from the host at each call."""
+    block_path = site.branches[0].block_path
+    block = root.get_submodule(block_path) if block_path else root
+    for module in (site.module, block, root):
+        for t in itertools.chain(module.parameters(), module.buffers()):
+            return t.device
+    return None
+
+
 def _install(root: nn.Module, drop: DropPath) -> None:
     """Put an attached DropPath (whose record is filled) into the model."""
     record: PatchRecord = drop.patch
@@ -202,6 +216,9 @@ def attach(
     try:
         for site, rate in zip(plan.sites, rates, strict=True):
             drop = _new_drop(site, 0.0, options, warned)
+            device = _device_of(root, site)
+            if device is not None:
+                drop.to(device)
             if options.granularity == "block":
                 by_call = {br.call: decisions.setdefault(br.block, BlockDecision(br.block)) for br in site.branches}
                 drop.decisions = tuple(by_call[c] for c in sorted(by_call))

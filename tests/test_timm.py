@@ -7,7 +7,7 @@ from helpers import ModelSnapshot, bitwise_equal, eval_output
 from timm.layers import DropPath as TimmDropPath
 from torch import nn
 
-from droppath_surgery import DropPath, apply_drop_path, find_residual_branches, remove_drop_path
+from droppath_surgery import DropPath, apply_drop_path, find_residual_branches, remove_drop_path, set_drop_path_rate
 from droppath_surgery import build_example_inputs as build
 
 # Small variants of each family keep CI fast; the same kwargs build the oracle model.
@@ -122,6 +122,23 @@ def test_model_on_the_meta_device_is_patched_and_checked_by_shape():
     report = apply_drop_path(model, 0.1)
     assert_rates_equal(our_rates(model), timm_slots(oracle))
     assert report.verified is False and "meta device" in str(report)
+
+
+@pytest.mark.parametrize("skip", [False, True], ids=["masked", "skip"])
+def test_drop_paths_are_placed_on_the_device_the_branches_run_on(skip):
+    """Each DropPath's state lives on its model's device: a rate buffer left on the CPU is copied to
+    the GPU at every call, a host synchronization (the first GPU check found it on every CUDA model).
+    The meta device stands in for the accelerator here."""
+    with torch.device("meta"):
+        model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, depth=2)
+    apply_drop_path(model, 0.1, skip_dropped=skip)
+    drops = [m for m in model.modules() if isinstance(m, DropPath)]
+    assert len(drops) == 4
+    assert {t.device.type for d in drops for t in [*d.buffers(), *d.parameters()]} == {"meta"}
+    set_drop_path_rate(model, 0.3)  # rates written in place stay there
+    assert {d.keep_prob.device.type for d in drops} == {"meta"}
+    out = model.train()(torch.empty(2, 3, 64, 64, device="meta"))
+    assert out.device.type == "meta" and out.shape == (2, model.num_classes)
 
 
 def timm_rates_by_block(oracle: nn.Module, x: torch.Tensor) -> dict[str, float]:
