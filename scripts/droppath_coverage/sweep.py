@@ -1019,6 +1019,19 @@ class Worker:
             self.proc.wait(5)
 
 
+def versions() -> dict[str, str]:
+    """The libraries a run swept with: the rendered pages name these, not whatever is installed when
+    they are rendered (a newer transformers from the package index must not change the committed page)."""
+    import platform
+
+    import timm
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "timm": timm.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
 def run(libraries: list[str], workers: int, timeout: float, out_dir: Path, only=None, retry_failed=False,
         limit: int | None = None, log=sys.stderr) -> None:
     started = time.time()
@@ -1094,7 +1107,8 @@ def run(libraries: list[str], workers: int, timeout: float, out_dir: Path, only=
         runs_path = out_dir / "runs.json"
         runs = json.loads(runs_path.read_text()) if runs_path.exists() else []
         runs.append({"libraries": libraries, "models": n, "workers": workers,
-                     "wall_s": round(time.time() - started, 1), "ended": time.strftime("%Y-%m-%d %H:%M")})
+                     "wall_s": round(time.time() - started, 1), "ended": time.strftime("%Y-%m-%d %H:%M"),
+                     "versions": versions()})
         runs_path.write_text(json.dumps(runs, indent=1) + "\n")
 
 
