@@ -1,11 +1,13 @@
-"""One GPU check of droppath-surgery: the op, skip mode, compile, CUDA graphs and layer drop, in one table.
+"""One GPU check of droppath-surgery: the op, skip mode, compile, CUDA graphs, layer drop and the whole
+pipeline on the device, in one table.
 
-Run on one H100 (estimated 5-7 minutes, not measured; under 8 in any case: sections are time-boxed, those
-that would start past ``--budget-s`` = 420 s are skipped, and one running past it + 20 s is interrupted):
+Run on one H100 / H200 (under 8 minutes: sections are time-boxed, those that would start past
+``--budget-s`` = 420 s are skipped, and one running past it + 20 s is interrupted):
 
     python benchmarks/gpu_check.py --out gpu_check.md
 
-This has not been run on a GPU yet: no session of this project has had one. The CPU smoke run
+Its first run on an H200 (2026-12-04) found skip mode failing on every CUDA model (the exactness check
+indexed CUDA outputs with CPU indices); the figures of the run after the fix are in the README. The CPU smoke run
 (``--device cpu --smoke``: tiny models, 2 timed steps, one torch thread, float32, compile sections
 with backend ``eager``) is run by ``tests/test_gpu_check.py`` and checks only that every section runs end to
 end and the table is well formed; its figures mean nothing.
@@ -32,16 +34,21 @@ a training step is forward, backward and an AdamW step under bf16 autocast on CU
 5. **Layer drop** on a Llama-style decoder (``transformers.LlamaForCausalLM`` from a config: 12 layers,
    hidden 1024, byte vocabulary, seq 512, batch 16) with ``granularity="block", schedule="exp"``, top
    rate 0.5: skip vs masked vs none, and the speed-up limit ``1 / (1 - mean p)`` with "of limit".
+6. **The whole pipeline on the device**: ``apply_drop_path(model, 0.1)`` as a user calls it
+   (verification on), masked and with ``skip_dropped=True``, on timm models at their own size and
+   Hugging Face types from the sweep's shrunk configs (packed vision towers, a bf16 Llama among them),
+   built on the device: sites, verified, eval output bitwise equal to the unpatched model's, one
+   training step (finite, under the host-sync check), undo exact; patch time over one eval forward.
 
 Counting: "recompiles" is the growth of ``torch._dynamo.utils.counters["stats"]["unique_graphs"]``
 (one per graph dynamo compiles) during a form's timed steps; "cudagraph re-records" counts calls of
 ``torch._inductor.cudagraph_trees.CUDAGraphTreeManager.record_function`` during them.
 
-Sections run in the order 1, 2, 5, 3, 4 (the compile-heavy ones last, so that a slow compile
+Sections run in the order 1, 2, 5, 6, 3, 4 (the compile-heavy ones last, so that a slow compile
 costs only them); the table lists them in order. Each section stops timing once past its share of
 the budget; one that starts after ``--budget-s`` is skipped with a note, and a SIGALRM at
 ``--budget-s`` + 20 s interrupts the one running, so the table is always written. Exit status 1 if a
-section failed (its row says why; the traceback goes to stderr).
+section failed or §6 has a FAILED row (the row says why; the traceback goes to stderr).
 
     python benchmarks/gpu_check.py --sections 1 2       # some sections only
     python benchmarks/gpu_check.py --smoke              # on the GPU: tiny models, every code path (inductor compiles)
@@ -85,8 +92,16 @@ FULL: dict[str, Any] = {
     "llama": {"layers": 12, "hidden": 1024, "intermediate": 2816, "heads": 16, "kv_heads": 16, "vocab": 256,
               "seq": 512, "batch": 16},
     "llama_rate": 0.5,
+    # §6: timm models at their own size, Hugging Face types from the sweep's shrunk configs ("hf:type"),
+    # "@bf16": the model cast to bfloat16 before patching, as LLM fine-tuning loads it
+    "pipeline": [
+        "timm:vit_base_patch16_224", "timm:swin_tiny_patch4_window7_224", "timm:maxvit_pico_rw_256",
+        "timm:samvit_base_patch16", "timm:convnext_tiny", "timm:efficientnet_b0",
+        "hf:bert", "hf:llama", "hf:llama@bf16", "hf:gpt_neox", "hf:swin", "hf:timesfm", "hf:qwen2_5_vl_vision",
+        "hf:glm4v_vision", "hf:qwen2_5_vl",
+    ],
     # share of --budget-s each section may spend timing (compiles are not interruptible, only timing stops)
-    "share": {1: 0.06, 2: 0.15, 3: 0.45, 4: 0.2, 5: 0.14},
+    "share": {1: 0.06, 2: 0.15, 3: 0.4, 4: 0.2, 5: 0.14, 6: 0.2},
 }
 SMOKE: dict[str, Any] = {
     **FULL,
@@ -95,6 +110,7 @@ SMOKE: dict[str, Any] = {
     "ro_vit": "vit_tiny_patch16_224", "ro_kwargs": TINY_VIT, "ro_batch": 4, "ro_repeats": 2,
     "llama": {"layers": 2, "hidden": 64, "intermediate": 128, "heads": 4, "kv_heads": 2, "vocab": 256, "seq": 16,
               "batch": 4},
+    "pipeline": ["timm:vit_tiny_patch16_224", "hf:gpt_neox"],
 }
 
 COLUMNS = [
@@ -103,16 +119,16 @@ COLUMNS = [
 ]
 SECTION_TITLES = {
     1: "DropPath op", 2: "skip mode, eager", 3: "skip mode, compiled", 4: "CUDA graphs (reduce-overhead)",
-    5: "layer drop, Llama decoder",
+    5: "layer drop, Llama decoder", 6: "the whole pipeline on the device",
 }
-RUN_ORDER = (1, 2, 5, 3, 4)
+RUN_ORDER = (1, 2, 5, 6, 3, 4)
 LEGEND = (
     "A/B time: median step time of A over B (< 1: A faster); B/A speed-up: its inverse; peak mem: rise of "
-    "torch.cuda.max_memory_allocated during a step over the memory before it ('-' on CPU); saved act: bytes "
+    "`torch.cuda.max_memory_allocated` during a step over the memory before it ('-' on CPU); saved act: bytes "
     "autograd saves for backward, parameters left out; limit / of limit: §5's 1/(1 - mean p) and the speed-up "
-    "over it; recompiles: growth of torch._dynamo.utils.counters['stats']['unique_graphs'] during A's timed "
-    "steps; cudagraph re-records: CUDAGraphTreeManager.record_function calls during them; no host sync: A's "
-    "forward+backward under torch.cuda.set_sync_debug_mode('error') (n/a on CPU)."
+    "over it; recompiles: growth of `torch._dynamo.utils.counters['stats']['unique_graphs']` during A's timed "
+    "steps; cudagraph re-records: `CUDAGraphTreeManager.record_function` calls during them; no host sync: A's "
+    "forward+backward under `torch.cuda.set_sync_debug_mode('error')` (§6: a training-mode forward+backward; n/a on CPU)."
 )
 
 
@@ -675,8 +691,177 @@ def section_layer_drop(ctx: Ctx) -> list[Row]:
     ]
 
 
+# §6: apply_drop_path as a user calls it (verification on), on models built on the device
+
+
+def _outputs(obj: Any) -> list[torch.Tensor]:
+    """The tensors of a model output (a tensor, a tuple / list / dict or a ModelOutput), in order."""
+    from droppath_surgery.nested import tensors
+
+    return list(tensors(obj))
+
+
+def _bitwise(a: Any, b: Any) -> bool:
+    ta, tb = _outputs(a), _outputs(b)
+    return len(ta) == len(tb) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(ta, tb))
+
+
+def _build(spec: str, device: torch.device) -> tuple[nn.Module, str]:
+    """A model of ``spec`` ("timm:name" at its own size, "hf:type" from the sweep's shrunk config,
+    "@bf16" cast to bfloat16) on ``device`` in eval mode, and the size it was built at."""
+    name, _, cast = spec.partition("@")
+    library, _, ident = name.partition(":")
+    torch.manual_seed(0)
+    if library == "timm":
+        import timm
+
+        model, built = timm.create_model(ident, pretrained=False), "default size"
+    else:
+        scripts = str(Path(__file__).resolve().parents[1] / "scripts")
+        if scripts not in sys.path:
+            sys.path.insert(0, scripts)
+        from droppath_coverage.sweep import hf_build
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            config, model_cls, built, _, _ = hf_build(ident)
+            torch.manual_seed(0)
+            model = model_cls(config)
+    model = model.to(device).eval()
+    if cast == "bf16":
+        model = model.to(torch.bfloat16)
+    return model, built
+
+
+def _train_step(model: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+    """One forward and backward in training mode on the example inputs; the loss (the mean of the float
+    outputs), detached: reading it is left to the caller, outside the host-sync check."""
+    model.train()
+    try:  # eval mode and no gradients again also when the host-sync check raises inside
+        out = model(*args, **kwargs)
+        loss = sum(t.float().mean() for t in _outputs(out) if t.is_floating_point() and t.requires_grad)
+        if not isinstance(loss, torch.Tensor):
+            raise RuntimeError("no output with a gradient")
+        loss.backward()
+        return loss.detach()
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
+
+
+def _pipeline_rows(spec: str, ctx: Ctx) -> list[Row]:
+    from droppath_surgery import build_example_inputs, remove_drop_path
+
+    device = ctx.device
+    base, built = _build(spec, device)
+    args, kwargs = build_example_inputs(base)
+    with torch.no_grad():
+        reference = base(*args, **kwargs)
+        again = base(*args, **kwargs)
+    repeats = _bitwise(reference, again)  # on a GPU some kernels need not repeat bit for bit
+    sync(device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        base(*args, **kwargs)
+    sync(device)
+    forward_s = time.perf_counter() - t0
+    pristine = {k: v.clone() for k, v in base.state_dict().items()}
+    buffers = {name: b.clone() for name, b in base.named_buffers()}  # a training pass updates batch norm's
+    unpatched_sync = no_host_sync(lambda: _train_step(base, args, kwargs), device, f"{spec} unpatched")
+    with torch.no_grad():
+        for name, b in base.named_buffers():
+            b.copy_(buffers[name])  # running statistics, as they were
+    label = f"{spec} ({built})"
+    rows = []
+    for skip in (False, True):
+        model = copy.deepcopy(base) if not skip else base
+        sync(device)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            report = apply_drop_path(model, 0.1, skip_dropped=skip, min_skip_rate=0.0)
+        sync(device)
+        patch_s = time.perf_counter() - t0
+        with torch.no_grad():
+            after = model(*args, **kwargs)
+        equal = _bitwise(reference, after)
+        buffers = {name: b.clone() for name, b in model.named_buffers()}  # a training pass updates batch norm's
+        finite = math.isfinite(_train_step(model, args, kwargs).item())
+        host = no_host_sync(lambda m=model: _train_step(m, args, kwargs), device, f"{spec} {'skip' if skip else 'masked'}")
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])  # running statistics, so that undo is judged against the model as it was
+        removed = remove_drop_path(model)
+        with torch.no_grad():
+            undone = model(*args, **kwargs)
+        state = model.state_dict()
+        exact = (state.keys() == pristine.keys() and all(torch.equal(state[k], v) for k, v in pristine.items())
+                 and _bitwise(reference, undone))
+        sites = len(report.sites)
+        facts = [f"{sites} sites", f"verified {report.verified}", f"eval bitwise equal {'yes' if equal else 'NO'}",
+                 f"undo exact {'yes' if exact else 'NO'} ({removed} modules)", f"train step finite {'yes' if finite else 'NO'}"]
+        if skip:
+            facts.insert(1, f"{sum(s.compute == 'skip' for s in report.sites)}/{sites} branches skip")
+        if host == "no" and unpatched_sync == "no":
+            facts.append("the unpatched model's training step syncs too")
+        if not repeats:
+            facts.append("the unpatched model's two eval passes differ (eval equality judged against the first)")
+        if caught:
+            facts.append(f"{len(caught)} warning(s): {str(caught[0].message).splitlines()[0][:160]}")
+        problem = not (sites and report.verified and equal and exact and finite)
+        note = ("FAILED: " if problem else "") + ", ".join(facts)
+        rows.append(Row(6, label, "patch, skip" if skip else "patch, masked", "eval forward", patch_s, forward_s,
+                        sync=host, note=note))
+    return rows
+
+
+def _missing(spec: str) -> str:
+    """Why ``spec`` cannot be built with the libraries installed here ('' when it can): a model type
+    or name newer than the installed transformers / timm is a note, not a failure."""
+    library, _, ident = spec.partition("@")[0].partition(":")
+    if library == "hf":
+        import transformers
+        from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+        if ident not in MODEL_MAPPING_NAMES:
+            return f"not run: transformers {transformers.__version__} has no model type {ident!r}"
+        return ""
+    import timm
+
+    return "" if timm.is_model(ident) else f"not run: timm {timm.__version__} has no model {ident!r}"
+
+
+def section_pipeline(ctx: Ctx) -> list[Row]:
+    """Each model patched with ``apply_drop_path(model, 0.1)`` (masked) and, on another copy, with
+    ``skip_dropped=True, min_skip_rate=0``, verification on: sites, verified, eval output bitwise equal
+    to the unpatched model's, one training step (finite, under the host-sync check), undo exact
+    (state dict and eval output). A model that fails gets a FAILED row and the next one runs."""
+    rows: list[Row] = []
+    specs = list(ctx.cfg["pipeline"])
+    for i, spec in enumerate(specs):
+        if time.perf_counter() > ctx.deadline:
+            ctx.notes.append(f"§6: {len(specs) - i} of {len(specs)} models not run (section budget): {', '.join(specs[i:])}")
+            break
+        print(f"  §6 {spec}", file=sys.stderr, flush=True)
+        missing = _missing(spec)
+        if missing:
+            rows.append(Row(6, spec, "-", note=missing))
+            continue
+        try:
+            rows += _pipeline_rows(spec, ctx)
+        except Exception as exc:  # noqa: BLE001 - the row says what failed; the next model runs
+            traceback.print_exc()
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            rows.append(Row(6, spec, "-", note=f"FAILED: {type(exc).__name__}: {first[:300]}"))
+        gc.collect()
+        if ctx.device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
 SECTIONS: dict[int, Callable[[Ctx], list[Row]]] = {
     1: section_op, 2: section_skip, 3: section_compiled, 4: section_cudagraphs, 5: section_layer_drop,
+    6: section_pipeline,
 }
 
 
@@ -765,7 +950,9 @@ def run(args: argparse.Namespace, device: torch.device, use_alarm: bool) -> int:
             if use_alarm:
                 signal.alarm(max(1, math.ceil(start + args.budget_s + GRACE_S - time.perf_counter())))
             torch.manual_seed(0)
-            rows += SECTIONS[section](ctx)
+            got = SECTIONS[section](ctx)
+            rows += got
+            failed = failed or any(r.note.startswith("FAILED") for r in got)  # §6 goes on past a failing model
         except BudgetExceeded as exc:
             rows.append(Row(section, title, "-", note=str(exc)))
         except Exception as exc:  # noqa: BLE001  (the table is written anyway; the row says what failed)

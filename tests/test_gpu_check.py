@@ -28,6 +28,7 @@ EXPECTED = [
     (3, "compiled skip", "compiled masked"), (3, "compiled masked", "eager masked"),
     (4, "DropPath 4096x8", "-"), (4, "compiled, rate changes", "eager, rate changes"),
     (5, "skip", "masked"), (5, "skip", "none"), (5, "masked", "none"),
+    *[(6, a, "eval forward") for _ in ("vit", "gpt_neox") for a in ("patch, masked", "patch, skip")],
 ]
 NUMERIC = ["A ms", "B ms", "A/B time", "B/A speed-up", "A/B peak mem", "A/B saved act", "limit", "of limit"]
 
@@ -116,3 +117,17 @@ def test_ratios_are_finite_positive_and_counts_are_integers(smoke):
 def test_the_rate_written_between_compiled_calls_is_the_rate_dropped(smoke):
     op = next(r for r in parse(smoke[1])[1] if r["A"] == "DropPath 4096x8")
     assert "(follows the rate)" in op["note"] and "masks differ between replays: yes" in op["note"], op
+
+
+def test_the_pipeline_rows_state_each_check_passed(smoke):
+    """§6: each smoke model patched masked and skipping, verified, eval bitwise equal, undo exact."""
+    rows = [r for r in parse(smoke[1])[1] if r["§"] == "6"]
+    assert [r["row"].split(" ")[0] for r in rows] == ["timm:vit_tiny_patch16_224"] * 2 + ["hf:gpt_neox"] * 2
+    for row in rows:
+        note = row["note"]
+        sites = int(note.split(" sites")[0])
+        assert sites > 0, row
+        for fact in ("verified True", "eval bitwise equal yes", f"undo exact yes ({sites} modules)", "train step finite yes"):
+            assert fact in note, (fact, row)
+        if row["A"] == "patch, skip":
+            assert f"{sites}/{sites} branches skip" in note, row
