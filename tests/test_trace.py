@@ -1074,3 +1074,48 @@ def test_a_branch_times_a_mask_or_a_gate_after_its_module_is_dropped_at_the_modu
 def test_a_branch_times_a_function_of_itself_is_not_taken_for_a_gated_branch():
     report = apply_drop_path(_GatedStack(self_gated=True), 0.5, example_inputs=GATED_INPUTS)
     assert [s.path for s in report.sites] == ["blocks.0.mlp.2", "blocks.1.mlp.2"]  # a * sigmoid(a): not at attn
+
+
+class _ScaledStreamBlock(nn.Module):
+    """Ergo's and Muse Spark's residual gate: ``c * x + g * f(x)`` with per-channel ``c`` and ``g`` computed
+    from a parameter (or ``c`` a live value computed from the stream: no merge then). The gate runs as a
+    module of its own, called with the branch and the stream."""
+
+    def __init__(self, live_scale: bool = False) -> None:
+        super().__init__()
+        self.f = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+        self.gate = _ResidualGate(live_scale)
+
+    def forward(self, x):
+        return self.gate(self.f(x), x)
+
+
+class _ResidualGate(nn.Module):
+    def __init__(self, live_scale: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(8))
+        self.live_scale = live_scale
+
+    def forward(self, branch, residual):
+        g = self.weight.sigmoid()
+        c = residual.sigmoid() if self.live_scale else torch.sqrt(1.0 + g)
+        return g * branch + c * residual
+
+
+def test_a_stream_scaled_by_parameters_is_still_the_stream_and_its_branch_is_dropped():
+    model = nn.Sequential(_ScaledStreamBlock(), _ScaledStreamBlock(), _ScaledStreamBlock())
+    x = torch.randn(4, 5, 8)
+    report = apply_drop_path(model, 1.0, schedule="uniform", example_inputs=x)
+    assert [s.path for s in report.sites] == ["0.f.2", "1.f.2", "2.f.2"]
+    assert report.verified is True
+    model.train()  # rate 1: every branch dropped; each block keeps c * x, its scaled stream
+    expected = x
+    for block in model:
+        expected = torch.sqrt(1.0 + block.gate.weight.sigmoid()) * expected
+    assert torch.allclose(model(x), expected, rtol=1e-6, atol=0)
+
+
+def test_a_stream_times_a_function_of_itself_is_no_scaled_stream():
+    with pytest.raises(NoResidualBranchError):
+        apply_drop_path(nn.Sequential(_ScaledStreamBlock(True), _ScaledStreamBlock(True)), 0.1,
+                        example_inputs=torch.randn(4, 5, 8))

@@ -139,10 +139,13 @@ def _residual(add: Addition, i: int, operand: int, visited: list[Node], stream: 
 def _classify(add: Addition, i: int) -> list[Merge]:
     na, nb = add.a, add.b
     stack = add.stack
-    # x + f(x): the stream is an ancestor of the branch.
+    # x + f(x): the stream is an ancestor of the branch; also c * x + f(x), the stream scaled by numbers or
+    # parameters (Ergo's learned per-channel residual gate): a dropped sample keeps c * x.
     for stream, branch, operand in ((na, nb, 1), (nb, na, 0)):
         if not branch.live:
             continue
+        while stream.scaled_from is not None and not stream.chain:
+            stream = stream.scaled_from
         depth, visited = search_back(branch, stream)
         if depth is not None:
             inner = bool(stack) and stream.live and stream.serial > stack[-1].first

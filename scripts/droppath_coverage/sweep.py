@@ -89,14 +89,15 @@ CI_SUBSET = {
     # (a rule for ViT-22B's split pieces first took them for pieces of one branch and lost them).
     # Grounding DINO: HF's slots on its fusion layer's residual, on that layer's own LayerNorm output.
     # TimesFM: its MLP residual is multiplied by the padding mask after its last module (was silently missed).
+    # Muse Spark's text model: its residual gate scales the stream by a per-channel parameter (alpha * x + beta * f(x)).
     "hf": [
         "gpt_neox", "swin", "qwen2_5_vl", "higgs_audio_v2", "grounding-dino", "glm4v_vision", "qwen2_5_vl_vision",
-        "timesfm",
+        "timesfm", "muse_spark_text",
     ],
     # a head whose inputs are (B, choices, L)
     "hf-heads": ["bert/BertForMultipleChoice"],
 }
-CI_DECODERS = ["gpt_neox", "higgs_audio_v2", "timesfm"]
+CI_DECODERS = ["gpt_neox", "higgs_audio_v2", "timesfm", "muse_spark_text"]
 # Sites with packed towers: Qwen2.5-VL 4 text (2 layers x 2) + 8 vision (4 full-attention blocks x 2), its tower
 # alone 8, GLM-4V's tower 2 in each of its 24 blocks.
 CI_SITES = {"qwen2_5_vl": 12, "qwen2_5_vl_vision": 8, "glm4v_vision": 48}
