@@ -78,9 +78,12 @@ FINDINGS: list[tuple[str, str, str]] = [
      ("the residual stream is `hc_mult` parallel streams mixed by learned matrices (`x' = H_res x + H_post f(H_pre x)`): "
      "there is no `x + f(x)`, so `NoResidualBranchError`. Dropping `f` per sample would need the mixing to be "
      "understood; left as a known limitation.")),
-    ("gated or scaled residual stream", "hf:muse_spark_text (also zaya)",
-     ("the stream itself is rescaled at every merge (`alpha * residual + beta * h`, a learned residual scale): no "
-     "`x + f(x)` on the unchanged stream, so `NoResidualBranchError`.")),
+    ("gated or scaled residual stream", "hf:muse_spark_text (also ergo; zaya still fails)",
+     ("the stream itself is rescaled at every merge (`alpha * residual + beta * h`, a learned per-channel residual "
+     "gate): no `x + f(x)` on the unchanged stream, so `NoResidualBranchError`. Fixed: a stream scaled by numbers or "
+     "parameters is still the stream, and the branch is dropped (a dropped sample keeps `alpha * residual`); a "
+     "stream times a value computed from the pass is not taken. Zaya shifts both stream and branch by a bias before "
+     "scaling (`(h + b1) * s1 + (x + b2) * s2`): no branch to drop there, still `NoResidualBranchError`.")),
     ("residual on a value its part computed", "hf:grounding-dino (also mm-grounding-dino)",
      ("the fusion layer adds its attention to its own LayerNorm outputs (`v = LN(v); v = v + drop_path(gamma * "
      "attn(v))`) and HF drops that; the engine skipped it as 'a residual inside a part of its block, on a value that "
