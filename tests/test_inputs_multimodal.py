@@ -271,6 +271,16 @@ def test_codecs_get_a_waveform_of_a_few_hops():
     _patch(model)
 
 
+def test_a_waveform_is_a_few_frames_of_its_stages_strides():
+    # Muse Spark's audio encoder patches the waveform by 16, then its stages by 6, 5 and 4 (`patch_sizes`): its
+    # forward refuses a length that is no multiple of them (1 s at 16 kHz is not).
+    config = T.MuseSparkAudioConfig(hidden_sizes=[16, 16, 16, 16], depths=[1, 1, 1, 1], out_hidden_size=16)
+    model = T.MuseSparkAudioModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["input_values"].shape[-1] == 4 * 16 * 6 * 5 * 4
+    _patch(model)
+
+
 def test_a_waveform_whose_config_names_no_rate_is_one_second_of_speech():
     # PE Audio's encoder takes a waveform but its config has no hop, frame size or sampling rate: 16 kHz.
     model = T.PeAudioEncoder(

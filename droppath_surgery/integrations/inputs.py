@@ -381,7 +381,7 @@ def _audio_candidates(config: Any, params: Any, main: str, device: torch.device,
     if _has(audio, "conv_kernel", "conv_stride"):  # wav2vec2, HuBERT: raw audio
         samples = _audio_samples(audio)
     else:  # codecs: a few frames of their hop (or 1 s at their sampling rate, else at SPEECH_RATE)
-        ratios = _field(audio, "downsampling_ratios", "upsampling_ratios")
+        ratios = _field(audio, "downsampling_ratios", "upsampling_ratios", "patch_sizes")  # strides of its stages
         hop = _field(audio, "hop_length", "frame_size") or (int(torch.tensor(ratios).prod()) if ratios else None)
         rate = _field(audio, "sampling_rate") or SPEECH_RATE
         samples = AUDIO_HOPS * hop if hop else rate
