@@ -701,9 +701,15 @@ def _outputs(obj: Any) -> list[torch.Tensor]:
     return list(tensors(obj))
 
 
-def _bitwise(a: Any, b: Any) -> bool:
-    ta, tb = _outputs(a), _outputs(b)
-    return len(ta) == len(tb) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(ta, tb))
+def _coverage() -> Any:
+    """The coverage package of ``scripts/`` (the sweep's config shrinking and its bitwise output oracle)."""
+    scripts = str(Path(__file__).resolve().parents[1] / "scripts")
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    import droppath_coverage.judge
+    import droppath_coverage.sweep
+
+    return droppath_coverage
 
 
 def _build(spec: str, device: torch.device) -> tuple[nn.Module, str]:
@@ -717,14 +723,9 @@ def _build(spec: str, device: torch.device) -> tuple[nn.Module, str]:
 
         model, built = timm.create_model(ident, pretrained=False), "default size"
     else:
-        scripts = str(Path(__file__).resolve().parents[1] / "scripts")
-        if scripts not in sys.path:
-            sys.path.insert(0, scripts)
-        from droppath_coverage.sweep import hf_build
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            config, model_cls, built, _, _ = hf_build(ident)
+            config, model_cls, built, _, _ = _coverage().sweep.hf_build(ident)
             torch.manual_seed(0)
             model = model_cls(config)
     model = model.to(device).eval()
@@ -735,9 +736,12 @@ def _build(spec: str, device: torch.device) -> tuple[nn.Module, str]:
 
 def _train_step(model: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
     """One forward and backward in training mode on the example inputs; the loss (the mean of the float
-    outputs), detached: reading it is left to the caller, outside the host-sync check."""
+    outputs), detached: reading it is left to the caller, outside the host-sync check. The model's
+    buffers (batch norm's running statistics) are as they were afterwards, so that undo is judged against
+    the model as it was."""
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
     model.train()
-    try:  # eval mode and no gradients again also when the host-sync check raises inside
+    try:  # eval mode, no gradients and the buffers again also when the host-sync check raises inside
         out = model(*args, **kwargs)
         loss = sum(t.float().mean() for t in _outputs(out) if t.is_floating_point() and t.requires_grad)
         if not isinstance(loss, torch.Tensor):
@@ -747,18 +751,22 @@ def _train_step(model: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
     finally:
         model.zero_grad(set_to_none=True)
         model.eval()
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
 
 
 def _pipeline_rows(spec: str, ctx: Ctx) -> list[Row]:
     from droppath_surgery import build_example_inputs, remove_drop_path
 
     device = ctx.device
+    same = _coverage().judge.outputs_equal  # the sweep's bitwise oracle of model outputs (NaNs equal where both are)
     base, built = _build(spec, device)
     args, kwargs = build_example_inputs(base)
     with torch.no_grad():
         reference = base(*args, **kwargs)
         again = base(*args, **kwargs)
-    repeats = _bitwise(reference, again)  # on a GPU some kernels need not repeat bit for bit
+    repeats = same(reference, again)  # on a GPU some kernels need not repeat bit for bit
     sync(device)
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -766,11 +774,7 @@ def _pipeline_rows(spec: str, ctx: Ctx) -> list[Row]:
     sync(device)
     forward_s = time.perf_counter() - t0
     pristine = {k: v.clone() for k, v in base.state_dict().items()}
-    buffers = {name: b.clone() for name, b in base.named_buffers()}  # a training pass updates batch norm's
     unpatched_sync = no_host_sync(lambda: _train_step(base, args, kwargs), device, f"{spec} unpatched")
-    with torch.no_grad():
-        for name, b in base.named_buffers():
-            b.copy_(buffers[name])  # running statistics, as they were
     label = f"{spec} ({built})"
     rows = []
     for skip in (False, True):
@@ -784,19 +788,15 @@ def _pipeline_rows(spec: str, ctx: Ctx) -> list[Row]:
         patch_s = time.perf_counter() - t0
         with torch.no_grad():
             after = model(*args, **kwargs)
-        equal = _bitwise(reference, after)
-        buffers = {name: b.clone() for name, b in model.named_buffers()}  # a training pass updates batch norm's
+        equal = same(reference, after)
         finite = math.isfinite(_train_step(model, args, kwargs).item())
         host = no_host_sync(lambda m=model: _train_step(m, args, kwargs), device, f"{spec} {'skip' if skip else 'masked'}")
-        with torch.no_grad():
-            for name, b in model.named_buffers():
-                b.copy_(buffers[name])  # running statistics, so that undo is judged against the model as it was
         removed = remove_drop_path(model)
         with torch.no_grad():
             undone = model(*args, **kwargs)
         state = model.state_dict()
         exact = (state.keys() == pristine.keys() and all(torch.equal(state[k], v) for k, v in pristine.items())
-                 and _bitwise(reference, undone))
+                 and same(reference, undone))
         sites = len(report.sites)
         facts = [f"{sites} sites", f"verified {report.verified}", f"eval bitwise equal {'yes' if equal else 'NO'}",
                  f"undo exact {'yes' if exact else 'NO'} ({removed} modules)", f"train step finite {'yes' if finite else 'NO'}"]
