@@ -5,7 +5,13 @@ import torch
 from helpers import ModelSnapshot, TinyTransformer
 from torch import nn
 
-from droppath_surgery import BatchDimError, NoResidualBranchError, apply_drop_path, find_residual_branches
+from droppath_surgery import (
+    BatchDimError,
+    NoResidualBranchError,
+    apply_drop_path,
+    find_residual_branches,
+    set_drop_path_rate,
+)
 
 
 def test_tiny_transformer_two_branches_per_block_and_head_excluded():
@@ -1119,3 +1125,164 @@ def test_a_stream_times_a_function_of_itself_is_no_scaled_stream():
     with pytest.raises(NoResidualBranchError):
         apply_drop_path(nn.Sequential(_ScaledStreamBlock(True), _ScaledStreamBlock(True)), 0.1,
                         example_inputs=torch.randn(4, 5, 8))
+
+
+class _HyperConnection(nn.Module):
+    """DeepSeek V4's mHC (HY V4's without ``comb``): ``pre``, ``post`` and ``comb`` from one split of a
+    projection of the ``n`` streams ``(B, L, n, D)``; returns ``post``, ``comb`` and the layer input
+    ``sum_i pre_i * stream_i``."""
+
+    def __init__(self, n: int, d: int, comb: bool) -> None:
+        super().__init__()
+        self.n, self.comb = n, comb
+        self.fn = nn.Parameter(torch.randn((2 + n * comb) * n, n * d) / (n * d) ** 0.5)
+
+    def forward(self, streams):
+        n = self.n
+        mixes = nn.functional.linear(nn.functional.rms_norm(streams.flatten(2), (n * streams.shape[-1],)), self.fn)
+        pieces = mixes.split([n, n, n * n] if self.comb else [n, n], dim=-1)
+        pre, post = torch.sigmoid(pieces[0]), 2 * torch.sigmoid(pieces[1])
+        collapsed = (pre.unsqueeze(-1) * streams).sum(dim=2)
+        if not self.comb:
+            return post, collapsed
+        return post, torch.softmax(pieces[2].unflatten(-1, (n, n)), dim=-1), collapsed
+
+
+class _HCMixer(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return self.out(torch.softmax(q @ k.transpose(-1, -2), -1) @ v), None
+
+
+class _Experts(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(3, d, d) / d**0.5)
+
+    def forward(self, x, weights):
+        return torch.einsum("ble,edf,bld->blf", weights, self.w, x)
+
+
+class _MoE(nn.Module):
+    """Routed experts plus a shared one, ``routed + shared(x)`` (DeepSeek's MoE): a sum inside the branch."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.gate, self.experts = nn.Linear(d, 3), _Experts(d)
+        self.shared = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+
+    def forward(self, x):
+        return self.experts(torch.relu(x), torch.softmax(self.gate(x), -1)) + self.shared(x)
+
+
+class _HCLayer(nn.Module):
+    """A hyper-connection layer: ``comb^T @ h + post ⊗ f(x)`` (DeepSeek V4, GLM-5 Next) or, without ``comb``,
+    ``(post.float() ⊗ f(x).float() + h.float()).to(dtype)`` (HY V4), once with attention, once with an MoE.
+    ``near_miss``: the two terms are halves of one split, gating attention and MLP, with no stream kept."""
+
+    def __init__(self, n: int, d: int, comb: bool, near_miss: bool = False) -> None:
+        super().__init__()
+        self.comb, self.near_miss = comb, near_miss
+        self.attn_hc, self.ffn_hc = _HyperConnection(n, d, comb), _HyperConnection(n, d, comb)
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn, self.mlp = _HCMixer(d), _MoE(d)
+
+    def _merge(self, hc, f, norm, h):
+        if not self.comb:
+            post, x = hc(h)
+            out = f(norm(x))
+            out = out[0] if isinstance(out, tuple) else out
+            return (post.float().unsqueeze(-1) * out.float().unsqueeze(-2) + h.float()).to(h.dtype)
+        post, comb, x = hc(h)
+        out = f(norm(x))
+        out = out[0] if isinstance(out, tuple) else out
+        return post.unsqueeze(-1) * out.unsqueeze(-2) + torch.matmul(comb.transpose(-1, -2), h)
+
+    def forward(self, h):
+        if self.near_miss:
+            post, comb, x = self.attn_hc(h)
+            a, m = self.attn(self.norm1(x))[0], self.mlp(self.norm2(x))
+            return post.unsqueeze(-1) * a.unsqueeze(-2) + comb.sum(-1).unsqueeze(-1) * m.unsqueeze(-2)
+        h = self._merge(self.attn_hc, self.attn, self.norm1, h)
+        return self._merge(self.ffn_hc, self.mlp, self.norm2, h)
+
+
+class _HCStack(nn.Module):
+    def __init__(self, comb: bool = True, n: int = 3, d: int = 8, depth: int = 2, near_miss: bool = False) -> None:
+        super().__init__()
+        self.n = n
+        self.embed = nn.Linear(d, d)
+        self.layers = nn.ModuleList([_HCLayer(n, d, comb, near_miss) for _ in range(depth)])
+
+    def forward(self, x):
+        h = self.embed(x).unsqueeze(2).expand(-1, -1, self.n, -1).contiguous()
+        for layer in self.layers:
+            h = layer(h)
+        return h.mean(dim=2)
+
+
+def _mixed_streams_only(model: _HCStack, x):
+    """The output with every branch term ``post ⊗ f(x)`` removed: only the mixed streams ``comb^T @ h``."""
+    h = model.embed(x).unsqueeze(2).expand(-1, -1, model.n, -1).contiguous()
+    for layer in model.layers:
+        for hc in (layer.attn_hc, layer.ffn_hc):
+            h = torch.matmul(hc(h)[1].transpose(-1, -2), h) if layer.comb else h
+    return h.mean(dim=2)
+
+
+@pytest.mark.parametrize("comb", [True, False])
+def test_hyper_connection_branches_are_dropped_at_the_layer_output_keeping_the_mixed_stream(comb):
+    # New stream = comb^T @ h + post ⊗ f(x): a per-sample multiplier on f(x) before the broadcast product is
+    # one on the branch term, so the layer's attention and MoE (not the experts inside it, not the
+    # hyper-connection's post) carry drop path, and the mixed stream is kept.
+    torch.manual_seed(0)
+    model, x = _HCStack(comb), torch.randn(64, 5, 8)
+    with torch.no_grad():
+        expected = model(x)
+    report = apply_drop_path(model, 0.5, schedule="uniform", example_inputs=x[:4])
+    assert [(s.block, s.path, s.output_index) for s in report.sites] == [
+        (b, f"layers.{b}.{part}", index) for b in range(2) for part, index in (("attn", (0,)), ("mlp", ()))
+    ]
+    assert [s.path for s in report.skipped] == ["layers.0.mlp.shared", "layers.1.mlp.shared"]  # routed + shared
+    assert report.verified is True
+    seen: list = []
+    for layer in model.layers:  # registered after drop path's hooks: they see the dropped outputs
+        layer.attn.register_forward_hook(lambda m, a, out: seen.append(out[0]))
+        layer.mlp.register_forward_hook(lambda m, a, out: seen.append(out))
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), expected)  # eval: bitwise unchanged
+        first = seen[0]
+        seen.clear()
+        model.train()(x)
+        dropped = torch.stack([(out == 0).flatten(1).all(1) for out in seen])  # (sites, samples)
+        assert 0.35 < dropped.float().mean().item() < 0.65  # 256 decisions at p = 0.5
+        kept = ~dropped[0]
+        assert torch.equal(seen[0][kept], 2 * first[kept])  # the first layer's input is the same: kept * 1 / keep
+        set_drop_path_rate(model, 1.0)
+        assert torch.equal(model(x), _mixed_streams_only(model, x))  # every branch term removed, the streams kept
+
+
+def test_hyper_connection_near_misses_are_not_taken():
+    # Two terms gated by pieces of one split, attn and MLP of one collapsed input, with no stream kept: parts of
+    # one branch (like ViT-22B's), even though each is a broadcast product of a module output.
+    with pytest.raises(NoResidualBranchError):
+        apply_drop_path(_HCStack(near_miss=True), 0.1, example_inputs=torch.randn(4, 5, 8))
+
+    # A branch broadcast over the batch (a module that pools the samples) has no per-sample drop: left out (with
+    # batch_dim given; otherwise the samples' dependence on each other refuses the batch dimension).
+    class Pooled(_HCMixer):
+        def forward(self, x):
+            return super().forward(x)[0].mean(0, keepdim=True), None
+
+    model = _HCStack()
+    for layer in model.layers:
+        layer.attn = Pooled(8)
+    with pytest.warns(UserWarning, match="do not keep whole samples"):
+        report = apply_drop_path(model, 0.1, example_inputs=torch.randn(4, 5, 8), batch_dim=0)
+    assert [s.path for s in report.sites] == ["layers.0.mlp", "layers.1.mlp"]
+    assert {s.path for s in report.skipped} >= {"layers.0.attn", "layers.1.attn"}
+

@@ -2,8 +2,9 @@
 
 ``a + b`` is a merge when one operand (the stream) is an ancestor of the other (``x + f(x)``), or
 when both come from an input of the call that adds by paths of different length (``downsample(x) +
-f(x)``, parallel blocks); the branch must be a module's output, up to per-sample-neutral scalings
-and replayable layout operations (``view``, ``permute``, slicing). ``find_merges`` says for each
+f(x)``, parallel blocks; a hyper-connection's ``comb^T @ h + post * f(x)``); the branch must be a
+module's output, up to per-sample-neutral scalings and replayable layout operations (``view``,
+``permute``, slicing, the broadcast of an outer product). ``find_merges`` says for each
 whether it computes something and whether its stream was computed inside the call that adds.
 """
 
@@ -78,11 +79,17 @@ def _branch_end(node: Node) -> tuple[Node | None, tuple]:
             node, op = node.layout_from
             layout.append(op)
         elif node.gated:
-            for scaled, gate in node.gated:
+            found = []
+            for scaled, gate, expand in node.gated:
                 end, before = _branch_end(scaled)
                 if end is not None and search_back(gate, end)[0] is None and gate is not end:
-                    return end, before + tuple(reversed(layout))
-            return None, ()
+                    after = before + ((expand,) if expand is not None else ()) + tuple(reversed(layout))
+                    if expand is None:
+                        return end, after
+                    found.append((end, after))
+            # Of two broadcast factors that are both module outputs (a hyper-connection's ``post`` and its layer's
+            # output), the branch is the one computed last: the other was computed before it, to scale it.
+            return max(found, key=lambda f: f[0].serial) if found else (None, ())
         else:
             return None, ()
     return node, tuple(reversed(layout))
@@ -136,7 +143,7 @@ def _residual(add: Addition, i: int, operand: int, visited: list[Node], stream: 
     return [m for m in merges if m is not None]
 
 
-def _classify(add: Addition, i: int) -> list[Merge]:
+def _classify(add: Addition, i: int, carried: tuple[Node, ...] = ()) -> list[Merge]:
     na, nb = add.a, add.b
     stack = add.stack
     # x + f(x): the stream is an ancestor of the branch; also c * x + f(x), the stream scaled by numbers or
@@ -150,18 +157,26 @@ def _classify(add: Addition, i: int) -> list[Merge]:
         if depth is not None:
             inner = bool(stack) and stream.live and stream.serial > stack[-1].first
             return _residual(add, i, operand, visited, stream, inner)
-    # shortcut(x) + f(x): both computed from an input of the call running the addition.
+    # shortcut(x) + f(x): both computed from an input of the call running the addition; or mix(s) + f(s), one
+    # operation on ``s`` against a branch of ``s``, where ``s`` is the stream carried on by a merge this call ran
+    # before (``carried``: a hyper-connection layer's second merge).
     if not stack or not (na.live and nb.live):
         return []
-    for fork in stack[-1].inputs:
+    inputs = stack[-1].inputs
+    forks = [(fork, frozenset(n.serial for n in inputs if n is not fork), False) for fork in inputs]
+    for fork, barrier, inner in forks + [(s, frozenset(), True) for s in carried]:
         # Each operand must come from the fork input itself, not through another input of the call.
-        barrier = frozenset(n.serial for n in stack[-1].inputs if n is not fork)
         da, va = search_back(na, fork, barrier)
         db, vb = search_back(nb, fork, barrier)
-        if da is None or db is None or da == db or _pieces(va, vb, fork):
+        if da is None or db is None or da == db:
+            continue
+        # A shortcut one operation from the fork is the stream (mixed), even where that operation's other operand
+        # and the branch are pieces of one split (a hyper-connection's ``comb`` and ``post``).
+        one_step = min(da, db) == 1
+        if (inner and not one_step) or (not one_step and _pieces(va, vb, fork)):
             continue
         operand, visited = (0, va) if da > db else (1, vb)
-        merge = _merge(add, i, operand, "fork", visited, fork)
+        merge = _merge(add, i, operand, "fork", visited, fork, inner)
         return [merge] if merge is not None else []
     return []
 
@@ -197,15 +212,23 @@ def find_merges(recording: Recording) -> list[Merge]:
     computed from an input of the module call running the addition, one by a strictly shorter path
     (the shortcut) than the other (the branch), not through another input of that call (CoaT's
     ``f(x4) + g(x3)``, ``x4`` made from ``x3`` before the call, is none), and not from different outputs
-    of one split of a value computed after that input (``_pieces``: one branch's parts). The branch must be a module
+    of one split of a value computed after that input (``_pieces``: one branch's parts) unless the shortcut is one
+    operation on that input; or when the shortcut is one operation on the stream an earlier merge of the same
+    call made (a hyper-connection layer's second merge). The branch must be a module
     call's output, possibly followed by scalings by parameters or numbers and by layout operations on
     it alone, whose module runs inside the call that adds (a slice of the stream, TNT's
     ``patch_embed[:, 1:]``, leads back to the previous block).
     """
     merges: list[Merge] = []
     summed: set[int] = set()  # serials of sums of branches that a residual merge took apart
+    by_serial = {n.serial: n for n in recording.nodes}
+    carried: dict[int, list[Node]] = {}  # id(call) -> what the merges it ran made: the stream it carries on
     for i, add in enumerate(recording.additions):
-        found = _classify(add, i)
+        runner = id(add.stack[-1]) if add.stack else 0
+        found = _classify(add, i, tuple(carried.get(runner, ())))
+        made = by_serial.get(add.serial + 1)  # the sum (in-place: the new value of the stream)
+        if found and add.stack and made is not None:
+            carried.setdefault(runner, []).append(made)
         if len({m.end.serial for m in found}) > 1:
             summed |= _sum_serials(add.b if found[0].operand else add.a)
         merges += found

@@ -121,8 +121,11 @@ class Node:
         self.scaled_from = scaled_from  # the live node this is a per-sample-neutral scaling of
         self.layout_from = layout_from  # (live node, LayoutOp) when a layout operation made it from that node
         self.call = call  # the torch operation call that made it (outputs of one ``split`` share it); 0 for inputs
-        # ``a * g`` (or ``a / g``) of two live values of which ``a`` has the output's shape: ``(a, g)`` pairs. It
-        # commutes with a per-sample mask on ``a`` unless ``g`` is computed from it (``merges`` checks that).
+        # ``a * g`` (or ``a / g``) of two live values of which ``a`` has the output's shape: ``(a, g, None)``. It
+        # commutes with a per-sample mask on ``a`` unless ``g`` is computed from it (``merges`` checks that). A
+        # product of two factors that both broadcast to it (a hyper-connection's ``post.unsqueeze(-1) *
+        # f.unsqueeze(-2)``): ``(a, g, expand)`` for each factor, ``expand`` the layout operation that broadcasts
+        # ``a`` to the product's shape (the batch dimension pass replays it).
         self.gated = gated
 
 
@@ -268,7 +271,14 @@ class _Recorder(TorchFunctionMode):
             # a branch times a padding mask or a gate (TimesFM's MLP, adaLN's gate): either factor of a product,
             # the dividend of a quotient, where it has the output's shape
             pairs = ((0, 1), (1, 0)) if name in _MUL else ((0, 1),) if args and args[0] is inputs[0] else ()
-            gated = tuple((nodes[i], nodes[j]) for i, j in pairs if inputs[i].shape == out.shape)
+            gated = tuple((nodes[i], nodes[j], None) for i, j in pairs if inputs[i].shape == out.shape)
+            if not gated and name in _MUL:  # neither factor has the product's shape: both broadcast to it
+                expand = (SELF, tuple(out.shape))
+                gated = tuple(
+                    (nodes[i], nodes[j], LayoutOp(Tensor.expand, expand, MappingProxyType({}), tuple(inputs[i].shape)))
+                    for i, j in pairs
+                    if inputs[i].ndim == out.ndim
+                )
         layout_from = None
         if (
             name in _LAYOUT
