@@ -1286,3 +1286,12 @@ def test_hyper_connection_near_misses_are_not_taken():
     assert [s.path for s in report.sites] == ["layers.0.mlp", "layers.1.mlp"]
     assert {s.path for s in report.skipped} >= {"layers.0.attn", "layers.1.attn"}
 
+
+def test_hyper_connection_branch_through_float_casts_in_bfloat16():
+    # HY V4 runs the merge in float32: post.float() ⊗ f(x).float() + h.float(). The casts are per sample alike,
+    # so drop path still goes on the layer's modules, not on the hyper-connection's post.
+    torch.manual_seed(0)
+    model, x = _HCStack(comb=False).to(torch.bfloat16), torch.randn(4, 5, 8, dtype=torch.bfloat16)
+    report = apply_drop_path(model, 0.1, example_inputs=x)
+    assert [s.path for s in report.sites] == ["layers.0.attn", "layers.0.mlp", "layers.1.attn", "layers.1.mlp"]
+    assert report.verified is True

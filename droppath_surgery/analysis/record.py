@@ -6,7 +6,7 @@ The model runs (the caller sets eval mode and ``torch.no_grad()``) while a ``Tor
 every torch operation and forward hooks on every module see every call. Each tensor value gets a
 ``Node``: the values it was computed from, whether it is live (computed from the example inputs), the
 module calls that returned it (its *end chain*, innermost first) and what made it (linear or not,
-mixing channels or not, a per-sample-neutral scaling of one live value, or a replayable layout
+mixing channels or not, a per-sample-neutral scaling or float cast of one live value, or a replayable layout
 operation). In-place operations are seen through the version counter: an operation that returns one
 of its inputs unchanged is an identity; one that bumped an input's version made a new value of it.
 An ``Addition`` is kept with the nodes its operands had at that moment (``x += f(x)`` included).
@@ -32,6 +32,7 @@ __all__ = ["Node", "Call", "LayoutOp", "Addition", "Recording", "record", "versi
 _ADD = {torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, torch.Tensor.__iadd__, torch.Tensor.__radd__, torch.add}
 _MUL = {"mul", "mul_", "__mul__", "__rmul__", "__imul__"}
 _SCALE = _MUL | {"div", "div_", "__truediv__", "__itruediv__", "true_divide"}
+_CAST = {"float", "half", "bfloat16", "double", "to", "type_as"}  # with a floating input and output
 # Operations that are linear in their live inputs (with a single live input where it says so).
 _LINEAR_ANY = {
     "add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__", "__rsub__", "__isub__",
@@ -266,6 +267,11 @@ class _Recorder(TorchFunctionMode):
             divides_by_live = name not in _MUL and args[0] is not live_input
             if live_input.shape == out.shape and not divides_by_live:
                 scaled_from = live_parents[0]  # x * c, c * x or x / c: commutes with a per-sample mask
+        elif (
+            name in _CAST and len(live_parents) == 1 and nodes[0] is live_parents[0] and isinstance(out, Tensor)
+            and inputs[0].is_floating_point() and out.is_floating_point() and out.shape == inputs[0].shape
+        ):
+            scaled_from = live_parents[0]  # a float cast (HY V4's f(x).float()): elementwise, per sample alike
         gated: tuple = ()
         if name in _SCALE and len(live_parents) == 2 and len(inputs) == 2 and isinstance(out, Tensor):
             # a branch times a padding mask or a gate (TimesFM's MLP, adaLN's gate): either factor of a product,
