@@ -456,3 +456,76 @@ def test_llava_next_crops_folded_into_the_tower_batch_are_dropped_per_sample():
         report = apply_drop_path(model, 0.1)
     tower = [s for s in report.sites if s.path.startswith("vision_tower")]
     assert len(tower) == 4 and all(s.rows_per_sample == 3 for s in tower)
+
+
+TOWER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+
+
+def test_a_temporal_patch_named_patch_temporal_widens_the_flattened_rows():
+    # Muse Spark's tower names its temporal patch size patch_temporal: rows of 3 x 2 x 14**2, not 3 x 14**2.
+    config = T.MuseSparkVisionConfig(**TOWER, patch_temporal=2, merge_size=2)
+    model = T.MuseSparkVisionModel(config).eval()
+    args, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape[1] == 3 * 2 * 14 * 14
+    with torch.no_grad():
+        model(*args, **kwargs)
+
+
+def test_a_vision_tower_alone_gets_the_first_patch_layout_it_runs_on():
+    # Kimi K2.5's tower embeds (patches, C, p, p) with a convolution: the flattened rows are tried, then these.
+    config = T.Kimi_K25VisionConfig(**TOWER, patch_size=14, merge_kernel_size=[2, 2])
+    model = T.Kimi_K25VisionModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape[1:] == (3, 14, 14)
+    _patch(model)
+
+
+def test_a_tower_taking_merge_sizes_gets_the_merge_of_each_image():
+    config = T.VideoLlama3VisionConfig(**TOWER, patch_size=4)
+    model = T.VideoLlama3VisionModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["merge_sizes"].tolist() == [1] * len(kwargs["grid_thw"])
+    _patch(model)
+
+
+def test_a_tower_taking_merged_channels_last_blocks_gets_them_with_a_grid_of_merged_tokens():
+    # Inkling 2: pixel_values (tokens, m*p, m*p, C), image_grid_thw counted in merged tokens.
+    config = T.Inkling2VisionConfig(**TOWER, patch_size=4, spatial_merge_size=2, posemb_grid_size=4)
+    model = T.Inkling2VisionModel(config)
+    _, kwargs = build_example_inputs(model)
+    grid = kwargs["image_grid_thw"]
+    assert kwargs["pixel_values"].shape == (int(grid.prod(-1).sum()), 8, 8, 3)
+    _patch(model)
+
+
+def test_a_tower_taking_patch_positions_gets_a_grid_of_whole_pooling_kernels():
+    # Gemma 4's tower: (B, N, 3 p**2) patches and their (x, y), pooled 3 x 3: a 6 x 6 grid, 4 features an image.
+    config = T.Gemma4VisionConfig(**TOWER, num_key_value_heads=4, head_dim=8, patch_size=4, pooling_kernel_size=3)
+    model = T.Gemma4VisionModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape == (2, 36, 3 * 4 * 4)
+    assert kwargs["pixel_position_ids"].shape == (2, 36, 2)
+    assert kwargs["pixel_position_ids"][0, 7].tolist() == [1, 1]  # (x, y) of the second row's second patch
+    _patch(model)
+
+
+def test_a_vlm_built_without_its_vision_tower_is_probed_on_text():
+    # Gemma 4's default config has vision_config None: no vision tower, its get_image_features cannot run.
+    config = T.Gemma4Config(text_config=dict(TEXT, head_dim=8, global_head_dim=8, hidden_size_per_layer_input=8,
+                                             vocab_size_per_layer_input=99), vision_config=None, audio_config=None,
+                            image_token_id=IMAGE_TOKEN)
+    model = T.Gemma4Model(config)
+    _, kwargs = build_example_inputs(model)
+    assert "pixel_values" not in kwargs and "input_ids" in kwargs
+    _patch(model)
+
+
+def test_a_vlm_with_a_linear_patch_embedding_gets_flattened_patches():
+    # Fuyu embeds (patches, C x p**2) rows with a linear layer: 32 x 32 images of 8 x 8 patches, 16 an image.
+    config = T.FuyuConfig(text_config=dict(TEXT, model_type="persimmon"), image_size=32, patch_size=8,
+                          hidden_size=32, image_token_id=IMAGE_TOKEN, vocab_size=99)
+    model = T.FuyuModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape == (2 * 16, 3 * 8 * 8)
+    assert _image_tokens(kwargs) == [16, 16]
+    _patch(model)

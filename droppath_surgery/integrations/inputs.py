@@ -18,11 +18,22 @@ model's device and in its floating dtype:
   InstructBLIP's Q-Former also gets its instruction, ``qformer_input_ids``) (between the config's vision start
   and end tokens, if any; random text avoids every ``*_token_id``), with ``mm_token_type_ids`` where the
   forward takes them. Layouts: Qwen2-VL flattened patches (``image_grid_thw`` / ``grid_thw`` in the
-  forward: ``GRID_SIDE x spatial_merge_size`` patches a side, rows of ``channels x temporal_patch_size x
-  patch_size**2``; a vision tower taking ``hidden_states`` and ``grid_thw`` gets the same), NaFlex
-  patches (``spatial_shapes``), LLaVA-NeXT crops (``config.image_grid_pinpoints``: an image of the first
-  pinpoint's size, with ``image_sizes``), else ``(B, C, H, W)`` then ``(B, 1, C, H, W)`` (Idefics), each with
-  ``image_sizes`` where the forward takes them. If every layout fails, ``ExampleInputsError`` says why;
+  forward: ``GRID_SIDE x spatial_merge_size`` patches a side, rows of ``channels x temporal_patch_size``
+  (``patch_temporal``) ``x patch_size**2``, with ``image_merge_sizes`` / ``merge_sizes`` where the forward
+  takes them; a vision tower taking ``hidden_states`` and ``grid_thw`` gets the same), then as ``(patches, C,
+  p, p)``, then as channels-last blocks of one merged token, ``(tokens, m*p, m*p, C)``, with the grid counted in
+  merged tokens (Inkling 2); patches with their ``(x, y)`` (``pixel_position_ids`` / ``image_position_ids``:
+  ``(B, N, C x p**2)`` rows of a grid of ``GRID_SIDE x pooling_kernel_size`` patches a side); NaFlex patches
+  (``spatial_shapes``); LLaVA-NeXT crops (``config.image_grid_pinpoints``: an image of the first pinpoint's
+  size, with ``image_sizes``); else ``(B, C, H, W)`` then ``(B, 1, C, H, W)`` (Idefics), each with
+  ``image_sizes`` where the forward takes them and an all-valid ``pixel_attention_mask`` (per tile, else per
+  pixel) where ``get_image_features`` requires one, then the image as packed and as batched flattened patches
+  ``(B x N, C x p**2)`` / ``(B, N, C x p**2)`` (Fuyu); every layout with ``<name>_pixel_values`` of
+  ``<name>_vision_config``'s size where the forward takes them (DeepSeek-VL hybrid's high-resolution tower).
+  A model whose image tokens are not counted (a vision tower alone) gets the first layout its forward runs on
+  (a trial forward, as for audio). A VLM whose config
+  leaves ``vision_config`` None (built without a tower) and whose image features fail gets text alone. If
+  every layout fails, ``ExampleInputsError`` says why;
 * Hugging Face video models taking ``pixel_values_videos`` (VideoPrism, V-JEPA 2): a clip of
   ``num_frames`` (``frames_per_clip``) frames of ``image_size`` (``crop_size``), ``(B, T, C, H, W)`` or
   ``(B, C, T, H, W)``, the first the forward runs on;
@@ -188,7 +199,7 @@ def _patch_rows(vision: Any, device: torch.device, dtype: torch.dtype, gen: torc
     attention windows of ``window_size`` pixels, Qwen2.5-VL's: windows as large as the image would leave the
     engine unable to tell them from the images), ``GRID_IMAGES`` images per sample."""
     merge = _field(vision, "spatial_merge_size", "merge_size") or 1
-    temporal = _field(vision, "temporal_patch_size") or 1
+    temporal = _field(vision, "temporal_patch_size", "patch_temporal") or 1
     channels = _field(vision, "in_channels", "num_channels", "in_chans") or 3
     side = GRID_SIDE * merge
     window = _field(vision, "window_size") or 0
@@ -207,15 +218,20 @@ def _pixel_candidates(model: nn.Module, vision: Any, params: Any, device: torch.
     if grid_key is not None and getattr(vision, "patch_size", None):  # Qwen2-VL: flattened patches and their grid
         rows, grid = _patch_rows(vision, device, dtype, gen)
         extra = {}
-        if "image_merge_sizes" in params:  # the merge of each image passed in (VideoLLaMA 3)
-            merge = _field(vision, "spatial_merge_size", "merge_size") or 1
-            extra["image_merge_sizes"] = torch.full((len(grid),), merge, dtype=torch.long, device=device)
+        merge = _field(vision, "spatial_merge_size", "merge_size") or 1
+        for key in ("image_merge_sizes", "merge_sizes"):  # the merge of each image passed in (VideoLLaMA 3)
+            if key in params:
+                extra[key] = torch.full((len(grid),), merge, dtype=torch.long, device=device)
         out = [{patch_key: rows, grid_key: grid, **extra}]
         p = vision.patch_size
         if rows.shape[1] % (p * p) == 0:  # or unflattened (patches, C, p, p), optionally batched (Kimi, PaddleOCR-VL)
             square = rows.view(rows.shape[0], -1, p, p)
             out += [{patch_key: square, grid_key: grid, **extra}, {patch_key: square[None], grid_key: grid, **extra}]
+        out += _merged_patches(vision, rows, grid, patch_key, grid_key, extra)
         return out
+    positions = _position_id_patches(vision, params, device, dtype, gen)
+    if positions:
+        return positions
     if "spatial_shapes" in params:  # NaFlex: patches of a 4 x 4 grid, the second image 3 x 4 and padded
         side, p, c = 4, vision.patch_size, vision.num_channels
         pixels = torch.randn(EXAMPLE_BATCH, side * side, c * p * p, generator=gen).to(device, dtype)
@@ -239,7 +255,85 @@ def _pixel_candidates(model: nn.Module, vision: Any, params: Any, device: torch.
     sizes: list[dict[str, Tensor]] = [{}]
     if "image_sizes" in params:
         sizes.append({"image_sizes": torch.tensor([list(size)] * EXAMPLE_BATCH, device=device)})
-    return [{"pixel_values": pixels, **extra} for pixels in (image, image.unsqueeze(1)) for extra in sizes]
+    out = [{"pixel_values": pixels, **extra} for pixels in (image, image.unsqueeze(1)) for extra in sizes]
+    out = _with_tile_masks(model, out) + _flat_patches(vision, image)
+    second = _second_images(model.config, params, device, dtype, gen)
+    return [{**layout, **second} for layout in out]
+
+
+def _second_images(config: Any, params: Any, device: torch.device, dtype: torch.dtype,
+                   gen: torch.Generator) -> dict[str, Tensor]:
+    """The image again for a second tower: ``<name>_pixel_values`` where the forward takes them and the config
+    has ``<name>_vision_config``, at that config's ``image_size`` (DeepSeek-VL hybrid's high-resolution SAM)."""
+    out = {}
+    for key in params:
+        tower = getattr(config, key.removesuffix("pixel_values") + "vision_config", None) if key.endswith(
+            "_pixel_values") else None
+        if tower is not None and _field(tower, "image_size") is not None:
+            channels = _field(tower, "num_channels", "in_channels") or 3
+            out[key] = _image(EXAMPLE_BATCH, channels, _pair(tower.image_size), device, dtype, gen)
+    return out
+
+
+def _with_tile_masks(model: nn.Module, layouts: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+    """``layouts`` with an all-valid ``pixel_attention_mask`` where ``get_image_features`` requires one: for a
+    ``(B, tiles, C, H, W)`` image, one flag per tile ``(B, tiles)`` (Granite Docling) or one per pixel
+    ``(B, tiles, H, W)`` (Idefics 3's layout); unchanged elsewhere."""
+    fn = getattr(model, "get_image_features", None)
+    if fn is None or "pixel_attention_mask" not in _required(inspect.signature(fn).parameters):
+        return layouts
+    out = []
+    for layout in layouts:
+        pixels = layout["pixel_values"]
+        if pixels.dim() == 5:
+            for shape in (pixels.shape[:2], (*pixels.shape[:2], *pixels.shape[-2:])):
+                out.append({**layout, "pixel_attention_mask": torch.ones(shape, dtype=torch.bool, device=pixels.device)})
+        else:
+            out.append(layout)
+    return out
+
+
+def _merged_patches(vision: Any, rows: Tensor, grid: Tensor, patch_key: str, grid_key: str,
+                    extra: dict) -> list[dict[str, Tensor]]:
+    """Patches in units of the spatial merge: one ``(merge x patch)``-square, channels-last block per merged
+    token, ``(tokens, m*p, m*p, C)``, with the grid counted in merged tokens (Inkling 2); [] for a temporal
+    patch (its blocks would have no axis to hold the frames). The values are ``rows``'."""
+    merge = _field(vision, "spatial_merge_size", "merge_size") or 1
+    if merge < 2 or (_field(vision, "temporal_patch_size", "patch_temporal") or 1) != 1:
+        return []
+    side = merge * vision.patch_size
+    merged = grid // torch.tensor([1, merge, merge], device=grid.device)
+    blocks = rows.reshape(int(merged.prod(-1).sum()), side, side, -1)
+    return [{patch_key: blocks, grid_key: merged, **extra}]
+
+
+def _position_id_patches(vision: Any, params: Any, device: torch.device, dtype: torch.dtype,
+                         gen: torch.Generator) -> list[dict[str, Tensor]]:
+    """Patches with their ``(x, y)`` positions (a forward taking ``pixel_position_ids`` / ``image_position_ids``,
+    Gemma 4): ``(B, N, C x patch_size**2)`` rows of a square grid of ``GRID_SIDE x pooling_kernel_size``
+    patches a side (the pooling averages whole kernels), and the positions ``(B, N, 2)``; [] otherwise."""
+    key = next((k for k in ("pixel_position_ids", "image_position_ids") if k in params), None)
+    p = _field(vision, "patch_size")
+    if key is None or not isinstance(p, int):
+        return []
+    side = GRID_SIDE * (_field(vision, "pooling_kernel_size") or 1)
+    channels = _field(vision, "num_channels", "in_channels") or 3
+    pixels = torch.randn(EXAMPLE_BATCH, side * side, channels * p * p, generator=gen).to(device, dtype)
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    xy = torch.stack([cols.flatten(), rows.flatten()], -1).expand(EXAMPLE_BATCH, -1, -1).contiguous()
+    return [{"pixel_values": pixels, key: xy.to(device)}]
+
+
+def _flat_patches(vision: Any, image: Tensor) -> list[dict[str, Tensor]]:
+    """``image`` as flattened patches, every sample's packed, ``(B x N, C x patch_size**2)``, then
+    ``(B, N, C x patch_size**2)`` (Fuyu, NeoMME: a linear patch embedding; packed first, as NeoMME's
+    get_image_features takes either but its forward only the packed), tried after the images; [] without a
+    patch size (the image cropped to whole patches)."""
+    p = _field(vision, "patch_size")
+    if not isinstance(p, int) or not 0 < p <= min(image.shape[-2:]):
+        return []
+    rows = nn.functional.unfold(image, p, stride=p).transpose(1, 2).contiguous()  # (B, N, C p p)
+    return [{"pixel_values": rows.flatten(0, 1)}, {"pixel_values": rows}]
 
 
 def _video_candidates(config: Any, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> list[dict[str, Tensor]]:
@@ -325,6 +419,11 @@ def _count_features(model: nn.Module, image: dict[str, Tensor]) -> list[int]:
     if not rows or sum(rows) % EXAMPLE_BATCH:
         raise ValueError(f"{len(rows)} feature tensors with {sum(rows)} rows for {EXAMPLE_BATCH} images")
     return [sum(rows) // EXAMPLE_BATCH] * EXAMPLE_BATCH  # every image's features in one (tokens, D)
+
+
+def _no_vision_tower(config: Any) -> bool:
+    """The config names a vision sub-config and leaves it unset: the model was built without its vision tower."""
+    return hasattr(config, "vision_config") and config.vision_config is None
 
 
 def _flatten(value: Any) -> list:
@@ -433,6 +532,7 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
     if not wants_image and {"hidden_states", "grid_thw"} <= set(required):  # a Qwen2-VL vision tower
         wants_image = True
     image_tokens = None
+    candidates: list[dict[str, Tensor]] = []
     if wants_image:
         candidates = _pixel_candidates(model, vision, params, device, dtype, gen)
         image = candidates[0]
@@ -466,11 +566,16 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
                 except Exception as exc:  # noqa: BLE001 - not this layout: the next one is tried
                     failures.append(f"{type(exc).__name__}: {exc}".splitlines()[0][:120])
             else:
-                raise ExampleInputsError(
-                    f"{type(model).__name__}: cannot tell how many image tokens (id {image_token}) it takes per "
-                    f"image: its get_image_features fails on the example images ({'; '.join(failures)}); pass "
-                    f"example_inputs= with 'pixel_values' and 'input_ids' holding one image token per image feature."
-                )
+                if _no_vision_tower(config):  # built without one (Gemma 4's default config): text alone
+                    image, wants_image = {}, False
+                    candidates = []
+                else:
+                    raise ExampleInputsError(
+                        f"{type(model).__name__}: cannot tell how many image tokens (id {image_token}) it takes per "
+                        f"image: its get_image_features fails on the example images ({'; '.join(failures)}); pass "
+                        f"example_inputs= with 'pixel_values' and 'input_ids' holding one image token per image "
+                        f"feature."
+                    )
         kwargs.update(image)
     media = _audio_candidates(config, params, main, device, dtype, gen)  # the layouts the forward may take
     if not media and "pixel_values_videos" in params and (main == "pixel_values_videos" or "pixel_values_videos" in required):
@@ -511,6 +616,8 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
         kwargs["decoder_input_ids"] = decoder
         if "decoder_attention_mask" in params:
             kwargs["decoder_attention_mask"] = _padding_mask(decoder, left=False)
+    if wants_image and image_tokens is None and len(candidates) > 1 and not media:  # no feature count chose one
+        kwargs = _first_running(model, {k: v for k, v in kwargs.items() if k not in image}, candidates)
     if len(media) > 1:
         kwargs = _first_running(model, {k: v for k, v in kwargs.items() if k not in media[0]}, media)
     missing = [n for n in required if n not in kwargs]
