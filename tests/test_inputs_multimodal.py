@@ -529,3 +529,38 @@ def test_a_vlm_with_a_linear_patch_embedding_gets_flattened_patches():
     assert kwargs["pixel_values"].shape == (2 * 16, 3 * 8 * 8)
     assert _image_tokens(kwargs) == [16, 16]
     _patch(model)
+
+
+def test_a_second_tower_gets_its_own_pixel_values_at_its_config_size():
+    # DeepSeek-VL hybrid: high_res_pixel_values for its high_res_vision_config (SAM) at 64 px, SigLIP's at 32.
+    config = T.DeepseekVLHybridConfig(
+        vision_config=dict(VISION, model_type="siglip_vision_model", image_size=32, patch_size=8),
+        high_res_vision_config=dict(model_type="sam_vision_model", hidden_size=32, output_channels=16,
+                                    num_hidden_layers=2, num_attention_heads=4, image_size=64, patch_size=8,
+                                    window_size=2, global_attn_indexes=[1], mlp_dim=64),
+        text_config=dict(TEXT, model_type="llama"),
+        image_token_id=IMAGE_TOKEN,
+    )
+    model = T.DeepseekVLHybridModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape == (2, 3, 32, 32)
+    assert kwargs["high_res_pixel_values"].shape == (2, 3, 64, 64)
+    assert _image_tokens(kwargs) == [16, 16]
+    _patch(model)
+
+
+def test_image_features_that_require_a_tile_mask_get_one_flag_per_tile():
+    # Granite Docling's get_image_features requires pixel_attention_mask (B, tiles): 4 x 4 patches shuffled 2 x 2.
+    config = T.GraniteDoclingConfig(
+        vision_config=dict(VISION, image_size=32, patch_size=8, scale_factor=2, out_hidden_size=32,
+                           deepstack_visual_indexes=[0, 1]),
+        text_config=dict(TEXT, pad_token_id=0, bos_token_id=0, eos_token_id=0),
+        image_token_id=IMAGE_TOKEN,
+        pad_token_id=0,
+    )
+    model = T.GraniteDoclingModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape == (2, 1, 3, 32, 32)
+    assert kwargs["pixel_attention_mask"].tolist() == [[True], [True]]
+    assert _image_tokens(kwargs) == [4, 4]
+    _patch(model)
