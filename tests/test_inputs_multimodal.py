@@ -564,3 +564,59 @@ def test_image_features_that_require_a_tile_mask_get_one_flag_per_tile():
     assert kwargs["pixel_attention_mask"].tolist() == [[True], [True]]
     assert _image_tokens(kwargs) == [4, 4]
     _patch(model)
+
+
+def test_tiled_images_get_their_aspect_ratio_and_the_text_a_mask_of_their_tiles():
+    # Mllama: (B, images, max_num_tiles, C, H, W), aspect_ratio_ids 1 (the first supported ratio: one tile of two),
+    # aspect_ratio_mask of the tiles, and the text's cross_attention_mask (B, L, images, tiles).
+    config = T.MllamaConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_global_layers=1,
+                           attention_heads=4, image_size=16, patch_size=8, max_num_tiles=2,
+                           supported_aspect_ratios=[[1, 1], [1, 2]], intermediate_layers_indices=[0],
+                           vision_output_dim=64),
+        text_config=dict(TEXT, cross_attention_layers=[1], pad_token_id=0, bos_token_id=1, eos_token_id=2),
+        image_token_index=IMAGE_TOKEN,
+    )
+    model = T.MllamaModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape == (2, 1, 2, 3, 16, 16)
+    assert kwargs["aspect_ratio_ids"].tolist() == [[1], [1]]
+    assert kwargs["aspect_ratio_mask"].tolist() == [[[1, 0]], [[1, 0]]]
+    assert kwargs["cross_attention_mask"].shape == (2, kwargs["input_ids"].shape[1], 1, 2)
+    _patch(model)
+
+
+def test_images_the_text_cross_attends_to_get_an_image_attention_mask():
+    # Idefics (1): (B, images, C, H, W) and every text token attending to its sample's image, (B, L, images).
+    config = T.IdeficsConfig(
+        **TEXT,
+        vision_config=dict(embed_dim=32, image_size=16, patch_size=8, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64),
+        perceiver_config=dict(use_resampler=False),
+        cross_layer_interval=1,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    model = T.IdeficsModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape == (2, 1, 3, 16, 16)
+    assert kwargs["image_attention_mask"].shape == (2, kwargs["input_ids"].shape[1], 1)
+    _patch(model)
+
+
+def test_an_encoder_decoder_vlm_counts_its_image_tokens_on_its_encoder():
+    # T5Gemma 2: get_image_features and the vision config are its encoder's; 16 patches pooled to 4 tokens an image.
+    gemma = dict(TEXT, head_dim=8, layer_types=["sliding_attention", "full_attention"], sliding_window=8,
+                 pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    config = T.T5Gemma2Config(
+        encoder=dict(text_config=gemma, vision_config=dict(VISION, image_size=32, patch_size=8), mm_tokens_per_image=4,
+                     boi_token_index=95, eoi_token_index=96, image_token_index=IMAGE_TOKEN - 1),
+        decoder=gemma,
+        image_token_index=IMAGE_TOKEN - 1,
+        eoi_token_index=96,
+        vocab_size=99,
+    )
+    model = T.T5Gemma2Model(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape == (2, 3, 32, 32)
+    assert (kwargs["input_ids"] == IMAGE_TOKEN - 1).sum(1).tolist() == [4, 4]
+    _patch(model)

@@ -13,27 +13,37 @@ model's device and in its floating dtype:
   for two-tower models such as ``CLIPModel``;
 * Hugging Face vision-language models (``config.image_token_id`` / ``image_token_index`` and a forward
   taking ``input_ids``): the image is tried in the layouts below on the model's own ``get_image_features``
-  and ``input_ids`` get one image token per feature vector it returns (per query, ``num_query_tokens``, for a
-  Q-Former's: Blip-2's get_image_features returns the vision tower's features, not what takes their places;
-  InstructBLIP's Q-Former also gets its instruction, ``qformer_input_ids``) (between the config's vision start
-  and end tokens, if any; random text avoids every ``*_token_id``), with ``mm_token_type_ids`` where the
-  forward takes them. Layouts: Qwen2-VL flattened patches (``image_grid_thw`` / ``grid_thw`` in the
-  forward: ``GRID_SIDE x spatial_merge_size`` patches a side, rows of ``channels x temporal_patch_size``
-  (``patch_temporal``) ``x patch_size**2``, with ``image_merge_sizes`` / ``merge_sizes`` where the forward
-  takes them; a vision tower taking ``hidden_states`` and ``grid_thw`` gets the same), then as ``(patches, C,
-  p, p)``, then as channels-last blocks of one merged token, ``(tokens, m*p, m*p, C)``, with the grid counted in
-  merged tokens (Inkling 2); patches with their ``(x, y)`` (``pixel_position_ids`` / ``image_position_ids``:
-  ``(B, N, C x p**2)`` rows of a grid of ``GRID_SIDE x pooling_kernel_size`` patches a side); NaFlex patches
-  (``spatial_shapes``); LLaVA-NeXT crops (``config.image_grid_pinpoints``: an image of the first pinpoint's
-  size, with ``image_sizes``); else ``(B, C, H, W)`` then ``(B, 1, C, H, W)`` (Idefics), each with
-  ``image_sizes`` where the forward takes them and an all-valid ``pixel_attention_mask`` (per tile, else per
-  pixel) where ``get_image_features`` requires one, then the image as packed and as batched flattened patches
-  ``(B x N, C x p**2)`` / ``(B, N, C x p**2)`` (Fuyu); every layout with ``<name>_pixel_values`` of
-  ``<name>_vision_config``'s size where the forward takes them (DeepSeek-VL hybrid's high-resolution tower).
-  A model whose image tokens are not counted (a vision tower alone) gets the first layout its forward runs on
-  (a trial forward, as for audio). A VLM whose config
-  leaves ``vision_config`` None (built without a tower) and whose image features fail gets text alone. If
-  every layout fails, ``ExampleInputsError`` says why;
+  (its encoder's, for an encoder-decoder: T5Gemma 2) and ``input_ids`` get one image token per feature
+  vector it returns (per query, ``num_query_tokens``, for a Q-Former's: Blip-2's get_image_features returns
+  the vision tower's features, not what takes their places; InstructBLIP's Q-Former also gets its
+  instruction, ``qformer_input_ids``) (between the config's vision start and end tokens, if any; random text
+  avoids every ``*_token_id``), with ``mm_token_type_ids`` where the forward takes them. The vision config is
+  ``vision_config``, else the encoder's (T5Gemma 2). Layouts:
+
+  - Qwen2-VL flattened patches (``image_grid_thw`` / ``grid_thw`` in the forward): ``GRID_SIDE x
+    spatial_merge_size`` patches a side, rows of ``channels x temporal_patch_size`` (``patch_temporal``)
+    ``x patch_size**2``, with ``image_merge_sizes`` / ``merge_sizes`` where the forward takes them (a vision
+    tower taking ``hidden_states`` and ``grid_thw`` gets the same); then as ``(patches, C, p, p)``; then as
+    channels-last blocks of one merged token, ``(tokens, m*p, m*p, C)``, the grid counted in merged tokens
+    (Inkling 2);
+  - patches with their ``(x, y)`` (``pixel_position_ids`` / ``image_position_ids`` in the forward): ``(B, N,
+    C x p**2)`` rows of a grid of ``GRID_SIDE x pooling_kernel_size`` patches a side (Gemma 4);
+  - NaFlex patches (``spatial_shapes``);
+  - tiles (``aspect_ratio_ids`` in the forward): ``(B, 1, max_num_tiles, C, H, W)`` of the config's first
+    ``supported_aspect_ratios``, with ``aspect_ratio_mask`` and the text's ``cross_attention_mask`` (Mllama);
+  - LLaVA-NeXT crops (``config.image_grid_pinpoints``): an image of the first pinpoint's size, with
+    ``image_sizes``;
+  - else ``(B, C, H, W)`` then ``(B, 1, C, H, W)`` (Idefics), each with ``image_sizes`` where the forward
+    takes them and an all-valid ``pixel_attention_mask`` (per tile, else per pixel) where
+    ``get_image_features`` requires one; then the image as packed, then as batched, flattened patches
+    ``(B x N, C x p**2)`` / ``(B, N, C x p**2)`` (Fuyu, NeoMME).
+
+  Every layout also gets ``<name>_pixel_values`` at ``<name>_vision_config``'s size where the forward takes
+  them (DeepSeek-VL hybrid's high-resolution tower), and ``(B, images, C, H, W)`` images an all-ones
+  ``image_attention_mask`` ``(B, L, images)`` where the forward takes one (Idefics). A model whose image
+  tokens are not counted (a vision tower alone) gets the first layout its forward runs on (a trial forward,
+  as for audio). A VLM whose config leaves ``vision_config`` None (built without its tower) and whose image
+  features fail gets text alone. If every layout fails, ``ExampleInputsError`` says why;
 * Hugging Face video models taking ``pixel_values_videos`` (VideoPrism, V-JEPA 2): a clip of
   ``num_frames`` (``frames_per_clip``) frames of ``image_size`` (``crop_size``), ``(B, T, C, H, W)`` or
   ``(B, C, T, H, W)``, the first the forward runs on;
@@ -244,6 +254,9 @@ def _pixel_candidates(model: nn.Module, vision: Any, params: Any, device: torch.
     frames = getattr(vision, "num_frames", None)
     if isinstance(frames, int) and frames > 0:  # video (VideoMAE, TimeSformer, ViViT, X-CLIP): (B, T, C, H, W)
         return [{"pixel_values": torch.stack([image] * frames, dim=1)}]
+    tiled = _tiled_images(vision, params, image)
+    if tiled:
+        return tiled
     pinpoints = getattr(model.config, "image_grid_pinpoints", None)
     if pinpoints and "image_sizes" in params:  # LLaVA-NeXT "anyres": an image of the first pinpoint's size, as
         high, wide = pinpoints[0]  # its crops of the tower's size plus the whole image resized, (B, crops, C, H, W)
@@ -259,6 +272,39 @@ def _pixel_candidates(model: nn.Module, vision: Any, params: Any, device: torch.
     out = _with_tile_masks(model, out) + _flat_patches(vision, image)
     second = _second_images(model.config, params, device, dtype, gen)
     return [{**layout, **second} for layout in out]
+
+
+def _tiled_images(vision: Any, params: Any, image: Tensor) -> list[dict[str, Tensor]]:
+    """Tiled images for a forward taking ``aspect_ratio_ids`` (Mllama): one image a sample, of the config's first
+    ``supported_aspect_ratios`` (id 1; 0 is padding), padded to ``max_num_tiles`` tiles, ``(B, 1, tiles, C, H, W)``,
+    with its ``aspect_ratio_mask`` ``(B, 1, tiles)`` (1 = a tile of the image); [] otherwise. The text's
+    ``cross_attention_mask`` follows once the text is built (``_text_image_masks``)."""
+    tiles, ratios = _field(vision, "max_num_tiles"), _field(vision, "supported_aspect_ratios")
+    if "aspect_ratio_ids" not in params or not isinstance(tiles, int) or not ratios:
+        return []
+    used = int(torch.tensor(ratios[0]).prod())
+    pixels = torch.zeros(EXAMPLE_BATCH, 1, tiles, *image.shape[1:], device=image.device, dtype=image.dtype)
+    pixels[:, 0, :used] = image[:, None]
+    mask = torch.zeros(EXAMPLE_BATCH, 1, tiles, dtype=torch.long, device=image.device)
+    mask[..., :used] = 1
+    ids = torch.ones(EXAMPLE_BATCH, 1, dtype=torch.long, device=image.device)
+    out = {"pixel_values": pixels, "aspect_ratio_ids": ids}
+    if "aspect_ratio_mask" in params:
+        out["aspect_ratio_mask"] = mask
+    return [out]
+
+
+def _text_image_masks(layout: dict[str, Tensor], ids: Tensor, params: Any) -> dict[str, Tensor]:
+    """Every text token attending to every image of its sample, for a forward that cross-attends from the text
+    to the images: ``cross_attention_mask`` ``(B, L, images, tiles)`` where the images came with an
+    ``aspect_ratio_mask`` (Mllama: the image's tiles, not the padding), ``image_attention_mask`` ``(B, L,
+    images)`` for ``(B, images, C, H, W)`` images (Idefics); {} otherwise."""
+    tiles, pixels = layout.get("aspect_ratio_mask"), layout.get("pixel_values")
+    if "cross_attention_mask" in params and tiles is not None:
+        return {"cross_attention_mask": tiles[:, None].expand(-1, ids.shape[1], -1, -1).contiguous()}
+    if "image_attention_mask" in params and pixels is not None and pixels.dim() == 5:
+        return {"image_attention_mask": torch.ones(*ids.shape, pixels.shape[1], dtype=torch.long, device=ids.device)}
+    return {}
 
 
 def _second_images(config: Any, params: Any, device: torch.device, dtype: torch.dtype,
@@ -279,7 +325,7 @@ def _with_tile_masks(model: nn.Module, layouts: list[dict[str, Tensor]]) -> list
     """``layouts`` with an all-valid ``pixel_attention_mask`` where ``get_image_features`` requires one: for a
     ``(B, tiles, C, H, W)`` image, one flag per tile ``(B, tiles)`` (Granite Docling) or one per pixel
     ``(B, tiles, H, W)`` (Idefics 3's layout); unchanged elsewhere."""
-    fn = getattr(model, "get_image_features", None)
+    fn = _image_features(model)
     if fn is None or "pixel_attention_mask" not in _required(inspect.signature(fn).parameters):
         return layouts
     out = []
@@ -399,10 +445,23 @@ def _special_tokens(*configs: Any) -> list[int]:
     return sorted(ids)
 
 
+def _image_features(model: nn.Module) -> Any:
+    """The model's ``get_image_features``, else its encoder's (T5Gemma 2: the images go to the encoder of an
+    encoder-decoder); None if neither has one."""
+    fn = getattr(model, "get_image_features", None)
+    encoder: Any = getattr(model, "get_encoder", None)
+    if fn is None and callable(encoder):
+        try:
+            fn = getattr(encoder(), "get_image_features", None)
+        except Exception:  # noqa: BLE001 - no encoder to ask
+            fn = None
+    return fn
+
+
 def _count_features(model: nn.Module, image: dict[str, Tensor]) -> list[int]:
     """Image tokens of each sample: the feature vectors ``get_image_features`` returns for its image (so the
     count includes whatever the projector pools, pixel-shuffles or adds). Raises what the model raises."""
-    fn: Any = model.get_image_features
+    fn: Any = _image_features(model)
     accepted = inspect.signature(fn).parameters
     kw = {(k if k in accepted else k.removeprefix("image_")): v for k, v in image.items()
           if k in accepted or k.removeprefix("image_") in accepted}
@@ -518,7 +577,9 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
     config: Any = model.config
     params = inspect.signature(model.forward).parameters
     required = _required(params)
-    vision = getattr(config, "vision_config", None) or config
+    # the vision sub-config: the model's, else its encoder's (T5Gemma 2), else the config itself
+    vision = getattr(config, "vision_config", None) or getattr(getattr(config, "encoder", None), "vision_config", None) \
+        or config
     text = getattr(config, "text_config", None) or config
     main = getattr(model, "main_input_name", "pixel_values")
     modalities = getattr(model, "input_modalities", ()) or ()
@@ -533,11 +594,12 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
         wants_image = True
     image_tokens = None
     candidates: list[dict[str, Tensor]] = []
+    image: dict[str, Tensor] = {}
     if wants_image:
         candidates = _pixel_candidates(model, vision, params, device, dtype, gen)
         image = candidates[0]
         unset = next((n for n in _IMAGE_TOKEN if hasattr(config, n)), None) if image_token is None else None
-        if takes_ids and unset is not None and hasattr(model, "get_image_features"):  # Blip-2's default config
+        if takes_ids and unset is not None and _image_features(model) is not None:  # Blip-2's default config
             raise ExampleInputsError(
                 f"{type(model).__name__}: its config's {unset} is None, so no text can hold its images (the forward "
                 f"looks for that token); set config.{unset} to your checkpoint's image token (its processor's), or "
@@ -555,7 +617,7 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
         queries = _field(config, "num_query_tokens")
         if takes_ids and image_token is not None and isinstance(queries, int) and queries > 0:
             image_tokens = [queries] * EXAMPLE_BATCH  # a Q-Former's queries take the image's places (Blip-2)
-        elif takes_ids and image_token is not None and hasattr(model, "get_image_features"):
+        elif takes_ids and image_token is not None and _image_features(model) is not None:
             # a VLM: as many placeholders as the projector emits, in the first layout the model takes
             failures = []
             for layout in candidates:
@@ -599,6 +661,9 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
             if "mm_token_type_ids" in params:  # text 0, image 1 (M-RoPE positions)
                 kwargs["mm_token_type_ids"] = (ids == image_token).to(torch.int)
         kwargs["input_ids"] = ids
+        image = {**image, **_text_image_masks(image, ids, params)}  # (each layout its own, for the trial below)
+        kwargs.update(image)
+        candidates = [{**c, **_text_image_masks(c, ids, params)} for c in candidates]
         seq2seq = getattr(config, "is_encoder_decoder", False)
         if "attention_mask" in params:
             kwargs["attention_mask"] = _padding_mask(ids, left=_is_causal(model) and not seq2seq)
