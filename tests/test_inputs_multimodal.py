@@ -620,3 +620,19 @@ def test_an_encoder_decoder_vlm_counts_its_image_tokens_on_its_encoder():
     assert kwargs["pixel_values"].shape == (2, 3, 32, 32)
     assert (kwargs["input_ids"] == IMAGE_TOKEN - 1).sum(1).tolist() == [4, 4]
     _patch(model)
+
+
+def test_a_projector_taking_only_some_patch_counts_gets_an_image_of_the_smallest():
+    # Aria's projector maps 16 patches to 4 queries and no other count: a 32 px image of 8 px patches, not 64 px.
+    config = T.AriaConfig(
+        vision_config=dict(VISION, image_size=64, patch_size=8, model_type="idefics3_vision"),
+        text_config=dict(TEXT, moe_num_experts=2, moe_topk=1, moe_num_shared_experts=1, moe_intermediate_size=16,
+                         pad_token_id=0, bos_token_id=1, eos_token_id=2),
+        projector_patch_to_query_dict={16: 4},
+        image_token_id=IMAGE_TOKEN,
+    )
+    model = T.AriaModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape == (2, 3, 32, 32)
+    assert _image_tokens(kwargs) == [4, 4]
+    _patch(model)

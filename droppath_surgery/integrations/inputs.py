@@ -33,9 +33,10 @@ model's device and in its floating dtype:
     ``supported_aspect_ratios``, with ``aspect_ratio_mask`` and the text's ``cross_attention_mask`` (Mllama);
   - LLaVA-NeXT crops (``config.image_grid_pinpoints``): an image of the first pinpoint's size, with
     ``image_sizes``;
-  - else ``(B, C, H, W)`` then ``(B, 1, C, H, W)`` (Idefics), each with ``image_sizes`` where the forward
-    takes them and an all-valid ``pixel_attention_mask`` (per tile, else per pixel) where
-    ``get_image_features`` requires one; then the image as packed, then as batched, flattened patches
+  - else ``(B, C, H, W)`` then ``(B, 1, C, H, W)`` (Idefics) at ``image_size`` (where the projector takes
+    only some patch counts, ``projector_patch_to_query_dict``, the square image giving the smallest: Aria),
+    each with ``image_sizes`` where the forward takes them and an all-valid ``pixel_attention_mask`` (per
+    tile, else per pixel) where ``get_image_features`` requires one; then the image as packed, then as batched, flattened patches
     ``(B x N, C x p**2)`` / ``(B, N, C x p**2)`` (Fuyu, NeoMME).
 
   Every layout also gets ``<name>_pixel_values`` at ``<name>_vision_config``'s size where the forward takes
@@ -69,6 +70,7 @@ decoder runs alone without its audio: probed so, the encoder would be left out u
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 import torch
@@ -249,7 +251,7 @@ def _pixel_candidates(model: nn.Module, vision: Any, params: Any, device: torch.
         mask[1, (side - 1) * side :] = 0
         shapes = torch.tensor([[side, side], [side - 1, side]][:EXAMPLE_BATCH])
         return [{"pixel_values": pixels, "pixel_attention_mask": mask.to(device), "spatial_shapes": shapes.to(device)}]
-    size = _pair(getattr(vision, "image_size", 224))
+    size = _image_size(model.config, vision)
     image = _image(EXAMPLE_BATCH, getattr(vision, "num_channels", 3), size, device, dtype, gen)
     frames = getattr(vision, "num_frames", None)
     if isinstance(frames, int) and frames > 0:  # video (VideoMAE, TimeSformer, ViViT, X-CLIP): (B, T, C, H, W)
@@ -272,6 +274,18 @@ def _pixel_candidates(model: nn.Module, vision: Any, params: Any, device: torch.
     out = _with_tile_masks(model, out) + _flat_patches(vision, image)
     second = _second_images(model.config, params, device, dtype, gen)
     return [{**layout, **second} for layout in out]
+
+
+def _image_size(config: Any, vision: Any) -> tuple[int, int]:
+    """``image_size`` (224 if unset); but where a projector takes only some patch counts
+    (``projector_patch_to_query_dict``, Aria's), the square image of ``patch_size`` patches giving the smallest."""
+    counts = _field(config, "projector_patch_to_query_dict")
+    p = _field(vision, "patch_size")
+    if isinstance(counts, dict) and counts and isinstance(p, int):
+        side = math.isqrt(min(int(n) for n in counts))
+        if side * side == min(int(n) for n in counts):
+            return side * p, side * p
+    return _pair(getattr(vision, "image_size", 224))
 
 
 def _tiled_images(vision: Any, params: Any, image: Tensor) -> list[dict[str, Tensor]]:
