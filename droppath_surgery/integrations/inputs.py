@@ -36,8 +36,8 @@ model's device and in its floating dtype:
   - else ``(B, C, H, W)`` then ``(B, 1, C, H, W)`` (Idefics) at ``image_size`` (where the projector takes
     only some patch counts, ``projector_patch_to_query_dict``, the square image giving the smallest: Aria),
     each with ``image_sizes`` where the forward takes them and an all-valid ``pixel_attention_mask`` (per
-    tile, else per pixel) where ``get_image_features`` requires one; then the image as packed, then as batched, flattened patches
-    ``(B x N, C x p**2)`` / ``(B, N, C x p**2)`` (Fuyu, NeoMME).
+    tile, else per pixel) where ``get_image_features`` requires one; then the image as packed, then as
+    batched, flattened patches ``(B x N, C x p**2)`` / ``(B, N, C x p**2)`` (Fuyu, NeoMME).
 
   Every layout also gets ``<name>_pixel_values`` at ``<name>_vision_config``'s size where the forward takes
   them (DeepSeek-VL hybrid's high-resolution tower), and ``(B, images, C, H, W)`` images an all-ones
