@@ -636,3 +636,14 @@ def test_a_projector_taking_only_some_patch_counts_gets_an_image_of_the_smallest
     assert kwargs["pixel_values"].shape == (2, 3, 32, 32)
     assert _image_tokens(kwargs) == [4, 4]
     _patch(model)
+
+
+def test_a_navit_packed_tower_gets_one_row_of_every_images_patches_and_their_sizes():
+    # MiniCPM-V's tower: (1, C, p, N x p) and each image's (h, w) in patches, 4 x 4 (its 2 x 2 windows merge).
+    config = T.MiniCPMOcrVisionConfig(**TOWER, image_size=16, patch_size=4, insert_layer_id=0, window_kernel_size=(2, 2))
+    model = T.MiniCPMOcrVisionModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert list(kwargs) == ["target_sizes", "pixel_values"]
+    assert kwargs["target_sizes"].tolist() == [[4, 4]] * 4
+    assert kwargs["pixel_values"].shape == (1, 3, 4, 4 * 16 * 4)
+    _patch(model)

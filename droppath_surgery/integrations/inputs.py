@@ -29,6 +29,8 @@ model's device and in its floating dtype:
   - patches with their ``(x, y)`` (``pixel_position_ids`` / ``image_position_ids`` in the forward): ``(B, N,
     C x p**2)`` rows of a grid of ``GRID_SIDE x pooling_kernel_size`` patches a side (Gemma 4);
   - NaFlex patches (``spatial_shapes``);
+  - NaViT-packed images (``target_sizes`` in the forward): every image's patches in one row, ``(1, C, p, N x
+    p)``, and each image's ``(h, w)`` in patches, ``GRID_SIDE x window_kernel_size`` a side (MiniCPM-V's tower);
   - tiles (``aspect_ratio_ids`` in the forward): ``(B, 1, max_num_tiles, C, H, W)`` of the config's first
     ``supported_aspect_ratios``, with ``aspect_ratio_mask`` and the text's ``cross_attention_mask`` (Mllama);
   - LLaVA-NeXT crops (``config.image_grid_pinpoints``): an image of the first pinpoint's size, with
@@ -40,7 +42,7 @@ model's device and in its floating dtype:
     batched, flattened patches ``(B x N, C x p**2)`` / ``(B, N, C x p**2)`` (Fuyu, NeoMME).
 
   Every layout also gets ``<name>_pixel_values`` at ``<name>_vision_config``'s size where the forward takes
-  them (DeepSeek-VL hybrid's high-resolution tower), and ``(B, images, C, H, W)`` images an all-ones
+  them (DeepSeek-VL hybrid's high-resolution tower), and ``(B, images, C, H, W)`` images get an all-ones
   ``image_attention_mask`` ``(B, L, images)`` where the forward takes one (Idefics). A model whose image
   tokens are not counted (a vision tower alone) gets the first layout its forward runs on (a trial forward,
   as for audio). A VLM whose config leaves ``vision_config`` None (built without its tower) and whose image
@@ -241,7 +243,8 @@ def _pixel_candidates(model: nn.Module, vision: Any, params: Any, device: torch.
             out += [{patch_key: square, grid_key: grid, **extra}, {patch_key: square[None], grid_key: grid, **extra}]
         out += _merged_patches(vision, rows, grid, patch_key, grid_key, extra)
         return out
-    positions = _position_id_patches(vision, params, device, dtype, gen)
+    positions = _position_id_patches(vision, params, device, dtype, gen) or _navit_patches(vision, params, device,
+                                                                                           dtype, gen)
     if positions:
         return positions
     if "spatial_shapes" in params:  # NaFlex: patches of a 4 x 4 grid, the second image 3 x 4 and padded
@@ -382,6 +385,22 @@ def _position_id_patches(vision: Any, params: Any, device: torch.device, dtype: 
     rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
     xy = torch.stack([cols.flatten(), rows.flatten()], -1).expand(EXAMPLE_BATCH, -1, -1).contiguous()
     return [{"pixel_values": pixels, key: xy.to(device)}]
+
+
+def _navit_patches(vision: Any, params: Any, device: torch.device, dtype: torch.dtype,
+                   gen: torch.Generator) -> list[dict[str, Tensor]]:
+    """NaViT-packed images for a forward taking ``target_sizes`` (MiniCPM-V's tower): every image's patches in one
+    row of patches, ``(1, C, p, N x p)``, and each image's ``(h, w)`` in patches, ``GRID_SIDE x
+    window_kernel_size`` a side (its merges take whole windows), ``GRID_IMAGES`` images a sample; [] otherwise."""
+    p = _field(vision, "patch_size")
+    if "target_sizes" not in params or not isinstance(p, int):
+        return []
+    kernel = _field(vision, "window_kernel_size") or (1, 1)
+    side = GRID_SIDE * max(_pair(kernel))
+    sizes = torch.tensor([[side, side]] * (EXAMPLE_BATCH * GRID_IMAGES), dtype=torch.long)
+    channels = _field(vision, "num_channels", "in_channels") or 3
+    pixels = torch.randn(1, channels, p, len(sizes) * side * side * p, generator=gen).to(device, dtype)
+    return [{"pixel_values": pixels, "target_sizes": sizes.to(device)}]
 
 
 def _flat_patches(vision: Any, image: Tensor) -> list[dict[str, Tensor]]:
@@ -711,7 +730,7 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
         )
     if type(model).__name__.endswith("ForMultipleChoice"):  # (B, choices, L): each sample's candidate texts
         kwargs = {k: v[:, None].expand(-1, CHOICES, *v.shape[1:]).contiguous() if v.ndim == 2 else v for k, v in kwargs.items()}
-    grid = next((k for k in ("image_grid_thw", "grid_thw") if k in kwargs), None)
+    grid = next((k for k in ("image_grid_thw", "grid_thw", "target_sizes") if k in kwargs), None)
     first = "input_ids" if "input_ids" in kwargs else grid
     if first is not None:  # the engine reads the batch off the first tensor: never off packed patches
         kwargs = {first: kwargs.pop(first), **kwargs}  # (a vision tower alone: one grid row per image)
