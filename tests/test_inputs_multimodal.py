@@ -647,3 +647,14 @@ def test_a_navit_packed_tower_gets_one_row_of_every_images_patches_and_their_siz
     assert kwargs["target_sizes"].tolist() == [[4, 4]] * 4
     assert kwargs["pixel_values"].shape == (1, 3, 4, 4 * 16 * 4)
     _patch(model)
+
+
+def test_a_tower_of_spatio_temporal_patch_cubes_gets_the_image_as_channels_last_cubes():
+    # Inkling's tower embeds (patches, temporal_patch_size, p, p, C) cubes: a 32 px image, 16 patches of 8 px.
+    config = T.InklingVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, patch_size=8,
+                                   temporal_patch_size=2, text_hidden_size=32, image_size=32)
+    model = T.InklingVisionModel(config).eval()
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape == (2 * 16, 2, 8, 8, 3)
+    with torch.no_grad():
+        assert model(**kwargs).last_hidden_state.shape[0] == 2 * 16

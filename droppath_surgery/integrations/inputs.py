@@ -39,7 +39,8 @@ model's device and in its floating dtype:
     only some patch counts, ``projector_patch_to_query_dict``, the square image giving the smallest: Aria),
     each with ``image_sizes`` where the forward takes them and an all-valid ``pixel_attention_mask`` (per
     tile, else per pixel) where ``get_image_features`` requires one; then the image as packed, then as
-    batched, flattened patches ``(B x N, C x p**2)`` / ``(B, N, C x p**2)`` (Fuyu, NeoMME).
+    batched, flattened patches ``(B x N, C x p**2)`` / ``(B, N, C x p**2)`` (Fuyu, NeoMME), then, with a
+    ``temporal_patch_size``, as channels-last cubes of the still image ``(B x N, T, p, p, C)`` (Inkling).
 
   Every layout also gets ``<name>_pixel_values`` at ``<name>_vision_config``'s size where the forward takes
   them (DeepSeek-VL hybrid's high-resolution tower), and ``(B, images, C, H, W)`` images get an all-ones
@@ -407,12 +408,18 @@ def _flat_patches(vision: Any, image: Tensor) -> list[dict[str, Tensor]]:
     """``image`` as flattened patches, every sample's packed, ``(B x N, C x patch_size**2)``, then
     ``(B, N, C x patch_size**2)`` (Fuyu, NeoMME: a linear patch embedding; packed first, as NeoMME's
     get_image_features takes either but its forward only the packed), tried after the images; [] without a
-    patch size (the image cropped to whole patches)."""
+    patch size (the image cropped to whole patches). With a ``temporal_patch_size``, also the still image's
+    channels-last cubes, ``(B x N, T, p, p, C)`` (Inkling's tower)."""
     p = _field(vision, "patch_size")
     if not isinstance(p, int) or not 0 < p <= min(image.shape[-2:]):
         return []
     rows = nn.functional.unfold(image, p, stride=p).transpose(1, 2).contiguous()  # (B, N, C p p)
-    return [{"pixel_values": rows.flatten(0, 1)}, {"pixel_values": rows}]
+    out = [{"pixel_values": rows.flatten(0, 1)}, {"pixel_values": rows}]
+    temporal = _field(vision, "temporal_patch_size", "patch_temporal")
+    if isinstance(temporal, int) and temporal > 0:  # channels-last cubes of the still image, (B N, T, p, p, C)
+        cubes = rows.flatten(0, 1).view(-1, image.shape[1], p, p).permute(0, 2, 3, 1)
+        out.append({"pixel_values": cubes[:, None].expand(-1, temporal, -1, -1, -1).contiguous()})
+    return out
 
 
 def _video_candidates(config: Any, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> list[dict[str, Tensor]]:
