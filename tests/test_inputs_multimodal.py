@@ -658,3 +658,18 @@ def test_a_tower_of_spatio_temporal_patch_cubes_gets_the_image_as_channels_last_
     assert kwargs["pixel_values"].shape == (2 * 16, 2, 8, 8, 3)
     with torch.no_grad():
         assert model(**kwargs).last_hidden_state.shape[0] == 2 * 16
+
+
+def test_a_vlm_counting_images_it_is_not_given_gets_an_error_naming_them():
+    # GLM-Image's images_per_sample counts the grids of the images to generate too: no config field gives them.
+    config = T.GlmImageConfig(
+        vision_config=dict(hidden_size=32, depth=1, num_heads=4, intermediate_size=64, patch_size=4, image_size=16,
+                           spatial_merge_size=1, out_hidden_size=32),
+        text_config=dict(TEXT, num_hidden_layers=1, vision_vocab_size=64, pad_token_id=0, bos_token_id=1,
+                         eos_token_id=2),
+        vq_config=dict(embed_dim=8, num_embeddings=64, latent_channels=8, in_channels=3, base_channels=8,
+                       channel_multiplier=[1], num_res_blocks=1),
+        image_token_id=IMAGE_TOKEN,
+    )
+    with pytest.raises(ExampleInputsError, match="'images_per_sample'.*example_inputs="):
+        build_example_inputs(T.GlmImageModel(config))

@@ -47,7 +47,9 @@ model's device and in its floating dtype:
   ``image_attention_mask`` ``(B, L, images)`` where the forward takes one (Idefics). A model whose image
   tokens are not counted (a vision tower alone) gets the first layout its forward runs on (a trial forward,
   as for audio). A VLM whose config leaves ``vision_config`` None (built without its tower) and whose image
-  features fail gets text alone. If every layout fails, ``ExampleInputsError`` says why;
+  features fail gets text alone. A forward taking ``images_per_sample`` (GLM-Image: it counts the images to
+  generate too) gets an ``ExampleInputsError`` naming it. If every layout fails, ``ExampleInputsError`` says
+  why;
 * Hugging Face video models taking ``pixel_values_videos`` (VideoPrism, V-JEPA 2): a clip of
   ``num_frames`` (``frames_per_clip``) frames of ``image_size`` (``crop_size``), ``(B, T, C, H, W)`` or
   ``(B, C, T, H, W)``, the first the forward runs on;
@@ -653,6 +655,13 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
                 f"{type(model).__name__}: its image token id {image_token} is outside its {rows}-token embedding, so "
                 f"it cannot take images as configured; resize the embedding (model.resize_token_embeddings) or pass "
                 f"example_inputs= with 'pixel_values' and 'input_ids'."
+            )
+        if "images_per_sample" in params:  # GLM-Image: its grids also hold each sample's image to generate
+            raise ExampleInputsError(
+                f"{type(model).__name__} takes 'images_per_sample' counting images its pixel_values do not hold (the "
+                f"grids of the images to generate, in 'image_grid_thw'), which no config field gives; pass "
+                f"example_inputs= with 'input_ids', 'pixel_values', 'image_grid_thw' and 'images_per_sample' (its "
+                f"processor's)."
             )
         queries = _field(config, "num_query_tokens")
         if takes_ids and image_token is not None and isinstance(queries, int) and queries > 0:
