@@ -649,15 +649,31 @@ def test_a_navit_packed_tower_gets_one_row_of_every_images_patches_and_their_siz
     _patch(model)
 
 
-def test_a_tower_of_spatio_temporal_patch_cubes_gets_the_image_as_channels_last_cubes():
+def test_a_vlm_whose_tower_embeds_spatio_temporal_patch_cubes_gets_the_image_as_channels_last_cubes():
     # Inkling's tower embeds (patches, temporal_patch_size, p, p, C) cubes: a 32 px image, 16 patches of 8 px.
-    config = T.InklingVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, patch_size=8,
-                                   temporal_patch_size=2, text_hidden_size=32, image_size=32)
-    model = T.InklingVisionModel(config).eval()
+    config = T.InklingConfig(
+        text_config=dict(TEXT, head_dim=8, swa_num_attention_heads=4, swa_num_key_value_heads=2, swa_head_dim=8,
+                         sliding_window_size=8, d_rel=8, rel_extent=16, layer_types=["hybrid_sliding", "hybrid"],
+                         moe_intermediate_size=16, n_routed_experts=2, num_experts_per_tok=1, n_shared_experts=1,
+                         pad_token_id=0, bos_token_id=1, eos_token_id=2),
+        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, patch_size=8,
+                           temporal_patch_size=2, text_hidden_size=32, image_size=32),
+        audio_config=dict(text_hidden_size=32, n_mel_bins=8, mel_vocab_size=16),
+        image_token_id=IMAGE_TOKEN, audio_token_id=97, image_bos_token_id=96, audio_bos_token_id=95,
+    )
+    model = T.InklingModel(config)
     _, kwargs = build_example_inputs(model)
     assert kwargs["pixel_values"].shape == (2 * 16, 2, 8, 8, 3)
-    with torch.no_grad():
-        assert model(**kwargs).last_hidden_state.shape[0] == 2 * 16
+    assert _image_tokens(kwargs) == [16, 16]
+    _patch(model)
+
+
+def test_a_tower_alone_is_not_given_packed_patches_whose_rows_would_pass_for_samples():
+    # Inkling's tower alone runs on the cubes too, but their first dimension counts patches, not samples.
+    config = T.InklingVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, patch_size=8,
+                                   temporal_patch_size=2, text_hidden_size=32, image_size=32)
+    _, kwargs = build_example_inputs(T.InklingVisionModel(config))
+    assert kwargs["pixel_values"].shape == (2, 3, 32, 32)
 
 
 def test_a_vlm_counting_images_it_is_not_given_gets_an_error_naming_them():

@@ -46,10 +46,10 @@ model's device and in its floating dtype:
   them (DeepSeek-VL hybrid's high-resolution tower), and ``(B, images, C, H, W)`` images get an all-ones
   ``image_attention_mask`` ``(B, L, images)`` where the forward takes one (Idefics). A model whose image
   tokens are not counted (a vision tower alone) gets the first layout its forward runs on (a trial forward,
-  as for audio). A VLM whose config leaves ``vision_config`` None (built without its tower) and whose image
-  features fail gets text alone. A forward taking ``images_per_sample`` (GLM-Image: it counts the images to
-  generate too) gets an ``ExampleInputsError`` naming it. If every layout fails, ``ExampleInputsError`` says
-  why;
+  as for audio) among those whose batch can be read without text (not packed patches without their grid).
+  A VLM whose config leaves ``vision_config`` None (built without its tower) and whose image features fail
+  gets text alone. A forward taking ``images_per_sample`` (GLM-Image: it counts the images to generate too)
+  gets an ``ExampleInputsError`` naming it. If every layout fails, ``ExampleInputsError`` says why;
 * Hugging Face video models taking ``pixel_values_videos`` (VideoPrism, V-JEPA 2): a clip of
   ``num_frames`` (``frames_per_clip``) frames of ``image_size`` (``crop_size``), ``(B, T, C, H, W)`` or
   ``(B, C, T, H, W)``, the first the forward runs on;
@@ -522,6 +522,17 @@ def _count_features(model: nn.Module, image: dict[str, Tensor]) -> list[int]:
     return [sum(rows) // EXAMPLE_BATCH] * EXAMPLE_BATCH  # every image's features in one (tokens, D)
 
 
+_GRIDS = ("image_grid_thw", "grid_thw", "target_sizes")  # one row per image of packed patches
+
+
+def _batch_readable(layout: dict[str, Tensor]) -> bool:
+    """The engine can read the batch off the layout without text before it: packed patches come with their
+    images' grid (put first), else the pixels have one entry per sample. Packed patches alone (``(B x N, ...)``,
+    the layouts for a VLM's text to place) would pass for a batch of patches."""
+    pixels = layout.get("pixel_values")
+    return any(k in layout for k in _GRIDS) or pixels is None or pixels.shape[0] == EXAMPLE_BATCH
+
+
 def _no_vision_tower(config: Any) -> bool:
     """The config names a vision sub-config and leaves it unset: the model was built without its vision tower."""
     return hasattr(config, "vision_config") and config.vision_config is None
@@ -731,7 +742,8 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
         if "decoder_attention_mask" in params:
             kwargs["decoder_attention_mask"] = _padding_mask(decoder, left=False)
     if wants_image and image_tokens is None and len(candidates) > 1 and not media:  # no feature count chose one
-        kwargs = _first_running(model, {k: v for k, v in kwargs.items() if k not in image}, candidates)
+        trial = candidates[:1] + [c for c in candidates[1:] if _batch_readable(c)]
+        kwargs = _first_running(model, {k: v for k, v in kwargs.items() if k not in image}, trial)
     if len(media) > 1:
         kwargs = _first_running(model, {k: v for k, v in kwargs.items() if k not in media[0]}, media)
     missing = [n for n in required if n not in kwargs]
@@ -746,7 +758,7 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
         )
     if type(model).__name__.endswith("ForMultipleChoice"):  # (B, choices, L): each sample's candidate texts
         kwargs = {k: v[:, None].expand(-1, CHOICES, *v.shape[1:]).contiguous() if v.ndim == 2 else v for k, v in kwargs.items()}
-    grid = next((k for k in ("image_grid_thw", "grid_thw", "target_sizes") if k in kwargs), None)
+    grid = next((k for k in _GRIDS if k in kwargs), None)
     first = "input_ids" if "input_ids" in kwargs else grid
     if first is not None:  # the engine reads the batch off the first tensor: never off packed patches
         kwargs = {first: kwargs.pop(first), **kwargs}  # (a vision tower alone: one grid row per image)
