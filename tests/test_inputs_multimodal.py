@@ -456,3 +456,236 @@ def test_llava_next_crops_folded_into_the_tower_batch_are_dropped_per_sample():
         report = apply_drop_path(model, 0.1)
     tower = [s for s in report.sites if s.path.startswith("vision_tower")]
     assert len(tower) == 4 and all(s.rows_per_sample == 3 for s in tower)
+
+
+TOWER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+
+
+def test_a_temporal_patch_named_patch_temporal_widens_the_flattened_rows():
+    # Muse Spark's tower names its temporal patch size patch_temporal: rows of 3 x 2 x 14**2, not 3 x 14**2.
+    config = T.MuseSparkVisionConfig(**TOWER, patch_temporal=2, merge_size=2)
+    model = T.MuseSparkVisionModel(config).eval()
+    args, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape[1] == 3 * 2 * 14 * 14
+    with torch.no_grad():
+        model(*args, **kwargs)
+
+
+def test_a_vision_tower_alone_gets_the_first_patch_layout_it_runs_on():
+    # Kimi K2.5's tower embeds (patches, C, p, p) with a convolution: the flattened rows are tried, then these.
+    config = T.Kimi_K25VisionConfig(**TOWER, patch_size=14, merge_kernel_size=[2, 2])
+    model = T.Kimi_K25VisionModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape[1:] == (3, 14, 14)
+    _patch(model)
+
+
+def test_a_tower_taking_merge_sizes_gets_the_merge_of_each_image():
+    config = T.VideoLlama3VisionConfig(**TOWER, patch_size=4)
+    model = T.VideoLlama3VisionModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["merge_sizes"].tolist() == [1] * len(kwargs["grid_thw"])
+    _patch(model)
+
+
+def test_a_tower_taking_merged_channels_last_blocks_gets_them_with_a_grid_of_merged_tokens():
+    # Inkling 2: pixel_values (tokens, m*p, m*p, C), image_grid_thw counted in merged tokens.
+    config = T.Inkling2VisionConfig(**TOWER, patch_size=4, spatial_merge_size=2, posemb_grid_size=4)
+    model = T.Inkling2VisionModel(config)
+    _, kwargs = build_example_inputs(model)
+    grid = kwargs["image_grid_thw"]
+    assert kwargs["pixel_values"].shape == (int(grid.prod(-1).sum()), 8, 8, 3)
+    _patch(model)
+
+
+def test_a_tower_taking_patch_positions_gets_a_grid_of_whole_pooling_kernels():
+    # Gemma 4's tower: (B, N, 3 p**2) patches and their (x, y), pooled 3 x 3: a 6 x 6 grid, 4 features an image.
+    config = T.Gemma4VisionConfig(**TOWER, num_key_value_heads=4, head_dim=8, patch_size=4, pooling_kernel_size=3)
+    model = T.Gemma4VisionModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape == (2, 36, 3 * 4 * 4)
+    assert kwargs["pixel_position_ids"].shape == (2, 36, 2)
+    assert kwargs["pixel_position_ids"][0, 7].tolist() == [1, 1]  # (x, y) of the second row's second patch
+    _patch(model)
+
+
+def test_a_vlm_built_without_its_vision_tower_is_probed_on_text():
+    # Gemma 4's default config has vision_config None: no vision tower, its get_image_features cannot run.
+    config = T.Gemma4Config(text_config=dict(TEXT, head_dim=8, global_head_dim=8, hidden_size_per_layer_input=8,
+                                             vocab_size_per_layer_input=99), vision_config=None, audio_config=None,
+                            image_token_id=IMAGE_TOKEN)
+    model = T.Gemma4Model(config)
+    _, kwargs = build_example_inputs(model)
+    assert "pixel_values" not in kwargs and "input_ids" in kwargs
+    _patch(model)
+
+
+def test_a_vlm_with_a_linear_patch_embedding_gets_flattened_patches():
+    # Fuyu embeds (patches, C x p**2) rows with a linear layer: 32 x 32 images of 8 x 8 patches, 16 an image.
+    config = T.FuyuConfig(text_config=dict(TEXT, model_type="persimmon"), image_size=32, patch_size=8,
+                          hidden_size=32, image_token_id=IMAGE_TOKEN, vocab_size=99)
+    model = T.FuyuModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape == (2 * 16, 3 * 8 * 8)
+    assert _image_tokens(kwargs) == [16, 16]
+    _patch(model)
+
+
+def test_a_second_tower_gets_its_own_pixel_values_at_its_config_size():
+    # DeepSeek-VL hybrid: high_res_pixel_values for its high_res_vision_config (SAM) at 64 px, SigLIP's at 32.
+    config = T.DeepseekVLHybridConfig(
+        vision_config=dict(VISION, model_type="siglip_vision_model", image_size=32, patch_size=8),
+        high_res_vision_config=dict(model_type="sam_vision_model", hidden_size=32, output_channels=16,
+                                    num_hidden_layers=2, num_attention_heads=4, image_size=64, patch_size=8,
+                                    window_size=2, global_attn_indexes=[1], mlp_dim=64),
+        text_config=dict(TEXT, model_type="llama"),
+        image_token_id=IMAGE_TOKEN,
+    )
+    model = T.DeepseekVLHybridModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape == (2, 3, 32, 32)
+    assert kwargs["high_res_pixel_values"].shape == (2, 3, 64, 64)
+    assert _image_tokens(kwargs) == [16, 16]
+    _patch(model)
+
+
+def test_image_features_that_require_a_tile_mask_get_one_flag_per_tile():
+    # Granite Docling's get_image_features requires pixel_attention_mask (B, tiles): 4 x 4 patches shuffled 2 x 2.
+    config = T.GraniteDoclingConfig(
+        vision_config=dict(VISION, image_size=32, patch_size=8, scale_factor=2, out_hidden_size=32,
+                           deepstack_visual_indexes=[0, 1]),
+        text_config=dict(TEXT, pad_token_id=0, bos_token_id=0, eos_token_id=0),
+        image_token_id=IMAGE_TOKEN,
+        pad_token_id=0,
+    )
+    model = T.GraniteDoclingModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape == (2, 1, 3, 32, 32)
+    assert kwargs["pixel_attention_mask"].tolist() == [[True], [True]]
+    assert _image_tokens(kwargs) == [4, 4]
+    _patch(model)
+
+
+def test_tiled_images_get_their_aspect_ratio_and_the_text_a_mask_of_their_tiles():
+    # Mllama: (B, images, max_num_tiles, C, H, W), aspect_ratio_ids 1 (the first supported ratio: one tile of two),
+    # aspect_ratio_mask of the tiles, and the text's cross_attention_mask (B, L, images, tiles).
+    config = T.MllamaConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_global_layers=1,
+                           attention_heads=4, image_size=16, patch_size=8, max_num_tiles=2,
+                           supported_aspect_ratios=[[1, 1], [1, 2]], intermediate_layers_indices=[0],
+                           vision_output_dim=64),
+        text_config=dict(TEXT, cross_attention_layers=[1], pad_token_id=0, bos_token_id=1, eos_token_id=2),
+        image_token_index=IMAGE_TOKEN,
+    )
+    model = T.MllamaModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape == (2, 1, 2, 3, 16, 16)
+    assert kwargs["aspect_ratio_ids"].tolist() == [[1], [1]]
+    assert kwargs["aspect_ratio_mask"].tolist() == [[[1, 0]], [[1, 0]]]
+    assert kwargs["cross_attention_mask"].shape == (2, kwargs["input_ids"].shape[1], 1, 2)
+    _patch(model)
+
+
+def test_images_the_text_cross_attends_to_get_an_image_attention_mask():
+    # Idefics (1): (B, images, C, H, W) and every text token attending to its sample's image, (B, L, images).
+    config = T.IdeficsConfig(
+        **TEXT,
+        vision_config=dict(embed_dim=32, image_size=16, patch_size=8, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64),
+        perceiver_config=dict(use_resampler=False),
+        cross_layer_interval=1,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    model = T.IdeficsModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape == (2, 1, 3, 16, 16)
+    assert kwargs["image_attention_mask"].shape == (2, kwargs["input_ids"].shape[1], 1)
+    _patch(model)
+
+
+def test_an_encoder_decoder_vlm_counts_its_image_tokens_on_its_encoder():
+    # T5Gemma 2: get_image_features and the vision config are its encoder's; 16 patches pooled to 4 tokens an image.
+    gemma = dict(TEXT, head_dim=8, layer_types=["sliding_attention", "full_attention"], sliding_window=8,
+                 pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    config = T.T5Gemma2Config(
+        encoder=dict(text_config=gemma, vision_config=dict(VISION, image_size=32, patch_size=8), mm_tokens_per_image=4,
+                     boi_token_index=95, eoi_token_index=96, image_token_index=IMAGE_TOKEN - 1),
+        decoder=gemma,
+        image_token_index=IMAGE_TOKEN - 1,
+        eoi_token_index=96,
+        vocab_size=99,
+    )
+    model = T.T5Gemma2Model(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape == (2, 3, 32, 32)
+    assert (kwargs["input_ids"] == IMAGE_TOKEN - 1).sum(1).tolist() == [4, 4]
+    _patch(model)
+
+
+def test_a_projector_taking_only_some_patch_counts_gets_an_image_of_the_smallest():
+    # Aria's projector maps 16 patches to 4 queries and no other count: a 32 px image of 8 px patches, not 64 px.
+    config = T.AriaConfig(
+        vision_config=dict(VISION, image_size=64, patch_size=8, model_type="idefics3_vision"),
+        text_config=dict(TEXT, moe_num_experts=2, moe_topk=1, moe_num_shared_experts=1, moe_intermediate_size=16,
+                         pad_token_id=0, bos_token_id=1, eos_token_id=2),
+        projector_patch_to_query_dict={16: 4},
+        image_token_id=IMAGE_TOKEN,
+    )
+    model = T.AriaModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape == (2, 3, 32, 32)
+    assert _image_tokens(kwargs) == [4, 4]
+    _patch(model)
+
+
+def test_a_navit_packed_tower_gets_one_row_of_every_images_patches_and_their_sizes():
+    # MiniCPM-V's tower: (1, C, p, N x p) and each image's (h, w) in patches, 4 x 4 (its 2 x 2 windows merge).
+    config = T.MiniCPMOcrVisionConfig(**TOWER, image_size=16, patch_size=4, insert_layer_id=0, window_kernel_size=(2, 2))
+    model = T.MiniCPMOcrVisionModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert list(kwargs) == ["target_sizes", "pixel_values"]
+    assert kwargs["target_sizes"].tolist() == [[4, 4]] * 4
+    assert kwargs["pixel_values"].shape == (1, 3, 4, 4 * 16 * 4)
+    _patch(model)
+
+
+def test_a_vlm_whose_tower_embeds_spatio_temporal_patch_cubes_gets_the_image_as_channels_last_cubes():
+    # Inkling's tower embeds (patches, temporal_patch_size, p, p, C) cubes: a 32 px image, 16 patches of 8 px.
+    config = T.InklingConfig(
+        text_config=dict(TEXT, head_dim=8, swa_num_attention_heads=4, swa_num_key_value_heads=2, swa_head_dim=8,
+                         sliding_window_size=8, d_rel=8, rel_extent=16, layer_types=["hybrid_sliding", "hybrid"],
+                         moe_intermediate_size=16, n_routed_experts=2, num_experts_per_tok=1, n_shared_experts=1,
+                         pad_token_id=0, bos_token_id=1, eos_token_id=2),
+        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, patch_size=8,
+                           temporal_patch_size=2, text_hidden_size=32, image_size=32),
+        audio_config=dict(text_hidden_size=32, n_mel_bins=8, mel_vocab_size=16),
+        image_token_id=IMAGE_TOKEN, audio_token_id=97, image_bos_token_id=96, audio_bos_token_id=95,
+    )
+    model = T.InklingModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape == (2 * 16, 2, 8, 8, 3)
+    assert _image_tokens(kwargs) == [16, 16]
+    _patch(model)
+
+
+def test_a_tower_alone_is_not_given_packed_patches_whose_rows_would_pass_for_samples():
+    # Inkling's tower alone runs on the cubes too, but their first dimension counts patches, not samples.
+    config = T.InklingVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, patch_size=8,
+                                   temporal_patch_size=2, text_hidden_size=32, image_size=32)
+    _, kwargs = build_example_inputs(T.InklingVisionModel(config))
+    assert kwargs["pixel_values"].shape == (2, 3, 32, 32)
+
+
+def test_a_vlm_counting_images_it_is_not_given_gets_an_error_naming_them():
+    # GLM-Image's images_per_sample counts the grids of the images to generate too: no config field gives them.
+    config = T.GlmImageConfig(
+        vision_config=dict(hidden_size=32, depth=1, num_heads=4, intermediate_size=64, patch_size=4, image_size=16,
+                           spatial_merge_size=1, out_hidden_size=32),
+        text_config=dict(TEXT, num_hidden_layers=1, vision_vocab_size=64, pad_token_id=0, bos_token_id=1,
+                         eos_token_id=2),
+        vq_config=dict(embed_dim=8, num_embeddings=64, latent_channels=8, in_channels=3, base_channels=8,
+                       channel_multiplier=[1], num_res_blocks=1),
+        image_token_id=IMAGE_TOKEN,
+    )
+    with pytest.raises(ExampleInputsError, match="'images_per_sample'.*example_inputs="):
+        build_example_inputs(T.GlmImageModel(config))

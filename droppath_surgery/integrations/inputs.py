@@ -13,16 +13,43 @@ model's device and in its floating dtype:
   for two-tower models such as ``CLIPModel``;
 * Hugging Face vision-language models (``config.image_token_id`` / ``image_token_index`` and a forward
   taking ``input_ids``): the image is tried in the layouts below on the model's own ``get_image_features``
-  and ``input_ids`` get one image token per feature vector it returns (per query, ``num_query_tokens``, for a
-  Q-Former's: Blip-2's get_image_features returns the vision tower's features, not what takes their places;
-  InstructBLIP's Q-Former also gets its instruction, ``qformer_input_ids``) (between the config's vision start
-  and end tokens, if any; random text avoids every ``*_token_id``), with ``mm_token_type_ids`` where the
-  forward takes them. Layouts: Qwen2-VL flattened patches (``image_grid_thw`` / ``grid_thw`` in the
-  forward: ``GRID_SIDE x spatial_merge_size`` patches a side, rows of ``channels x temporal_patch_size x
-  patch_size**2``; a vision tower taking ``hidden_states`` and ``grid_thw`` gets the same), NaFlex
-  patches (``spatial_shapes``), LLaVA-NeXT crops (``config.image_grid_pinpoints``: an image of the first
-  pinpoint's size, with ``image_sizes``), else ``(B, C, H, W)`` then ``(B, 1, C, H, W)`` (Idefics), each with
-  ``image_sizes`` where the forward takes them. If every layout fails, ``ExampleInputsError`` says why;
+  (its encoder's, for an encoder-decoder: T5Gemma 2) and ``input_ids`` get one image token per feature
+  vector it returns (per query, ``num_query_tokens``, for a Q-Former's: Blip-2's get_image_features returns
+  the vision tower's features, not what takes their places; InstructBLIP's Q-Former also gets its
+  instruction, ``qformer_input_ids``) (between the config's vision start and end tokens, if any; random text
+  avoids every ``*_token_id``), with ``mm_token_type_ids`` where the forward takes them. The vision config is
+  ``vision_config``, else the encoder's (T5Gemma 2). Layouts:
+
+  - Qwen2-VL flattened patches (``image_grid_thw`` / ``grid_thw`` in the forward): ``GRID_SIDE x
+    spatial_merge_size`` patches a side, rows of ``channels x temporal_patch_size`` (``patch_temporal``)
+    ``x patch_size**2``, with ``image_merge_sizes`` / ``merge_sizes`` where the forward takes them (a vision
+    tower taking ``hidden_states`` and ``grid_thw`` gets the same); then as ``(patches, C, p, p)``; then as
+    channels-last blocks of one merged token, ``(tokens, m*p, m*p, C)``, the grid counted in merged tokens
+    (Inkling 2);
+  - patches with their ``(x, y)`` (``pixel_position_ids`` / ``image_position_ids`` in the forward): ``(B, N,
+    C x p**2)`` rows of a grid of ``GRID_SIDE x pooling_kernel_size`` patches a side (Gemma 4);
+  - NaFlex patches (``spatial_shapes``);
+  - NaViT-packed images (``target_sizes`` in the forward): every image's patches in one row, ``(1, C, p, N x
+    p)``, and each image's ``(h, w)`` in patches, ``GRID_SIDE x window_kernel_size`` a side (MiniCPM-V's tower);
+  - tiles (``aspect_ratio_ids`` in the forward): ``(B, 1, max_num_tiles, C, H, W)`` of the config's first
+    ``supported_aspect_ratios``, with ``aspect_ratio_mask`` and the text's ``cross_attention_mask`` (Mllama);
+  - LLaVA-NeXT crops (``config.image_grid_pinpoints``): an image of the first pinpoint's size, with
+    ``image_sizes``;
+  - else ``(B, C, H, W)`` then ``(B, 1, C, H, W)`` (Idefics) at ``image_size`` (where the projector takes
+    only some patch counts, ``projector_patch_to_query_dict``, the square image giving the smallest: Aria),
+    each with ``image_sizes`` where the forward takes them and an all-valid ``pixel_attention_mask`` (per
+    tile, else per pixel) where ``get_image_features`` requires one; then the image as packed, then as
+    batched, flattened patches ``(B x N, C x p**2)`` / ``(B, N, C x p**2)`` (Fuyu, NeoMME), then, with a
+    ``temporal_patch_size``, as channels-last cubes of the still image ``(B x N, T, p, p, C)`` (Inkling).
+
+  Every layout also gets ``<name>_pixel_values`` at ``<name>_vision_config``'s size where the forward takes
+  them (DeepSeek-VL hybrid's high-resolution tower), and ``(B, images, C, H, W)`` images get an all-ones
+  ``image_attention_mask`` ``(B, L, images)`` where the forward takes one (Idefics). A model whose image
+  tokens are not counted (a vision tower alone) gets the first layout its forward runs on (a trial forward,
+  as for audio) among those whose batch can be read without text (not packed patches without their grid).
+  A VLM whose config leaves ``vision_config`` None (built without its tower) and whose image features fail
+  gets text alone. A forward taking ``images_per_sample`` (GLM-Image: it counts the images to generate too)
+  gets an ``ExampleInputsError`` naming it. If every layout fails, ``ExampleInputsError`` says why;
 * Hugging Face video models taking ``pixel_values_videos`` (VideoPrism, V-JEPA 2): a clip of
   ``num_frames`` (``frames_per_clip``) frames of ``image_size`` (``crop_size``), ``(B, T, C, H, W)`` or
   ``(B, C, T, H, W)``, the first the forward runs on;
@@ -48,6 +75,7 @@ decoder runs alone without its audio: probed so, the encoder would be left out u
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 import torch
@@ -188,7 +216,7 @@ def _patch_rows(vision: Any, device: torch.device, dtype: torch.dtype, gen: torc
     attention windows of ``window_size`` pixels, Qwen2.5-VL's: windows as large as the image would leave the
     engine unable to tell them from the images), ``GRID_IMAGES`` images per sample."""
     merge = _field(vision, "spatial_merge_size", "merge_size") or 1
-    temporal = _field(vision, "temporal_patch_size") or 1
+    temporal = _field(vision, "temporal_patch_size", "patch_temporal") or 1
     channels = _field(vision, "in_channels", "num_channels", "in_chans") or 3
     side = GRID_SIDE * merge
     window = _field(vision, "window_size") or 0
@@ -207,15 +235,21 @@ def _pixel_candidates(model: nn.Module, vision: Any, params: Any, device: torch.
     if grid_key is not None and getattr(vision, "patch_size", None):  # Qwen2-VL: flattened patches and their grid
         rows, grid = _patch_rows(vision, device, dtype, gen)
         extra = {}
-        if "image_merge_sizes" in params:  # the merge of each image passed in (VideoLLaMA 3)
-            merge = _field(vision, "spatial_merge_size", "merge_size") or 1
-            extra["image_merge_sizes"] = torch.full((len(grid),), merge, dtype=torch.long, device=device)
+        merge = _field(vision, "spatial_merge_size", "merge_size") or 1
+        for key in ("image_merge_sizes", "merge_sizes"):  # the merge of each image passed in (VideoLLaMA 3)
+            if key in params:
+                extra[key] = torch.full((len(grid),), merge, dtype=torch.long, device=device)
         out = [{patch_key: rows, grid_key: grid, **extra}]
         p = vision.patch_size
         if rows.shape[1] % (p * p) == 0:  # or unflattened (patches, C, p, p), optionally batched (Kimi, PaddleOCR-VL)
             square = rows.view(rows.shape[0], -1, p, p)
             out += [{patch_key: square, grid_key: grid, **extra}, {patch_key: square[None], grid_key: grid, **extra}]
+        out += _merged_patches(vision, rows, grid, patch_key, grid_key, extra)
         return out
+    positions = _position_id_patches(vision, params, device, dtype, gen) or _navit_patches(vision, params, device,
+                                                                                           dtype, gen)
+    if positions:
+        return positions
     if "spatial_shapes" in params:  # NaFlex: patches of a 4 x 4 grid, the second image 3 x 4 and padded
         side, p, c = 4, vision.patch_size, vision.num_channels
         pixels = torch.randn(EXAMPLE_BATCH, side * side, c * p * p, generator=gen).to(device, dtype)
@@ -223,11 +257,14 @@ def _pixel_candidates(model: nn.Module, vision: Any, params: Any, device: torch.
         mask[1, (side - 1) * side :] = 0
         shapes = torch.tensor([[side, side], [side - 1, side]][:EXAMPLE_BATCH])
         return [{"pixel_values": pixels, "pixel_attention_mask": mask.to(device), "spatial_shapes": shapes.to(device)}]
-    size = _pair(getattr(vision, "image_size", 224))
+    size = _image_size(model.config, vision)
     image = _image(EXAMPLE_BATCH, getattr(vision, "num_channels", 3), size, device, dtype, gen)
     frames = getattr(vision, "num_frames", None)
     if isinstance(frames, int) and frames > 0:  # video (VideoMAE, TimeSformer, ViViT, X-CLIP): (B, T, C, H, W)
         return [{"pixel_values": torch.stack([image] * frames, dim=1)}]
+    tiled = _tiled_images(vision, params, image)
+    if tiled:
+        return tiled
     pinpoints = getattr(model.config, "image_grid_pinpoints", None)
     if pinpoints and "image_sizes" in params:  # LLaVA-NeXT "anyres": an image of the first pinpoint's size, as
         high, wide = pinpoints[0]  # its crops of the tower's size plus the whole image resized, (B, crops, C, H, W)
@@ -239,7 +276,152 @@ def _pixel_candidates(model: nn.Module, vision: Any, params: Any, device: torch.
     sizes: list[dict[str, Tensor]] = [{}]
     if "image_sizes" in params:
         sizes.append({"image_sizes": torch.tensor([list(size)] * EXAMPLE_BATCH, device=device)})
-    return [{"pixel_values": pixels, **extra} for pixels in (image, image.unsqueeze(1)) for extra in sizes]
+    out = [{"pixel_values": pixels, **extra} for pixels in (image, image.unsqueeze(1)) for extra in sizes]
+    out = _with_tile_masks(model, out) + _flat_patches(vision, image)
+    second = _second_images(model.config, params, device, dtype, gen)
+    return [{**layout, **second} for layout in out]
+
+
+def _image_size(config: Any, vision: Any) -> tuple[int, int]:
+    """``image_size`` (224 if unset); but where a projector takes only some patch counts
+    (``projector_patch_to_query_dict``, Aria's), the square image of ``patch_size`` patches giving the smallest."""
+    counts = _field(config, "projector_patch_to_query_dict")
+    p = _field(vision, "patch_size")
+    if isinstance(counts, dict) and counts and isinstance(p, int):
+        side = math.isqrt(min(int(n) for n in counts))
+        if side * side == min(int(n) for n in counts):
+            return side * p, side * p
+    return _pair(getattr(vision, "image_size", 224))
+
+
+def _tiled_images(vision: Any, params: Any, image: Tensor) -> list[dict[str, Tensor]]:
+    """Tiled images for a forward taking ``aspect_ratio_ids`` (Mllama): one image a sample, of the config's first
+    ``supported_aspect_ratios`` (id 1; 0 is padding), padded to ``max_num_tiles`` tiles, ``(B, 1, tiles, C, H, W)``,
+    with its ``aspect_ratio_mask`` ``(B, 1, tiles)`` (1 = a tile of the image); [] otherwise. The text's
+    ``cross_attention_mask`` follows once the text is built (``_text_image_masks``)."""
+    tiles, ratios = _field(vision, "max_num_tiles"), _field(vision, "supported_aspect_ratios")
+    if "aspect_ratio_ids" not in params or not isinstance(tiles, int) or not ratios:
+        return []
+    used = int(torch.tensor(ratios[0]).prod())
+    pixels = torch.zeros(EXAMPLE_BATCH, 1, tiles, *image.shape[1:], device=image.device, dtype=image.dtype)
+    pixels[:, 0, :used] = image[:, None]
+    mask = torch.zeros(EXAMPLE_BATCH, 1, tiles, dtype=torch.long, device=image.device)
+    mask[..., :used] = 1
+    ids = torch.ones(EXAMPLE_BATCH, 1, dtype=torch.long, device=image.device)
+    out = {"pixel_values": pixels, "aspect_ratio_ids": ids}
+    if "aspect_ratio_mask" in params:
+        out["aspect_ratio_mask"] = mask
+    return [out]
+
+
+def _text_image_masks(layout: dict[str, Tensor], ids: Tensor, params: Any) -> dict[str, Tensor]:
+    """Every text token attending to every image of its sample, for a forward that cross-attends from the text
+    to the images: ``cross_attention_mask`` ``(B, L, images, tiles)`` where the images came with an
+    ``aspect_ratio_mask`` (Mllama: the image's tiles, not the padding), ``image_attention_mask`` ``(B, L,
+    images)`` for ``(B, images, C, H, W)`` images (Idefics); {} otherwise."""
+    tiles, pixels = layout.get("aspect_ratio_mask"), layout.get("pixel_values")
+    if "cross_attention_mask" in params and tiles is not None:
+        return {"cross_attention_mask": tiles[:, None].expand(-1, ids.shape[1], -1, -1).contiguous()}
+    if "image_attention_mask" in params and pixels is not None and pixels.dim() == 5:
+        return {"image_attention_mask": torch.ones(*ids.shape, pixels.shape[1], dtype=torch.long, device=ids.device)}
+    return {}
+
+
+def _second_images(config: Any, params: Any, device: torch.device, dtype: torch.dtype,
+                   gen: torch.Generator) -> dict[str, Tensor]:
+    """The image again for a second tower: ``<name>_pixel_values`` where the forward takes them and the config
+    has ``<name>_vision_config``, at that config's ``image_size`` (DeepSeek-VL hybrid's high-resolution SAM)."""
+    out = {}
+    for key in params:
+        tower = getattr(config, key.removesuffix("pixel_values") + "vision_config", None) if key.endswith(
+            "_pixel_values") else None
+        if tower is not None and _field(tower, "image_size") is not None:
+            channels = _field(tower, "num_channels", "in_channels") or 3
+            out[key] = _image(EXAMPLE_BATCH, channels, _pair(tower.image_size), device, dtype, gen)
+    return out
+
+
+def _with_tile_masks(model: nn.Module, layouts: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+    """``layouts`` with an all-valid ``pixel_attention_mask`` where ``get_image_features`` requires one: for a
+    ``(B, tiles, C, H, W)`` image, one flag per tile ``(B, tiles)`` (Granite Docling) or one per pixel
+    ``(B, tiles, H, W)`` (Idefics 3's layout); unchanged elsewhere."""
+    fn = _image_features(model)
+    if fn is None or "pixel_attention_mask" not in _required(inspect.signature(fn).parameters):
+        return layouts
+    out = []
+    for layout in layouts:
+        pixels = layout["pixel_values"]
+        if pixels.dim() == 5:
+            for shape in (pixels.shape[:2], (*pixels.shape[:2], *pixels.shape[-2:])):
+                out.append({**layout, "pixel_attention_mask": torch.ones(shape, dtype=torch.bool, device=pixels.device)})
+        else:
+            out.append(layout)
+    return out
+
+
+def _merged_patches(vision: Any, rows: Tensor, grid: Tensor, patch_key: str, grid_key: str,
+                    extra: dict) -> list[dict[str, Tensor]]:
+    """Patches in units of the spatial merge: one ``(merge x patch)``-square, channels-last block per merged
+    token, ``(tokens, m*p, m*p, C)``, with the grid counted in merged tokens (Inkling 2); [] for a temporal
+    patch (its blocks would have no axis to hold the frames). The values are ``rows``'."""
+    merge = _field(vision, "spatial_merge_size", "merge_size") or 1
+    if merge < 2 or (_field(vision, "temporal_patch_size", "patch_temporal") or 1) != 1:
+        return []
+    side = merge * vision.patch_size
+    merged = grid // torch.tensor([1, merge, merge], device=grid.device)
+    blocks = rows.reshape(int(merged.prod(-1).sum()), side, side, -1)
+    return [{patch_key: blocks, grid_key: merged, **extra}]
+
+
+def _position_id_patches(vision: Any, params: Any, device: torch.device, dtype: torch.dtype,
+                         gen: torch.Generator) -> list[dict[str, Tensor]]:
+    """Patches with their ``(x, y)`` positions (a forward taking ``pixel_position_ids`` / ``image_position_ids``,
+    Gemma 4): ``(B, N, C x patch_size**2)`` rows of a square grid of ``GRID_SIDE x pooling_kernel_size``
+    patches a side (the pooling averages whole kernels), and the positions ``(B, N, 2)``; [] otherwise."""
+    key = next((k for k in ("pixel_position_ids", "image_position_ids") if k in params), None)
+    p = _field(vision, "patch_size")
+    if key is None or not isinstance(p, int):
+        return []
+    side = GRID_SIDE * (_field(vision, "pooling_kernel_size") or 1)
+    channels = _field(vision, "num_channels", "in_channels") or 3
+    pixels = torch.randn(EXAMPLE_BATCH, side * side, channels * p * p, generator=gen).to(device, dtype)
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    xy = torch.stack([cols.flatten(), rows.flatten()], -1).expand(EXAMPLE_BATCH, -1, -1).contiguous()
+    return [{"pixel_values": pixels, key: xy.to(device)}]
+
+
+def _navit_patches(vision: Any, params: Any, device: torch.device, dtype: torch.dtype,
+                   gen: torch.Generator) -> list[dict[str, Tensor]]:
+    """NaViT-packed images for a forward taking ``target_sizes`` (MiniCPM-V's tower): every image's patches in one
+    row of patches, ``(1, C, p, N x p)``, and each image's ``(h, w)`` in patches, ``GRID_SIDE x
+    window_kernel_size`` a side (its merges take whole windows), ``GRID_IMAGES`` images a sample; [] otherwise."""
+    p = _field(vision, "patch_size")
+    if "target_sizes" not in params or not isinstance(p, int):
+        return []
+    kernel = _field(vision, "window_kernel_size") or (1, 1)
+    side = GRID_SIDE * max(_pair(kernel))
+    sizes = torch.tensor([[side, side]] * (EXAMPLE_BATCH * GRID_IMAGES), dtype=torch.long)
+    channels = _field(vision, "num_channels", "in_channels") or 3
+    pixels = torch.randn(1, channels, p, len(sizes) * side * side * p, generator=gen).to(device, dtype)
+    return [{"pixel_values": pixels, "target_sizes": sizes.to(device)}]
+
+
+def _flat_patches(vision: Any, image: Tensor) -> list[dict[str, Tensor]]:
+    """``image`` as flattened patches, every sample's packed, ``(B x N, C x patch_size**2)``, then
+    ``(B, N, C x patch_size**2)`` (Fuyu, NeoMME: a linear patch embedding; packed first, as NeoMME's
+    get_image_features takes either but its forward only the packed), tried after the images; [] without a
+    patch size (the image cropped to whole patches). With a ``temporal_patch_size``, also the still image's
+    channels-last cubes, ``(B x N, T, p, p, C)`` (Inkling's tower)."""
+    p = _field(vision, "patch_size")
+    if not isinstance(p, int) or not 0 < p <= min(image.shape[-2:]):
+        return []
+    rows = nn.functional.unfold(image, p, stride=p).transpose(1, 2).contiguous()  # (B, N, C p p)
+    out = [{"pixel_values": rows.flatten(0, 1)}, {"pixel_values": rows}]
+    temporal = _field(vision, "temporal_patch_size", "patch_temporal")
+    if isinstance(temporal, int) and temporal > 0:  # channels-last cubes of the still image, (B N, T, p, p, C)
+        cubes = rows.flatten(0, 1).view(-1, image.shape[1], p, p).permute(0, 2, 3, 1)
+        out.append({"pixel_values": cubes[:, None].expand(-1, temporal, -1, -1, -1).contiguous()})
+    return out
 
 
 def _video_candidates(config: Any, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> list[dict[str, Tensor]]:
@@ -305,10 +487,23 @@ def _special_tokens(*configs: Any) -> list[int]:
     return sorted(ids)
 
 
+def _image_features(model: nn.Module) -> Any:
+    """The model's ``get_image_features``, else its encoder's (T5Gemma 2: the images go to the encoder of an
+    encoder-decoder); None if neither has one."""
+    fn = getattr(model, "get_image_features", None)
+    encoder: Any = getattr(model, "get_encoder", None)
+    if fn is None and callable(encoder):
+        try:
+            fn = getattr(encoder(), "get_image_features", None)
+        except Exception:  # noqa: BLE001 - no encoder to ask
+            fn = None
+    return fn
+
+
 def _count_features(model: nn.Module, image: dict[str, Tensor]) -> list[int]:
     """Image tokens of each sample: the feature vectors ``get_image_features`` returns for its image (so the
     count includes whatever the projector pools, pixel-shuffles or adds). Raises what the model raises."""
-    fn: Any = model.get_image_features
+    fn: Any = _image_features(model)
     accepted = inspect.signature(fn).parameters
     kw = {(k if k in accepted else k.removeprefix("image_")): v for k, v in image.items()
           if k in accepted or k.removeprefix("image_") in accepted}
@@ -325,6 +520,22 @@ def _count_features(model: nn.Module, image: dict[str, Tensor]) -> list[int]:
     if not rows or sum(rows) % EXAMPLE_BATCH:
         raise ValueError(f"{len(rows)} feature tensors with {sum(rows)} rows for {EXAMPLE_BATCH} images")
     return [sum(rows) // EXAMPLE_BATCH] * EXAMPLE_BATCH  # every image's features in one (tokens, D)
+
+
+_GRIDS = ("image_grid_thw", "grid_thw", "target_sizes")  # one row per image of packed patches
+
+
+def _batch_readable(layout: dict[str, Tensor]) -> bool:
+    """The engine can read the batch off the layout without text before it: packed patches come with their
+    images' grid (put first), else the pixels have one entry per sample. Packed patches alone (``(B x N, ...)``,
+    the layouts for a VLM's text to place) would pass for a batch of patches."""
+    pixels = layout.get("pixel_values")
+    return any(k in layout for k in _GRIDS) or pixels is None or pixels.shape[0] == EXAMPLE_BATCH
+
+
+def _no_vision_tower(config: Any) -> bool:
+    """The config names a vision sub-config and leaves it unset: the model was built without its vision tower."""
+    return hasattr(config, "vision_config") and config.vision_config is None
 
 
 def _flatten(value: Any) -> list:
@@ -419,7 +630,9 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
     config: Any = model.config
     params = inspect.signature(model.forward).parameters
     required = _required(params)
-    vision = getattr(config, "vision_config", None) or config
+    # the vision sub-config: the model's, else its encoder's (T5Gemma 2), else the config itself
+    vision = getattr(config, "vision_config", None) or getattr(getattr(config, "encoder", None), "vision_config", None) \
+        or config
     text = getattr(config, "text_config", None) or config
     main = getattr(model, "main_input_name", "pixel_values")
     modalities = getattr(model, "input_modalities", ()) or ()
@@ -433,11 +646,13 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
     if not wants_image and {"hidden_states", "grid_thw"} <= set(required):  # a Qwen2-VL vision tower
         wants_image = True
     image_tokens = None
+    candidates: list[dict[str, Tensor]] = []
+    image: dict[str, Tensor] = {}
     if wants_image:
         candidates = _pixel_candidates(model, vision, params, device, dtype, gen)
         image = candidates[0]
         unset = next((n for n in _IMAGE_TOKEN if hasattr(config, n)), None) if image_token is None else None
-        if takes_ids and unset is not None and hasattr(model, "get_image_features"):  # Blip-2's default config
+        if takes_ids and unset is not None and _image_features(model) is not None:  # Blip-2's default config
             raise ExampleInputsError(
                 f"{type(model).__name__}: its config's {unset} is None, so no text can hold its images (the forward "
                 f"looks for that token); set config.{unset} to your checkpoint's image token (its processor's), or "
@@ -452,10 +667,17 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
                 f"it cannot take images as configured; resize the embedding (model.resize_token_embeddings) or pass "
                 f"example_inputs= with 'pixel_values' and 'input_ids'."
             )
+        if "images_per_sample" in params:  # GLM-Image: its grids also hold each sample's image to generate
+            raise ExampleInputsError(
+                f"{type(model).__name__} takes 'images_per_sample' counting images its pixel_values do not hold (the "
+                f"grids of the images to generate, in 'image_grid_thw'), which no config field gives; pass "
+                f"example_inputs= with 'input_ids', 'pixel_values', 'image_grid_thw' and 'images_per_sample' (its "
+                f"processor's)."
+            )
         queries = _field(config, "num_query_tokens")
         if takes_ids and image_token is not None and isinstance(queries, int) and queries > 0:
             image_tokens = [queries] * EXAMPLE_BATCH  # a Q-Former's queries take the image's places (Blip-2)
-        elif takes_ids and image_token is not None and hasattr(model, "get_image_features"):
+        elif takes_ids and image_token is not None and _image_features(model) is not None:
             # a VLM: as many placeholders as the projector emits, in the first layout the model takes
             failures = []
             for layout in candidates:
@@ -466,11 +688,16 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
                 except Exception as exc:  # noqa: BLE001 - not this layout: the next one is tried
                     failures.append(f"{type(exc).__name__}: {exc}".splitlines()[0][:120])
             else:
-                raise ExampleInputsError(
-                    f"{type(model).__name__}: cannot tell how many image tokens (id {image_token}) it takes per "
-                    f"image: its get_image_features fails on the example images ({'; '.join(failures)}); pass "
-                    f"example_inputs= with 'pixel_values' and 'input_ids' holding one image token per image feature."
-                )
+                if _no_vision_tower(config):  # built without one (Gemma 4's default config): text alone
+                    image, wants_image = {}, False
+                    candidates = []
+                else:
+                    raise ExampleInputsError(
+                        f"{type(model).__name__}: cannot tell how many image tokens (id {image_token}) it takes per "
+                        f"image: its get_image_features fails on the example images ({'; '.join(failures)}); pass "
+                        f"example_inputs= with 'pixel_values' and 'input_ids' holding one image token per image "
+                        f"feature."
+                    )
         kwargs.update(image)
     media = _audio_candidates(config, params, main, device, dtype, gen)  # the layouts the forward may take
     if not media and "pixel_values_videos" in params and (main == "pixel_values_videos" or "pixel_values_videos" in required):
@@ -494,6 +721,9 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
             if "mm_token_type_ids" in params:  # text 0, image 1 (M-RoPE positions)
                 kwargs["mm_token_type_ids"] = (ids == image_token).to(torch.int)
         kwargs["input_ids"] = ids
+        image = {**image, **_text_image_masks(image, ids, params)}  # (each layout its own, for the trial below)
+        kwargs.update(image)
+        candidates = [{**c, **_text_image_masks(c, ids, params)} for c in candidates]
         seq2seq = getattr(config, "is_encoder_decoder", False)
         if "attention_mask" in params:
             kwargs["attention_mask"] = _padding_mask(ids, left=_is_causal(model) and not seq2seq)
@@ -511,6 +741,9 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
         kwargs["decoder_input_ids"] = decoder
         if "decoder_attention_mask" in params:
             kwargs["decoder_attention_mask"] = _padding_mask(decoder, left=False)
+    if wants_image and image_tokens is None and len(candidates) > 1 and not media:  # no feature count chose one
+        trial = candidates[:1] + [c for c in candidates[1:] if _batch_readable(c)]
+        kwargs = _first_running(model, {k: v for k, v in kwargs.items() if k not in image}, trial)
     if len(media) > 1:
         kwargs = _first_running(model, {k: v for k, v in kwargs.items() if k not in media[0]}, media)
     missing = [n for n in required if n not in kwargs]
@@ -525,7 +758,7 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
         )
     if type(model).__name__.endswith("ForMultipleChoice"):  # (B, choices, L): each sample's candidate texts
         kwargs = {k: v[:, None].expand(-1, CHOICES, *v.shape[1:]).contiguous() if v.ndim == 2 else v for k, v in kwargs.items()}
-    grid = next((k for k in ("image_grid_thw", "grid_thw") if k in kwargs), None)
+    grid = next((k for k in _GRIDS if k in kwargs), None)
     first = "input_ids" if "input_ids" in kwargs else grid
     if first is not None:  # the engine reads the batch off the first tensor: never off packed patches
         kwargs = {first: kwargs.pop(first), **kwargs}  # (a vision tower alone: one grid row per image)
