@@ -116,3 +116,21 @@ def test_the_consistent_level_shrinks_dependent_fields_together():
     model = transformers.HunYuanDenseV1Model(hunyuan).eval()
     with torch.no_grad():
         assert model(torch.arange(8).view(1, 8)).last_hidden_state.shape == (1, 8, 64)
+
+
+def test_a_default_config_that_does_not_build_or_run_is_told_apart_from_the_shrinks_failures():
+    transformers = pytest.importorskip("transformers")
+    # DBRX's default attention config lacks the rope_theta its model reads: no level builds, the default neither
+    with pytest.raises(RuntimeError, match=f"^{sweep.DEFAULT_DOES_NOT_BUILD}: AttributeError") as info:
+        sweep.hf_build("dbrx")
+    row = {"stage": "build", "error": sweep.first_line(info.value, 600)}
+    assert sweep_render.cause_of(row).startswith("transformers' own default config does not build")
+    ran = {"stage": "forward", "error": f"{sweep.DEFAULT_DOES_NOT_RUN}: RuntimeError: shape '[2, 4]' is invalid"}
+    assert sweep_render.cause_of(ran).startswith("the library's default config fails its forward the same way")
+    assert sweep._same_error(ValueError("weight [64, 384]"), ValueError("weight [256, 384]"))
+    assert not sweep._same_error(ValueError("weight [64, 384]"), TypeError("weight [64, 384]"))
+    # a class the auto mapping names but transformers does not export comes from its config's modeling module
+    config_cls, model_cls = sweep.hf_classes("voxtral_realtime_text")
+    assert model_cls.__name__ == "VoxtralRealtimeTextModel" and not hasattr(transformers, model_cls.__name__)
+    assert model_cls.__module__ == config_cls.__module__.replace(".configuration_", ".modeling_")
+

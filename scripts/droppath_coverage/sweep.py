@@ -20,7 +20,9 @@ Hugging Face model types are built from their config class shrunk by ``shrink_ov
 hidden size 64, 4 heads, ...; sub-configs too), then with the fields that must follow those kept consistent (``consistent=True``: one layer of each kind,
 rotary sections, latent attention dims, widths other parts name; unset sizes set), then less shrunk
 (layers only) and unchanged, the first that builds and runs on its automatic inputs (with
-``use_cache=False`` where only that runs: hybrids whose layers hold no attention).
+``use_cache=False`` where only that runs: hybrids whose layers hold no attention). Where the unchanged
+default config does not build, or fails its forward the same way as the shrunk ones, the error says so
+(transformers' cause or the inputs', not the shrink's).
 
 Task heads (``hf-heads``): every head and backbone class that transformers maps to a model type of the
 coverage table's Hugging Face families (``head_names``), built and judged like its AutoModel type; the
@@ -715,7 +717,10 @@ def _follow_widths(config, out: dict) -> None:
 
 
 def hf_classes(model_type: str):
-    """(config class, model class) of an AutoModel type, or of ``type/Class`` (a task head)."""
+    """(config class, model class) of an AutoModel type, or of ``type/Class`` (a task head). A class the auto
+    mapping names that transformers does not export is taken from its config's modeling module."""
+    import importlib
+
     import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
     from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
@@ -723,7 +728,15 @@ def hf_classes(model_type: str):
     model_type, _, head = model_type.partition("/")
     names = MODEL_MAPPING_NAMES[model_type] if not head else head
     name = names[0] if isinstance(names, (tuple, list)) else names
-    return CONFIG_MAPPING[model_type], getattr(transformers, name)
+    config_cls = CONFIG_MAPPING[model_type]
+    if hasattr(transformers, name):
+        return config_cls, getattr(transformers, name)
+    modeling = config_cls.__module__.replace(".configuration_", ".modeling_")
+    try:
+        return config_cls, getattr(importlib.import_module(modeling), name)
+    except (ImportError, AttributeError) as exc:
+        raise AttributeError(f"transformers exports no {name} (the auto mapping's class for {model_type}), "
+                             f"nor does {modeling}") from exc
 
 
 def head_names() -> list[str]:
@@ -781,12 +794,22 @@ def _set_everywhere(config, key: str, value, depth: int = 0) -> bool:
     return found
 
 
+def _same_error(a: BaseException, b: BaseException) -> bool:
+    """The same failure at two config levels: the same message with the numbers (sizes) blanked."""
+    return re.sub(r"\d+", "#", first_line(a)) == re.sub(r"\d+", "#", first_line(b))
+
+
+DEFAULT_DOES_NOT_BUILD = "the library's default config does not build"
+DEFAULT_DOES_NOT_RUN = "the library's default config fails the same way on the automatic inputs"
+
+
 def hf_build(model_type: str):
     """(config, model class, level, params, notes): the smallest config level that builds and runs on its
     automatic inputs; a level where the input builder fails is used as it is (that is a finding, not a
     reason to grow the model), except the plain tiny one, whose shrink may have broken a field the inputs
     need (the consistent level is tried, and the tiny level's failure kept if that does not run either);
-    where no level runs, the first that builds."""
+    where no level runs, the first that builds; where none builds and the unchanged default config does not
+    either, the error starts with ``DEFAULT_DOES_NOT_BUILD`` (transformers' cause, not the shrink's)."""
     import torch
 
     from droppath_surgery import build_example_inputs
@@ -805,6 +828,8 @@ def hf_build(model_type: str):
     errors = []
     ran_nowhere = None  # the first level that built but did not run on its automatic inputs
     refused = None  # the tiny level, when the input builder refused it
+    unbuildable = None  # the default config's own error: no shrink is to blame
+    default_error = None  # the default config's forward error on its automatic inputs
     for level, make in levels:
         try:
             config = make()
@@ -812,6 +837,8 @@ def hf_build(model_type: str):
                 params = _count(model_cls(config))
         except Exception as exc:  # noqa: BLE001 - the next level is tried
             errors.append(f"{level}: {first_line(exc, 160)}")
+            if level == "default":
+                unbuildable = first_line(exc, 240)
             continue
         if params > (HF_MAX_TINY_PARAMS if level.startswith("tiny") else HF_MAX_PARAMS):
             errors.append(f"{level}: {params / 1e6:.0f}M parameters")
@@ -837,6 +864,8 @@ def hf_build(model_type: str):
             return config, model_cls, level, params, errors
         except Exception as exc:  # noqa: BLE001 - the next level is tried
             errors.append(f"{level}: {first_line(exc, 160)}")
+            if level == "default":  # and failed: unless it runs without a cache, not the shrink's doing
+                default_error = exc
             if ran_nowhere is None or level == "tiny, consistent":  # the consistent one's error over tiny's
                 ran_nowhere = (config, level, params, exc)
         if getattr(config, "use_cache", None) is True:  # hybrids whose stack has no attention layer fail their own
@@ -847,11 +876,16 @@ def hf_build(model_type: str):
             except Exception:  # noqa: BLE001, S110 - not the cache: the next level is tried
                 config.use_cache = True
     if ran_nowhere is not None:  # built, but ran at no level: patch() records the forward's error
-        config, level, params, _ = ran_nowhere
+        config, level, params, exc = ran_nowhere
+        if default_error and _same_error(default_error, exc):  # not the shrink's doing
+            errors.append(DEFAULT_DOES_NOT_RUN)
         return config, model_cls, level, params, errors
     if refused is not None:  # no level the input builder takes: patch() records its error at the tiny level
         config, level, params = refused
         return config, model_cls, level, params, errors
+    if unbuildable is not None:  # transformers' own default config (a field its checkpoints set left unset)
+        raise RuntimeError(f"{DEFAULT_DOES_NOT_BUILD}: {unbuildable} (smaller levels: "
+                           + " | ".join(e for e in errors if not e.startswith("default: ")) + ")")
     raise RuntimeError("no config level builds: " + " | ".join(errors))
 
 
@@ -869,8 +903,11 @@ def sweep_hf(model_type: str, library: str = "hf") -> Result:
         res.status, res.stage, res.error = "failed", "build", first_line(exc, 600)
         return res
     res.layers = _text_layers(config)
-    if tried:
-        res.note = "tried: " + " | ".join(tried)
+    import transformers
+
+    notes = [] if hasattr(transformers, model_cls.__name__) else [
+        f"transformers does not export {model_cls.__name__}: built from {model_cls.__module__}"]
+    res.note = "; ".join(notes + (["tried: " + " | ".join(tried)] if tried else []))
     torch.manual_seed(0)
     model = model_cls(config)
     done = patch(res, model)
@@ -883,6 +920,8 @@ def sweep_hf(model_type: str, library: str = "hf") -> Result:
                    else f"{retry.error}")
         res.note = "; ".join(p for p in (res.note, f"with use_cache=False: {outcome}") if p)
     if done is None:
+        if res.stage == "forward" and DEFAULT_DOES_NOT_RUN in tried:  # not the shrink's doing
+            res.error = f"{DEFAULT_DOES_NOT_RUN}: {res.error}"
         return res
     report, args, kw = done
     try:
