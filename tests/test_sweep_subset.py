@@ -134,3 +134,19 @@ def test_a_default_config_that_does_not_build_or_run_is_told_apart_from_the_shri
     assert model_cls.__name__ == "VoxtralRealtimeTextModel" and not hasattr(transformers, model_cls.__name__)
     assert model_cls.__module__ == config_cls.__module__.replace(".configuration_", ".modeling_")
 
+
+def test_a_backbones_out_features_stay_within_its_shrunk_stages():
+    transformers = pytest.importorskip("transformers")
+    # DepthPro passes its Dinov2 backbones as dicts that keep out_features=['stage12'] of the default 12 layers
+    depth_pro = sweep.shrink_overrides(transformers.DepthProConfig(), sweep._TINY)
+    image = depth_pro["image_model_config"]
+    assert (image["num_hidden_layers"], image["out_features"], image["out_indices"]) == (2, ["stage2"], [2])
+    assert transformers.DepthProConfig(**depth_pro).image_model_config.out_features == ["stage2"]
+    # LW-DETR's ViT names four feature stages: the shrunk stack keeps four layers, its last four stages
+    lw = sweep.shrink_overrides(transformers.LwDetrConfig(), sweep._LAYERS_ONLY)["backbone_config"]
+    assert (lw["num_hidden_layers"], lw["out_indices"]) == (4, [1, 2, 3, 4])
+    assert lw["out_features"] == ["stage1", "stage2", "stage3", "stage4"]
+    # a backbone built from its own class computes its stages; Swin's stages are its depths, which do not shrink
+    assert "out_features" not in sweep.shrink_overrides(transformers.Dinov2Config(), sweep._TINY)
+    swin = sweep.shrink_overrides(transformers.Mask2FormerConfig(), sweep._TINY)["backbone_config"]
+    assert (swin["num_layers"], swin["out_indices"]) == (2, [1, 2])  # the plain level's first entries, as before

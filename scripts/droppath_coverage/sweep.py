@@ -423,6 +423,8 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
             out["depths"] = [min(d, 1) if d else d for d in depths]
         (_shrink_mrope if consistent else _shrink_mrope_plain)(config, values, out)
     layers_key = next((k for k in _LAYERS_ONLY if _is_size(values.get(k)) and k in out), None)
+    if layers_key is not None and depth > 0:  # a config built from its class computes its stages itself
+        _fit_out_features(values, out, layers_key)
     if consistent:
         if layers_key is not None:
             _shrink_per_layer(values, out, layers_key)
@@ -454,6 +456,21 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
     if depth == 0:
         _cover_image_tokens(config, out, consistent)
     return out
+
+
+def _fit_out_features(values: dict, out: dict, layers_key: str) -> None:
+    """A backbone's ``out_indices`` / ``out_features`` that name layers past the shrunk stack (a sub-config passed
+    as a dict keeps them: Dinov2's ``stage12``, a detector's four feature layers): as many as it named, the last
+    layers of the stack, which keeps at least that many. Not stages of ``depths`` (Swin's: they do not shrink)."""
+    indices, names = values.get("out_indices"), values.get("stage_names")
+    stages = ["stem"] + [f"stage{i}" for i in range(1, values[layers_key] + 1)]  # transformers' backbone stage names
+    if not (isinstance(indices, list) and indices and all(_is_size(i) for i in indices) and names == stages
+            and "depths" not in values and max(indices) > out[layers_key]):
+        return
+    layers = out[layers_key] = max(out[layers_key], len(indices))
+    out["out_indices"] = list(range(layers - len(indices) + 1, layers + 1))
+    out["stage_names"] = stages[: layers + 1]
+    out["out_features"] = [stages[i] for i in out["out_indices"]]
 
 
 _MEDIA_TOKEN = re.compile(r"(image|video)_token_(id|index)")
