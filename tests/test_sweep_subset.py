@@ -150,3 +150,20 @@ def test_a_backbones_out_features_stay_within_its_shrunk_stages():
     assert "out_features" not in sweep.shrink_overrides(transformers.Dinov2Config(), sweep._TINY)
     swin = sweep.shrink_overrides(transformers.Mask2FormerConfig(), sweep._TINY)["backbone_config"]
     assert (swin["num_layers"], swin["out_indices"]) == (2, [1, 2])  # the plain level's first entries, as before
+
+
+def test_the_consistent_level_keeps_a_codecs_depthwise_groups_and_its_residual_layers():
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    # Mimi (CSM's codec): upsample_groups is its width (a depthwise convolution); num_residual_layers=1 counts
+    # the residual units of each conv block, not layers of the stack: it stays 1 (scaled, it was 0)
+    mimi = sweep.shrink_overrides(transformers.MimiConfig(), sweep._TINY, consistent=True)
+    assert mimi["upsample_groups"] == mimi["hidden_size"] == 64 and mimi.get("num_residual_layers", 1) == 1
+    csm = sweep.shrink_overrides(transformers.CsmConfig(), sweep._TINY, consistent=True)
+    assert csm["codec_config"]["upsample_groups"] == csm["codec_config"]["hidden_size"] == 64
+    with torch.device("meta"):
+        transformers.CsmForConditionalGeneration(transformers.CsmConfig(**csm))  # in_channels were not divisible
+    # counts of some of the stack's layers still scale (Gemma 3n's KV-sharing layers)
+    gemma = sweep.shrink_overrides(transformers.Gemma3nTextConfig(), sweep._TINY, consistent=True)
+    assert gemma["num_kv_shared_layers"] < transformers.Gemma3nTextConfig().num_kv_shared_layers

@@ -617,8 +617,8 @@ def _shrink_per_layer(values: dict, out: dict, layers_key: str) -> None:
         share = dict.fromkeys(counts, 1)  # recurrent and output layers): one each, the rest to the biggest
         share[max(counts, key=counts.get)] += len(keep) - len(counts)
         out.update(share)
-    else:  # counts of some of the layers (Gemma 3n's KV-sharing layers): scaled
-        out.update({k: v * len(keep) // layers for k, v in counts.items()})
+    else:  # counts of some of the layers (Gemma 3n's KV-sharing layers): scaled; a count of 1 stays (Mimi's per block)
+        out.update({k: v * len(keep) // layers for k, v in counts.items() if v > 1})
     for key, value in per_layer.items():
         out[key] = [value[i] for i in keep]
     for key, value in indices.items():
@@ -680,7 +680,8 @@ def _shrink_mrope(config, values: dict, out: dict) -> None:
 def _follow_widths(config, out: dict) -> None:
     """Fields that name the width of a part that was shrunk follow it: any ``*hidden_size`` equal to the
     old width of some (sub-)config (a vision config's ``out_hidden_size`` = the text width, an adapter's
-    ``audio_hidden_size``), and size fields of the same config equal to its own old width (``codebook_dim``)."""
+    ``audio_hidden_size``), and size fields of the same config equal to its own old width (``codebook_dim``; a
+    depthwise convolution's ``upsample_groups``)."""
     nodes = []  # (config, its values, its overrides, a callable that hangs the overrides in the tree)
 
     def walk(cfg, over, hang, depth=0):
@@ -713,6 +714,8 @@ def _follow_widths(config, out: dict) -> None:
         own = {values[k]: over[k] for k in _WIDTHS if k in over and _is_size(values.get(k)) and over[k] != values[k]}
         changes = {}
         for key, value in values.items():
+            if key.endswith("_groups") and over.get(key, value) == value and _is_size(value) and value in own:
+                changes[key] = own[value]  # groups of a depthwise convolution over the width (``upsample_groups``)
             if (key in over and over[key] != value) or key in _TINY or not _is_size(value) or _NOT_A_WIDTH.search(key):
                 continue
             if key.endswith("hidden_size") and value in changed:
