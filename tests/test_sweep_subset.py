@@ -167,3 +167,14 @@ def test_the_consistent_level_keeps_a_codecs_depthwise_groups_and_its_residual_l
     # counts of some of the stack's layers still scale (Gemma 3n's KV-sharing layers)
     gemma = sweep.shrink_overrides(transformers.Gemma3nTextConfig(), sweep._TINY, consistent=True)
     assert gemma["num_kv_shared_layers"] < transformers.Gemma3nTextConfig().num_kv_shared_layers
+
+
+def test_vision_feature_layers_past_the_shrunk_tower_keep_their_distance_from_its_last_layer():
+    transformers = pytest.importorskip("transformers")
+    # Molmo2's adapter reads the outputs of layers 24 and 18 of its 25-layer vision tower
+    molmo2 = sweep.shrink_overrides(transformers.Molmo2Config(), sweep._TINY, consistent=True)
+    assert molmo2["vision_config"]["num_hidden_layers"] == 2
+    assert molmo2["adapter_config"]["vision_feature_layer"] == [1, 0]
+    transformers.Molmo2Config(**molmo2)  # the validator: they must index the tower's layers
+    # LLaVA's -2 counts from the end: unchanged
+    assert "vision_feature_layer" not in sweep.shrink_overrides(transformers.LlavaConfig(), sweep._TINY)

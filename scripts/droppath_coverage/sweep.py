@@ -455,7 +455,30 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
             _follow_widths(config, out)
     if depth == 0:
         _cover_image_tokens(config, out, consistent)
+        _fit_vision_feature_layers(config, out)
     return out
+
+
+def _fit_vision_feature_layers(config, out: dict) -> None:
+    """``vision_feature_layer`` (the vision tower's layers whose outputs a projector reads; in the config or a
+    sub-config such as an adapter's) given as positive indices past the shrunk tower: the same distance from its
+    last layer, at least its first (negative ones count from the end already and stay)."""
+    vision = getattr(config, "vision_config", None)
+    over = out.get("vision_config") or {}
+    key = next((k for k in _LAYERS_ONLY if _is_size(getattr(vision, k, None)) and _is_size(over.get(k))), None)
+    if key is None:
+        return
+    old, new = getattr(vision, key), over[key]
+    subs = getattr(config, "sub_configs", {}) or {}
+    for holder, name in [(config, None)] + [(getattr(config, n, None), n) for n in subs]:
+        value = getattr(holder, "vision_feature_layer", None) if holder is not None else None
+        many = isinstance(value, list)
+        layers = value if many else [value]
+        if not layers or not all(_is_size(i) for i in layers) or max(layers) < new:
+            continue
+        fitted = [max(0, new - (old - i)) if i >= 0 else i for i in layers]
+        target = out if name is None else out.setdefault(name, holder.to_dict())
+        target["vision_feature_layer"] = fitted if many else fitted[0]
 
 
 def _fit_out_features(values: dict, out: dict, layers_key: str) -> None:
