@@ -178,3 +178,11 @@ def test_vision_feature_layers_past_the_shrunk_tower_keep_their_distance_from_it
     transformers.Molmo2Config(**molmo2)  # the validator: they must index the tower's layers
     # LLaVA's -2 counts from the end: unchanged
     assert "vision_feature_layer" not in sweep.shrink_overrides(transformers.LlavaConfig(), sweep._TINY)
+
+
+def test_the_consistent_level_keeps_a_width_named_hidden_size_something_in_step():
+    transformers = pytest.importorskip("transformers")
+    # BLT's local encoder and decoder name the global transformer's width hidden_size_global
+    blt = sweep.shrink_overrides(transformers.BltConfig(), sweep._TINY, consistent=True)
+    assert blt["global_config"]["hidden_size"] == 64
+    assert blt["encoder_config"]["hidden_size_global"] == blt["decoder_config"]["hidden_size_global"] == 64

@@ -701,10 +701,10 @@ def _shrink_mrope(config, values: dict, out: dict) -> None:
 
 
 def _follow_widths(config, out: dict) -> None:
-    """Fields that name the width of a part that was shrunk follow it: any ``*hidden_size`` equal to the
-    old width of some (sub-)config (a vision config's ``out_hidden_size`` = the text width, an adapter's
-    ``audio_hidden_size``), and size fields of the same config equal to its own old width (``codebook_dim``; a
-    depthwise convolution's ``upsample_groups``)."""
+    """Fields that name the width of a part that was shrunk follow it: any ``*hidden_size`` or
+    ``hidden_size_*`` equal to the old width of some (sub-)config (a vision config's ``out_hidden_size`` = the
+    text width, an adapter's ``audio_hidden_size``, BLT's ``hidden_size_global``), and size fields of the same
+    config equal to its own old width (``codebook_dim``; a depthwise convolution's ``upsample_groups``)."""
     nodes = []  # (config, its values, its overrides, a callable that hangs the overrides in the tree)
 
     def walk(cfg, over, hang, depth=0):
@@ -741,7 +741,7 @@ def _follow_widths(config, out: dict) -> None:
                 changes[key] = own[value]  # groups of a depthwise convolution over the width (``upsample_groups``)
             if (key in over and over[key] != value) or key in _TINY or not _is_size(value) or _NOT_A_WIDTH.search(key):
                 continue
-            if key.endswith("hidden_size") and value in changed:
+            if (key.endswith("hidden_size") or key.startswith("hidden_size_")) and value in changed:
                 changes[key] = changed[value]
             elif (key.endswith("_dim") or key.endswith("_size")) and value in own:
                 changes[key] = own[value]
