@@ -186,3 +186,15 @@ def test_the_consistent_level_keeps_a_width_named_hidden_size_something_in_step(
     blt = sweep.shrink_overrides(transformers.BltConfig(), sweep._TINY, consistent=True)
     assert blt["global_config"]["hidden_size"] == 64
     assert blt["encoder_config"]["hidden_size_global"] == blt["decoder_config"]["hidden_size_global"] == 64
+
+
+def test_the_consistent_level_keeps_a_bottleneck_that_is_a_fraction_of_the_width():
+    transformers = pytest.importorskip("transformers")
+    # Fun-ASR-Nano's adaptor: intermediate_size 256 of a width of 1024, which its validator requires
+    fun = sweep.shrink_overrides(transformers.FunAsrNanoConfig(), sweep._TINY, consistent=True)
+    assert fun["adaptor_config"]["intermediate_size"] == fun["text_config"]["hidden_size"] // 4 == 16
+    transformers.FunAsrNanoConfig(**fun)
+    # a wider MLP (Llama) and a bottleneck that is no fraction of the width (Qwen2.5-VL's tower) keep the table's
+    assert sweep.shrink_overrides(transformers.LlamaConfig(), sweep._TINY, consistent=True)["intermediate_size"] == 128
+    qwen = sweep.shrink_overrides(transformers.Qwen2_5_VLConfig(), sweep._TINY, consistent=True)
+    assert qwen["vision_config"]["intermediate_size"] == 128

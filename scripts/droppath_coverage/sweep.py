@@ -451,6 +451,12 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
                     out[name] = sub.to_dict() | inner
     if consistent:
         _fit_image_tokens(values, out)
+        width = next((k for k in _WIDTHS if _is_size(values.get(k)) and k in out), None)
+        inner = values.get("intermediate_size")
+        if width and _is_size(inner) and 0 < inner < values[width] and values[width] % inner == 0 \
+                and out[width] % (values[width] // inner) == 0:
+            # a bottleneck that is a fraction of the width stays that fraction (Fun-ASR-Nano's adaptor: a quarter)
+            out["intermediate_size"] = out[width] // (values[width] // inner)
         if depth == 0 and table is _TINY:
             _follow_widths(config, out)
     if depth == 0:
