@@ -198,3 +198,15 @@ def test_the_consistent_level_keeps_a_bottleneck_that_is_a_fraction_of_the_width
     assert sweep.shrink_overrides(transformers.LlamaConfig(), sweep._TINY, consistent=True)["intermediate_size"] == 128
     qwen = sweep.shrink_overrides(transformers.Qwen2_5_VLConfig(), sweep._TINY, consistent=True)
     assert qwen["vision_config"]["intermediate_size"] == 128
+
+
+def test_an_attention_indexer_gets_no_more_heads_than_a_key_head_has_queries():
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    # Kolibri 1.1's indexer has 12 heads, at most the 2 query heads per key head of the tiny config
+    kolibri = sweep.shrink_overrides(transformers.Kolibri1_1Config(), sweep._TINY)
+    config = transformers.Kolibri1_1Config(**kolibri)  # the validator refused index_num_heads=12
+    assert config.index_num_heads <= config.num_attention_heads // config.num_key_value_heads
+    with torch.device("meta"):
+        transformers.Kolibri1_1Model(config)

@@ -361,6 +361,7 @@ _TINY = {
     # latent / partial rotary attention (DeepSeek, GPT-J, CodeGen)
     "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16, "kv_lora_rank": 32, "q_lora_rank": 32,
     "rotary_dim": 8, "hidden_size_per_layer_input": 16,
+    "index_num_heads": 2,  # an attention indexer's heads: at most the query heads of a key head (Kolibri's)
     # images (EfficientNet's default config is at 600 px), video clips (V-JEPA 2's 64 frames)
     "image_size": 224, "frames_per_clip": 8,
 }
