@@ -116,3 +116,97 @@ def test_the_consistent_level_shrinks_dependent_fields_together():
     model = transformers.HunYuanDenseV1Model(hunyuan).eval()
     with torch.no_grad():
         assert model(torch.arange(8).view(1, 8)).last_hidden_state.shape == (1, 8, 64)
+
+
+def test_a_default_config_that_does_not_build_or_run_is_told_apart_from_the_shrinks_failures():
+    transformers = pytest.importorskip("transformers")
+    # DBRX's default attention config lacks the rope_theta its model reads: no level builds, the default neither
+    with pytest.raises(RuntimeError, match=f"^{sweep.DEFAULT_DOES_NOT_BUILD}: AttributeError") as info:
+        sweep.hf_build("dbrx")
+    row = {"stage": "build", "error": sweep.first_line(info.value, 600)}
+    assert sweep_render.cause_of(row).startswith("transformers' own default config does not build")
+    ran = {"stage": "forward", "error": f"{sweep.DEFAULT_DOES_NOT_RUN}: RuntimeError: shape '[2, 4]' is invalid"}
+    assert sweep_render.cause_of(ran).startswith("the library's default config fails its forward the same way")
+    assert sweep._same_error(ValueError("weight [64, 384]"), ValueError("weight [256, 384]"))
+    assert not sweep._same_error(ValueError("weight [64, 384]"), TypeError("weight [64, 384]"))
+    # a class the auto mapping names but transformers does not export comes from its config's modeling module
+    config_cls, model_cls = sweep.hf_classes("voxtral_realtime_text")
+    assert model_cls.__name__ == "VoxtralRealtimeTextModel" and not hasattr(transformers, model_cls.__name__)
+    assert model_cls.__module__ == config_cls.__module__.replace(".configuration_", ".modeling_")
+
+
+def test_a_backbones_out_features_stay_within_its_shrunk_stages():
+    transformers = pytest.importorskip("transformers")
+    # DepthPro passes its Dinov2 backbones as dicts that keep out_features=['stage12'] of the default 12 layers
+    depth_pro = sweep.shrink_overrides(transformers.DepthProConfig(), sweep._TINY)
+    image = depth_pro["image_model_config"]
+    assert (image["num_hidden_layers"], image["out_features"], image["out_indices"]) == (2, ["stage2"], [2])
+    assert transformers.DepthProConfig(**depth_pro).image_model_config.out_features == ["stage2"]
+    # LW-DETR's ViT names four feature stages: the shrunk stack keeps four layers, its last four stages
+    lw = sweep.shrink_overrides(transformers.LwDetrConfig(), sweep._LAYERS_ONLY)["backbone_config"]
+    assert (lw["num_hidden_layers"], lw["out_indices"]) == (4, [1, 2, 3, 4])
+    assert lw["out_features"] == ["stage1", "stage2", "stage3", "stage4"]
+    # a backbone built from its own class computes its stages; Swin's stages are its depths, which do not shrink
+    assert "out_features" not in sweep.shrink_overrides(transformers.Dinov2Config(), sweep._TINY)
+    swin = sweep.shrink_overrides(transformers.Mask2FormerConfig(), sweep._TINY)["backbone_config"]
+    assert (swin["num_layers"], swin["out_indices"]) == (2, [1, 2])  # the plain level's first entries, as before
+
+
+def test_the_consistent_level_keeps_a_codecs_depthwise_groups_and_its_residual_layers():
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    # Mimi (CSM's codec): upsample_groups is its width (a depthwise convolution); num_residual_layers=1 counts
+    # the residual units of each conv block, not layers of the stack: it stays 1 (scaled, it was 0)
+    mimi = sweep.shrink_overrides(transformers.MimiConfig(), sweep._TINY, consistent=True)
+    assert mimi["upsample_groups"] == mimi["hidden_size"] == 64 and mimi.get("num_residual_layers", 1) == 1
+    csm = sweep.shrink_overrides(transformers.CsmConfig(), sweep._TINY, consistent=True)
+    assert csm["codec_config"]["upsample_groups"] == csm["codec_config"]["hidden_size"] == 64
+    with torch.device("meta"):
+        transformers.CsmForConditionalGeneration(transformers.CsmConfig(**csm))  # in_channels were not divisible
+    # counts of some of the stack's layers still scale (Gemma 3n's KV-sharing layers)
+    gemma = sweep.shrink_overrides(transformers.Gemma3nTextConfig(), sweep._TINY, consistent=True)
+    assert gemma["num_kv_shared_layers"] < transformers.Gemma3nTextConfig().num_kv_shared_layers
+
+
+def test_vision_feature_layers_past_the_shrunk_tower_keep_their_distance_from_its_last_layer():
+    transformers = pytest.importorskip("transformers")
+    # Molmo2's adapter reads the outputs of layers 24 and 18 of its 25-layer vision tower
+    molmo2 = sweep.shrink_overrides(transformers.Molmo2Config(), sweep._TINY, consistent=True)
+    assert molmo2["vision_config"]["num_hidden_layers"] == 2
+    assert molmo2["adapter_config"]["vision_feature_layer"] == [1, 0]
+    transformers.Molmo2Config(**molmo2)  # the validator: they must index the tower's layers
+    # LLaVA's -2 counts from the end: unchanged
+    assert "vision_feature_layer" not in sweep.shrink_overrides(transformers.LlavaConfig(), sweep._TINY)
+
+
+def test_the_consistent_level_keeps_a_width_named_hidden_size_something_in_step():
+    transformers = pytest.importorskip("transformers")
+    # BLT's local encoder and decoder name the global transformer's width hidden_size_global
+    blt = sweep.shrink_overrides(transformers.BltConfig(), sweep._TINY, consistent=True)
+    assert blt["global_config"]["hidden_size"] == 64
+    assert blt["encoder_config"]["hidden_size_global"] == blt["decoder_config"]["hidden_size_global"] == 64
+
+
+def test_the_consistent_level_keeps_a_bottleneck_that_is_a_fraction_of_the_width():
+    transformers = pytest.importorskip("transformers")
+    # Fun-ASR-Nano's adaptor: intermediate_size 256 of a width of 1024, which its validator requires
+    fun = sweep.shrink_overrides(transformers.FunAsrNanoConfig(), sweep._TINY, consistent=True)
+    assert fun["adaptor_config"]["intermediate_size"] == fun["text_config"]["hidden_size"] // 4 == 16
+    transformers.FunAsrNanoConfig(**fun)
+    # a wider MLP (Llama) and a bottleneck that is no fraction of the width (Qwen2.5-VL's tower) keep the table's
+    assert sweep.shrink_overrides(transformers.LlamaConfig(), sweep._TINY, consistent=True)["intermediate_size"] == 128
+    qwen = sweep.shrink_overrides(transformers.Qwen2_5_VLConfig(), sweep._TINY, consistent=True)
+    assert qwen["vision_config"]["intermediate_size"] == 128
+
+
+def test_an_attention_indexer_gets_no_more_heads_than_a_key_head_has_queries():
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    # Kolibri 1.1's indexer has 12 heads, at most the 2 query heads per key head of the tiny config
+    kolibri = sweep.shrink_overrides(transformers.Kolibri1_1Config(), sweep._TINY)
+    config = transformers.Kolibri1_1Config(**kolibri)  # the validator refused index_num_heads=12
+    assert config.index_num_heads <= config.num_attention_heads // config.num_key_value_heads
+    with torch.device("meta"):
+        transformers.Kolibri1_1Model(config)

@@ -18,9 +18,12 @@ default; models above ``BIG_PARAMS`` parameters are also tried with ``depth=4`` 
 models still above ``HUGE_PARAMS`` run on the meta device (sites and parity, eval not verifiable).
 Hugging Face model types are built from their config class shrunk by ``shrink_overrides`` (2 layers,
 hidden size 64, 4 heads, ...; sub-configs too), then with the fields that must follow those kept consistent (``consistent=True``: one layer of each kind,
-rotary sections, latent attention dims, widths other parts name; unset sizes set), then less shrunk
+rotary sections, latent attention dims, widths other parts name, bottlenecks at their fraction of the width;
+unset sizes set), then less shrunk
 (layers only) and unchanged, the first that builds and runs on its automatic inputs (with
-``use_cache=False`` where only that runs: hybrids whose layers hold no attention).
+``use_cache=False`` where only that runs: hybrids whose layers hold no attention). Where the unchanged
+default config does not build, or fails its forward the same way as the shrunk ones, the error says so
+(transformers' cause or the inputs', not the shrink's).
 
 Task heads (``hf-heads``): every head and backbone class that transformers maps to a model type of the
 coverage table's Hugging Face families (``head_names``), built and judged like its AutoModel type; the
@@ -359,6 +362,7 @@ _TINY = {
     # latent / partial rotary attention (DeepSeek, GPT-J, CodeGen)
     "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16, "kv_lora_rank": 32, "q_lora_rank": 32,
     "rotary_dim": 8, "hidden_size_per_layer_input": 16,
+    "index_num_heads": 2,  # an attention indexer's heads: at most the query heads of a key head (Kolibri's)
     # images (EfficientNet's default config is at 600 px), video clips (V-JEPA 2's 64 frames)
     "image_size": 224, "frames_per_clip": 8,
 }
@@ -386,7 +390,8 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
     """Constructor keyword arguments that shrink ``config`` (a default instance): each key of ``table``
     the config has as a number above the table's value, ``depths`` lists to ones, sub-configs
     recursively (passed as dicts, built by the parent), and the fields that must stay consistent with them
-    (head_dim, rotary sections, per-layer lists, widths other parts name). ``mha``: key/value heads = heads.
+    (head_dim, rotary sections, per-layer lists, widths other parts name, a backbone sub-config's out features,
+    the vision layers a projector reads). ``mha``: key/value heads = heads.
     ``consistent``: also the fields that must follow the shrunk ones (the "tiny, consistent" level: without it,
     the plain first level, the sizes most types were first swept at), and sizes the config leaves unset
     (None) get the table's value (or ``_UNSET``'s)."""
@@ -421,6 +426,8 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
             out["depths"] = [min(d, 1) if d else d for d in depths]
         (_shrink_mrope if consistent else _shrink_mrope_plain)(config, values, out)
     layers_key = next((k for k in _LAYERS_ONLY if _is_size(values.get(k)) and k in out), None)
+    if layers_key is not None and depth > 0:  # a config built from its class computes its stages itself
+        _fit_out_features(values, out, layers_key)
     if consistent:
         if layers_key is not None:
             _shrink_per_layer(values, out, layers_key)
@@ -447,11 +454,55 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
                     out[name] = sub.to_dict() | inner
     if consistent:
         _fit_image_tokens(values, out)
+        width = next((k for k in _WIDTHS if _is_size(values.get(k)) and k in out), None)
+        inner = values.get("intermediate_size")
+        if width and _is_size(inner) and 0 < inner < values[width] and values[width] % inner == 0 \
+                and out[width] % (values[width] // inner) == 0:
+            # a bottleneck that is a fraction of the width stays that fraction (Fun-ASR-Nano's adaptor: a quarter)
+            out["intermediate_size"] = out[width] // (values[width] // inner)
         if depth == 0 and table is _TINY:
             _follow_widths(config, out)
     if depth == 0:
         _cover_image_tokens(config, out, consistent)
+        _fit_vision_feature_layers(config, out)
     return out
+
+
+def _fit_vision_feature_layers(config, out: dict) -> None:
+    """``vision_feature_layer`` (the vision tower's layers whose outputs a projector reads; in the config or a
+    sub-config such as an adapter's) given as positive indices past the shrunk tower: the same distance from its
+    last layer, at least its first (negative ones count from the end already and stay)."""
+    vision = getattr(config, "vision_config", None)
+    over = out.get("vision_config") or {}
+    key = next((k for k in _LAYERS_ONLY if _is_size(getattr(vision, k, None)) and _is_size(over.get(k))), None)
+    if key is None:
+        return
+    old, new = getattr(vision, key), over[key]
+    subs = getattr(config, "sub_configs", {}) or {}
+    for holder, name in [(config, None)] + [(getattr(config, n, None), n) for n in subs]:
+        value = getattr(holder, "vision_feature_layer", None) if holder is not None else None
+        many = isinstance(value, list)
+        layers = value if many else [value]
+        if not layers or not all(_is_size(i) for i in layers) or max(layers) < new:
+            continue
+        fitted = [max(0, new - (old - i)) if i >= 0 else i for i in layers]
+        target = out if name is None else out.setdefault(name, holder.to_dict())
+        target["vision_feature_layer"] = fitted if many else fitted[0]
+
+
+def _fit_out_features(values: dict, out: dict, layers_key: str) -> None:
+    """A backbone's ``out_indices`` / ``out_features`` that name layers past the shrunk stack (a sub-config passed
+    as a dict keeps them: Dinov2's ``stage12``, a detector's four feature layers): as many as it named, the last
+    layers of the stack, which keeps at least that many. Not stages of ``depths`` (Swin's: they do not shrink)."""
+    indices, names = values.get("out_indices"), values.get("stage_names")
+    stages = ["stem"] + [f"stage{i}" for i in range(1, values[layers_key] + 1)]  # transformers' backbone stage names
+    if not (isinstance(indices, list) and indices and all(_is_size(i) for i in indices) and names == stages
+            and "depths" not in values and max(indices) > out[layers_key]):
+        return
+    layers = out[layers_key] = max(out[layers_key], len(indices))
+    out["out_indices"] = list(range(layers - len(indices) + 1, layers + 1))
+    out["stage_names"] = stages[: layers + 1]
+    out["out_features"] = [stages[i] for i in out["out_indices"]]
 
 
 _MEDIA_TOKEN = re.compile(r"(image|video)_token_(id|index)")
@@ -598,8 +649,8 @@ def _shrink_per_layer(values: dict, out: dict, layers_key: str) -> None:
         share = dict.fromkeys(counts, 1)  # recurrent and output layers): one each, the rest to the biggest
         share[max(counts, key=counts.get)] += len(keep) - len(counts)
         out.update(share)
-    else:  # counts of some of the layers (Gemma 3n's KV-sharing layers): scaled
-        out.update({k: v * len(keep) // layers for k, v in counts.items()})
+    else:  # counts of some of the layers (Gemma 3n's KV-sharing layers): scaled; a count of 1 stays (Mimi's per block)
+        out.update({k: v * len(keep) // layers for k, v in counts.items() if v > 1})
     for key, value in per_layer.items():
         out[key] = [value[i] for i in keep]
     for key, value in indices.items():
@@ -659,9 +710,10 @@ def _shrink_mrope(config, values: dict, out: dict) -> None:
 
 
 def _follow_widths(config, out: dict) -> None:
-    """Fields that name the width of a part that was shrunk follow it: any ``*hidden_size`` equal to the
-    old width of some (sub-)config (a vision config's ``out_hidden_size`` = the text width, an adapter's
-    ``audio_hidden_size``), and size fields of the same config equal to its own old width (``codebook_dim``)."""
+    """Fields that name the width of a part that was shrunk follow it: any ``*hidden_size`` or
+    ``hidden_size_*`` equal to the old width of some (sub-)config (a vision config's ``out_hidden_size`` = the
+    text width, an adapter's ``audio_hidden_size``, BLT's ``hidden_size_global``), and size fields of the same
+    config equal to its own old width (``codebook_dim``; a depthwise convolution's ``upsample_groups``)."""
     nodes = []  # (config, its values, its overrides, a callable that hangs the overrides in the tree)
 
     def walk(cfg, over, hang, depth=0):
@@ -694,9 +746,11 @@ def _follow_widths(config, out: dict) -> None:
         own = {values[k]: over[k] for k in _WIDTHS if k in over and _is_size(values.get(k)) and over[k] != values[k]}
         changes = {}
         for key, value in values.items():
+            if key.endswith("_groups") and over.get(key, value) == value and _is_size(value) and value in own:
+                changes[key] = own[value]  # groups of a depthwise convolution over the width (``upsample_groups``)
             if (key in over and over[key] != value) or key in _TINY or not _is_size(value) or _NOT_A_WIDTH.search(key):
                 continue
-            if key.endswith("hidden_size") and value in changed:
+            if (key.endswith("hidden_size") or key.startswith("hidden_size_")) and value in changed:
                 changes[key] = changed[value]
             elif (key.endswith("_dim") or key.endswith("_size")) and value in own:
                 changes[key] = own[value]
@@ -715,7 +769,10 @@ def _follow_widths(config, out: dict) -> None:
 
 
 def hf_classes(model_type: str):
-    """(config class, model class) of an AutoModel type, or of ``type/Class`` (a task head)."""
+    """(config class, model class) of an AutoModel type, or of ``type/Class`` (a task head). A class the auto
+    mapping names that transformers does not export is taken from its config's modeling module."""
+    import importlib
+
     import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
     from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
@@ -723,7 +780,15 @@ def hf_classes(model_type: str):
     model_type, _, head = model_type.partition("/")
     names = MODEL_MAPPING_NAMES[model_type] if not head else head
     name = names[0] if isinstance(names, (tuple, list)) else names
-    return CONFIG_MAPPING[model_type], getattr(transformers, name)
+    config_cls = CONFIG_MAPPING[model_type]
+    if hasattr(transformers, name):
+        return config_cls, getattr(transformers, name)
+    modeling = config_cls.__module__.replace(".configuration_", ".modeling_")
+    try:
+        return config_cls, getattr(importlib.import_module(modeling), name)
+    except (ImportError, AttributeError) as exc:
+        raise AttributeError(f"transformers exports no {name} (the auto mapping's class for {model_type}), "
+                             f"nor does {modeling}") from exc
 
 
 def head_names() -> list[str]:
@@ -781,12 +846,22 @@ def _set_everywhere(config, key: str, value, depth: int = 0) -> bool:
     return found
 
 
+def _same_error(a: BaseException, b: BaseException) -> bool:
+    """The same failure at two config levels: the same message with the numbers (sizes) blanked."""
+    return re.sub(r"\d+", "#", first_line(a)) == re.sub(r"\d+", "#", first_line(b))
+
+
+DEFAULT_DOES_NOT_BUILD = "the library's default config does not build"
+DEFAULT_DOES_NOT_RUN = "the library's default config fails the same way on the automatic inputs"
+
+
 def hf_build(model_type: str):
     """(config, model class, level, params, notes): the smallest config level that builds and runs on its
     automatic inputs; a level where the input builder fails is used as it is (that is a finding, not a
     reason to grow the model), except the plain tiny one, whose shrink may have broken a field the inputs
     need (the consistent level is tried, and the tiny level's failure kept if that does not run either);
-    where no level runs, the first that builds."""
+    where no level runs, the first that builds; where none builds and the unchanged default config does not
+    either, the error starts with ``DEFAULT_DOES_NOT_BUILD`` (transformers' cause, not the shrink's)."""
     import torch
 
     from droppath_surgery import build_example_inputs
@@ -805,6 +880,8 @@ def hf_build(model_type: str):
     errors = []
     ran_nowhere = None  # the first level that built but did not run on its automatic inputs
     refused = None  # the tiny level, when the input builder refused it
+    unbuildable = None  # the default config's own error: no shrink is to blame
+    default_error = None  # the default config's forward error on its automatic inputs
     for level, make in levels:
         try:
             config = make()
@@ -812,6 +889,8 @@ def hf_build(model_type: str):
                 params = _count(model_cls(config))
         except Exception as exc:  # noqa: BLE001 - the next level is tried
             errors.append(f"{level}: {first_line(exc, 160)}")
+            if level == "default":
+                unbuildable = first_line(exc, 240)
             continue
         if params > (HF_MAX_TINY_PARAMS if level.startswith("tiny") else HF_MAX_PARAMS):
             errors.append(f"{level}: {params / 1e6:.0f}M parameters")
@@ -837,6 +916,8 @@ def hf_build(model_type: str):
             return config, model_cls, level, params, errors
         except Exception as exc:  # noqa: BLE001 - the next level is tried
             errors.append(f"{level}: {first_line(exc, 160)}")
+            if level == "default":  # and failed: unless it runs without a cache, not the shrink's doing
+                default_error = exc
             if ran_nowhere is None or level == "tiny, consistent":  # the consistent one's error over tiny's
                 ran_nowhere = (config, level, params, exc)
         if getattr(config, "use_cache", None) is True:  # hybrids whose stack has no attention layer fail their own
@@ -847,11 +928,16 @@ def hf_build(model_type: str):
             except Exception:  # noqa: BLE001, S110 - not the cache: the next level is tried
                 config.use_cache = True
     if ran_nowhere is not None:  # built, but ran at no level: patch() records the forward's error
-        config, level, params, _ = ran_nowhere
+        config, level, params, exc = ran_nowhere
+        if default_error and _same_error(default_error, exc):  # not the shrink's doing
+            errors.append(DEFAULT_DOES_NOT_RUN)
         return config, model_cls, level, params, errors
     if refused is not None:  # no level the input builder takes: patch() records its error at the tiny level
         config, level, params = refused
         return config, model_cls, level, params, errors
+    if unbuildable is not None:  # transformers' own default config (a field its checkpoints set left unset)
+        raise RuntimeError(f"{DEFAULT_DOES_NOT_BUILD}: {unbuildable} (smaller levels: "
+                           + " | ".join(e for e in errors if not e.startswith("default: ")) + ")")
     raise RuntimeError("no config level builds: " + " | ".join(errors))
 
 
@@ -869,8 +955,11 @@ def sweep_hf(model_type: str, library: str = "hf") -> Result:
         res.status, res.stage, res.error = "failed", "build", first_line(exc, 600)
         return res
     res.layers = _text_layers(config)
-    if tried:
-        res.note = "tried: " + " | ".join(tried)
+    import transformers
+
+    notes = [] if hasattr(transformers, model_cls.__name__) else [
+        f"transformers does not export {model_cls.__name__}: built from {model_cls.__module__}"]
+    res.note = "; ".join(notes + (["tried: " + " | ".join(tried)] if tried else []))
     torch.manual_seed(0)
     model = model_cls(config)
     done = patch(res, model)
@@ -883,6 +972,8 @@ def sweep_hf(model_type: str, library: str = "hf") -> Result:
                    else f"{retry.error}")
         res.note = "; ".join(p for p in (res.note, f"with use_cache=False: {outcome}") if p)
     if done is None:
+        if res.stage == "forward" and DEFAULT_DOES_NOT_RUN in tried:  # not the shrink's doing
+            res.error = f"{DEFAULT_DOES_NOT_RUN}: {res.error}"
         return res
     report, args, kw = done
     try:

@@ -12,6 +12,9 @@ from pathlib import Path
 # Causes written by hand after reading the failures: (regex on "stage: error", cause). The first match
 # names the group; anything unmatched is grouped by its normalised message.
 CAUSES: list[tuple[str, str]] = [
+    (r"^forward: the library's default config fails the same way", (
+        "the library's default config fails its forward the same way, on the automatic inputs (a transformers "
+        "default that does not run, or inputs the builder gets wrong for it): not the sweep's shrinking")),
     (r"^inputs: ExampleInputsError", (
         "needs `example_inputs=`: the model takes inputs the automatic builder does not make (box coordinates, "
         "grids, query embeddings, states, byte/char ids without a vocab); the error names them")),
@@ -30,6 +33,9 @@ CAUSES: list[tuple[str, str]] = [
       r"expanded size|must divide|divisible|split_sizes)"), (
         "shape error on the sweep's shrunk config (the model's full config is too big to try on this machine)")),
     (r"^build: .*(natten|requires the \w+ library)", "needs an optional library that is not installed"),
+    (r"^build: RuntimeError: the library's default config does not build", (
+        "transformers' own default config does not build, unchanged (a field its checkpoints set is left unset, "
+        "or the model reads a config attribute the class does not define): not the sweep's shrinking")),
     (r"get_seq_length|matC_old has wrong shape", (
         "hybrid / recurrent models whose 2-layer config has no attention layer fail their own forward with a cache "
         "(each patches and verifies with `use_cache=False`)")),
