@@ -357,33 +357,90 @@ SPEECH_RATE = 16_000  # samples a second of a waveform whose config names no rat
 _FEATURE_MASKS = ("input_features_mask", "feature_attention_mask")  # 1 = a valid frame
 
 
+_AUDIO_INPUTS = ("input_features", "input_values")  # a speech model's main input, or a text model's audio
+_MEL = ("num_mel_bins", "input_feat_size", "input_feat_per_channel", "feature_projection_input_dim", "feature_size")
+
+
+def _sub_configs(config: Any) -> list[Any]:
+    """The config's nested configs (``*_config`` attributes that are configs themselves)."""
+    subs = (getattr(config, k, None) for k in dir(config) if k.endswith("_config") and not k.startswith("_"))
+    return [c for c in subs if hasattr(c, "to_dict")]
+
+
+def _deep_field(config: Any, *names: str) -> Any:
+    """The first of ``names`` the config sets, else the first one of its nested configs sets (a codec's hop in
+    its ``dac_config``, a speech decoder's mel bins in its ``decoder_config``)."""
+    value = _field(config, *names)
+    return value if value is not None else next(
+        (v for v in (_field(sub, *names) for sub in _sub_configs(config)) if v is not None), None)
+
+
+def _audio_key(params: Any, main: str) -> str | None:
+    """The audio argument to build: the main input of a speech model, else the audio a text model's forward
+    takes alongside its ``input_ids`` (CLAP, CLVP, Voxtral Realtime)."""
+    if main in _AUDIO_INPUTS:
+        return main
+    if main == "input_ids" and main in params:
+        return next((k for k in _AUDIO_INPUTS if k in params), None)
+    return None
+
+
 def _audio_candidates(config: Any, params: Any, main: str, device: torch.device, dtype: torch.dtype,
                       gen: torch.Generator) -> list[dict[str, Tensor]]:
     """Audio inputs in the layouts the config allows (the forward picks one: see ``_first_running``); [] when
-    the config says too little."""
+    the config says too little. A forward that requires both raw audio and features (a codec with a semantic
+    encoder: NeuCodec, XCodec2) gets both, each in every layout."""
+    key = _audio_key(params, main)
     audio = _field(config, "audio_config", "encoder_config", "asr_config") or config
-    mel = _field(audio, "num_mel_bins", "input_feat_size", "input_feat_per_channel", "feature_projection_input_dim")
-    if main == "input_features" and mel:
-        # Whisper-style encoders take exactly 2 x their positions; chunked ones (Qwen3-ASR) whole windows
-        whisper = _field(audio, "max_source_positions") if _has(audio, "num_mel_bins") else None
-        frames = 2 * whisper if whisper else 2 * (_field(audio, "n_window") or AUDIO_FRAMES // 2)
-        spectrogram = torch.randn(EXAMPLE_BATCH, frames, mel, generator=gen).to(device, dtype)
-        # Whisper-style: (B, mel, T); others (B, T, mel) or (B, mel, T), whichever the forward runs on
-        channels_first = spectrogram.transpose(1, 2).contiguous()
-        layouts = [channels_first] if whisper else [spectrogram, channels_first]
-        masks = {k: torch.ones(EXAMPLE_BATCH, frames, dtype=torch.long, device=device) for k in _FEATURE_MASKS if k in params}
-        return [{"input_features": x, **masks} for x in layouts]
-    if main != "input_values":
+    if key == "input_features":
+        return _feature_candidates(config, audio, params, key != main, device, dtype, gen)
+    if key != "input_values":
         return []
+    waves = _wave_candidates(audio, device, dtype, gen)
+    if "input_features" in _required(params):
+        features = _feature_candidates(config, audio, params, False, device, dtype, gen)
+        return [{**w, **f} for w in waves for f in features]
+    return waves
+
+
+def _feature_candidates(config: Any, audio: Any, params: Any, beside_text: bool, device: torch.device,
+                        dtype: torch.dtype, gen: torch.Generator) -> list[dict[str, Tensor]]:
+    """``input_features``: a spectrogram of the config's mel bins (times ``num_stacked_frames``, low-frame-rate
+    features: Fun-ASR), in the layouts the forward may take; [] when the config names no mel bins."""
+    mel = _deep_field(audio, *_MEL)
+    if not mel:
+        return []
+    mel *= _deep_field(audio, "num_stacked_frames") or 1
+    # Whisper-style encoders take exactly 2 x their positions; chunked ones (Qwen3-ASR) whole windows; a text
+    # model adding an audio frame to each token (Voxtral Realtime) audio_length_per_tok frames a token
+    whisper = _field(audio, "max_source_positions") if _has(audio, "num_mel_bins") else None
+    per_token = _field(config, "audio_length_per_tok") if beside_text else None
+    if per_token:
+        frames = TEXT_LENGTH * per_token
+    else:
+        frames = 2 * whisper if whisper else 2 * (_field(audio, "n_window") or AUDIO_FRAMES // 2)
+    spectrogram = torch.randn(EXAMPLE_BATCH, frames, mel, generator=gen).to(device, dtype)
+    # Whisper-style: (B, mel, T); others (B, T, mel), (B, mel, T) or one-channel (B, 1, T, mel) (CLAP), whichever
+    # the forward runs on
+    channels_first = spectrogram.transpose(1, 2).contiguous()
+    layouts = [channels_first] if whisper and not per_token else [spectrogram, channels_first, spectrogram[:, None]]
+    masks = {k: torch.ones(EXAMPLE_BATCH, frames, dtype=torch.long, device=device) for k in _FEATURE_MASKS if k in params}
+    return [{"input_features": x, **masks} for x in layouts]
+
+
+def _wave_candidates(audio: Any, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> list[dict[str, Tensor]]:
+    """``input_values``: a spectrogram ``(B, max_length, mel)`` where the config has both (AST), else raw audio
+    as ``(B, T)`` or ``(B, channels, T)``."""
+    mel = _field(audio, *_MEL)
     length = _field(audio, "max_length")
     if mel and length:  # a spectrogram named input_values (AST): (B, T, mel)
         return [{"input_values": torch.randn(EXAMPLE_BATCH, length, mel, generator=gen).to(device, dtype)}]
     if _has(audio, "conv_kernel", "conv_stride"):  # wav2vec2, HuBERT: raw audio
         samples = _audio_samples(audio)
     else:  # codecs: a few frames of their hop (or 1 s at their sampling rate, else at SPEECH_RATE)
-        ratios = _field(audio, "downsampling_ratios", "upsampling_ratios", "patch_sizes")  # strides of its stages
-        hop = _field(audio, "hop_length", "frame_size") or (int(torch.tensor(ratios).prod()) if ratios else None)
-        rate = _field(audio, "sampling_rate") or SPEECH_RATE
+        ratios = _deep_field(audio, "downsampling_ratios", "upsampling_ratios", "patch_sizes")  # strides of its stages
+        hop = _deep_field(audio, "hop_length", "frame_size") or (int(torch.tensor(ratios).prod()) if ratios else None)
+        rate = _deep_field(audio, "sampling_rate") or SPEECH_RATE
         samples = AUDIO_HOPS * hop if hop else rate
     wave = torch.randn(EXAMPLE_BATCH, samples, generator=gen).to(device, dtype)
     channels = _field(audio, "audio_channels", "channels") or 1
@@ -391,9 +448,20 @@ def _audio_candidates(config: Any, params: Any, main: str, device: torch.device,
     return [{"input_values": wave}, {"input_values": multi}] if channels == 1 else [{"input_values": multi}]
 
 
-def _first_running(model: nn.Module, kwargs: dict, candidates: list[dict]) -> dict:
+def _codebook_ids(config: Any, ids: Tensor, gen: torch.Generator) -> Tensor | None:
+    """Token ids with a column of audio codes for each of ``num_codebooks`` codebooks (each code within
+    ``codebook_vocab_size``) after the text column, ``(B, L, 1 + codebooks)``, where the config has both (an
+    audio-token language model: Kyutai speech-to-text); else None."""
+    books, size = _field(config, "num_codebooks"), _field(config, "codebook_vocab_size")
+    if not isinstance(books, int) or not isinstance(size, int) or books < 1 or size < 1:
+        return None
+    codes = torch.randint(0, size, (*ids.shape, books), generator=gen).to(ids.device, ids.dtype)
+    return torch.cat([ids[..., None], codes], dim=-1)
+
+
+def _first_running(model: nn.Module, kwargs: dict, candidates: list[dict], fallback: int = 0) -> dict:
     """``kwargs`` with the first candidate the model runs on (eval mode, no gradient, the global RNG
-    restored), else with the first: its error is then the forward's."""
+    restored), else with ``candidates[fallback]``: its error is then the forward's."""
     if len(candidates) > 1:
         modes = {m: m.training for m in model.modules()}
         model.eval()
@@ -408,7 +476,7 @@ def _first_running(model: nn.Module, kwargs: dict, candidates: list[dict]) -> di
         finally:
             for m, mode in modes.items():
                 m.training = mode
-    return {**kwargs, **candidates[0]}
+    return {**kwargs, **candidates[fallback]}
 
 
 def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> dict:
@@ -477,6 +545,11 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
         media = _video_candidates(config, device, dtype, gen)
     if not media and "past_values" in required:
         media = _series_candidates(config, params, device, dtype, gen)
+    fallback = 0
+    if media and main not in _AUDIO_INPUTS and not set(media[0]) & set(required):
+        # a text model's optional audio: its text alone first (as before: its audio would need placeholder
+        # tokens), the audio where the forward does not run without it; the audio's error if neither runs
+        media, fallback = [{}, *media], 1
     if media:
         kwargs.update(media[0])
     if takes_ids and (main == "input_ids" or "pixel_values" in kwargs or "pixel_values_videos" in kwargs):
@@ -511,8 +584,11 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
         kwargs["decoder_input_ids"] = decoder
         if "decoder_attention_mask" in params:
             kwargs["decoder_attention_mask"] = _padding_mask(decoder, left=False)
+    stacked = _codebook_ids(text, kwargs["input_ids"], gen) if not media and "input_ids" in kwargs else None
+    if stacked is not None:  # text alone first (as before), else with a column per codebook
+        media, fallback = [{}, {"input_ids": stacked}], 1
     if len(media) > 1:
-        kwargs = _first_running(model, {k: v for k, v in kwargs.items() if k not in media[0]}, media)
+        kwargs = _first_running(model, {k: v for k, v in kwargs.items() if k not in media[0]}, media, fallback)
     missing = [n for n in required if n not in kwargs]
     if main in params and main not in kwargs and main not in missing:
         # the main input left out: the forward may run without it (Moonshine's decoder alone), on part of the model
