@@ -27,14 +27,25 @@ model's device and in its floating dtype:
   ``num_frames`` (``frames_per_clip``) frames of ``image_size`` (``crop_size``), ``(B, T, C, H, W)`` or
   ``(B, C, T, H, W)``, the first the forward runs on;
 * Hugging Face audio: ``input_features`` of ``num_mel_bins`` (``input_feat_size``,
-  ``input_feat_per_channel``, ``feature_projection_input_dim``; in ``audio_config`` / ``encoder_config`` /
-  ``asr_config`` if there) mel bins, ``(B, mel, 2 x max_source_positions)`` for Whisper-style configs, else
-  ``2 x n_window`` (or ``AUDIO_FRAMES``) frames as ``(B, T, mel)`` or ``(B, mel, T)``, the first the forward
-  runs on (a trial forward in eval mode, the global RNG restored), with all-valid ``input_features_mask`` /
-  ``feature_attention_mask``; ``input_values``: a spectrogram ``(B, max_length, mel)`` where the config has
-  both (AST), raw audio for wav2vec2-style ``conv_kernel``/``conv_stride`` and for codecs (``AUDIO_HOPS`` x
-  ``hop_length`` / ``frame_size`` / the product of the sampling ratios, else 1 s at ``sampling_rate``, else
-  at 16 kHz), as ``(B, T)`` or ``(B, audio_channels, T)``, again the first the forward runs on;
+  ``input_feat_per_channel``, ``feature_projection_input_dim``, ``feature_size``; in ``audio_config`` /
+  ``encoder_config`` / ``asr_config`` if there, else in a nested config) mel bins, times
+  ``num_stacked_frames`` (low-frame-rate features), ``(B, mel, 2 x max_source_positions)`` for Whisper-style
+  configs, else ``2 x n_window`` (or ``AUDIO_FRAMES``) frames as ``(B, T, mel)``, ``(B, mel, T)`` or
+  ``(B, 1, T, mel)`` (CLAP), the first the forward runs on (a trial forward in eval mode, the global RNG
+  restored), with all-valid ``input_features_mask`` / ``feature_attention_mask``; ``input_values``: a
+  spectrogram ``(B, max_length, mel)`` where the config has both (AST), raw audio for wav2vec2-style
+  ``conv_kernel``/``conv_stride`` and for codecs (``AUDIO_HOPS`` x ``hop_length`` / ``frame_size`` / the
+  product of the sampling ratios, else 1 s at ``sampling_rate``, else at 16 kHz), as ``(B, T)`` or
+  ``(B, audio_channels, T)``, again the first the forward runs on, with ``input_features`` too where the
+  forward requires both (NeuCodec). A text model's audio (``input_features`` / ``input_values`` beside
+  ``input_ids``: CLAP, Voxtral Realtime, PE Audio) is built the same way (``TEXT_LENGTH x
+  audio_length_per_tok`` frames where the config sets it); where the forward does not require it, the text
+  alone is tried first (its audio would need placeholder tokens), the audio only where that does not run.
+  ``input_ids`` of a config with ``num_codebooks`` and ``codebook_vocab_size`` are tried as
+  ``(B, L, 1 + codebooks)`` (a text column, then a code of each codebook: Kyutai) where ``(B, L)`` does not
+  run. Video frames are padded to ``max_img_size`` where the config sets it (TVP's visual prompt); a
+  video-language model whose ``video_token_id`` is unset (and has no image token) gets an
+  ``ExampleInputsError`` naming that field;
 * Hugging Face time series models taking ``past_values`` (PatchTST, PatchTSMixer, TimesFM, Autoformer,
   Informer): ``context_length`` steps plus the longest lag, ``(B, T, C)`` or ``(B, T)``, with all-observed
   masks and zero time features, the first the forward runs on;
@@ -227,6 +238,9 @@ def _pixel_candidates(model: nn.Module, vision: Any, params: Any, device: torch.
     image = _image(EXAMPLE_BATCH, getattr(vision, "num_channels", 3), size, device, dtype, gen)
     frames = getattr(vision, "num_frames", None)
     if isinstance(frames, int) and frames > 0:  # video (VideoMAE, TimeSformer, ViViT, X-CLIP): (B, T, C, H, W)
+        padded = _field(vision, "max_img_size")  # frames padded to the size of a visual prompt's frame (TVP)
+        if isinstance(padded, int) and padded > 0:
+            image = _image(EXAMPLE_BATCH, image.shape[1], (padded, padded), device, dtype, gen)
         return [{"pixel_values": torch.stack([image] * frames, dim=1)}]
     pinpoints = getattr(model.config, "image_grid_pinpoints", None)
     if pinpoints and "image_sizes" in params:  # LLaVA-NeXT "anyres": an image of the first pinpoint's size, as
@@ -368,8 +382,8 @@ def _sub_configs(config: Any) -> list[Any]:
 
 
 def _deep_field(config: Any, *names: str) -> Any:
-    """The first of ``names`` the config sets, else the first one of its nested configs sets (a codec's hop in
-    its ``dac_config``, a speech decoder's mel bins in its ``decoder_config``)."""
+    """The first of ``names`` the config sets, else the first one of its nested configs sets (the features'
+    width of a codec's semantic encoder in its ``semantic_model_config``)."""
     value = _field(config, *names)
     return value if value is not None else next(
         (v for v in (_field(sub, *names) for sub in _sub_configs(config)) if v is not None), None)
@@ -438,14 +452,29 @@ def _wave_candidates(audio: Any, device: torch.device, dtype: torch.dtype, gen: 
     if _has(audio, "conv_kernel", "conv_stride"):  # wav2vec2, HuBERT: raw audio
         samples = _audio_samples(audio)
     else:  # codecs: a few frames of their hop (or 1 s at their sampling rate, else at SPEECH_RATE)
-        ratios = _deep_field(audio, "downsampling_ratios", "upsampling_ratios", "patch_sizes")  # strides of its stages
-        hop = _deep_field(audio, "hop_length", "frame_size") or (int(torch.tensor(ratios).prod()) if ratios else None)
-        rate = _deep_field(audio, "sampling_rate") or SPEECH_RATE
+        ratios = _field(audio, "downsampling_ratios", "upsampling_ratios", "patch_sizes")  # strides of its stages
+        hop = _field(audio, "hop_length", "frame_size") or (int(torch.tensor(ratios).prod()) if ratios else None)
+        rate = _field(audio, "sampling_rate") or SPEECH_RATE
         samples = AUDIO_HOPS * hop if hop else rate
     wave = torch.randn(EXAMPLE_BATCH, samples, generator=gen).to(device, dtype)
     channels = _field(audio, "audio_channels", "channels") or 1
     multi = wave.unsqueeze(1).expand(-1, channels, -1).contiguous()
     return [{"input_values": wave}, {"input_values": multi}] if channels == 1 else [{"input_values": multi}]
+
+
+_VIDEO_TOKEN = ("video_token_id", "video_token_index")
+
+
+def _check_video_token(model: nn.Module, config: Any, modalities: Any, image_token: Any, frames_in_text: bool) -> None:
+    """A video-language model whose config leaves its video token unset (and has no image token): no text can
+    hold its frames, so ``ExampleInputsError`` names the field rather than a forward that cannot find them."""
+    unset = next((n for n in _VIDEO_TOKEN if hasattr(config, n) and getattr(config, n) is None), None)
+    if frames_in_text and "video" in modalities and image_token is None and unset is not None:
+        raise ExampleInputsError(
+            f"{type(model).__name__}: its config's {unset} is None, so no text can hold its video frames (the "
+            f"forward looks for that token); set config.{unset} to your checkpoint's video token (its processor's), "
+            f"or pass example_inputs= with 'pixel_values' and 'input_ids'."
+        )
 
 
 def _codebook_ids(config: Any, ids: Tensor, gen: torch.Generator) -> Tensor | None:
@@ -540,6 +569,7 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
                     f"example_inputs= with 'pixel_values' and 'input_ids' holding one image token per image feature."
                 )
         kwargs.update(image)
+    _check_video_token(model, config, modalities, image_token, takes_ids and "pixel_values" in kwargs)
     media = _audio_candidates(config, params, main, device, dtype, gen)  # the layouts the forward may take
     if not media and "pixel_values_videos" in params and (main == "pixel_values_videos" or "pixel_values_videos" in required):
         media = _video_candidates(config, device, dtype, gen)
