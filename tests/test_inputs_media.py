@@ -148,3 +148,14 @@ def test_a_video_model_whose_video_token_is_unset_gets_an_error_naming_it():
     with pytest.raises(ExampleInputsError, match=r"video_token_id is None.*set config.video_token_id"):
         apply_drop_path(model, 0.1)
     assert not is_patched(model)
+
+
+def test_features_get_the_width_the_first_layer_takes_where_the_code_stacks_more_than_the_config_says():
+    # Granite Speech 5 delta-expands its mel frames and stacks them in pairs (4 x num_mel_bins) in its
+    # feature extractor: its config does not say so, its input projection does.
+    config = T.GraniteSpeech5EncoderConfig(**SMALL, vocab_size=33, num_mel_bins=8, context_size=16,
+                                           max_position_embeddings=32, subsample_layers=[0])
+    model = T.GraniteSpeech5Encoder(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["input_features"].shape[-1] == 32
+    _patch(model)

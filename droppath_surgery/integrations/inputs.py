@@ -32,7 +32,9 @@ model's device and in its floating dtype:
   ``num_stacked_frames`` (low-frame-rate features), ``(B, mel, 2 x max_source_positions)`` for Whisper-style
   configs, else ``2 x n_window`` (or ``AUDIO_FRAMES``) frames as ``(B, T, mel)``, ``(B, mel, T)`` or
   ``(B, 1, T, mel)`` (CLAP), the first the forward runs on (a trial forward in eval mode, the global RNG
-  restored), with all-valid ``input_features_mask`` / ``feature_attention_mask``; ``input_values``: a
+  restored), else each at the width the first ``Linear`` / ``Conv1d`` reading it takes (a forward stopped
+  there: Granite Speech 5 stacks deltas and frame pairs its config does not describe), with all-valid
+  ``input_features_mask`` / ``feature_attention_mask``; ``input_values``: a
   spectrogram ``(B, max_length, mel)`` where the config has both (AST), raw audio for wav2vec2-style
   ``conv_kernel``/``conv_stride`` and for codecs (``AUDIO_HOPS`` x ``hop_length`` / ``frame_size`` / the
   product of the sampling ratios, else 1 s at ``sampling_rate``, else at 16 kHz), as ``(B, T)`` or
@@ -488,20 +490,74 @@ def _codebook_ids(config: Any, ids: Tensor, gen: torch.Generator) -> Tensor | No
     return torch.cat([ids[..., None], codes], dim=-1)
 
 
-def _first_running(model: nn.Module, kwargs: dict, candidates: list[dict], fallback: int = 0) -> dict:
+class _Reached(Exception):
+    """Raised by the probe of ``_refit_features`` at the first layer that reads the features."""
+
+
+def _refit_features(model: nn.Module, kwargs: dict, candidates: list[dict]) -> list[dict]:
+    """Each ``input_features`` layout again at the width the first layer reading it takes, where that differs
+    from the config's mel bins (a ``Linear``'s ``in_features`` on the last dimension, a ``Conv1d``'s
+    ``in_channels`` on the second): features the model's code stacks or expands beyond what its config
+    says (Granite Speech 5: deltas, then frames in pairs). Found by a forward stopped at that layer (the
+    caller sets eval mode)."""
+    out = []
+    for candidate in candidates:
+        x = candidate.get("input_features")
+        if not isinstance(x, Tensor) or x.dim() != 3:
+            continue
+        reached: list[nn.Module] = []
+
+        def probe(module: nn.Module, args: tuple, x: Tensor = x) -> None:
+            if args and isinstance(args[0], Tensor) and args[0].shape == x.shape:
+                reached.append(module)
+                raise _Reached
+
+        handles = [m.register_forward_pre_hook(probe) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d))]
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                model(**kwargs, **candidate)
+        except Exception:  # noqa: BLE001, S110 - _Reached, or the forward failed before any layer
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        layer = reached[0] if reached else None
+        gen = torch.Generator().manual_seed(0)
+        if isinstance(layer, nn.Linear) and layer.in_features != x.shape[-1]:
+            refit = torch.randn(*x.shape[:-1], layer.in_features, generator=gen)
+        elif isinstance(layer, nn.Conv1d) and layer.in_channels != x.shape[1]:
+            refit = torch.randn(x.shape[0], layer.in_channels, x.shape[2], generator=gen)
+        else:
+            continue
+        out.append({**candidate, "input_features": refit.to(x.device, x.dtype)})
+    return out
+
+
+def _runs(model: nn.Module, kwargs: dict) -> bool:
+    """The model's forward runs on ``kwargs`` (no gradient, the global RNG restored; the caller sets eval)."""
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            model(**kwargs)
+        return True
+    except Exception:  # noqa: BLE001 - not this layout: the next one is tried
+        return False
+
+
+def _first_running(model: nn.Module, kwargs: dict, candidates: list[dict], fallback: int = 0,
+                   refit: bool = False) -> dict:
     """``kwargs`` with the first candidate the model runs on (eval mode, no gradient, the global RNG
-    restored), else with ``candidates[fallback]``: its error is then the forward's."""
-    if len(candidates) > 1:
+    restored), else (with ``refit``) the first of ``_refit_features``'s, else with ``candidates[fallback]``:
+    its error is then the forward's."""
+    if len(candidates) > 1 or refit:
         modes = {m: m.training for m in model.modules()}
         model.eval()
         try:
             for candidate in candidates:
-                try:
-                    with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                        model(**kwargs, **candidate)
+                if _runs(model, {**kwargs, **candidate}):
                     return {**kwargs, **candidate}
-                except Exception:  # noqa: BLE001, S112 - not this layout: the next one is tried
-                    continue
+            for candidate in _refit_features(model, kwargs, candidates) if refit else []:  # only where none runs
+                if _runs(model, {**kwargs, **candidate}):
+                    return {**kwargs, **candidate}
         finally:
             for m, mode in modes.items():
                 m.training = mode
@@ -617,8 +673,9 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
     stacked = _codebook_ids(text, kwargs["input_ids"], gen) if not media and "input_ids" in kwargs else None
     if stacked is not None:  # text alone first (as before), else with a column per codebook
         media, fallback = [{}, {"input_ids": stacked}], 1
-    if len(media) > 1:
-        kwargs = _first_running(model, {k: v for k, v in kwargs.items() if k not in media[0]}, media, fallback)
+    refit = main == "input_features" and bool(media)  # where no layout runs: at the width its first layer takes
+    if len(media) > 1 or refit:
+        kwargs = _first_running(model, {k: v for k, v in kwargs.items() if k not in media[0]}, media, fallback, refit)
     missing = [n for n in required if n not in kwargs]
     if main in params and main not in kwargs and main not in missing:
         # the main input left out: the forward may run without it (Moonshine's decoder alone), on part of the model
