@@ -34,8 +34,10 @@ def test_a_text_model_that_needs_its_audio_gets_one_audio_frame_per_token():
     # Voxtral Realtime adds one audio embedding to each text token: its forward refuses text alone, and the
     # audio must be as many frames as the text has tokens times audio_length_per_tok.
     config = T.VoxtralRealtimeConfig(
-        audio_config=dict(SMALL, num_mel_bins=16, head_dim=8, num_key_value_heads=4),
-        text_config=dict(SMALL, vocab_size=99, num_key_value_heads=2, head_dim=8),
+        audio_config=dict(SMALL, num_mel_bins=16, head_dim=8, num_key_value_heads=4, max_position_embeddings=128,
+                          sliding_window=64),
+        text_config=dict(SMALL, vocab_size=99, num_key_value_heads=2, head_dim=8, max_position_embeddings=128,
+                         sliding_window=64),
     )
     model = T.VoxtralRealtimeModel(config)
     _, kwargs = build_example_inputs(model)
