@@ -161,3 +161,25 @@ def test_features_get_the_width_the_first_layer_takes_where_the_code_stacks_more
     _, kwargs = build_example_inputs(model)
     assert kwargs["input_features"].shape[-1] == 32
     _patch(model)
+
+
+def test_a_multilingual_model_without_a_default_language_gets_its_first():
+    # X-MOD's forward refuses tokens without lang_ids where its config sets no default_language.
+    config = T.XmodConfig(**SMALL, vocab_size=99, languages=["en_XX", "de_DE"])
+    model = T.XmodModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["lang_ids"].tolist() == [0, 0]
+    _patch(model)
+
+
+def test_region_features_and_their_boxes_are_built_where_the_config_sizes_them():
+    # LXMERT: visual_feats of visual_feat_dim and boxes (x1, y1, x2, y2) within [0, 1].
+    config = T.LxmertConfig(vocab_size=99, hidden_size=32, intermediate_size=64, num_attention_heads=4, l_layers=1,
+                            x_layers=1, r_layers=1, visual_feat_dim=16)
+    model = T.LxmertModel(config)
+    _, kwargs = build_example_inputs(model)
+    boxes = kwargs["visual_pos"]
+    assert kwargs["visual_feats"].shape == (2, 4, 16) and boxes.shape == (2, 4, 4)
+    assert bool((boxes[..., 0] <= boxes[..., 2]).all() and (boxes[..., 1] <= boxes[..., 3]).all())
+    assert bool((boxes >= 0).all() and (boxes <= 1).all())
+    _patch(model)

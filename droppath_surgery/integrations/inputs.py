@@ -48,6 +48,9 @@ model's device and in its floating dtype:
   run. Video frames are padded to ``max_img_size`` where the config sets it (TVP's visual prompt); a
   video-language model whose ``video_token_id`` is unset (and has no image token) gets an
   ``ExampleInputsError`` naming that field;
+* Hugging Face text models that need more than tokens: ``VISUAL_REGIONS`` region features of
+  ``visual_feat_dim`` with boxes in [0, 1] (``visual_feats`` / ``visual_pos``: LXMERT), ``lang_ids`` of the
+  first of ``languages`` where the config sets no ``default_language`` (X-MOD);
 * Hugging Face time series models taking ``past_values`` (PatchTST, PatchTSMixer, TimesFM, Autoformer,
   Informer): ``context_length`` steps plus the longest lag, ``(B, T, C)`` or ``(B, T)``, with all-observed
   masks and zero time features, the first the forward runs on;
@@ -479,6 +482,25 @@ def _check_video_token(model: nn.Module, config: Any, modalities: Any, image_tok
         )
 
 
+VISUAL_REGIONS = 4  # detected regions of an example image, for models that take region features
+
+
+def _beside_text(config: Any, params: Any, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> dict[str, Tensor]:
+    """What a text model's forward needs beside its tokens, where its config sizes it: ``VISUAL_REGIONS``
+    region features of ``visual_feat_dim`` with their boxes (``visual_pos_dim`` = 4: corners within [0, 1])
+    (LXMERT); every sample in the first of the config's ``languages`` where it sets no default (X-MOD's
+    adapters)."""
+    out: dict[str, Tensor] = {}
+    feat, pos = _field(config, "visual_feat_dim"), _field(config, "visual_pos_dim")
+    if "visual_feats" in params and "visual_pos" in params and isinstance(feat, int) and pos == 4:
+        out["visual_feats"] = torch.randn(EXAMPLE_BATCH, VISUAL_REGIONS, feat, generator=gen).to(device, dtype)
+        corners = torch.rand(EXAMPLE_BATCH, VISUAL_REGIONS, 2, 2, generator=gen).sort(dim=2).values  # 2 points (x, y)
+        out["visual_pos"] = corners.reshape(EXAMPLE_BATCH, VISUAL_REGIONS, 4).to(device, dtype)  # (x1, y1, x2, y2)
+    if "lang_ids" in params and _field(config, "languages") and _field(config, "default_language") is None:
+        out["lang_ids"] = torch.zeros(EXAMPLE_BATCH, dtype=torch.long, device=device)
+    return out
+
+
 def _codebook_ids(config: Any, ids: Tensor, gen: torch.Generator) -> Tensor | None:
     """Token ids with a column of audio codes for each of ``num_codebooks`` codebooks (each code within
     ``codebook_vocab_size``) after the text column, ``(B, L, 1 + codebooks)``, where the config has both (an
@@ -660,6 +682,8 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
             types = torch.zeros_like(ids)
             types[:, ids.shape[1] // 2 :] = 1  # two segments, as in sentence-pair tasks
             kwargs["token_type_ids"] = types
+    if "input_ids" in kwargs:
+        kwargs.update(_beside_text(config, params, device, dtype, gen))
     qformer = getattr(config, "qformer_config", None)
     if "qformer_input_ids" in params and qformer is not None and "pixel_values" in kwargs:  # InstructBLIP's instruction
         kwargs["qformer_input_ids"] = _tokens(model, qformer, device, gen, length=TEXT_LENGTH // 2)
