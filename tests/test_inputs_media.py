@@ -183,3 +183,14 @@ def test_region_features_and_their_boxes_are_built_where_the_config_sizes_them()
     assert bool((boxes[..., 0] <= boxes[..., 2]).all() and (boxes[..., 1] <= boxes[..., 3]).all())
     assert bool((boxes >= 0).all() and (boxes <= 1).all())
     _patch(model)
+
+
+def test_a_model_that_scales_normalized_boxes_gets_a_box_per_token():
+    # BROS refuses tokens without bbox: boxes (x1, y1, x2, y2) within [0, 1], scaled by its bbox_scale.
+    config = T.BrosConfig(**SMALL, vocab_size=99, dim_bbox_sinusoid_emb_2d=32, dim_bbox_sinusoid_emb_1d=4,
+                          dim_bbox_projection=8)
+    model = T.BrosModel(config)
+    _, kwargs = build_example_inputs(model)
+    boxes = kwargs["bbox"]
+    assert boxes.shape == (*kwargs["input_ids"].shape, 4) and bool((boxes >= 0).all() and (boxes <= 1).all())
+    _patch(model)

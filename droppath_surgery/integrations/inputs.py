@@ -50,7 +50,8 @@ model's device and in its floating dtype:
   ``ExampleInputsError`` naming that field;
 * Hugging Face text models that need more than tokens: ``VISUAL_REGIONS`` region features of
   ``visual_feat_dim`` with boxes in [0, 1] (``visual_feats`` / ``visual_pos``: LXMERT), ``lang_ids`` of the
-  first of ``languages`` where the config sets no ``default_language`` (X-MOD);
+  first of ``languages`` where the config sets no ``default_language`` (X-MOD), a box in [0, 1] per token
+  where the config has a ``bbox_scale`` (BROS);
 * Hugging Face time series models taking ``past_values`` (PatchTST, PatchTSMixer, TimesFM, Autoformer,
   Informer): ``context_length`` steps plus the longest lag, ``(B, T, C)`` or ``(B, T)``, with all-observed
   masks and zero time features, the first the forward runs on;
@@ -485,17 +486,25 @@ def _check_video_token(model: nn.Module, config: Any, modalities: Any, image_tok
 VISUAL_REGIONS = 4  # detected regions of an example image, for models that take region features
 
 
-def _beside_text(config: Any, params: Any, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> dict[str, Tensor]:
+def _boxes(count: int, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> Tensor:
+    """``count`` boxes a sample, ``(B, count, 4)`` as ``(x1, y1, x2, y2)`` within [0, 1], ``x1 <= x2``, ``y1 <= y2``."""
+    corners = torch.rand(EXAMPLE_BATCH, count, 2, 2, generator=gen).sort(dim=2).values  # 2 points (x, y)
+    return corners.reshape(EXAMPLE_BATCH, count, 4).to(device, dtype)
+
+
+def _beside_text(config: Any, params: Any, ids: Tensor, device: torch.device, dtype: torch.dtype,
+                 gen: torch.Generator) -> dict[str, Tensor]:
     """What a text model's forward needs beside its tokens, where its config sizes it: ``VISUAL_REGIONS``
     region features of ``visual_feat_dim`` with their boxes (``visual_pos_dim`` = 4: corners within [0, 1])
-    (LXMERT); every sample in the first of the config's ``languages`` where it sets no default (X-MOD's
-    adapters)."""
+    (LXMERT); a box within [0, 1] per token where the config scales normalized boxes (``bbox_scale``: BROS);
+    every sample in the first of the config's ``languages`` where it sets no default (X-MOD's adapters)."""
     out: dict[str, Tensor] = {}
     feat, pos = _field(config, "visual_feat_dim"), _field(config, "visual_pos_dim")
     if "visual_feats" in params and "visual_pos" in params and isinstance(feat, int) and pos == 4:
         out["visual_feats"] = torch.randn(EXAMPLE_BATCH, VISUAL_REGIONS, feat, generator=gen).to(device, dtype)
-        corners = torch.rand(EXAMPLE_BATCH, VISUAL_REGIONS, 2, 2, generator=gen).sort(dim=2).values  # 2 points (x, y)
-        out["visual_pos"] = corners.reshape(EXAMPLE_BATCH, VISUAL_REGIONS, 4).to(device, dtype)  # (x1, y1, x2, y2)
+        out["visual_pos"] = _boxes(VISUAL_REGIONS, device, dtype, gen)
+    if "bbox" in params and _field(config, "bbox_scale") is not None and ids.dim() == 2:
+        out["bbox"] = _boxes(ids.shape[1], device, dtype, gen)
     if "lang_ids" in params and _field(config, "languages") and _field(config, "default_language") is None:
         out["lang_ids"] = torch.zeros(EXAMPLE_BATCH, dtype=torch.long, device=device)
     return out
@@ -683,7 +692,7 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
             types[:, ids.shape[1] // 2 :] = 1  # two segments, as in sentence-pair tasks
             kwargs["token_type_ids"] = types
     if "input_ids" in kwargs:
-        kwargs.update(_beside_text(config, params, device, dtype, gen))
+        kwargs.update(_beside_text(config, params, kwargs["input_ids"], device, dtype, gen))
     qformer = getattr(config, "qformer_config", None)
     if "qformer_input_ids" in params and qformer is not None and "pixel_values" in kwargs:  # InstructBLIP's instruction
         kwargs["qformer_input_ids"] = _tokens(model, qformer, device, gen, length=TEXT_LENGTH // 2)
