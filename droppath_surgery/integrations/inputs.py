@@ -54,14 +54,31 @@ model's device and in its floating dtype:
   ``num_frames`` (``frames_per_clip``) frames of ``image_size`` (``crop_size``), ``(B, T, C, H, W)`` or
   ``(B, C, T, H, W)``, the first the forward runs on;
 * Hugging Face audio: ``input_features`` of ``num_mel_bins`` (``input_feat_size``,
-  ``input_feat_per_channel``, ``feature_projection_input_dim``; in ``audio_config`` / ``encoder_config`` /
-  ``asr_config`` if there) mel bins, ``(B, mel, 2 x max_source_positions)`` for Whisper-style configs, else
-  ``2 x n_window`` (or ``AUDIO_FRAMES``) frames as ``(B, T, mel)`` or ``(B, mel, T)``, the first the forward
-  runs on (a trial forward in eval mode, the global RNG restored), with all-valid ``input_features_mask`` /
-  ``feature_attention_mask``; ``input_values``: a spectrogram ``(B, max_length, mel)`` where the config has
-  both (AST), raw audio for wav2vec2-style ``conv_kernel``/``conv_stride`` and for codecs (``AUDIO_HOPS`` x
-  ``hop_length`` / ``frame_size`` / the product of the sampling ratios, else 1 s at ``sampling_rate``, else
-  at 16 kHz), as ``(B, T)`` or ``(B, audio_channels, T)``, again the first the forward runs on;
+  ``input_feat_per_channel``, ``feature_projection_input_dim``, ``feature_size``; in ``audio_config`` /
+  ``encoder_config`` / ``asr_config`` if there, else in a nested config) mel bins, times
+  ``num_stacked_frames`` (low-frame-rate features), ``(B, mel, 2 x max_source_positions)`` for Whisper-style
+  configs, else ``2 x n_window`` (or ``AUDIO_FRAMES``) frames as ``(B, T, mel)``, ``(B, mel, T)`` or
+  ``(B, 1, T, mel)`` (CLAP), the first the forward runs on (a trial forward in eval mode, the global RNG
+  restored), else each at the width the first ``Linear`` / ``Conv1d`` reading it takes (a forward stopped
+  there: Granite Speech 5 stacks deltas and frame pairs its config does not describe), with all-valid
+  ``input_features_mask`` / ``feature_attention_mask``; ``input_values``: a
+  spectrogram ``(B, max_length, mel)`` where the config has both (AST), raw audio for wav2vec2-style
+  ``conv_kernel``/``conv_stride`` and for codecs (``AUDIO_HOPS`` x ``hop_length`` / ``frame_size`` / the
+  product of the sampling ratios, else 1 s at ``sampling_rate``, else at 16 kHz), as ``(B, T)`` or
+  ``(B, audio_channels, T)``, again the first the forward runs on, with ``input_features`` too where the
+  forward requires both (NeuCodec). A text model's audio (``input_features`` / ``input_values`` beside
+  ``input_ids``: CLAP, Voxtral Realtime, PE Audio) is built the same way (``TEXT_LENGTH x
+  audio_length_per_tok`` frames where the config sets it); where the forward does not require it, the text
+  alone is tried first (its audio would need placeholder tokens), the audio only where that does not run.
+  ``input_ids`` of a config with ``num_codebooks`` and ``codebook_vocab_size`` are tried as
+  ``(B, L, 1 + codebooks)`` (a text column, then a code of each codebook: Kyutai) where ``(B, L)`` does not
+  run. Video frames are padded to ``max_img_size`` where the config sets it (TVP's visual prompt); a
+  video-language model whose ``video_token_id`` is unset (and has no image token) gets an
+  ``ExampleInputsError`` naming that field;
+* Hugging Face text models that need more than tokens: ``VISUAL_REGIONS`` region features of
+  ``visual_feat_dim`` with boxes in [0, 1] (``visual_feats`` / ``visual_pos``: LXMERT), ``lang_ids`` of the
+  first of ``languages`` where the config sets no ``default_language`` (X-MOD), a box in [0, 1] per token
+  where the config has a ``bbox_scale`` (BROS);
 * Hugging Face time series models taking ``past_values`` (PatchTST, PatchTSMixer, TimesFM, Autoformer,
   Informer): ``context_length`` steps plus the longest lag, ``(B, T, C)`` or ``(B, T)``, with all-observed
   masks and zero time features, the first the forward runs on;
@@ -261,6 +278,9 @@ def _pixel_candidates(model: nn.Module, vision: Any, params: Any, device: torch.
     image = _image(EXAMPLE_BATCH, getattr(vision, "num_channels", 3), size, device, dtype, gen)
     frames = getattr(vision, "num_frames", None)
     if isinstance(frames, int) and frames > 0:  # video (VideoMAE, TimeSformer, ViViT, X-CLIP): (B, T, C, H, W)
+        padded = _field(vision, "max_img_size")  # frames padded to the size of a visual prompt's frame (TVP)
+        if isinstance(padded, int) and padded > 0:
+            image = _image(EXAMPLE_BATCH, image.shape[1], (padded, padded), device, dtype, gen)
         return [{"pixel_values": torch.stack([image] * frames, dim=1)}]
     tiled = _tiled_images(vision, params, image)
     if tiled:
@@ -568,24 +588,81 @@ SPEECH_RATE = 16_000  # samples a second of a waveform whose config names no rat
 _FEATURE_MASKS = ("input_features_mask", "feature_attention_mask")  # 1 = a valid frame
 
 
+_AUDIO_INPUTS = ("input_features", "input_values")  # a speech model's main input, or a text model's audio
+_MEL = ("num_mel_bins", "input_feat_size", "input_feat_per_channel", "feature_projection_input_dim", "feature_size")
+
+
+def _sub_configs(config: Any) -> list[Any]:
+    """The config's nested configs (``*_config`` attributes that are configs themselves)."""
+    subs = (getattr(config, k, None) for k in dir(config) if k.endswith("_config") and not k.startswith("_"))
+    return [c for c in subs if hasattr(c, "to_dict")]
+
+
+def _deep_field(config: Any, *names: str) -> Any:
+    """The first of ``names`` the config sets, else the first one of its nested configs sets (the features'
+    width of a codec's semantic encoder in its ``semantic_model_config``)."""
+    value = _field(config, *names)
+    return value if value is not None else next(
+        (v for v in (_field(sub, *names) for sub in _sub_configs(config)) if v is not None), None)
+
+
+def _audio_key(params: Any, main: str) -> str | None:
+    """The audio argument to build: the main input of a speech model, else the audio a text model's forward
+    takes alongside its ``input_ids`` (CLAP, CLVP, Voxtral Realtime)."""
+    if main in _AUDIO_INPUTS:
+        return main
+    if main == "input_ids" and main in params:
+        return next((k for k in _AUDIO_INPUTS if k in params), None)
+    return None
+
+
 def _audio_candidates(config: Any, params: Any, main: str, device: torch.device, dtype: torch.dtype,
                       gen: torch.Generator) -> list[dict[str, Tensor]]:
     """Audio inputs in the layouts the config allows (the forward picks one: see ``_first_running``); [] when
-    the config says too little."""
+    the config says too little. A forward that requires both raw audio and features (a codec with a semantic
+    encoder: NeuCodec, XCodec2) gets both, each in every layout."""
+    key = _audio_key(params, main)
     audio = _field(config, "audio_config", "encoder_config", "asr_config") or config
-    mel = _field(audio, "num_mel_bins", "input_feat_size", "input_feat_per_channel", "feature_projection_input_dim")
-    if main == "input_features" and mel:
-        # Whisper-style encoders take exactly 2 x their positions; chunked ones (Qwen3-ASR) whole windows
-        whisper = _field(audio, "max_source_positions") if _has(audio, "num_mel_bins") else None
-        frames = 2 * whisper if whisper else 2 * (_field(audio, "n_window") or AUDIO_FRAMES // 2)
-        spectrogram = torch.randn(EXAMPLE_BATCH, frames, mel, generator=gen).to(device, dtype)
-        # Whisper-style: (B, mel, T); others (B, T, mel) or (B, mel, T), whichever the forward runs on
-        channels_first = spectrogram.transpose(1, 2).contiguous()
-        layouts = [channels_first] if whisper else [spectrogram, channels_first]
-        masks = {k: torch.ones(EXAMPLE_BATCH, frames, dtype=torch.long, device=device) for k in _FEATURE_MASKS if k in params}
-        return [{"input_features": x, **masks} for x in layouts]
-    if main != "input_values":
+    if key == "input_features":
+        return _feature_candidates(config, audio, params, key != main, device, dtype, gen)
+    if key != "input_values":
         return []
+    waves = _wave_candidates(audio, device, dtype, gen)
+    if "input_features" in _required(params):
+        features = _feature_candidates(config, audio, params, False, device, dtype, gen)
+        return [{**w, **f} for w in waves for f in features]
+    return waves
+
+
+def _feature_candidates(config: Any, audio: Any, params: Any, beside_text: bool, device: torch.device,
+                        dtype: torch.dtype, gen: torch.Generator) -> list[dict[str, Tensor]]:
+    """``input_features``: a spectrogram of the config's mel bins (times ``num_stacked_frames``, low-frame-rate
+    features: Fun-ASR), in the layouts the forward may take; [] when the config names no mel bins."""
+    mel = _deep_field(audio, *_MEL)
+    if not mel:
+        return []
+    mel *= _deep_field(audio, "num_stacked_frames") or 1
+    # Whisper-style encoders take exactly 2 x their positions; chunked ones (Qwen3-ASR) whole windows; a text
+    # model adding an audio frame to each token (Voxtral Realtime) audio_length_per_tok frames a token
+    whisper = _field(audio, "max_source_positions") if _has(audio, "num_mel_bins") else None
+    per_token = _field(config, "audio_length_per_tok") if beside_text else None
+    if per_token:
+        frames = TEXT_LENGTH * per_token
+    else:
+        frames = 2 * whisper if whisper else 2 * (_field(audio, "n_window") or AUDIO_FRAMES // 2)
+    spectrogram = torch.randn(EXAMPLE_BATCH, frames, mel, generator=gen).to(device, dtype)
+    # Whisper-style: (B, mel, T); others (B, T, mel), (B, mel, T) or one-channel (B, 1, T, mel) (CLAP), whichever
+    # the forward runs on
+    channels_first = spectrogram.transpose(1, 2).contiguous()
+    layouts = [channels_first] if whisper and not per_token else [spectrogram, channels_first, spectrogram[:, None]]
+    masks = {k: torch.ones(EXAMPLE_BATCH, frames, dtype=torch.long, device=device) for k in _FEATURE_MASKS if k in params}
+    return [{"input_features": x, **masks} for x in layouts]
+
+
+def _wave_candidates(audio: Any, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> list[dict[str, Tensor]]:
+    """``input_values``: a spectrogram ``(B, max_length, mel)`` where the config has both (AST), else raw audio
+    as ``(B, T)`` or ``(B, channels, T)``."""
+    mel = _field(audio, *_MEL)
     length = _field(audio, "max_length")
     if mel and length:  # a spectrogram named input_values (AST): (B, T, mel)
         return [{"input_values": torch.randn(EXAMPLE_BATCH, length, mel, generator=gen).to(device, dtype)}]
@@ -602,24 +679,131 @@ def _audio_candidates(config: Any, params: Any, main: str, device: torch.device,
     return [{"input_values": wave}, {"input_values": multi}] if channels == 1 else [{"input_values": multi}]
 
 
-def _first_running(model: nn.Module, kwargs: dict, candidates: list[dict]) -> dict:
+_VIDEO_TOKEN = ("video_token_id", "video_token_index")
+
+
+def _check_video_token(model: nn.Module, config: Any, modalities: Any, image_token: Any, frames_in_text: bool) -> None:
+    """A video-language model whose config leaves its video token unset (and has no image token): no text can
+    hold its frames, so ``ExampleInputsError`` names the field rather than a forward that cannot find them."""
+    unset = next((n for n in _VIDEO_TOKEN if hasattr(config, n) and getattr(config, n) is None), None)
+    if frames_in_text and "video" in modalities and image_token is None and unset is not None:
+        raise ExampleInputsError(
+            f"{type(model).__name__}: its config's {unset} is None, so no text can hold its video frames (the "
+            f"forward looks for that token); set config.{unset} to your checkpoint's video token (its processor's), "
+            f"or pass example_inputs= with 'pixel_values' and 'input_ids'."
+        )
+
+
+VISUAL_REGIONS = 4  # detected regions of an example image, for models that take region features
+
+
+def _boxes(count: int, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> Tensor:
+    """``count`` boxes a sample, ``(B, count, 4)`` as ``(x1, y1, x2, y2)`` within [0, 1], ``x1 <= x2``, ``y1 <= y2``."""
+    corners = torch.rand(EXAMPLE_BATCH, count, 2, 2, generator=gen).sort(dim=2).values  # 2 points (x, y)
+    return corners.reshape(EXAMPLE_BATCH, count, 4).to(device, dtype)
+
+
+def _beside_text(config: Any, params: Any, ids: Tensor, device: torch.device, dtype: torch.dtype,
+                 gen: torch.Generator) -> dict[str, Tensor]:
+    """What a text model's forward needs beside its tokens, where its config sizes it: ``VISUAL_REGIONS``
+    region features of ``visual_feat_dim`` with their boxes (``visual_pos_dim`` = 4: corners within [0, 1])
+    (LXMERT); a box within [0, 1] per token where the config scales normalized boxes (``bbox_scale``: BROS);
+    every sample in the first of the config's ``languages`` where it sets no default (X-MOD's adapters)."""
+    out: dict[str, Tensor] = {}
+    feat, pos = _field(config, "visual_feat_dim"), _field(config, "visual_pos_dim")
+    if "visual_feats" in params and "visual_pos" in params and isinstance(feat, int) and pos == 4:
+        out["visual_feats"] = torch.randn(EXAMPLE_BATCH, VISUAL_REGIONS, feat, generator=gen).to(device, dtype)
+        out["visual_pos"] = _boxes(VISUAL_REGIONS, device, dtype, gen)
+    if "bbox" in params and _field(config, "bbox_scale") is not None and ids.dim() == 2:
+        out["bbox"] = _boxes(ids.shape[1], device, dtype, gen)
+    if "lang_ids" in params and _field(config, "languages") and _field(config, "default_language") is None:
+        out["lang_ids"] = torch.zeros(EXAMPLE_BATCH, dtype=torch.long, device=device)
+    return out
+
+
+def _codebook_ids(config: Any, ids: Tensor, gen: torch.Generator) -> Tensor | None:
+    """Token ids with a column of audio codes for each of ``num_codebooks`` codebooks (each code within
+    ``codebook_vocab_size``) after the text column, ``(B, L, 1 + codebooks)``, where the config has both (an
+    audio-token language model: Kyutai speech-to-text); else None."""
+    books, size = _field(config, "num_codebooks"), _field(config, "codebook_vocab_size")
+    if not isinstance(books, int) or not isinstance(size, int) or books < 1 or size < 1:
+        return None
+    codes = torch.randint(0, size, (*ids.shape, books), generator=gen).to(ids.device, ids.dtype)
+    return torch.cat([ids[..., None], codes], dim=-1)
+
+
+class _Reached(Exception):
+    """Raised by the probe of ``_refit_features`` at the first layer that reads the features."""
+
+
+def _refit_features(model: nn.Module, kwargs: dict, candidates: list[dict]) -> list[dict]:
+    """Each ``input_features`` layout again at the width the first layer reading it takes, where that differs
+    from the config's mel bins (a ``Linear``'s ``in_features`` on the last dimension, a ``Conv1d``'s
+    ``in_channels`` on the second): features the model's code stacks or expands beyond what its config
+    says (Granite Speech 5: deltas, then frames in pairs). Found by a forward stopped at that layer (the
+    caller sets eval mode)."""
+    out = []
+    for candidate in candidates:
+        x = candidate.get("input_features")
+        if not isinstance(x, Tensor) or x.dim() != 3:
+            continue
+        reached: list[nn.Module] = []
+
+        def probe(module: nn.Module, args: tuple, x: Tensor = x) -> None:
+            if args and isinstance(args[0], Tensor) and args[0].shape == x.shape:
+                reached.append(module)
+                raise _Reached
+
+        handles = [m.register_forward_pre_hook(probe) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d))]
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                model(**kwargs, **candidate)
+        except Exception:  # noqa: BLE001, S110 - _Reached, or the forward failed before any layer
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        layer = reached[0] if reached else None
+        gen = torch.Generator().manual_seed(0)
+        if isinstance(layer, nn.Linear) and layer.in_features != x.shape[-1]:
+            refit = torch.randn(*x.shape[:-1], layer.in_features, generator=gen)
+        elif isinstance(layer, nn.Conv1d) and layer.in_channels != x.shape[1]:
+            refit = torch.randn(x.shape[0], layer.in_channels, x.shape[2], generator=gen)
+        else:
+            continue
+        out.append({**candidate, "input_features": refit.to(x.device, x.dtype)})
+    return out
+
+
+def _runs(model: nn.Module, kwargs: dict) -> bool:
+    """The model's forward runs on ``kwargs`` (no gradient, the global RNG restored; the caller sets eval)."""
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            model(**kwargs)
+        return True
+    except Exception:  # noqa: BLE001 - not this layout: the next one is tried
+        return False
+
+
+def _first_running(model: nn.Module, kwargs: dict, candidates: list[dict], fallback: int = 0,
+                   refit: bool = False) -> dict:
     """``kwargs`` with the first candidate the model runs on (eval mode, no gradient, the global RNG
-    restored), else with the first: its error is then the forward's."""
-    if len(candidates) > 1:
+    restored), else (with ``refit``) the first of ``_refit_features``'s, else with ``candidates[fallback]``:
+    its error is then the forward's."""
+    if len(candidates) > 1 or refit:
         modes = {m: m.training for m in model.modules()}
         model.eval()
         try:
             for candidate in candidates:
-                try:
-                    with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                        model(**kwargs, **candidate)
+                if _runs(model, {**kwargs, **candidate}):
                     return {**kwargs, **candidate}
-                except Exception:  # noqa: BLE001, S112 - not this layout: the next one is tried
-                    continue
+            for candidate in _refit_features(model, kwargs, candidates) if refit else []:  # only where none runs
+                if _runs(model, {**kwargs, **candidate}):
+                    return {**kwargs, **candidate}
         finally:
             for m, mode in modes.items():
                 m.training = mode
-    return {**kwargs, **candidates[0]}
+    return {**kwargs, **candidates[fallback]}
 
 
 def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> dict:
@@ -699,11 +883,17 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
                         f"feature."
                     )
         kwargs.update(image)
+    _check_video_token(model, config, modalities, image_token, takes_ids and "pixel_values" in kwargs)
     media = _audio_candidates(config, params, main, device, dtype, gen)  # the layouts the forward may take
     if not media and "pixel_values_videos" in params and (main == "pixel_values_videos" or "pixel_values_videos" in required):
         media = _video_candidates(config, device, dtype, gen)
     if not media and "past_values" in required:
         media = _series_candidates(config, params, device, dtype, gen)
+    fallback = 0
+    if media and main not in _AUDIO_INPUTS and not set(media[0]) & set(required):
+        # a text model's optional audio: its text alone first (as before: its audio would need placeholder
+        # tokens), the audio where the forward does not run without it; the audio's error if neither runs
+        media, fallback = [{}, *media], 1
     if media:
         kwargs.update(media[0])
     if takes_ids and (main == "input_ids" or "pixel_values" in kwargs or "pixel_values_videos" in kwargs):
@@ -731,6 +921,8 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
             types = torch.zeros_like(ids)
             types[:, ids.shape[1] // 2 :] = 1  # two segments, as in sentence-pair tasks
             kwargs["token_type_ids"] = types
+    if "input_ids" in kwargs:
+        kwargs.update(_beside_text(config, params, kwargs["input_ids"], device, dtype, gen))
     qformer = getattr(config, "qformer_config", None)
     if "qformer_input_ids" in params and qformer is not None and "pixel_values" in kwargs:  # InstructBLIP's instruction
         kwargs["qformer_input_ids"] = _tokens(model, qformer, device, gen, length=TEXT_LENGTH // 2)
@@ -744,8 +936,12 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
     if wants_image and image_tokens is None and len(candidates) > 1 and not media:  # no feature count chose one
         trial = candidates[:1] + [c for c in candidates[1:] if _batch_readable(c)]
         kwargs = _first_running(model, {k: v for k, v in kwargs.items() if k not in image}, trial)
-    if len(media) > 1:
-        kwargs = _first_running(model, {k: v for k, v in kwargs.items() if k not in media[0]}, media)
+    stacked = _codebook_ids(text, kwargs["input_ids"], gen) if not media and "input_ids" in kwargs else None
+    if stacked is not None:  # text alone first (as before), else with a column per codebook
+        media, fallback = [{}, {"input_ids": stacked}], 1
+    refit = main == "input_features" and bool(media)  # where no layout runs: at the width its first layer takes
+    if len(media) > 1 or refit:
+        kwargs = _first_running(model, {k: v for k, v in kwargs.items() if k not in media[0]}, media, fallback, refit)
     missing = [n for n in required if n not in kwargs]
     if main in params and main not in kwargs and main not in missing:
         # the main input left out: the forward may run without it (Moonshine's decoder alone), on part of the model

@@ -1,0 +1,196 @@
+"""Automatic example inputs of Hugging Face audio and video models beyond the plain encoders: a text model's
+audio, stacked spectrogram frames, one-channel spectrogram images, codecs that take a waveform and features,
+codebook-stacked token ids, padded video frames, and an error naming an unset video token. Tiny configs,
+nothing downloaded."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import transformers as T
+from training_fixtures import single_thread  # noqa: F401  (autouse: tiny models run faster on one thread)
+
+from droppath_surgery import ExampleInputsError, apply_drop_path, build_example_inputs, is_patched
+
+SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+
+
+def _patch(model):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = apply_drop_path(model, 0.1)
+    assert report.verified is True
+    assert len(report.sites) > 0
+    return report
+
+
+def _stacks(report) -> set[str]:
+    return {s.path.split(".")[0] for s in report.sites}
+
+
+def test_a_text_model_that_needs_its_audio_gets_one_audio_frame_per_token():
+    # Voxtral Realtime adds one audio embedding to each text token: its forward refuses text alone, and the
+    # audio must be as many frames as the text has tokens times audio_length_per_tok.
+    config = T.VoxtralRealtimeConfig(
+        audio_config=dict(SMALL, num_mel_bins=16, head_dim=8, num_key_value_heads=4, max_position_embeddings=128,
+                          sliding_window=64),
+        text_config=dict(SMALL, vocab_size=99, num_key_value_heads=2, head_dim=8, max_position_embeddings=128,
+                         sliding_window=64),
+    )
+    model = T.VoxtralRealtimeModel(config)
+    _, kwargs = build_example_inputs(model)
+    ids, features = kwargs["input_ids"], kwargs["input_features"]
+    assert features.shape == (2, 16, ids.shape[1] * config.audio_length_per_tok)
+    report = _patch(model)
+    assert {"audio_tower", "language_model"} <= _stacks(report)
+
+
+def test_a_text_model_whose_audio_is_optional_keeps_its_text_alone():
+    # Qwen2-Audio runs on text alone (its audio needs placeholder tokens): its inputs are unchanged, no audio.
+    config = T.Qwen2AudioConfig(
+        audio_config=dict(d_model=32, encoder_layers=1, encoder_attention_heads=4, encoder_ffn_dim=64,
+                          num_mel_bins=16, max_source_positions=16),
+        text_config=dict(SMALL, model_type="qwen2", vocab_size=99, num_key_value_heads=2),
+        audio_token_index=98,
+    )
+    _, kwargs = build_example_inputs(T.Qwen2AudioForConditionalGeneration(config))
+    assert "input_features" not in kwargs and kwargs["input_ids"].shape == (2, 12)
+
+
+def test_a_text_model_that_requires_a_waveform_gets_one():
+    # PE Audio takes input_values beside its text (1 s at 16 kHz, as its encoder alone), as (B, 1, T).
+    config = T.PeAudioConfig(
+        text_config=dict(model_type="modernbert", vocab_size=99, hidden_size=32, intermediate_size=64, pad_token_id=0,
+                         bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2,
+                         num_hidden_layers=1, num_attention_heads=4),
+        audio_config=dict(SMALL, num_key_value_heads=4, head_dim=8, num_hidden_layers=1,
+                          dac_config=dict(encoder_hidden_size=8, decoder_hidden_size=8, downsampling_ratios=[2, 4],
+                                          upsampling_ratios=[4, 2], hidden_size=16, n_codebooks=2, codebook_dim=4,
+                                          codebook_size=16)),
+    )
+    model = T.PeAudioModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["input_values"].shape == (2, 1, 16_000)
+    _patch(model)
+
+
+def test_stacked_low_frame_rate_features_are_mel_bins_times_the_stack():
+    config = T.FunAsrNanoEncoderConfig(**dict(SMALL, num_hidden_layers=3), num_mel_bins=8, num_stacked_frames=7,
+                                       num_timestamp_prediction_layers=1)
+    model = T.FunAsrNanoEncoder(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["input_features"].shape[-1] == 56
+    _patch(model)
+
+
+def test_a_spectrogram_image_gets_one_channel():
+    # CLAP's audio tower reads (B, 1, T, mel), a spectrogram as a one-channel image.
+    config = T.ClapConfig(
+        text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, projection_dim=16),
+        audio_config=dict(num_mel_bins=16, spec_size=32, patch_size=4, patch_stride=[4, 4], window_size=4,
+                          depths=[1, 1], num_attention_heads=[2, 4], patch_embeds_hidden_size=16, hidden_size=32,
+                          projection_dim=16),
+        projection_dim=16,
+    )
+    model = T.ClapModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["input_features"].shape[:2] == (2, 1) and kwargs["input_features"].shape[-1] == 16
+    report = _patch(model)
+    assert "audio_model" in _stacks(report)
+
+
+def test_a_codec_that_requires_features_beside_its_waveform_gets_both():
+    # NeuCodec: a waveform for its acoustic encoder and features of its semantic encoder's width. Its default
+    # config is built on the meta device: the inputs come from the config alone.
+    with torch.device("meta"):
+        model = T.NeuCodecModel(T.NeuCodecConfig())
+    _, kwargs = build_example_inputs(model)
+    features = model.config.semantic_model_config.feature_projection_input_dim
+    assert kwargs["input_values"].shape[0] == 2 and features in kwargs["input_features"].shape
+
+
+def test_codebook_stacked_token_ids_get_a_column_per_codebook():
+    # Kyutai speech-to-text: each step holds a text token and one code of each of its codebooks.
+    config = T.KyutaiSpeechToTextConfig(
+        vocab_size=99, codebook_vocab_size=17, num_codebooks=3, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, head_dim=8, ffn_dim=64, audio_pad_token_id=99 + 3 * 17,
+        codec_config=dict(hidden_size=16, num_filters=4, num_hidden_layers=1, num_attention_heads=2,
+                          num_key_value_heads=2, head_dim=8, intermediate_size=32, codebook_dim=8,
+                          codebook_size=16, num_quantizers=2, upsampling_ratios=[4, 2]),
+    )
+    model = T.KyutaiSpeechToTextModel(config)
+    _, kwargs = build_example_inputs(model)
+    ids = kwargs["input_ids"]
+    assert ids.shape == (2, 12, 4) and int(ids[..., 1:].max()) < 17
+    _patch(model)
+
+
+def test_a_visual_prompt_model_gets_frames_of_its_padded_size():
+    # TVP pads its frames with a visual prompt of max_img_size: frames of image_size would not fit it.
+    with torch.device("meta"):
+        model = T.TvpModel(T.TvpConfig())
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape[-2:] == (448, 448)
+
+
+def test_a_video_model_whose_video_token_is_unset_gets_an_error_naming_it():
+    config = T.InstructBlipVideoConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                           image_size=32, patch_size=8),
+        qformer_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                            encoder_hidden_size=32, vocab_size=99),
+        text_config=dict(model_type="opt", vocab_size=99, hidden_size=32, ffn_dim=64, num_hidden_layers=1,
+                         num_attention_heads=4, word_embed_proj_dim=32),
+        num_query_tokens=4,
+    )
+    model = T.InstructBlipVideoModel(config)
+    with pytest.raises(ExampleInputsError, match=r"video_token_id is None.*set config.video_token_id"):
+        apply_drop_path(model, 0.1)
+    assert not is_patched(model)
+
+
+def test_features_get_the_width_the_first_layer_takes_where_the_code_stacks_more_than_the_config_says():
+    # Granite Speech 5 delta-expands its mel frames and stacks them in pairs (4 x num_mel_bins) in its
+    # feature extractor: its config does not say so, its input projection does.
+    config = T.GraniteSpeech5EncoderConfig(**SMALL, vocab_size=33, num_mel_bins=8, context_size=16,
+                                           max_position_embeddings=32, subsample_layers=[0])
+    model = T.GraniteSpeech5Encoder(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["input_features"].shape[-1] == 32
+    _patch(model)
+
+
+def test_a_multilingual_model_without_a_default_language_gets_its_first():
+    # X-MOD's forward refuses tokens without lang_ids where its config sets no default_language.
+    config = T.XmodConfig(**SMALL, vocab_size=99, languages=["en_XX", "de_DE"])
+    model = T.XmodModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["lang_ids"].tolist() == [0, 0]
+    _patch(model)
+
+
+def test_region_features_and_their_boxes_are_built_where_the_config_sizes_them():
+    # LXMERT: visual_feats of visual_feat_dim and boxes (x1, y1, x2, y2) within [0, 1].
+    config = T.LxmertConfig(vocab_size=99, hidden_size=32, intermediate_size=64, num_attention_heads=4, l_layers=1,
+                            x_layers=1, r_layers=1, visual_feat_dim=16)
+    model = T.LxmertModel(config)
+    _, kwargs = build_example_inputs(model)
+    boxes = kwargs["visual_pos"]
+    assert kwargs["visual_feats"].shape == (2, 4, 16) and boxes.shape == (2, 4, 4)
+    assert bool((boxes[..., 0] <= boxes[..., 2]).all() and (boxes[..., 1] <= boxes[..., 3]).all())
+    assert bool((boxes >= 0).all() and (boxes <= 1).all())
+    _patch(model)
+
+
+def test_a_model_that_scales_normalized_boxes_gets_a_box_per_token():
+    # BROS refuses tokens without bbox: boxes (x1, y1, x2, y2) within [0, 1], scaled by its bbox_scale.
+    config = T.BrosConfig(**SMALL, vocab_size=99, dim_bbox_sinusoid_emb_2d=32, dim_bbox_sinusoid_emb_1d=4,
+                          dim_bbox_projection=8)
+    model = T.BrosModel(config)
+    _, kwargs = build_example_inputs(model)
+    boxes = kwargs["bbox"]
+    assert boxes.shape == (*kwargs["input_ids"].shape, 4) and bool((boxes >= 0).all() and (boxes <= 1).all())
+    _patch(model)
