@@ -52,8 +52,8 @@ CAUSES: list[tuple[str, str]] = [
     (r"^timeout: ", "ran past the time limit"),
     (r"^apply: NoResidualBranchError", (
         "engine: no residual branch found: the architecture has none (VGG, DenseNet, Inception, SelecSLS, RDNet, "
-        "LCNet, VoVNet-19, MobileNetV1), or its residuals are per-channel (ConvMixer), hyper-connections or a "
-        "gated stream (see the findings below)")),
+        "LCNet, VoVNet-19, MobileNetV1), or its residuals are per-channel (ConvMixer) or a stream shifted by a "
+        "bias (Zaya; see the findings below)")),
     (r"^apply: VerificationError", "engine: eval output not verified (apply undone)"),
 ]
 
@@ -80,10 +80,14 @@ FINDINGS: list[tuple[str, str, str]] = [
      "site per layer, the MLP silently without drop path). Fixed: a product with a live value not computed from "
      "the branch commutes with a per-sample mask, so the module is the site (an adaLN gate `gate(c) * attn(x)` "
      "the same); `a * sigmoid(a)` is not taken. Found once the time series inputs were built.")),
-    ("hyper-connections", "hf:deepseek_v4 (also hy_v4, glm5_next_text)",
-     ("the residual stream is `hc_mult` parallel streams mixed by learned matrices (`x' = H_res x + H_post f(H_pre x)`): "
-     "there is no `x + f(x)`, so `NoResidualBranchError`. Dropping `f` per sample would need the mixing to be "
-     "understood; left as a known limitation.")),
+    ("hyper-connections", "hf:deepseek_v4 (also hy_v4, hy_v4_vl_text, glm5_next_text)",
+     ("the residual stream is `hc_mult` parallel streams mixed by learned matrices (`h' = comb^T h + post * f(x)`, "
+     "`post.unsqueeze(-1) * f.unsqueeze(-2)`): no `x + f(x)`, so `NoResidualBranchError` (4 types; inside HY V4 VL "
+     "and GLM-5 Next only the vision tower was patched). Fixed: a product of two broadcast factors ends at the later "
+     "module output (the layer's attention or MLP, the broadcast replayed for the batch dimension), a shortcut one "
+     "operation from the fork is the stream even where its operand and the branch are pieces of one split, and a "
+     "layer's second merge forks from the stream its first merge made. A dropped sample keeps the mixed streams "
+     "`comb^T h`; skip mode masks these branches.")),
     ("gated or scaled residual stream", "hf:muse_spark_text (also ergo; zaya still fails)",
      ("the stream itself is rescaled at every merge (`alpha * residual + beta * h`, a learned per-channel residual "
      "gate): no `x + f(x)` on the unchanged stream, so `NoResidualBranchError`. Fixed: a stream scaled by numbers or "
