@@ -210,3 +210,32 @@ def test_an_attention_indexer_gets_no_more_heads_than_a_key_head_has_queries():
     assert config.index_num_heads <= config.num_attention_heads // config.num_key_value_heads
     with torch.device("meta"):
         transformers.Kolibri1_1Model(config)
+
+
+def test_layer_index_lists_past_a_shrunk_stack_keep_their_count_within_it():
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    # VipLLaVA's projector reads five vision layers (-2, -5, -8, -11, 6) of 24: within the 2 kept, still five
+    vip = sweep.shrink_overrides(transformers.VipLlavaConfig(), sweep._TINY, consistent=True)
+    assert vip["vision_feature_layer"] == [-2, -2, -2, -2, 0]
+    config = transformers.VipLlavaConfig(**vip)
+    size = config.vision_config.image_size
+    with torch.no_grad():
+        transformers.VipLlavaModel(config).eval().get_image_features(torch.zeros(1, 3, size, size))
+    # Mllama's vision tower stacks the states of five layers of 32 with its last: 6 x its width
+    mllama = sweep.shrink_overrides(transformers.MllamaConfig(), sweep._TINY, consistent=True)["vision_config"]
+    assert mllama["intermediate_layers_indices"] == [0, 0, 0, 0, 0]
+    assert mllama["vision_output_dim"] == 6 * mllama["hidden_size"]
+    vision = transformers.MllamaVisionModel(transformers.MllamaVisionConfig(**mllama)).eval()
+    tiles, size = vision.config.max_num_tiles, vision.config.image_size
+    with torch.no_grad():
+        states = vision(torch.zeros(1, 1, tiles, 3, size, size), aspect_ratio_ids=torch.ones(1, 1, dtype=torch.long),
+                        aspect_ratio_mask=torch.ones(1, 1, tiles, dtype=torch.long)).last_hidden_state
+    assert states.shape[-1] == vision.config.vision_output_dim
+    # SAM's global attention layers (2, 5, 8, 11 of 12) in DeepSeek-VL hybrid's high-res tower: the last of 2
+    hybrid = sweep.shrink_overrides(transformers.DeepseekVLHybridConfig(), sweep._TINY, consistent=True)
+    assert hybrid["high_res_vision_config"]["global_attn_indexes"] == [0, 0, 0, 1]
+    # a backbone's out_indices are _fit_out_features' (not these), and lists that fit stay
+    assert "vision_feature_layer" not in sweep.shrink_overrides(transformers.LlavaConfig(), sweep._TINY)
+

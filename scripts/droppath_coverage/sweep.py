@@ -460,11 +460,13 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
                 and out[width] % (values[width] // inner) == 0:
             # a bottleneck that is a fraction of the width stays that fraction (Fun-ASR-Nano's adaptor: a quarter)
             out["intermediate_size"] = out[width] // (values[width] // inner)
+        _follow_width_multiples(values, out)
         if depth == 0 and table is _TINY:
             _follow_widths(config, out)
     if depth == 0:
         _cover_image_tokens(config, out, consistent)
         _fit_vision_feature_layers(config, out)
+        _fit_layer_index_lists(config, out)
     return out
 
 
@@ -488,6 +490,61 @@ def _fit_vision_feature_layers(config, out: dict) -> None:
         fitted = [max(0, new - (old - i)) if i >= 0 else i for i in layers]
         target = out if name is None else out.setdefault(name, holder.to_dict())
         target["vision_feature_layer"] = fitted if many else fitted[0]
+
+
+def _follow_width_multiples(values: dict, out: dict) -> None:
+    """A config's ``*_output_dim`` / ``*_input_dim`` that is an exact multiple of its own width, which shrank,
+    stays that multiple of the new width (Mllama's vision output: the last layer's and its five intermediate
+    layers' states side by side, 6 x 1280)."""
+    width = next((k for k in _WIDTHS if _is_size(values.get(k)) and _is_size(out.get(k)) and out[k] < values[k]), None)
+    if width is None:
+        return
+    for key, value in values.items():
+        if re.search(r"_(output|input)_dim$", key) and key not in out and _is_size(value) and value > values[width] \
+                and value % values[width] == 0:
+            out[key] = value // values[width] * out[width]
+
+
+_INDEX_LIST = re.compile(r"_(indexes|indices)$")
+
+
+def _fit_layer_index_lists(config: Any, out: dict) -> None:
+    """Lists of layer indices that point past a shrunk stack: a sub-config's ``*_indexes`` / ``*_indices`` into
+    its own layers (SAM's ``global_attn_indexes``, Mllama's ``intermediate_layers_indices``; not a backbone's
+    ``out_indices``), and the config's ``vision_feature_layer`` list or tuple into its vision tower, negative
+    indices past it too (VipLLaVA's five). As many entries as before (a projector reads that many), each the same
+    distance from the last layer where the stack still has it, else its first (or, counted from the end, its
+    first layer's output); lists whose entries all fit stay. A tuple is fitted as a list."""
+    def fit(value: Any, old: int, new: int) -> list[int] | None:
+        if not (isinstance(value, (list, tuple)) and value and all(_is_size(i) for i in value)) \
+                or all(-new <= i < new for i in value):
+            return None
+        return [max(0, new - (old - i)) if i >= 0 else max(i, -new) for i in value]
+
+    def walk(cfg: Any, over: dict, depth: int) -> None:
+        for name in (getattr(cfg, "sub_configs", {}) or {}) if depth < 3 else ():
+            sub, inner = getattr(cfg, name, None), over.get(name)
+            if sub is None or not hasattr(sub, "to_dict") or not isinstance(inner, dict):
+                continue
+            values = sub.to_dict()
+            key = next((k for k in _LAYERS_ONLY if _is_size(values.get(k)) and _is_size(inner.get(k))), None)
+            if key is not None and inner[key] < values[key]:
+                for field, value in values.items():
+                    if _INDEX_LIST.search(field) and field != "out_indices" and inner.get(field, value) == value:
+                        fitted = fit(value, values[key], inner[key])
+                        if fitted is not None:
+                            inner[field] = fitted
+            walk(sub, inner, depth + 1)
+
+    walk(config, out, 0)
+    vision, over = getattr(config, "vision_config", None), out.get("vision_config") or {}
+    key = next((k for k in _LAYERS_ONLY if _is_size(getattr(vision, k, None)) and _is_size(over.get(k))), None)
+    if key is None:
+        return
+    # from the default's value (a tuple too, VipLLaVA's), its positive entries as _fit_vision_feature_layers fits them
+    fitted = fit(getattr(config, "vision_feature_layer", None), getattr(vision, key), over[key])
+    if fitted is not None:
+        out["vision_feature_layer"] = fitted
 
 
 def _fit_out_features(values: dict, out: dict, layers_key: str) -> None:
