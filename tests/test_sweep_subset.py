@@ -239,3 +239,17 @@ def test_layer_index_lists_past_a_shrunk_stack_keep_their_count_within_it():
     # a backbone's out_indices are _fit_out_features' (not these), and lists that fit stay
     assert "vision_feature_layer" not in sweep.shrink_overrides(transformers.LlavaConfig(), sweep._TINY)
 
+
+def test_a_pixel_shuffle_factor_keeps_dividing_the_shrunk_patch_grid():
+    transformers = pytest.importorskip("transformers")
+    # ModernVBERT's pixel_shuffle_factor 4 of its vision config's grid, Granite Docling's tower's own scale_factor 4:
+    # 224 px in 16 px patches (14 a side) grows to 256 (16 a side)
+    modern = sweep.shrink_overrides(transformers.ModernVBertConfig(), sweep._TINY, consistent=True)
+    assert modern["vision_config"]["image_size"] == 256
+    tower = sweep.shrink_overrides(transformers.GraniteDoclingVisionConfig(), sweep._TINY, consistent=True)
+    assert tower["image_size"] == 256
+    granite = sweep.shrink_overrides(transformers.GraniteDoclingConfig(), sweep._TINY, consistent=True)
+    assert granite["vision_config"]["image_size"] == 256
+    # Idefics3's top-level scale_factor 2 divides the grid already: _fit_image_tokens' rule, unchanged
+    idefics3 = sweep.shrink_overrides(transformers.Idefics3Config(), sweep._TINY, consistent=True)["vision_config"]
+    assert idefics3["image_size"] % (idefics3["patch_size"] * 2) == 0

@@ -461,6 +461,7 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
             # a bottleneck that is a fraction of the width stays that fraction (Fun-ASR-Nano's adaptor: a quarter)
             out["intermediate_size"] = out[width] // (values[width] // inner)
         _follow_width_multiples(values, out)
+        _fit_pixel_shuffle(values, out)
         if depth == 0 and table is _TINY:
             _follow_widths(config, out)
     if depth == 0:
@@ -503,6 +504,28 @@ def _follow_width_multiples(values: dict, out: dict) -> None:
         if re.search(r"_(output|input)_dim$", key) and key not in out and _is_size(value) and value > values[width] \
                 and value % values[width] == 0:
             out[key] = value // values[width] * out[width]
+
+
+def _fit_pixel_shuffle(values: dict, out: dict) -> None:
+    """A pixel shuffle of the patch grid by a ``pixel_shuffle_factor`` (ModernVBERT's, of its vision config's grid)
+    or by a vision config's own ``scale_factor`` (Granite Docling's tower): patches per side a multiple of it,
+    the image grown to the next such size (the top-level ``scale_factor`` with a vision config is
+    ``_fit_image_tokens``'). Factors that divide the grid, and configs without one, stay."""
+    own = {"image_size", "patch_size"} <= set(values)
+    factor = values.get("pixel_shuffle_factor", values.get("scale_factor") if own else None)
+    grid = (out | values) if own else out.get("vision_config", values.get("vision_config"))
+    if not (_is_size(factor) and factor > 1 and isinstance(grid, dict) and _is_size(grid.get("image_size"))
+            and _is_size(grid.get("patch_size")) and grid["patch_size"]):
+        return
+    image, patch = out.get("image_size", grid["image_size"]) if own else grid["image_size"], grid["patch_size"]
+    side = image // patch
+    if side % factor == 0:
+        return
+    size = patch * factor * -(-side // factor)
+    if own:
+        out["image_size"] = size
+    else:
+        out["vision_config"] = dict(grid, image_size=size)
 
 
 _INDEX_LIST = re.compile(r"_(indexes|indices)$")
