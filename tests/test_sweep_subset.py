@@ -236,6 +236,9 @@ def test_layer_index_lists_past_a_shrunk_stack_keep_their_count_within_it():
     # SAM's global attention layers (2, 5, 8, 11 of 12) in DeepSeek-VL hybrid's high-res tower: the last of 2
     hybrid = sweep.shrink_overrides(transformers.DeepseekVLHybridConfig(), sweep._TINY, consistent=True)
     assert hybrid["high_res_vision_config"]["global_attn_indexes"] == [0, 0, 0, 1]
+    # the plain levels keep them: SAM runs at layers only, where a global layer would attend over 64 x 64 patches
+    plain = sweep.shrink_overrides(transformers.SamConfig(), sweep._LAYERS_ONLY)["vision_config"]
+    assert plain["global_attn_indexes"] == [2, 5, 8, 11]
     # a backbone's out_indices are _fit_out_features' (not these), and lists that fit stay
     assert "vision_feature_layer" not in sweep.shrink_overrides(transformers.LlavaConfig(), sweep._TINY)
 

@@ -467,7 +467,8 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
     if depth == 0:
         _cover_image_tokens(config, out, consistent)
         _fit_vision_feature_layers(config, out)
-        _fit_layer_index_lists(config, out)
+        if consistent:  # the plain levels keep them (SAM's at layers only: a global layer over 64 x 64 patches)
+            _fit_layer_index_lists(config, out)
     return out
 
 
