@@ -256,3 +256,12 @@ def test_a_pixel_shuffle_factor_keeps_dividing_the_shrunk_patch_grid():
     # Idefics3's top-level scale_factor 2 divides the grid already: _fit_image_tokens' rule, unchanged
     idefics3 = sweep.shrink_overrides(transformers.Idefics3Config(), sweep._TINY, consistent=True)["vision_config"]
     assert idefics3["image_size"] % (idefics3["patch_size"] * 2) == 0
+
+
+def test_the_consistent_level_keeps_a_projection_into_another_part_at_that_parts_width():
+    transformers = pytest.importorskip("transformers")
+    # Florence-2's vision projection_dim (1024) is its text model's d_model: both 64 once shrunk
+    florence = sweep.shrink_overrides(transformers.Florence2Config(), sweep._TINY, consistent=True)
+    assert florence["vision_config"]["projection_dim"] == florence["text_config"]["d_model"] == 64
+    # the plain level keeps it
+    assert sweep.shrink_overrides(transformers.Florence2Config(), sweep._TINY)["vision_config"]["projection_dim"] == 1024

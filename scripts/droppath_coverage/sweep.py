@@ -464,6 +464,7 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
         _fit_pixel_shuffle(values, out)
         if depth == 0 and table is _TINY:
             _follow_widths(config, out)
+            _follow_projection_widths(config, out)
     if depth == 0:
         _cover_image_tokens(config, out, consistent)
         _fit_vision_feature_layers(config, out)
@@ -492,6 +493,25 @@ def _fit_vision_feature_layers(config, out: dict) -> None:
         fitted = [max(0, new - (old - i)) if i >= 0 else i for i in layers]
         target = out if name is None else out.setdefault(name, holder.to_dict())
         target["vision_feature_layer"] = fitted if many else fitted[0]
+
+
+def _follow_projection_widths(config: Any, out: dict) -> None:
+    """A sub-config's ``projection_dim`` equal to the old width of another sub-config (not its own) follows that
+    width where the width shrank (Florence-2's vision projection into its text model's d_model)."""
+    subs = {n: getattr(config, n, None) for n in getattr(config, "sub_configs", {}) or {}}
+    subs = {n: s for n, s in subs.items() if s is not None and hasattr(s, "to_dict") and isinstance(out.get(n), dict)}
+    widths = {}  # old width -> new width, of each sub-config whose width shrank
+    for name, sub in subs.items():
+        values = sub.to_dict()
+        key = next((k for k in _WIDTHS if _is_size(values.get(k)) and _is_size(out[name].get(k))), None)
+        if key and out[name][key] < values[key]:
+            widths.setdefault(values[key], (name, out[name][key]))
+    for name, sub in subs.items():
+        value = getattr(sub, "projection_dim", None)
+        own = next((getattr(sub, k) for k in _WIDTHS if _is_size(getattr(sub, k, None))), None)
+        if _is_size(value) and value in widths and widths[value][0] != name and value != own \
+                and out[name].get("projection_dim", value) == value:
+            out[name]["projection_dim"] = widths[value][1]
 
 
 def _follow_width_multiples(values: dict, out: dict) -> None:
