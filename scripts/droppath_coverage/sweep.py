@@ -18,8 +18,8 @@ default; models above ``BIG_PARAMS`` parameters are also tried with ``depth=4`` 
 models still above ``HUGE_PARAMS`` run on the meta device (sites and parity, eval not verifiable).
 Hugging Face model types are built from their config class shrunk by ``shrink_overrides`` (2 layers,
 hidden size 64, 4 heads, ...; sub-configs too), then with the fields that must follow those kept consistent (``consistent=True``: one layer of each kind,
-rotary sections, latent attention dims, widths other parts name, bottlenecks at their fraction of the width;
-unset sizes set), then less shrunk
+rotary sections, latent attention dims, widths other parts name, bottlenecks at their fraction of the width,
+layer index lists within the shrunk stacks, pixel shuffle factors dividing the patch grid; unset sizes set), then less shrunk
 (layers only) and unchanged, the first that builds and runs on its automatic inputs (with
 ``use_cache=False`` where only that runs: hybrids whose layers hold no attention). Where the unchanged
 default config does not build, or fails its forward the same way as the shrunk ones, the error says so
@@ -392,7 +392,8 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
     recursively (passed as dicts, built by the parent), and the fields that must stay consistent with them
     (head_dim, rotary sections, per-layer lists, widths other parts name, a backbone sub-config's out features,
     the vision layers a projector reads). ``mha``: key/value heads = heads.
-    ``consistent``: also the fields that must follow the shrunk ones (the "tiny, consistent" level: without it,
+    ``consistent``: also the fields that must follow the shrunk ones (layer index lists, projections and output
+    dims of the shrunk widths, pixel shuffle factors; the "tiny, consistent" level: without it,
     the plain first level, the sizes most types were first swept at), and sizes the config leaves unset
     (None) get the table's value (or ``_UNSET``'s)."""
     values = config.to_dict()
