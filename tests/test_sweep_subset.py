@@ -265,3 +265,11 @@ def test_the_consistent_level_keeps_a_projection_into_another_part_at_that_parts
     assert florence["vision_config"]["projection_dim"] == florence["text_config"]["d_model"] == 64
     # the plain level keeps it
     assert sweep.shrink_overrides(transformers.Florence2Config(), sweep._TINY)["vision_config"]["projection_dim"] == 1024
+
+
+def test_the_consistent_level_keeps_the_width_of_merged_patches_a_multiple_of_the_towers():
+    transformers = pytest.importorskip("transformers")
+    # Muse Spark's out_hidden_size 6144 is its vision width 1536 x 2 x 2 merged patches, which its projector reads
+    muse = sweep.shrink_overrides(transformers.MuseSparkConfig(), sweep._TINY, consistent=True)
+    assert muse["out_hidden_size"] == 4 * muse["vision_config"]["hidden_size"] == 256
+    assert "out_hidden_size" not in sweep.shrink_overrides(transformers.MuseSparkConfig(), sweep._TINY)

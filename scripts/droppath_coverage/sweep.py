@@ -466,6 +466,7 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
         if depth == 0 and table is _TINY:
             _follow_widths(config, out)
             _follow_projection_widths(config, out)
+            _follow_merged_widths(config, out)
     if depth == 0:
         _cover_image_tokens(config, out, consistent)
         _fit_vision_feature_layers(config, out)
@@ -513,6 +514,24 @@ def _follow_projection_widths(config: Any, out: dict) -> None:
         if _is_size(value) and value in widths and widths[value][0] != name and value != own \
                 and out[name].get("projection_dim", value) == value:
             out[name]["projection_dim"] = widths[value][1]
+
+
+def _follow_merged_widths(config: Any, out: dict) -> None:
+    """A config's own ``out_hidden_size`` / ``merged_hidden_size`` (the width of merged patches) that is a
+    multiple of exactly one shrunk sub-config's old width, and equal to none, stays that multiple of its new
+    width (Muse Spark's: its vision width x 2 x 2 merged patches, which its projector reads)."""
+    widths = {}  # old width -> new width, of each sub-config whose width shrank
+    for name in getattr(config, "sub_configs", {}) or {}:
+        sub, over = getattr(config, name, None), out.get(name)
+        key = next((k for k in _WIDTHS if _is_size(getattr(sub, k, None)) and _is_size((over or {}).get(k))), None)
+        if key and over[key] < getattr(sub, key):
+            widths.setdefault(getattr(sub, key), over[key])
+    for key, value in config.to_dict().items():
+        if not re.fullmatch(r"(out|output|merged)_hidden_size", key) or key in out or key in _TINY or not _is_size(value) or value in widths:
+            continue
+        bases = [w for w in widths if value % w == 0 and 2 <= value // w <= 16]
+        if len(bases) == 1:
+            out[key] = value // bases[0] * widths[bases[0]]
 
 
 def _follow_width_multiples(values: dict, out: dict) -> None:
