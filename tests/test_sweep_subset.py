@@ -273,3 +273,10 @@ def test_the_consistent_level_keeps_the_width_of_merged_patches_a_multiple_of_th
     muse = sweep.shrink_overrides(transformers.MuseSparkConfig(), sweep._TINY, consistent=True)
     assert muse["out_hidden_size"] == 4 * muse["vision_config"]["hidden_size"] == 256
     assert "out_hidden_size" not in sweep.shrink_overrides(transformers.MuseSparkConfig(), sweep._TINY)
+
+
+def test_the_consistent_level_keeps_a_channel_list_ending_at_a_sibling_towers_width():
+    transformers = pytest.importorskip("transformers")
+    # Unlimited OCR's SAM encoder downsamples to [512, 1024] channels, 1024 the CLIP-like encoder's width beside it
+    ocr = sweep.shrink_overrides(transformers.UnlimitedOcrConfig(), sweep._TINY, consistent=True)["vision_config"]
+    assert ocr["sam_config"]["downsample_channels"] == [512, ocr["encoder_config"]["hidden_size"]] == [512, 64]

@@ -467,6 +467,7 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
             _follow_widths(config, out)
             _follow_projection_widths(config, out)
             _follow_merged_widths(config, out)
+            _follow_channel_lists(config, out)
     if depth == 0:
         _cover_image_tokens(config, out, consistent)
         _fit_vision_feature_layers(config, out)
@@ -532,6 +533,27 @@ def _follow_merged_widths(config: Any, out: dict) -> None:
         bases = [w for w in widths if value % w == 0 and 2 <= value // w <= 16]
         if len(bases) == 1:
             out[key] = value // bases[0] * widths[bases[0]]
+
+
+def _follow_channel_lists(config: Any, out: dict, depth: int = 0) -> None:
+    """A sub-config's ``*_channels`` list whose last entry is the old width of a sibling sub-config (not its own)
+    that shrank: that entry follows it (a SAM encoder's downsampling convolutions into the CLIP-like encoder
+    beside it, Unlimited OCR's [512, 1024]). At any depth of sub-configs passed as dicts."""
+    subs = {n: getattr(config, n, None) for n in getattr(config, "sub_configs", {}) or {}} if depth < 3 else {}
+    subs = {n: s for n, s in subs.items() if s is not None and hasattr(s, "to_dict") and isinstance(out.get(n), dict)}
+    widths = {}  # old width -> (sub-config, new width)
+    for name, sub in subs.items():
+        key = next((k for k in _WIDTHS if _is_size(getattr(sub, k, None)) and _is_size(out[name].get(k))), None)
+        if key and out[name][key] < getattr(sub, key):
+            widths.setdefault(getattr(sub, key), (name, out[name][key]))
+    for name, sub in subs.items():
+        own = next((getattr(sub, k) for k in _WIDTHS if _is_size(getattr(sub, k, None))), None)
+        for key, value in sub.to_dict().items():
+            if key.endswith("_channels") and isinstance(value, list) and value and all(_is_size(c) for c in value) \
+                    and value[-1] in widths and widths[value[-1]][0] != name and value[-1] != own \
+                    and out[name].get(key, value) == value:
+                out[name][key] = value[:-1] + [widths[value[-1]][1]]
+        _follow_channel_lists(sub, out[name], depth + 1)
 
 
 def _follow_width_multiples(values: dict, out: dict) -> None:
