@@ -392,8 +392,9 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
     recursively (passed as dicts, built by the parent), and the fields that must stay consistent with them
     (head_dim, rotary sections, per-layer lists, widths other parts name, a backbone sub-config's out features,
     the vision layers a projector reads). ``mha``: key/value heads = heads.
-    ``consistent``: also the fields that must follow the shrunk ones (layer index lists, projections and output
-    dims of the shrunk widths, pixel shuffle factors; the "tiny, consistent" level: without it,
+    ``consistent``: also the fields that must follow the shrunk ones (layer index lists, projections, output
+    dims, merged widths and channel lists of the shrunk widths, pixel shuffle factors; the "tiny, consistent"
+    level: without it,
     the plain first level, the sizes most types were first swept at), and sizes the config leaves unset
     (None) get the table's value (or ``_UNSET``'s)."""
     values = config.to_dict()
