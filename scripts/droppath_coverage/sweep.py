@@ -502,9 +502,9 @@ def _fit_vision_feature_layers(config, out: dict) -> None:
 def _follow_projection_widths(config: Any, out: dict) -> None:
     """A sub-config's ``projection_dim`` equal to the old width of another sub-config (not its own) follows that
     width where the width shrank (Florence-2's vision projection into its text model's d_model)."""
-    subs = {n: getattr(config, n, None) for n in getattr(config, "sub_configs", {}) or {}}
+    subs: dict[str, Any] = {n: getattr(config, n, None) for n in getattr(config, "sub_configs", {}) or {}}
     subs = {n: s for n, s in subs.items() if s is not None and hasattr(s, "to_dict") and isinstance(out.get(n), dict)}
-    widths = {}  # old width -> new width, of each sub-config whose width shrank
+    widths: dict[int, tuple[str, int]] = {}  # old width -> (sub-config, new width), of each whose width shrank
     for name, sub in subs.items():
         values = sub.to_dict()
         key = next((k for k in _WIDTHS if _is_size(values.get(k)) and _is_size(out[name].get(k))), None)
@@ -522,10 +522,10 @@ def _follow_merged_widths(config: Any, out: dict) -> None:
     """A config's own ``out_hidden_size`` / ``merged_hidden_size`` (the width of merged patches) that is a
     multiple of exactly one shrunk sub-config's old width, and equal to none, stays that multiple of its new
     width (Muse Spark's: its vision width x 2 x 2 merged patches, which its projector reads)."""
-    widths = {}  # old width -> new width, of each sub-config whose width shrank
+    widths: dict[int, int] = {}  # old width -> new width, of each sub-config whose width shrank
     for name in getattr(config, "sub_configs", {}) or {}:
-        sub, over = getattr(config, name, None), out.get(name)
-        key = next((k for k in _WIDTHS if _is_size(getattr(sub, k, None)) and _is_size((over or {}).get(k))), None)
+        sub, over = getattr(config, name, None), out.get(name) or {}
+        key = next((k for k in _WIDTHS if _is_size(getattr(sub, k, None)) and _is_size(over.get(k))), None)
         if key and over[key] < getattr(sub, key):
             widths.setdefault(getattr(sub, key), over[key])
     for key, value in config.to_dict().items():
@@ -540,9 +540,10 @@ def _follow_channel_lists(config: Any, out: dict, depth: int = 0) -> None:
     """A sub-config's ``*_channels`` list whose last entry is the old width of a sibling sub-config (not its own)
     that shrank: that entry follows it (a SAM encoder's downsampling convolutions into the CLIP-like encoder
     beside it, Unlimited OCR's [512, 1024]). At any depth of sub-configs passed as dicts."""
-    subs = {n: getattr(config, n, None) for n in getattr(config, "sub_configs", {}) or {}} if depth < 3 else {}
+    subs: dict[str, Any] = {n: getattr(config, n, None) for n in getattr(config, "sub_configs", {}) or {}} \
+        if depth < 3 else {}
     subs = {n: s for n, s in subs.items() if s is not None and hasattr(s, "to_dict") and isinstance(out.get(n), dict)}
-    widths = {}  # old width -> (sub-config, new width)
+    widths: dict[int, tuple[str, int]] = {}  # old width -> (sub-config, new width)
     for name, sub in subs.items():
         key = next((k for k in _WIDTHS if _is_size(getattr(sub, k, None)) and _is_size(out[name].get(k))), None)
         if key and out[name][key] < getattr(sub, key):
@@ -576,7 +577,7 @@ def _fit_pixel_shuffle(values: dict, out: dict) -> None:
     the image grown to the next such size (the top-level ``scale_factor`` with a vision config is
     ``_fit_image_tokens``'). Factors that divide the grid, and configs without one, stay."""
     own = {"image_size", "patch_size"} <= set(values)
-    factor = values.get("pixel_shuffle_factor", values.get("scale_factor") if own else None)
+    factor: Any = values.get("pixel_shuffle_factor", values.get("scale_factor") if own else None)
     grid = (out | values) if own else out.get("vision_config", values.get("vision_config"))
     if not (_is_size(factor) and factor > 1 and isinstance(grid, dict) and _is_size(grid.get("image_size"))
             and _is_size(grid.get("patch_size")) and grid["patch_size"]):
