@@ -210,3 +210,73 @@ def test_an_attention_indexer_gets_no_more_heads_than_a_key_head_has_queries():
     assert config.index_num_heads <= config.num_attention_heads // config.num_key_value_heads
     with torch.device("meta"):
         transformers.Kolibri1_1Model(config)
+
+
+def test_layer_index_lists_past_a_shrunk_stack_keep_their_count_within_it():
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    # VipLLaVA's projector reads five vision layers (-2, -5, -8, -11, 6) of 24: within the 2 kept, still five
+    vip = sweep.shrink_overrides(transformers.VipLlavaConfig(), sweep._TINY, consistent=True)
+    assert vip["vision_feature_layer"] == [-2, -2, -2, -2, 0]
+    config = transformers.VipLlavaConfig(**vip)
+    size = config.vision_config.image_size
+    with torch.no_grad():
+        transformers.VipLlavaModel(config).eval().get_image_features(torch.zeros(1, 3, size, size))
+    # Mllama's vision tower stacks the states of five layers of 32 with its last: 6 x its width
+    mllama = sweep.shrink_overrides(transformers.MllamaConfig(), sweep._TINY, consistent=True)["vision_config"]
+    assert mllama["intermediate_layers_indices"] == [0, 0, 0, 0, 0]
+    assert mllama["vision_output_dim"] == 6 * mllama["hidden_size"]
+    vision = transformers.MllamaVisionModel(transformers.MllamaVisionConfig(**mllama)).eval()
+    tiles, size = vision.config.max_num_tiles, vision.config.image_size
+    with torch.no_grad():
+        states = vision(torch.zeros(1, 1, tiles, 3, size, size), aspect_ratio_ids=torch.ones(1, 1, dtype=torch.long),
+                        aspect_ratio_mask=torch.ones(1, 1, tiles, dtype=torch.long)).last_hidden_state
+    assert states.shape[-1] == vision.config.vision_output_dim
+    # SAM's global attention layers (2, 5, 8, 11 of 12) in DeepSeek-VL hybrid's high-res tower: the last of 2
+    hybrid = sweep.shrink_overrides(transformers.DeepseekVLHybridConfig(), sweep._TINY, consistent=True)
+    assert hybrid["high_res_vision_config"]["global_attn_indexes"] == [0, 0, 0, 1]
+    # the plain levels keep them: SAM runs at layers only, where a global layer would attend over 64 x 64 patches
+    plain = sweep.shrink_overrides(transformers.SamConfig(), sweep._LAYERS_ONLY)["vision_config"]
+    assert plain["global_attn_indexes"] == [2, 5, 8, 11]
+    # a backbone's out_indices are _fit_out_features' (not these), and lists that fit stay
+    assert "vision_feature_layer" not in sweep.shrink_overrides(transformers.LlavaConfig(), sweep._TINY)
+
+
+def test_a_pixel_shuffle_factor_keeps_dividing_the_shrunk_patch_grid():
+    transformers = pytest.importorskip("transformers")
+    # ModernVBERT's pixel_shuffle_factor 4 of its vision config's grid, Granite Docling's tower's own scale_factor 4:
+    # 224 px in 16 px patches (14 a side) grows to 256 (16 a side)
+    modern = sweep.shrink_overrides(transformers.ModernVBertConfig(), sweep._TINY, consistent=True)
+    assert modern["vision_config"]["image_size"] == 256
+    tower = sweep.shrink_overrides(transformers.GraniteDoclingVisionConfig(), sweep._TINY, consistent=True)
+    assert tower["image_size"] == 256
+    granite = sweep.shrink_overrides(transformers.GraniteDoclingConfig(), sweep._TINY, consistent=True)
+    assert granite["vision_config"]["image_size"] == 256
+    # Idefics3's top-level scale_factor 2 divides the grid already: _fit_image_tokens' rule, unchanged
+    idefics3 = sweep.shrink_overrides(transformers.Idefics3Config(), sweep._TINY, consistent=True)["vision_config"]
+    assert idefics3["image_size"] % (idefics3["patch_size"] * 2) == 0
+
+
+def test_the_consistent_level_keeps_a_projection_into_another_part_at_that_parts_width():
+    transformers = pytest.importorskip("transformers")
+    # Florence-2's vision projection_dim (1024) is its text model's d_model: both 64 once shrunk
+    florence = sweep.shrink_overrides(transformers.Florence2Config(), sweep._TINY, consistent=True)
+    assert florence["vision_config"]["projection_dim"] == florence["text_config"]["d_model"] == 64
+    # the plain level keeps it
+    assert sweep.shrink_overrides(transformers.Florence2Config(), sweep._TINY)["vision_config"]["projection_dim"] == 1024
+
+
+def test_the_consistent_level_keeps_the_width_of_merged_patches_a_multiple_of_the_towers():
+    transformers = pytest.importorskip("transformers")
+    # Muse Spark's out_hidden_size 6144 is its vision width 1536 x 2 x 2 merged patches, which its projector reads
+    muse = sweep.shrink_overrides(transformers.MuseSparkConfig(), sweep._TINY, consistent=True)
+    assert muse["out_hidden_size"] == 4 * muse["vision_config"]["hidden_size"] == 256
+    assert "out_hidden_size" not in sweep.shrink_overrides(transformers.MuseSparkConfig(), sweep._TINY)
+
+
+def test_the_consistent_level_keeps_a_channel_list_ending_at_a_sibling_towers_width():
+    transformers = pytest.importorskip("transformers")
+    # Unlimited OCR's SAM encoder downsamples to [512, 1024] channels, 1024 the CLIP-like encoder's width beside it
+    ocr = sweep.shrink_overrides(transformers.UnlimitedOcrConfig(), sweep._TINY, consistent=True)["vision_config"]
+    assert ocr["sam_config"]["downsample_channels"] == [512, ocr["encoder_config"]["hidden_size"]] == [512, 64]

@@ -18,8 +18,8 @@ default; models above ``BIG_PARAMS`` parameters are also tried with ``depth=4`` 
 models still above ``HUGE_PARAMS`` run on the meta device (sites and parity, eval not verifiable).
 Hugging Face model types are built from their config class shrunk by ``shrink_overrides`` (2 layers,
 hidden size 64, 4 heads, ...; sub-configs too), then with the fields that must follow those kept consistent (``consistent=True``: one layer of each kind,
-rotary sections, latent attention dims, widths other parts name, bottlenecks at their fraction of the width;
-unset sizes set), then less shrunk
+rotary sections, latent attention dims, widths other parts name, bottlenecks at their fraction of the width,
+layer index lists within the shrunk stacks, pixel shuffle factors dividing the patch grid; unset sizes set), then less shrunk
 (layers only) and unchanged, the first that builds and runs on its automatic inputs (with
 ``use_cache=False`` where only that runs: hybrids whose layers hold no attention). Where the unchanged
 default config does not build, or fails its forward the same way as the shrunk ones, the error says so
@@ -392,7 +392,9 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
     recursively (passed as dicts, built by the parent), and the fields that must stay consistent with them
     (head_dim, rotary sections, per-layer lists, widths other parts name, a backbone sub-config's out features,
     the vision layers a projector reads). ``mha``: key/value heads = heads.
-    ``consistent``: also the fields that must follow the shrunk ones (the "tiny, consistent" level: without it,
+    ``consistent``: also the fields that must follow the shrunk ones (layer index lists, projections, output
+    dims, merged widths and channel lists of the shrunk widths, pixel shuffle factors; the "tiny, consistent"
+    level: without it,
     the plain first level, the sizes most types were first swept at), and sizes the config leaves unset
     (None) get the table's value (or ``_UNSET``'s)."""
     values = config.to_dict()
@@ -460,11 +462,18 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
                 and out[width] % (values[width] // inner) == 0:
             # a bottleneck that is a fraction of the width stays that fraction (Fun-ASR-Nano's adaptor: a quarter)
             out["intermediate_size"] = out[width] // (values[width] // inner)
+        _follow_width_multiples(values, out)
+        _fit_pixel_shuffle(values, out)
         if depth == 0 and table is _TINY:
             _follow_widths(config, out)
+            _follow_projection_widths(config, out)
+            _follow_merged_widths(config, out)
+            _follow_channel_lists(config, out)
     if depth == 0:
         _cover_image_tokens(config, out, consistent)
         _fit_vision_feature_layers(config, out)
+        if consistent:  # the plain levels keep them (SAM's at layers only: a global layer over 64 x 64 patches)
+            _fit_layer_index_lists(config, out)
     return out
 
 
@@ -488,6 +497,142 @@ def _fit_vision_feature_layers(config, out: dict) -> None:
         fitted = [max(0, new - (old - i)) if i >= 0 else i for i in layers]
         target = out if name is None else out.setdefault(name, holder.to_dict())
         target["vision_feature_layer"] = fitted if many else fitted[0]
+
+
+def _follow_projection_widths(config: Any, out: dict) -> None:
+    """A sub-config's ``projection_dim`` equal to the old width of another sub-config (not its own) follows that
+    width where the width shrank (Florence-2's vision projection into its text model's d_model)."""
+    subs: dict[str, Any] = {n: getattr(config, n, None) for n in getattr(config, "sub_configs", {}) or {}}
+    subs = {n: s for n, s in subs.items() if s is not None and hasattr(s, "to_dict") and isinstance(out.get(n), dict)}
+    widths: dict[int, tuple[str, int]] = {}  # old width -> (sub-config, new width), of each whose width shrank
+    for name, sub in subs.items():
+        values = sub.to_dict()
+        key = next((k for k in _WIDTHS if _is_size(values.get(k)) and _is_size(out[name].get(k))), None)
+        if key and out[name][key] < values[key]:
+            widths.setdefault(values[key], (name, out[name][key]))
+    for name, sub in subs.items():
+        value = getattr(sub, "projection_dim", None)
+        own = next((getattr(sub, k) for k in _WIDTHS if _is_size(getattr(sub, k, None))), None)
+        if _is_size(value) and value in widths and widths[value][0] != name and value != own \
+                and out[name].get("projection_dim", value) == value:
+            out[name]["projection_dim"] = widths[value][1]
+
+
+def _follow_merged_widths(config: Any, out: dict) -> None:
+    """A config's own ``out_hidden_size`` / ``merged_hidden_size`` (the width of merged patches) that is a
+    multiple of exactly one shrunk sub-config's old width, and equal to none, stays that multiple of its new
+    width (Muse Spark's: its vision width x 2 x 2 merged patches, which its projector reads)."""
+    widths: dict[int, int] = {}  # old width -> new width, of each sub-config whose width shrank
+    for name in getattr(config, "sub_configs", {}) or {}:
+        sub, over = getattr(config, name, None), out.get(name) or {}
+        key = next((k for k in _WIDTHS if _is_size(getattr(sub, k, None)) and _is_size(over.get(k))), None)
+        if key and over[key] < getattr(sub, key):
+            widths.setdefault(getattr(sub, key), over[key])
+    for key, value in config.to_dict().items():
+        if not re.fullmatch(r"(out|output|merged)_hidden_size", key) or key in out or key in _TINY or not _is_size(value) or value in widths:
+            continue
+        bases = [w for w in widths if value % w == 0 and 2 <= value // w <= 16]
+        if len(bases) == 1:
+            out[key] = value // bases[0] * widths[bases[0]]
+
+
+def _follow_channel_lists(config: Any, out: dict, depth: int = 0) -> None:
+    """A sub-config's ``*_channels`` list whose last entry is the old width of a sibling sub-config (not its own)
+    that shrank: that entry follows it (a SAM encoder's downsampling convolutions into the CLIP-like encoder
+    beside it, Unlimited OCR's [512, 1024]). At any depth of sub-configs passed as dicts."""
+    subs: dict[str, Any] = {n: getattr(config, n, None) for n in getattr(config, "sub_configs", {}) or {}} \
+        if depth < 3 else {}
+    subs = {n: s for n, s in subs.items() if s is not None and hasattr(s, "to_dict") and isinstance(out.get(n), dict)}
+    widths: dict[int, tuple[str, int]] = {}  # old width -> (sub-config, new width)
+    for name, sub in subs.items():
+        key = next((k for k in _WIDTHS if _is_size(getattr(sub, k, None)) and _is_size(out[name].get(k))), None)
+        if key and out[name][key] < getattr(sub, key):
+            widths.setdefault(getattr(sub, key), (name, out[name][key]))
+    for name, sub in subs.items():
+        own = next((getattr(sub, k) for k in _WIDTHS if _is_size(getattr(sub, k, None))), None)
+        for key, value in sub.to_dict().items():
+            if key.endswith("_channels") and isinstance(value, list) and value and all(_is_size(c) for c in value) \
+                    and value[-1] in widths and widths[value[-1]][0] != name and value[-1] != own \
+                    and out[name].get(key, value) == value:
+                out[name][key] = value[:-1] + [widths[value[-1]][1]]
+        _follow_channel_lists(sub, out[name], depth + 1)
+
+
+def _follow_width_multiples(values: dict, out: dict) -> None:
+    """A config's ``*_output_dim`` / ``*_input_dim`` that is an exact multiple of its own width, which shrank,
+    stays that multiple of the new width (Mllama's vision output: the last layer's and its five intermediate
+    layers' states side by side, 6 x 1280)."""
+    width = next((k for k in _WIDTHS if _is_size(values.get(k)) and _is_size(out.get(k)) and out[k] < values[k]), None)
+    if width is None:
+        return
+    for key, value in values.items():
+        if re.search(r"_(output|input)_dim$", key) and key not in out and _is_size(value) and value > values[width] \
+                and value % values[width] == 0:
+            out[key] = value // values[width] * out[width]
+
+
+def _fit_pixel_shuffle(values: dict, out: dict) -> None:
+    """A pixel shuffle of the patch grid by a ``pixel_shuffle_factor`` (ModernVBERT's, of its vision config's grid)
+    or by a vision config's own ``scale_factor`` (Granite Docling's tower): patches per side a multiple of it,
+    the image grown to the next such size (the top-level ``scale_factor`` with a vision config is
+    ``_fit_image_tokens``'). Factors that divide the grid, and configs without one, stay."""
+    own = {"image_size", "patch_size"} <= set(values)
+    factor: Any = values.get("pixel_shuffle_factor", values.get("scale_factor") if own else None)
+    grid = (out | values) if own else out.get("vision_config", values.get("vision_config"))
+    if not (_is_size(factor) and factor > 1 and isinstance(grid, dict) and _is_size(grid.get("image_size"))
+            and _is_size(grid.get("patch_size")) and grid["patch_size"]):
+        return
+    image, patch = out.get("image_size", grid["image_size"]) if own else grid["image_size"], grid["patch_size"]
+    side = image // patch
+    if side % factor == 0:
+        return
+    size = patch * factor * -(-side // factor)
+    if own:
+        out["image_size"] = size
+    else:
+        out["vision_config"] = dict(grid, image_size=size)
+
+
+_INDEX_LIST = re.compile(r"_(indexes|indices)$")
+
+
+def _fit_layer_index_lists(config: Any, out: dict) -> None:
+    """Lists of layer indices that point past a shrunk stack: a sub-config's ``*_indexes`` / ``*_indices`` into
+    its own layers (SAM's ``global_attn_indexes``, Mllama's ``intermediate_layers_indices``; not a backbone's
+    ``out_indices``), and the config's ``vision_feature_layer`` list or tuple into its vision tower, negative
+    indices past it too (VipLLaVA's five). As many entries as before (a projector reads that many), each the same
+    distance from the last layer where the stack still has it, else its first (or, counted from the end, its
+    first layer's output); lists whose entries all fit stay. A tuple is fitted as a list."""
+    def fit(value: Any, old: int, new: int) -> list[int] | None:
+        if not (isinstance(value, (list, tuple)) and value and all(_is_size(i) for i in value)) \
+                or all(-new <= i < new for i in value):
+            return None
+        return [max(0, new - (old - i)) if i >= 0 else max(i, -new) for i in value]
+
+    def walk(cfg: Any, over: dict, depth: int) -> None:
+        for name in (getattr(cfg, "sub_configs", {}) or {}) if depth < 3 else ():
+            sub, inner = getattr(cfg, name, None), over.get(name)
+            if sub is None or not hasattr(sub, "to_dict") or not isinstance(inner, dict):
+                continue
+            values = sub.to_dict()
+            key = next((k for k in _LAYERS_ONLY if _is_size(values.get(k)) and _is_size(inner.get(k))), None)
+            if key is not None and inner[key] < values[key]:
+                for field, value in values.items():
+                    if _INDEX_LIST.search(field) and field != "out_indices" and inner.get(field, value) == value:
+                        fitted = fit(value, values[key], inner[key])
+                        if fitted is not None:
+                            inner[field] = fitted
+            walk(sub, inner, depth + 1)
+
+    walk(config, out, 0)
+    vision, over = getattr(config, "vision_config", None), out.get("vision_config") or {}
+    key = next((k for k in _LAYERS_ONLY if _is_size(getattr(vision, k, None)) and _is_size(over.get(k))), None)
+    if key is None:
+        return
+    # from the default's value (a tuple too, VipLLaVA's), its positive entries as _fit_vision_feature_layers fits them
+    fitted = fit(getattr(config, "vision_feature_layer", None), getattr(vision, key), over[key])
+    if fitted is not None:
+        out["vision_feature_layer"] = fitted
 
 
 def _fit_out_features(values: dict, out: dict, layers_key: str) -> None:
