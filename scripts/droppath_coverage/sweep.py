@@ -93,14 +93,15 @@ CI_SUBSET = {
     # Grounding DINO: HF's slots on its fusion layer's residual, on that layer's own LayerNorm output.
     # TimesFM: its MLP residual is multiplied by the padding mask after its last module (was silently missed).
     # Muse Spark's text model: its residual gate scales the stream by a per-channel parameter (alpha * x + beta * f(x)).
+    # DeepSeek V4: hyper-connections, comb^T h + post * f(x), both merges of every layer (NoResidualBranchError before).
     "hf": [
         "gpt_neox", "swin", "qwen2_5_vl", "higgs_audio_v2", "grounding-dino", "glm4v_vision", "qwen2_5_vl_vision",
-        "timesfm", "muse_spark_text",
+        "timesfm", "muse_spark_text", "deepseek_v4",
     ],
     # a head whose inputs are (B, choices, L)
     "hf-heads": ["bert/BertForMultipleChoice"],
 }
-CI_DECODERS = ["gpt_neox", "higgs_audio_v2", "timesfm", "muse_spark_text"]
+CI_DECODERS = ["gpt_neox", "higgs_audio_v2", "timesfm", "muse_spark_text", "deepseek_v4"]
 # Sites with packed towers: Qwen2.5-VL 4 text (2 layers x 2) + 8 vision (4 full-attention blocks x 2), its tower
 # alone 8, GLM-4V's tower 2 in each of its 24 blocks.
 CI_SITES = {"qwen2_5_vl": 12, "qwen2_5_vl_vision": 8, "glm4v_vision": 48}
