@@ -148,6 +148,7 @@ def find_residual_branches(
         model_name=plan.model_name,
         left_out=plan.left_out,
         notes=_notes(model, plan, rates, rate, schedule),
+        not_run=plan.not_run,
     )
 
 
@@ -267,9 +268,18 @@ def apply_drop_path(
 
 
 def _notes(model: nn.Module, plan: Plan, rates: list[tuple[float, ...]], rate: Any, schedule: Schedule) -> list[str]:
-    """What the user must know of a patch: a schedule that gives every branch 0, and the model's own
-    layer drop or drop path (said in the report, and warned about by ``apply_drop_path``)."""
+    """What the user must know of a patch: a schedule that gives every branch 0, repeated blocks the example
+    inputs never ran, and the model's own layer drop or drop path (said in the report, and warned about by
+    ``apply_drop_path``)."""
     notes = []
+    unrun = plan.not_run
+    if unrun:
+        shown = ", ".join(unrun[:3]) + (f", ... (+{len(unrun) - 3})" if len(unrun) > 3 else "")
+        notes.append(
+            f"{len(unrun)} stack{'s' if len(unrun) > 1 else ''} of repeated blocks did not run on the example inputs "
+            f"({shown}): any residual branches in them have no drop path; pass example_inputs= that run them (the "
+            f"audio, images or other inputs those blocks take) to cover them"
+        )
     if isinstance(schedule, str) and rate and all(r == 0 for branch_rates in rates for r in branch_rates):
         stacks = len(set(plan.stacks))
         where = f"{plan.num_blocks} block{'s' if plan.num_blocks != 1 else ''}" + (f" in {stacks} stacks" if stacks > 1 else "")

@@ -125,6 +125,7 @@ class Plan:
     num_blocks: int
     model_name: str
     stacks: tuple[int, ...] = ()  # the stack of each block (a block without branches: that of the block before it)
+    not_run: tuple[str, ...] = ()  # repeated blocks the example inputs never ran ("path (n x Class)")
 
     def without(self, reasons: dict[int, str]) -> Plan:
         """The plan with the sites at these positions left out, each for its reason."""
@@ -149,10 +150,11 @@ def _no_branch_error(model: nn.Module, analysis: Analysis) -> NoResidualBranchEr
         extra = f" ({len(analysis.left_out)} residual merges were ignored: " + "; ".join(
             f"{p}: {why}" for p, why in analysis.left_out[:3]
         ) + ")"
+    unrun = f" ({', '.join(analysis.unrun[:3])} did not run)" if analysis.unrun else ""
     return NoResidualBranchError(
         f"found no residual branch in {type(model).__name__}{extra}: drop path needs repeated blocks "
         f"of the form x = x + f(x) with a non-linear f. If the model has them but they did not run "
-        f"on the example inputs, pass example_inputs= that exercise them."
+        f"on the example inputs{unrun}, pass example_inputs= that exercise them."
     )
 
 
@@ -252,7 +254,7 @@ def make_plan(
         kind = "replace" if is_placeholder(module) and output_index == () and path else "hook"
         sites.append(PlannedSite(path, module, kind, output_index, tuple(planned(analysis.branches[b], module) for b in group)))
     sites.sort(key=lambda s: (s.block, min(br.branch for br in s.branches)))
-    return Plan(tuple(sites), tuple(left_out), analysis.num_units, model_name(model), _block_stacks(analysis))
+    return Plan(tuple(sites), tuple(left_out), analysis.num_units, model_name(model), _block_stacks(analysis), analysis.unrun)
 
 
 def _block_stacks(analysis: Analysis) -> tuple[int, ...]:

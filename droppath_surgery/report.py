@@ -80,7 +80,9 @@ class DropPathReport:
     """The residual branches of a model and their drop rates.
 
     ``sites`` lists every patched branch in execution order; ``skipped`` the branches that were
-    found but left alone (filtered out, or with no module to attach to), with the reason.
+    found but left alone (filtered out, or with no module to attach to), with the reason; ``not_run``
+    the stacks of repeated blocks the example inputs never ran (``"path (n x Class)"``: no drop path
+    reaches any residual branch in them; the notes say so too).
     """
 
     sites: tuple[Site, ...]
@@ -90,6 +92,7 @@ class DropPathReport:
     model_name: str = ""
     verified: bool | None = None
     notes: tuple[str, ...] = field(default=())
+    not_run: tuple[str, ...] = ()
 
     @property
     def block_rates(self) -> dict[int, float]:
@@ -125,6 +128,7 @@ class DropPathReport:
             "sites": self.records(),
             "skipped": [dataclasses.asdict(s) for s in self.skipped],
             "notes": list(self.notes),
+            "not_run": list(self.not_run),
         }
 
     def _title(self) -> str:
@@ -200,6 +204,7 @@ def build_report(
     left_out: Sequence[LeftOut] = (),
     verified: bool | None = None,
     notes: Sequence[str] = (),
+    not_run: Sequence[str] = (),
 ) -> DropPathReport:
     """A report of planned sites with, per branch, its rate and what the compute column says."""
     rows = [
@@ -231,6 +236,7 @@ def build_report(
         model_name=model_name,
         verified=verified,
         notes=tuple(notes),
+        not_run=tuple(not_run),
     )
 
 
@@ -274,4 +280,5 @@ def report_of_patch(drops: Sequence[DropPath], *, verified: bool | None = None, 
         left_out=record.plan.left_out,
         verified=verified,
         notes=[*masking, *notes],
+        not_run=record.plan.not_run,
     )

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from helpers import ModelSnapshot, TinyTransformer, bitwise_equal, eval_output, hook_count
+from helpers import Block, ModelSnapshot, TinyTransformer, bitwise_equal, eval_output, hook_count
 from scipy.stats import binomtest
 from torch import nn
 
@@ -327,3 +327,48 @@ def test_report_counts_branches_and_modules_and_exports_plain_data():
     page = report._repr_html_()
     assert page.count("<tr>") == 7 and f"<td>{report.sites[-1].path}</td>" in page
     assert remove_drop_path(model) == report.num_modules
+
+
+class _TextAndAudio(nn.Module):
+    """A text stack that always runs and an audio stack that runs only when audio is passed, beside a list of
+    linear heads that never runs (no blocks: nothing to say about it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text = TinyTransformer(depth=2)
+        self.audio = nn.ModuleList([Block(16) for _ in range(3)])
+        self.unused_heads = nn.ModuleList([nn.Linear(16, 2) for _ in range(3)])
+
+    def forward(self, x, audio=None):
+        out = self.text(x)
+        if audio is not None:
+            for blk in self.audio:
+                audio = blk(audio)
+            out = out + audio.mean((1, 2))[:, None]
+        return out
+
+
+def test_stacks_of_blocks_the_example_inputs_never_ran_are_reported_and_warned_about():
+    model = _TextAndAudio()
+    x = torch.randn(2, 5, 8)
+    with pytest.warns(UserWarning, match=r"1 stack of repeated blocks did not run on the example inputs \(audio \(3 x Block\)\)"):
+        report = apply_drop_path(model, 0.1, example_inputs=(x,))
+    assert report.not_run == ("audio (3 x Block)",)
+    assert report.to_dict()["not_run"] == ["audio (3 x Block)"]
+    assert drop_path_report(model).not_run == ("audio (3 x Block)",)  # read back off the patched model
+    assert all(s.path.startswith("text.") for s in report.sites)
+    assert any("did not run" in n for n in report.notes) and "did not run" in str(report)
+    remove_drop_path(model)
+    # inputs that run the audio stack: it is patched, and nothing is said
+    full = apply_drop_path(model, 0.1, example_inputs={"x": x, "audio": torch.randn(2, 4, 16)})
+    assert full.not_run == () and not any("did not run" in n for n in full.notes)
+    assert sum(s.path.startswith("audio.") for s in full.sites) == 6
+
+
+def test_a_model_whose_only_blocks_did_not_run_names_them_in_its_error():
+    class OnlyAudio(_TextAndAudio):
+        def forward(self, x, audio=None):
+            return self.text.embed(x) if audio is None else super().forward(x, audio)
+
+    with pytest.raises(NoResidualBranchError, match=r"on the example inputs \(text.blocks \(2 x Block\), audio \(3 x Block\) did not run\)"):
+        apply_drop_path(OnlyAudio(), 0.1, example_inputs=(torch.randn(2, 5, 8),))

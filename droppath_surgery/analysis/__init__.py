@@ -3,7 +3,7 @@
 ``record`` (one pass: values, module calls, additions) -> ``merges`` (residual merges) -> ``blocks``
 (block branches, their blocks and units, unit numbering) -> ``batch`` (batch dimensions, with the
 layout replay and rows folded per sample; ``packed``: the samples' boundaries of packed streams) ->
-``stacks`` (blocks linked by one residual stream); ``entries`` (where a branch takes in the batch, for
+``stacks`` (blocks linked by one residual stream, and the repeated blocks the pass never ran); ``entries`` (where a branch takes in the batch, for
 skip mode) is read by the planner. ``slots`` holds the one drop path slot rule. ``analyse`` runs them
 in order and returns plain data; nothing here changes the model.
 """
@@ -29,7 +29,7 @@ from .blocks import Branch, ModuleIndex, find_branches, number_units
 from .merges import find_merges
 from .packed import CONFLICTING_REASON, UNCONFIRMED_REASON, WINDOWED_REASON, Segments, find_segments, packs_rows
 from .record import Recording, record
-from .stacks import find_stacks
+from .stacks import find_stacks, unrun_stacks
 
 __all__ = ["Analysis", "AnalysedBranch", "analyse", "NOT_PER_SAMPLE", "Segments"]
 
@@ -63,6 +63,7 @@ class Analysis:
     input_dim: int | None  # the inputs' batch dimension (None when batch_dim was given)
     args: tuple
     kwargs: dict
+    unrun: tuple[str, ...] = ()  # repeated blocks the pass never ran ("path (n x Class)"): no drop path reaches them
 
 
 def analyse(model: nn.Module, args: tuple, kwargs: dict, *, batch_dim: int | None, inputs_batch_first: bool) -> Analysis:
@@ -130,4 +131,5 @@ def analyse(model: nn.Module, args: tuple, kwargs: dict, *, batch_dim: int | Non
         AnalysedBranch(br, unit, position, stack, dim, shape, rows, segments)
         for (br, (dim, shape, rows, segments)), unit, position, stack in zip(mapped, units, positions, stacks)
     )
-    return Analysis(recording, index, analysed, num_units, tuple(left_out), dims.input_dim, args, kwargs)
+    unrun = tuple(unrun_stacks(model, recording.call_counts))
+    return Analysis(recording, index, analysed, num_units, tuple(left_out), dims.input_dim, args, kwargs, unrun)

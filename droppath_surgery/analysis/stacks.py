@@ -4,14 +4,45 @@ A block joins the stack of the latest block whose output its stream was computed
 are one stack through their downsamplers); a block whose stream comes from no earlier block starts a
 new one (an encoder-decoder's decoder, CLIP's text tower after its vision tower). One forward sweep
 over the recorded values labels each with the latest block output it descends from.
+
+``unrun_stacks`` names the repeated blocks the pass never ran (an audio tower probed on text alone): they
+may hold residual branches that no drop path reaches, which the caller must be told.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from torch import nn
+
 from .blocks import Branch
 from .record import Recording
 
-__all__ = ["find_stacks"]
+__all__ = ["find_stacks", "unrun_stacks"]
+
+MIN_REPEATS = 2  # blocks of one class in a container: a stack
+
+
+def _is_block(module: nn.Module) -> bool:
+    """A module with two or more parts that hold parameters (a layer, not a lone Linear or norm)."""
+    return sum(1 for m in module.children() if any(True for _ in m.parameters())) >= 2
+
+
+def unrun_stacks(model: nn.Module, call_counts: Mapping[int, int]) -> list[str]:
+    """The containers of ``MIN_REPEATS`` or more blocks of one class none of which ran in the pass, outermost
+    only, each as ``"path (n x Class)"``."""
+    found: list[str] = []
+    for path, container in model.named_modules():
+        if not isinstance(container, (nn.ModuleList, nn.Sequential)) or any(path.startswith(f + ".") for f in found):
+            continue
+        children = list(container.children())
+        kinds = {type(c) for c in children}
+        if len(children) < MIN_REPEATS or len(kinds) != 1 or not all(_is_block(c) for c in children):
+            continue
+        if not any(call_counts.get(id(m), 0) for c in children for m in c.modules()):
+            found.append(path)
+    named = dict(model.named_modules())
+    return [f"{path} ({len(named[path])} x {type(next(iter(named[path].children()))).__name__})" for path in found]
 
 
 def find_stacks(branches: list[Branch], units: list[int], recording: Recording) -> list[int]:
