@@ -129,6 +129,7 @@ class Result:
     carried: int | None = None  # hf: native slot calls that an engine site carries
     parity_reason: str = ""
     skipped: list[str] = field(default_factory=list)  # the engine's skipped branches, reasons counted
+    not_run: list[str] | None = None  # stacks of repeated blocks the automatic inputs never ran (report.not_run)
     note: str = ""  # hf: outcome of a retry with use_cache=False, fallbacks tried, ...
     patch_s: float | None = None
     total_s: float | None = None
@@ -196,6 +197,7 @@ def patch(res: Result, model, example_inputs=None):
     res.patch_s = time.perf_counter() - start
     res.sites, res.blocks = len(report.sites), report.num_blocks
     res.skipped = _skipped(report)
+    res.not_run = list(report.not_run)
     res.verified = report.verified is True  # every output bitwise equal in eval (the coverage table re-checks it)
     return report, args, kwargs
 

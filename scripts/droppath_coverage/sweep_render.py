@@ -226,6 +226,15 @@ def hf_summary(rows: list[dict]) -> list[str]:
         (f"hf: {len(ok_slots)}/{len(with_slots)} types whose config has `drop_path_rate` at parity with HF's own "
         f"drop path modules (every slot call on a residual carried by an engine site)"),
     ]
+    recorded = [r for r in patched if r.get("not_run") is not None]
+    partial = [r for r in recorded if r["not_run"]]
+    if recorded:
+        lines.append(
+            f"hf: {len(partial)} of the {len(recorded)} patched types have stacks of repeated blocks their automatic "
+            f"inputs do not run (an audio tower probed on text alone, a second modality left out), and so no drop "
+            f"path there: the report's `not_run` and a warning say so"
+            + (": " + ", ".join(f"`{r['name']}` ({len(r['not_run'])})" for r in partial) if partial else "")
+        )
     cache = [r for r in rows if "with use_cache=False" in r["note"]]
     if cache:
         fixed = [r for r in cache if "verified True" in r["note"].rpartition("with use_cache=False")[2]]
