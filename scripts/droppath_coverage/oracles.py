@@ -142,6 +142,7 @@ def native_slots(model: nn.Module, run: Callable[[nn.Module], Any]) -> list[Slot
     runs one eval forward; ``None`` slots are set to an ``nn.Identity`` first (the model is a
     throwaway oracle). Returns the slots that forward calls, in call order; a call counts as a
     branch (``Slot.merged``) when its output is added to a residual while the slot's holder runs.
+    Only the last forward of the model counts (building example inputs may try it on some first).
     """
     modules = dict(model.named_modules())
     names = {path.rpartition(".")[2] for path, m in modules.items() if path and is_droppath_like(m)}
@@ -188,6 +189,14 @@ def native_slots(model: nn.Module, run: Callable[[nn.Module], Any]) -> list[Slot
                 watch.mark(out, record, stack[-1])
 
         handles.append(modules[path].register_forward_hook(hook))
+
+    def restart(mod, args):  # only the last forward counts: building example inputs may run the model first
+        records.clear()
+        counter[0] = 0
+        for slot in slots.values():
+            slot.order = -1
+
+    handles.append(model.register_forward_pre_hook(restart))
     try:
         with watch:
             run(model)
