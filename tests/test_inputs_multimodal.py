@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 import transformers as T
+from helpers import patched_and_verified as _patch
 from training_fixtures import single_thread  # noqa: F401  (autouse: tiny models run faster on one thread)
 
 from droppath_surgery import ExampleInputsError, apply_drop_path, build_example_inputs, is_patched
@@ -25,15 +26,6 @@ TEXT = dict(
 )
 VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
 IMAGE_TOKEN = 98
-
-
-def _patch(model):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        report = apply_drop_path(model, 0.1)
-    assert report.verified is True
-    assert len(report.sites) > 0
-    return report
 
 
 def _image_tokens(kwargs) -> list[int]:
