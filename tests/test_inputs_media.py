@@ -37,8 +37,28 @@ def test_a_text_model_that_needs_its_audio_gets_one_audio_frame_per_token():
     assert {"audio_tower", "language_model"} <= _stacks(report)
 
 
+def test_a_speech_text_model_gets_one_audio_token_per_audio_feature_and_its_tower_runs():
+    # Voxtral's audio is optional, but only text with audio tokens runs its audio tower: as many as its
+    # get_audio_features returns per sample.
+    config = T.VoxtralConfig(
+        audio_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=4, head_dim=8, num_mel_bins=16, max_source_positions=16),
+        text_config=dict(SMALL, vocab_size=99, num_key_value_heads=2, head_dim=8),
+        audio_token_id=98,
+    )
+    model = T.VoxtralForConditionalGeneration(config)
+    _, kwargs = build_example_inputs(model)
+    with torch.no_grad():
+        features = model.get_audio_features(kwargs["input_features"]).pooler_output
+    assert ((kwargs["input_ids"] == 98).sum(1) == features.shape[0] // 2).all()
+    report = _patch(model)
+    assert any(s.path.startswith("model.audio_tower.layers") or s.path.startswith("audio_tower.layers")
+               for s in report.sites)
+    assert report.not_run == ()
+
+
 def test_a_text_model_whose_audio_is_optional_keeps_its_text_alone():
-    # Qwen2-Audio runs on text alone (its audio needs placeholder tokens): its inputs are unchanged, no audio.
+    # Qwen2-Audio runs on text alone (it has no get_audio_features to count its audio tokens): no audio.
     config = T.Qwen2AudioConfig(
         audio_config=dict(d_model=32, encoder_layers=1, encoder_attention_heads=4, encoder_ffn_dim=64,
                           num_mel_bins=16, max_source_positions=16),

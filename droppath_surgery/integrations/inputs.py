@@ -68,8 +68,11 @@ model's device and in its floating dtype:
   ``(B, audio_channels, T)``, again the first the forward runs on, with ``input_features`` too where the
   forward requires both (NeuCodec). A text model's audio (``input_features`` / ``input_values`` beside
   ``input_ids``: CLAP, Voxtral Realtime, PE Audio) is built the same way (``TEXT_LENGTH x
-  audio_length_per_tok`` frames where the config sets it); where the forward does not require it, the text
-  alone is tried first (its audio would need placeholder tokens), the audio only where that does not run.
+  audio_length_per_tok`` frames where the config sets it). A speech-text model (``audio_token_id`` /
+  ``audio_token_index`` and a ``get_audio_features``) gets, as a VLM its image tokens, one audio token per
+  feature vector its ``get_audio_features`` returns for the first layout it counts (after its first text
+  tokens), tried first; else (nothing counts, or that forward fails) as before: where the forward does not
+  require the audio, the text alone is tried first, the audio only where that does not run.
   ``input_ids`` of a config with ``num_codebooks`` and ``codebook_vocab_size`` are tried as
   ``(B, L, 1 + codebooks)`` (a text column, then a code of each codebook: Kyutai) where ``(B, L)`` does not
   run. Video frames are padded to ``max_img_size`` where the config sets it (TVP's visual prompt); a
@@ -491,6 +494,7 @@ def _series_candidates(config: Any, params: Any, device: torch.device, dtype: to
 
 
 _IMAGE_TOKEN = ("image_token_id", "image_token_index")
+_AUDIO_TOKEN = ("audio_token_id", "audio_token_index")
 _IMAGE_START = ("vision_start_token_id", "image_start_token_id", "boi_token_id", "boi_token_index")
 _IMAGE_END = ("vision_end_token_id", "image_end_token_id", "eoi_token_id", "eoi_token_index")
 
@@ -520,13 +524,16 @@ def _image_features(model: nn.Module) -> Any:
     return fn
 
 
-def _count_features(model: nn.Module, image: dict[str, Tensor]) -> list[int]:
-    """Image tokens of each sample: the feature vectors ``get_image_features`` returns for its image (so the
-    count includes whatever the projector pools, pixel-shuffles or adds). Raises what the model raises."""
-    fn: Any = _image_features(model)
+def _count_features(fn: Any, media: dict[str, Tensor]) -> list[int]:
+    """Media tokens of each sample: the feature vectors ``fn`` (the model's ``get_image_features`` /
+    ``get_audio_features``) returns for its image or audio (so the count includes whatever the projector
+    pools, pixel-shuffles or adds); all of them where ``fn`` names none (``(*args, **kwargs)``: a wrapper passing
+    them on). Raises what the model raises."""
     accepted = inspect.signature(fn).parameters
-    kw = {(k if k in accepted else k.removeprefix("image_")): v for k, v in image.items()
+    kw = {(k if k in accepted else k.removeprefix("image_")): v for k, v in media.items()
           if k in accepted or k.removeprefix("image_") in accepted}
+    if not kw and any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        kw = dict(media)
     with torch.no_grad():
         out = fn(**kw)
     if not isinstance(out, Tensor) and hasattr(out, "pooler_output"):
@@ -538,7 +545,7 @@ def _count_features(model: nn.Module, image: dict[str, Tensor]) -> list[int]:
     if len(rows) == EXAMPLE_BATCH:  # one entry per image
         return rows
     if not rows or sum(rows) % EXAMPLE_BATCH:
-        raise ValueError(f"{len(rows)} feature tensors with {sum(rows)} rows for {EXAMPLE_BATCH} images")
+        raise ValueError(f"{len(rows)} feature tensors with {sum(rows)} rows for {EXAMPLE_BATCH} samples")
     return [sum(rows) // EXAMPLE_BATCH] * EXAMPLE_BATCH  # every image's features in one (tokens, D)
 
 
@@ -564,9 +571,9 @@ def _flatten(value: Any) -> list:
     return [value]
 
 
-def _with_image_tokens(ids: Tensor, counts: list[int], images: int, token: int, start: int | None,
+def _with_media_tokens(ids: Tensor, counts: list[int], images: int, token: int, start: int | None,
                        end: int | None) -> Tensor:
-    """``ids`` with ``counts[i]`` image tokens in sample ``i``, ``images`` runs of them (each between the
+    """``ids`` with ``counts[i]`` image (or audio) tokens in sample ``i``, ``images`` runs of them (each between the
     start and end markers if the model has them, else after a text token) after its first ``PADDED + 1`` text
     tokens, where no sample is padded on either side; samples with fewer image tokens keep more text, so
     that every row has the same length."""
@@ -866,7 +873,7 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
             failures = []
             for layout in candidates:
                 try:
-                    image_tokens = _count_features(model, layout)
+                    image_tokens = _count_features(_image_features(model), layout)
                     image = layout
                     break
                 except Exception as exc:  # noqa: BLE001 - not this layout: the next one is tried
@@ -894,22 +901,40 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
         # a text model's optional audio: its text alone first (as before: its audio would need placeholder
         # tokens), the audio where the forward does not run without it; the audio's error if neither runs
         media, fallback = [{}, *media], 1
+    audio_token, audio_tokens, audio = _field(config, *_AUDIO_TOKEN), None, {}
+    get_audio: Any = getattr(model, "get_audio_features", None)
+    if media and main == "input_ids" and image_tokens is None and audio_token is not None and callable(get_audio):
+        # a speech-text model: as many audio tokens as its get_audio_features returns, in the first layout it
+        # takes; where none counts, as before (its audio tower then unrun, which the engine reports)
+        for layout in (m for m in media if _audio_key(params, main) in m):
+            try:
+                audio_tokens = _count_features(get_audio, layout)
+                audio = layout
+                break
+            except Exception:  # noqa: BLE001, S112 - not this layout: the next one is tried
+                continue
     if media:
-        kwargs.update(media[0])
+        kwargs.update(audio or media[0])
     if takes_ids and (main == "input_ids" or "pixel_values" in kwargs or "pixel_values_videos" in kwargs):
-        spread = max(image_tokens) - min(image_tokens) if image_tokens else 0  # text that evens out the rows
-        ids = _tokens(model, text, device, gen, length=TEXT_LENGTH + spread)
-        if image_tokens is not None:
-            special = torch.tensor(_special_tokens(config, text, vision), dtype=ids.dtype, device=ids.device)
+        counts = image_tokens or audio_tokens
+        spread = max(counts) - min(counts) if counts else 0  # text that evens out the rows
+        ids = plain = _tokens(model, text, device, gen, length=TEXT_LENGTH + spread)
+        if counts is not None:
+            subs = [text, vision, *(_sub_configs(config) if audio_tokens else [])]  # (an audio config's ids too)
+            special = torch.tensor(_special_tokens(config, *subs), dtype=ids.dtype, device=ids.device)
             clash = torch.isin(ids, special)
             if clash.any():  # random text that hits a reserved id: the first id that is not reserved
                 free = next(i for i in range(int(text.vocab_size)) if i not in set(special.tolist()))
                 ids = ids.masked_fill(clash, free)
+            plain = ids
+        if image_tokens is not None:
             start, end = _field(config, *_IMAGE_START), _field(config, *_IMAGE_END)
             images = len(next((v for k, v in image.items() if k.endswith("grid_thw")), [None] * EXAMPLE_BATCH))
-            ids = _with_image_tokens(ids, image_tokens, images // EXAMPLE_BATCH, image_token, start, end)
+            ids = _with_media_tokens(ids, image_tokens, images // EXAMPLE_BATCH, image_token, start, end)
             if "mm_token_type_ids" in params:  # text 0, image 1 (M-RoPE positions)
                 kwargs["mm_token_type_ids"] = (ids == image_token).to(torch.int)
+        elif audio_tokens is not None:  # one run of audio tokens
+            ids = _with_media_tokens(plain, audio_tokens, 1, audio_token, None, None)
         kwargs["input_ids"] = ids
         image = {**image, **_text_image_masks(image, ids, params)}  # (each layout its own, for the trial below)
         kwargs.update(image)
@@ -921,6 +946,15 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
             types = torch.zeros_like(ids)
             types[:, ids.shape[1] // 2 :] = 1  # two segments, as in sentence-pair tasks
             kwargs["token_type_ids"] = types
+        if audio_tokens is not None:  # text + audio first, else as before: the text alone, then with its audio
+            alone = {"input_ids": plain}
+            if "attention_mask" in kwargs:
+                alone["attention_mask"] = _padding_mask(plain, left=_is_causal(model) and not seq2seq)
+            if "token_type_ids" in kwargs:
+                alone["token_type_ids"] = torch.zeros_like(plain)
+                alone["token_type_ids"][:, plain.shape[1] // 2 :] = 1
+            with_tokens = {**audio, **{k: kwargs[k] for k in alone}}
+            media, fallback = [with_tokens, *({**alone, **m} for m in media)], fallback + 1
     if "input_ids" in kwargs:
         kwargs.update(_beside_text(config, params, kwargs["input_ids"], device, dtype, gen))
     qformer = getattr(config, "qformer_config", None)
