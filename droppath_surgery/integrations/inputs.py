@@ -189,6 +189,19 @@ def _tokens(model: nn.Module, cfg: Any, device: torch.device, gen: torch.Generat
     return torch.randint(0, vocab, (EXAMPLE_BATCH, min(length, limit)), generator=gen).to(device)
 
 
+def _text_masks(ids: Tensor, params: Any, text: Any, left: bool) -> dict[str, Tensor]:
+    """What the forward takes beside ``ids``: a padded ``attention_mask`` (``_padding_mask``) and, where the text
+    config has two or more token types, ``token_type_ids`` of two segments (as in sentence-pair tasks)."""
+    out = {}
+    if "attention_mask" in params:
+        out["attention_mask"] = _padding_mask(ids, left=left)
+    if "token_type_ids" in params and (getattr(text, "type_vocab_size", 0) or 0) >= 2:
+        types = torch.zeros_like(ids)
+        types[:, ids.shape[1] // 2 :] = 1
+        out["token_type_ids"] = types
+    return out
+
+
 def _padding_mask(ids: Tensor, left: bool) -> Tensor:
     """Sample 0 full, the last ``PADDED`` positions of sample 1 padded (its first ones with ``left``)."""
     mask = torch.ones_like(ids)
@@ -311,8 +324,9 @@ def _image_size(config: Any, vision: Any) -> tuple[int, int]:
     counts = _field(config, "projector_patch_to_query_dict")
     p = _field(vision, "patch_size")
     if isinstance(counts, dict) and counts and isinstance(p, int):
-        side = math.isqrt(min(int(n) for n in counts))
-        if side * side == min(int(n) for n in counts):
+        fewest = min(int(n) for n in counts)
+        side = math.isqrt(fewest)
+        if side * side == fewest:
             return side * p, side * p
     return _pair(getattr(vision, "image_size", 224))
 
@@ -843,7 +857,8 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
         candidates = _pixel_candidates(model, vision, params, device, dtype, gen)
         image = candidates[0]
         unset = next((n for n in _IMAGE_TOKEN if hasattr(config, n)), None) if image_token is None else None
-        if takes_ids and unset is not None and _image_features(model) is not None:  # Blip-2's default config
+        features = _image_features(model)
+        if takes_ids and unset is not None and features is not None:  # Blip-2's default config
             raise ExampleInputsError(
                 f"{type(model).__name__}: its config's {unset} is None, so no text can hold its images (the forward "
                 f"looks for that token); set config.{unset} to your checkpoint's image token (its processor's), or "
@@ -868,12 +883,12 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
         queries = _field(config, "num_query_tokens")
         if takes_ids and image_token is not None and isinstance(queries, int) and queries > 0:
             image_tokens = [queries] * EXAMPLE_BATCH  # a Q-Former's queries take the image's places (Blip-2)
-        elif takes_ids and image_token is not None and _image_features(model) is not None:
+        elif takes_ids and image_token is not None and features is not None:
             # a VLM: as many placeholders as the projector emits, in the first layout the model takes
             failures = []
             for layout in candidates:
                 try:
-                    image_tokens = _count_features(_image_features(model), layout)
+                    image_tokens = _count_features(features, layout)
                     image = layout
                     break
                 except Exception as exc:  # noqa: BLE001 - not this layout: the next one is tried
@@ -939,20 +954,10 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
         image = {**image, **_text_image_masks(image, ids, params)}  # (each layout its own, for the trial below)
         kwargs.update(image)
         candidates = [{**c, **_text_image_masks(c, ids, params)} for c in candidates]
-        seq2seq = getattr(config, "is_encoder_decoder", False)
-        if "attention_mask" in params:
-            kwargs["attention_mask"] = _padding_mask(ids, left=_is_causal(model) and not seq2seq)
-        if "token_type_ids" in params and (getattr(text, "type_vocab_size", 0) or 0) >= 2:
-            types = torch.zeros_like(ids)
-            types[:, ids.shape[1] // 2 :] = 1  # two segments, as in sentence-pair tasks
-            kwargs["token_type_ids"] = types
+        left = _is_causal(model) and not getattr(config, "is_encoder_decoder", False)
+        kwargs.update(_text_masks(ids, params, text, left))
         if audio_tokens is not None:  # text + audio first, else as before: the text alone, then with its audio
-            alone = {"input_ids": plain}
-            if "attention_mask" in kwargs:
-                alone["attention_mask"] = _padding_mask(plain, left=_is_causal(model) and not seq2seq)
-            if "token_type_ids" in kwargs:
-                alone["token_type_ids"] = torch.zeros_like(plain)
-                alone["token_type_ids"][:, plain.shape[1] // 2 :] = 1
+            alone = {"input_ids": plain, **_text_masks(plain, params, text, left)}
             with_tokens = {**audio, **{k: kwargs[k] for k in alone}}
             media, fallback = [with_tokens, *({**alone, **m} for m in media)], fallback + 1
     if "input_ids" in kwargs:
