@@ -502,17 +502,26 @@ def _fit_vision_feature_layers(config, out: dict) -> None:
         target["vision_feature_layer"] = fitted if many else fitted[0]
 
 
+def _shrunk_widths(config: Any, out: dict) -> dict[int, tuple[str, int]]:
+    """Old width -> (sub-config, new width) of each sub-config (passed as a dict in ``out``) whose width shrank;
+    the first sub-config of each old width."""
+    widths: dict[int, tuple[str, int]] = {}
+    for name in getattr(config, "sub_configs", {}) or {}:
+        sub, over = getattr(config, name, None), out.get(name)
+        if sub is None or not hasattr(sub, "to_dict") or not isinstance(over, dict):
+            continue
+        key = next((k for k in _WIDTHS if _is_size(getattr(sub, k, None)) and _is_size(over.get(k))), None)
+        if key and over[key] < getattr(sub, key):
+            widths.setdefault(getattr(sub, key), (name, over[key]))
+    return widths
+
+
 def _follow_projection_widths(config: Any, out: dict) -> None:
     """A sub-config's ``projection_dim`` equal to the old width of another sub-config (not its own) follows that
     width where the width shrank (Florence-2's vision projection into its text model's d_model)."""
     subs: dict[str, Any] = {n: getattr(config, n, None) for n in getattr(config, "sub_configs", {}) or {}}
     subs = {n: s for n, s in subs.items() if s is not None and hasattr(s, "to_dict") and isinstance(out.get(n), dict)}
-    widths: dict[int, tuple[str, int]] = {}  # old width -> (sub-config, new width), of each whose width shrank
-    for name, sub in subs.items():
-        values = sub.to_dict()
-        key = next((k for k in _WIDTHS if _is_size(values.get(k)) and _is_size(out[name].get(k))), None)
-        if key and out[name][key] < values[key]:
-            widths.setdefault(values[key], (name, out[name][key]))
+    widths = _shrunk_widths(config, out)
     for name, sub in subs.items():
         value = getattr(sub, "projection_dim", None)
         own = next((getattr(sub, k) for k in _WIDTHS if _is_size(getattr(sub, k, None))), None)
@@ -525,12 +534,7 @@ def _follow_merged_widths(config: Any, out: dict) -> None:
     """A config's own ``out_hidden_size`` / ``merged_hidden_size`` (the width of merged patches) that is a
     multiple of exactly one shrunk sub-config's old width, and equal to none, stays that multiple of its new
     width (Muse Spark's: its vision width x 2 x 2 merged patches, which its projector reads)."""
-    widths: dict[int, int] = {}  # old width -> new width, of each sub-config whose width shrank
-    for name in getattr(config, "sub_configs", {}) or {}:
-        sub, over = getattr(config, name, None), out.get(name) or {}
-        key = next((k for k in _WIDTHS if _is_size(getattr(sub, k, None)) and _is_size(over.get(k))), None)
-        if key and over[key] < getattr(sub, key):
-            widths.setdefault(getattr(sub, key), over[key])
+    widths = {old: new for old, (_, new) in _shrunk_widths(config, out).items()}
     for key, value in config.to_dict().items():
         if not re.fullmatch(r"(out|output|merged)_hidden_size", key) or key in out or key in _TINY or not _is_size(value) or value in widths:
             continue
@@ -546,11 +550,7 @@ def _follow_channel_lists(config: Any, out: dict, depth: int = 0) -> None:
     subs: dict[str, Any] = {n: getattr(config, n, None) for n in getattr(config, "sub_configs", {}) or {}} \
         if depth < 3 else {}
     subs = {n: s for n, s in subs.items() if s is not None and hasattr(s, "to_dict") and isinstance(out.get(n), dict)}
-    widths: dict[int, tuple[str, int]] = {}  # old width -> (sub-config, new width)
-    for name, sub in subs.items():
-        key = next((k for k in _WIDTHS if _is_size(getattr(sub, k, None)) and _is_size(out[name].get(k))), None)
-        if key and out[name][key] < getattr(sub, key):
-            widths.setdefault(getattr(sub, key), (name, out[name][key]))
+    widths = _shrunk_widths(config, out) if depth < 3 else {}
     for name, sub in subs.items():
         own = next((getattr(sub, k) for k in _WIDTHS if _is_size(getattr(sub, k, None))), None)
         for key, value in sub.to_dict().items():
