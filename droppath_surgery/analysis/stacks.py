@@ -31,7 +31,7 @@ def _is_block(module: nn.Module) -> bool:
 def unrun_stacks(model: nn.Module, call_counts: Mapping[int, int]) -> list[str]:
     """The containers of ``MIN_REPEATS`` or more blocks of one class none of which ran in the pass, outermost
     only, each as ``"path (n x Class)"``."""
-    found: list[str] = []
+    found: dict[str, list[nn.Module]] = {}  # path -> its blocks
     for path, container in model.named_modules():
         if not isinstance(container, (nn.ModuleList, nn.Sequential)) or any(path.startswith(f + ".") for f in found):
             continue
@@ -40,9 +40,8 @@ def unrun_stacks(model: nn.Module, call_counts: Mapping[int, int]) -> list[str]:
         if len(children) < MIN_REPEATS or len(kinds) != 1 or not all(_is_block(c) for c in children):
             continue
         if not any(call_counts.get(id(m), 0) for c in children for m in c.modules()):
-            found.append(path)
-    named = dict(model.named_modules())
-    return [f"{path} ({len(named[path])} x {type(next(iter(named[path].children()))).__name__})" for path in found]
+            found[path] = children
+    return [f"{path} ({len(blocks)} x {type(blocks[0]).__name__})" for path, blocks in found.items()]
 
 
 def find_stacks(branches: list[Branch], units: list[int], recording: Recording) -> list[int]:
