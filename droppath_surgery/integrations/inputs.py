@@ -1,95 +1,10 @@
 """Example inputs: the only module that knows timm's, Hugging Face's and torchvision's config fields.
 
-``call_args`` turns what a user passes as ``example_inputs`` into ``(args, kwargs)``. ``build`` makes
-inputs for models it recognises, with a private generator (the global RNG is not touched), on the
-model's device and in its floating dtype:
-
-* timm: ``pretrained_cfg['input_size']``, with the spatial size the model was actually built for
-  (``patch_embed.img_size``, so ``create_model(name, img_size=384)`` is probed at 384) and its
-  ``in_chans`` (else the channels of its first convolution);
-* Hugging Face: ``config.image_size`` and ``config.num_channels`` for vision models
-  (``pixel_values``; a clip of ``config.num_frames`` images for video models), ``input_ids`` within
-  ``config.vocab_size`` for text models (``(B, CHOICES, L)`` for a ``*ForMultipleChoice`` head), both
-  for two-tower models such as ``CLIPModel``;
-* Hugging Face vision-language models (``config.image_token_id`` / ``image_token_index`` and a forward
-  taking ``input_ids``): the image is tried in the layouts below on the model's own ``get_image_features``
-  (its encoder's, for an encoder-decoder: T5Gemma 2) and ``input_ids`` get one image token per feature
-  vector it returns (per query, ``num_query_tokens``, for a Q-Former's: Blip-2's get_image_features returns
-  the vision tower's features, not what takes their places; InstructBLIP's Q-Former also gets its
-  instruction, ``qformer_input_ids``) (between the config's vision start and end tokens, if any; random text
-  avoids every ``*_token_id``), with ``mm_token_type_ids`` where the forward takes them. The vision config is
-  ``vision_config``, else the encoder's (T5Gemma 2). Layouts:
-
-  - Qwen2-VL flattened patches (``image_grid_thw`` / ``grid_thw`` in the forward): ``GRID_SIDE x
-    spatial_merge_size`` patches a side, rows of ``channels x temporal_patch_size`` (``patch_temporal``)
-    ``x patch_size**2``, with ``image_merge_sizes`` / ``merge_sizes`` where the forward takes them (a vision
-    tower taking ``hidden_states`` and ``grid_thw`` gets the same); then as ``(patches, C, p, p)``; then as
-    channels-last blocks of one merged token, ``(tokens, m*p, m*p, C)``, the grid counted in merged tokens
-    (Inkling 2);
-  - patches with their ``(x, y)`` (``pixel_position_ids`` / ``image_position_ids`` in the forward): ``(B, N,
-    C x p**2)`` rows of a grid of ``GRID_SIDE x pooling_kernel_size`` patches a side (Gemma 4);
-  - NaFlex patches (``spatial_shapes``);
-  - NaViT-packed images (``target_sizes`` in the forward): every image's patches in one row, ``(1, C, p, N x
-    p)``, and each image's ``(h, w)`` in patches, ``GRID_SIDE x window_kernel_size`` a side (MiniCPM-V's tower);
-  - tiles (``aspect_ratio_ids`` in the forward): ``(B, 1, max_num_tiles, C, H, W)`` of the config's first
-    ``supported_aspect_ratios``, with ``aspect_ratio_mask`` and the text's ``cross_attention_mask`` (Mllama);
-  - LLaVA-NeXT crops (``config.image_grid_pinpoints``): an image of the first pinpoint's size, with
-    ``image_sizes``;
-  - else ``(B, C, H, W)`` then ``(B, 1, C, H, W)`` (Idefics) at ``image_size`` (where the projector takes
-    only some patch counts, ``projector_patch_to_query_dict``, the square image giving the smallest: Aria),
-    each with ``image_sizes`` where the forward takes them and an all-valid ``pixel_attention_mask`` (per
-    tile, else per pixel) where ``get_image_features`` requires one; then the image as packed, then as
-    batched, flattened patches ``(B x N, C x p**2)`` / ``(B, N, C x p**2)`` (Fuyu, NeoMME), then, with a
-    ``temporal_patch_size``, as channels-last cubes of the still image ``(B x N, T, p, p, C)`` (Inkling).
-
-  Every layout also gets ``<name>_pixel_values`` at ``<name>_vision_config``'s size where the forward takes
-  them (DeepSeek-VL hybrid's high-resolution tower), and ``(B, images, C, H, W)`` images get an all-ones
-  ``image_attention_mask`` ``(B, L, images)`` where the forward takes one (Idefics). A model whose image
-  tokens are not counted (a vision tower alone) gets the first layout its forward runs on (a trial forward,
-  as for audio) among those whose batch can be read without text (not packed patches without their grid).
-  A VLM whose config leaves ``vision_config`` None (built without its tower) and whose image features fail
-  gets text alone. A forward taking ``images_per_sample`` (GLM-Image: it counts the images to generate too)
-  gets an ``ExampleInputsError`` naming it. If every layout fails, ``ExampleInputsError`` says why;
-* Hugging Face video models taking ``pixel_values_videos`` (VideoPrism, V-JEPA 2): a clip of
-  ``num_frames`` (``frames_per_clip``) frames of ``image_size`` (``crop_size``), ``(B, T, C, H, W)`` or
-  ``(B, C, T, H, W)``, the first the forward runs on;
-* Hugging Face audio: ``input_features`` of ``num_mel_bins`` (``input_feat_size``,
-  ``input_feat_per_channel``, ``feature_projection_input_dim``, ``feature_size``; in ``audio_config`` /
-  ``encoder_config`` / ``asr_config`` if there, else in a nested config) mel bins, times
-  ``num_stacked_frames`` (low-frame-rate features), ``(B, mel, 2 x max_source_positions)`` for Whisper-style
-  configs, else ``2 x n_window`` (or ``AUDIO_FRAMES``) frames as ``(B, T, mel)``, ``(B, mel, T)`` or
-  ``(B, 1, T, mel)`` (CLAP), the first the forward runs on (a trial forward in eval mode, the global RNG
-  restored), else each at the width the first ``Linear`` / ``Conv1d`` reading it takes (a forward stopped
-  there: Granite Speech 5 stacks deltas and frame pairs its config does not describe), with all-valid
-  ``input_features_mask`` / ``feature_attention_mask``; ``input_values``: a
-  spectrogram ``(B, max_length, mel)`` where the config has both (AST), raw audio for wav2vec2-style
-  ``conv_kernel``/``conv_stride`` and for codecs (``AUDIO_HOPS`` x ``hop_length`` / ``frame_size`` / the
-  product of the sampling ratios, else 1 s at ``sampling_rate``, else at 16 kHz), as ``(B, T)`` or
-  ``(B, audio_channels, T)``, again the first the forward runs on, with ``input_features`` too where the
-  forward requires both (NeuCodec). A text model's audio (``input_features`` / ``input_values`` beside
-  ``input_ids``: CLAP, Voxtral Realtime, PE Audio) is built the same way (``TEXT_LENGTH x
-  audio_length_per_tok`` frames where the config sets it). A speech-text model (``audio_token_id`` /
-  ``audio_token_index`` and a ``get_audio_features``) gets, as a VLM its image tokens, one audio token per
-  feature vector its ``get_audio_features`` returns for the first layout it counts (after its first text
-  tokens), tried first; else (nothing counts, or that forward fails) as before: where the forward does not
-  require the audio, the text alone is tried first, the audio only where that does not run.
-  ``input_ids`` of a config with ``num_codebooks`` and ``codebook_vocab_size`` are tried as
-  ``(B, L, 1 + codebooks)`` (a text column, then a code of each codebook: Kyutai) where ``(B, L)`` does not
-  run. Video frames are padded to ``max_img_size`` where the config sets it (TVP's visual prompt); a
-  video-language model whose ``video_token_id`` is unset (and has no image token) gets an
-  ``ExampleInputsError`` naming that field;
-* Hugging Face text models that need more than tokens: ``VISUAL_REGIONS`` region features of
-  ``visual_feat_dim`` with boxes in [0, 1] (``visual_feats`` / ``visual_pos``: LXMERT), ``lang_ids`` of the
-  first of ``languages`` where the config sets no ``default_language`` (X-MOD), a box in [0, 1] per token
-  where the config has a ``bbox_scale`` (BROS);
-* Hugging Face time series models taking ``past_values`` (PatchTST, PatchTSMixer, TimesFM, Autoformer,
-  Informer): ``context_length`` steps plus the longest lag, ``(B, T, C)`` or ``(B, T)``, with all-observed
-  masks and zero time features, the first the forward runs on;
-* torchvision classification models: 224 x 224 (299 for Inception v3, ``image_size`` for ViT).
-
-Anything else needs ``example_inputs=``: ``ExampleInputsError`` names the arguments it could not build, the
-model's main input (``main_input_name``) included even where the forward takes it as optional (Moonshine's
-decoder runs alone without its audio: probed so, the encoder would be left out unseen).
+``call_args`` turns what a user passes as ``example_inputs`` into ``(args, kwargs)``.
+``build_example_inputs`` makes inputs for the models it recognises (vision, text, vision-language, audio,
+speech-text, video, time series) from their config fields and forward signatures, with a private generator,
+on the model's device and dtype. What it builds for which model, and in which order it tries layouts, is in
+``docs/example-inputs.md``; anything else gets an ``ExampleInputsError`` naming the argument to pass.
 """
 
 from __future__ import annotations
