@@ -467,6 +467,44 @@ def test_packed_patches_passed_first_are_never_read_as_samples():
     before.assert_same()
 
 
+class _LengthRegulated(nn.Module):
+    """FastSpeech 2 style: an encoder layer on the tokens, then each token repeated by a duration computed
+    from its value and the batch padded to its longest sample, so the decoder stream's length depends on
+    every sample."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 6)
+        mlp = lambda: nn.Sequential(nn.Linear(6, 6), nn.GELU(), nn.Linear(6, 6))  # noqa: E731
+        self.encoder = nn.ModuleList(mlp() for _ in range(2))
+        self.decoder = nn.ModuleList(mlp() for _ in range(2))
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        for layer in self.encoder:
+            x = x + layer(x + x.mean(1, keepdim=True))  # the tokens of a sample mix, as in attention
+        frames = [row.repeat_interleave(d, dim=0) for row, d in zip(x, ids % 3 + 1)]
+        x = nn.utils.rnn.pad_sequence(frames, batch_first=True)
+        for layer in self.decoder:
+            x = x + layer(x)
+        return x
+
+
+def test_a_stream_whose_length_depends_on_the_values_asks_for_batch_dim_and_says_why():
+    # The encoder's (3, 4, 6) stream fits input dimension 0 and 1 by shape; the check pass on the first
+    # two samples pads the decoder stream to 6 frames instead of sample 2's 12: sample 1's values differ, and
+    # no dimension is confirmed per sample. batch_dim=0 says it.
+    model, ids = _LengthRegulated(), torch.tensor([[1, 0, 0, 1], [0, 0, 0, 0], [2, 2, 2, 2]])
+    before = ModelSnapshot(model)
+    with pytest.raises(BatchDimError, match=r"Input dimensions \[0(, 1)?\] fit the traced shapes, but a check pass "
+                       r".* changed sample 1 .* length depends on the values.* Pass batch_dim="):
+        apply_drop_path(model, 0.1, example_inputs=ids)
+    before.assert_same()
+    report = apply_drop_path(model, 0.1, example_inputs=ids, batch_dim=0)
+    assert [s.path for s in report.sites] == ["encoder.0.2", "encoder.1.2", "decoder.0.2", "decoder.1.2"]
+    assert report.verified is True
+
+
 def test_blocks_without_containers_are_found_by_their_twins():
     class B(nn.Module):
         def __init__(self):

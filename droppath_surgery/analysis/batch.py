@@ -262,6 +262,7 @@ def assign_batch_dims(
     meta = tensors[0].device.type == "meta"
     candidates = [0] if inputs_batch_first else [d for d in (0, 1) if d < tensors[0].ndim]
     fitting: list[tuple[int, list[int]]] = []
+    unconfirmed: list[int] = []  # dimensions the shapes fit that the sample-independence check rejected
     unsure = False  # the shapes alone did not decide
     for input_dim in candidates:
         sized = _dims_by_size(branches, probe, args, kwargs, input_dim, tensors[0].shape[input_dim])
@@ -279,6 +280,7 @@ def assign_batch_dims(
             (d, dims) for d, dims in fitting
             if batch(d) <= 1 or _samples_independent(branches, dims, recording, probe, args, kwargs, d, batch(d))
         )
+        unconfirmed = [d for d, _ in fitting]
         fitting = [found] if (found := next(independent, None)) else []
     if fitting and packed and meta and not inputs_batch_first:
         raise BatchDimError(
@@ -307,9 +309,16 @@ def assign_batch_dims(
             f"no branch can be dropped per sample. Patch the model on a real device, patch the model that holds it "
             f"(a vision-language model drops its text blocks), or pass example_inputs= whose first tensor has the batch."
         ))
+    why = ""
+    if unconfirmed:
+        why = (
+            f" Input dimensions {unconfirmed} fit the traced shapes, but a check pass on the first "
+            f"{SAMPLES_COMPARED} samples with sample 0 changed also changed sample {WATCHED_SAMPLE} of some branch "
+            f"(samples mixed, or a stream whose length depends on the values, as a duration predictor's)."
+        )
     raise BatchDimError(
         f"cannot tell which dimension of the residual stream indexes samples (tried input dimensions "
-        f"{candidates}; example input shape {tuple(tensors[0].shape)}); pass batch_dim= (0 for (N, ...) "
+        f"{candidates}; example input shape {tuple(tensors[0].shape)}).{why} Pass batch_dim= (0 for (N, ...) "
         f"layouts, 1 for sequence-first (L, N, D)), and use an example batch of at least 2 samples."
     )
 
