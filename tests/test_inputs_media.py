@@ -157,7 +157,7 @@ def test_a_video_model_whose_video_token_is_unset_gets_an_error_naming_it():
         num_query_tokens=4,
     )
     model = T.InstructBlipVideoModel(config)
-    with pytest.raises(ExampleInputsError, match=r"video_token_id is None.*set config.video_token_id"):
+    with pytest.raises(ExampleInputsError, match=r"video_token_id is None.*example_inputs= alone cannot serve.*set config.video_token_id"):
         apply_drop_path(model, 0.1)
     assert not is_patched(model)
 

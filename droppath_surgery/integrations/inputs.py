@@ -625,8 +625,8 @@ def _check_video_token(model: nn.Module, config: Any, modalities: Any, image_tok
     if frames_in_text and "video" in modalities and image_token is None and unset is not None:
         raise ExampleInputsError(
             f"{type(model).__name__}: its config's {unset} is None, so no text can hold its video frames (the "
-            f"forward looks for that token); set config.{unset} to your checkpoint's video token (its processor's), "
-            f"or pass example_inputs= with 'pixel_values' and 'input_ids'."
+            f"forward looks for that token, so example_inputs= alone cannot serve either); set config.{unset} to "
+            f"your checkpoint's video token (its processor's)."
         )
 
 
