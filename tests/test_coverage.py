@@ -216,8 +216,23 @@ def test_merges_are_followed_through_scalings_by_constants_but_not_through_other
         def forward(self, x):
             return self.f(x) + self.down(self.drop_path(x))
 
-    slots = _slots(nn.Sequential(ScaleView(0.1), DroppedShortcut(0.1)), torch.randn(2, 4, 3, 3))
-    assert {s.path: (s.calls, s.off_residual) for s in slots} == {"0.drop_path": (1, 0), "1.drop_path": (0, 1)}
+    class UnusedDrop(nn.Module):  # timm's ResNeSt without downsample: ``x = drop_path(x)`` after ``shortcut = x``
+        def __init__(self, rate):
+            super().__init__()
+            self.f = nn.Conv2d(4, 4, 1)
+            self.drop_path = DropPathStandIn(rate)  # returns its input object in eval, as timm's does
+
+        def forward(self, x):
+            shortcut = x
+            out = self.f(x)
+            x = self.drop_path(x)  # noqa: F841 - the dropped tensor is never used
+            return out + shortcut
+
+    model = nn.Sequential(ScaleView(0.1), DroppedShortcut(0.1), UnusedDrop(0.1))
+    slots = _slots(model, torch.randn(2, 4, 3, 3))
+    assert {s.path: (s.calls, s.off_residual) for s in slots} == {
+        "0.drop_path": (1, 0), "1.drop_path": (0, 1), "2.drop_path": (0, 1)
+    }
 
 
 def test_a_slot_called_twice_is_two_branches_and_each_call_is_matched():

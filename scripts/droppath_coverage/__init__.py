@@ -32,7 +32,9 @@ schedule=...)`` on the model built *without* drop path (timm ``create_model(name
   (``None`` slots set to a counting ``Identity``), its output is added to another tensor while its
   holder's call runs (followed through scaling and slicing by parameters, and through scalings by
   tensors made from parameters and buffers only, such as PoolFormer v1's ``scale.view(1, -1, 1, 1)``);
-  calls that are never (ByobNet blocks without shortcut, ResNeSt, RDNet) and slots forward never uses
+  calls that are never (ByobNet blocks without shortcut, ResNeSt, whose ``x = self.drop_path(x)`` after
+  ``shortcut = x`` is unused or feeds the shortcut's downsample: an eval slot returns its input object, so the
+  oracle follows a copy of it, RDNet) and slots forward never uses
   (EfficientNet blocks without skip) are not branches. A slot called for two branches (HF Dinov2, torchvision Swin) is two.
 * **site parity**: every engine site must be claimed exactly once, and every expected branch matched:
     - each call of a slot that is a module in the model under test (``Identity``, a DropPath) is

@@ -185,8 +185,14 @@ def native_slots(model: nn.Module, run: Callable[[nn.Module], Any]) -> list[Slot
             record = {"merged": False}
             records.append((slot, record))
             stack = tokens.get(slot.holder)
+            if isinstance(out, Tensor) and any(out is a for a in args):
+                # an eval slot returns its input object: mark a copy, so that a merge of the input
+                # itself (ResNeSt drops ``x`` after ``shortcut = x`` and adds ``shortcut``) is not
+                # taken for a merge of the slot's output
+                out = out.clone()
             if isinstance(out, Tensor) and stack:
                 watch.mark(out, record, stack[-1])
+            return out
 
         handles.append(modules[path].register_forward_hook(hook))
 

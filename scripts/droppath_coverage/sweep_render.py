@@ -149,8 +149,6 @@ def parity_cause(row: dict) -> str:
     if "patch_embed.backbone" in reason or "csatv2" in row["name"]:
         return ("engine sites where timm builds blocks without drop path (hybrid stems in `patch_embed.backbone`: "
                 "ViT-ResNet hybrids, ViTamin; CSATv2's transformer blocks)")
-    if row["family"] == "resnest":
-        return "timm's drop path is on the block input, not a residual branch (ResNeSt)"
     parts = []
     if "slots no engine site carries" in reason:
         parts.append("native slots the engine does not carry")
@@ -202,9 +200,10 @@ def timm_summary(rows: list[dict]) -> list[str]:
                          f"`{r['name']}`" for r in meta[:6]) + (" ..." if len(meta) > 6 else ""))
     if zero:
         found = sum(1 for r in zero if r["sites"])
+        families = ", ".join(sorted({r["family"] for r in zero}))
         lines.append(f"timm: {len(zero)} models take `drop_path_rate` but timm applies it to no residual branch "
-                     f"(ResNeSt drops the block input, RDNet concatenates): not counted; the engine finds residual "
-                     f"branches in {found} of them")
+                     f"({families}; ResNeSt drops the block input, which only a downsample shortcut reads): not "
+                     f"counted; the engine finds residual branches in {found} of them")
     if no_rate:
         found = sum(1 for r in no_rate if r["sites"])
         lines.append(f"timm: {len(no_rate)} models without `drop_path_rate` patched: residual branches found in "
