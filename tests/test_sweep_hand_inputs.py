@@ -1,6 +1,6 @@
 """The sweep's retry with hand-made ``example_inputs=`` (scripts/droppath_coverage/hand_inputs.py) for the
 Hugging Face types whose automatic inputs cannot be built: the zero-argument record is kept, the outcome with
-the hand inputs recorded beside it."""
+the hand inputs recorded beside it, and the rendered summary counts them apart."""
 
 from __future__ import annotations
 
@@ -13,8 +13,48 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "scripts") not in sys.path:
     sys.path.append(str(ROOT / "scripts"))  # appended: scripts/sweep.py must not shadow the package
 
-from droppath_coverage import sweep
+from droppath_coverage import sweep, sweep_render
 from training_fixtures import single_thread  # noqa: F401  (autouse: one torch thread, as the sweep)
+
+
+def _row(name, stage="", status="ok", with_inputs=None, **extra):
+    row = {"library": "hf", "name": name, "family": name, "cls": "M", "build": "tiny", "device": "cpu",
+           "params": 1, "status": status, "stage": stage, "error": "ExampleInputsError: pass example_inputs="
+           if stage == "inputs" else "", "sites": None if stage else 4, "blocks": None, "layers": 2,
+           "verified": None if stage else True, "native": None, "site_parity": None, "rate_parity": None,
+           "carried": None, "parity_reason": "", "skipped": [], "not_run": None if stage else [], "note": "",
+           "patch_s": None, "total_s": 1.0}
+    if with_inputs is not False:
+        row |= {"example_inputs": "x (2, 4) float32" if with_inputs else "", "with_inputs": with_inputs}
+    return row | extra
+
+
+def test_the_summary_counts_the_types_that_patch_and_verify_with_hand_inputs_apart():
+    rows = [
+        _row("plain"),
+        _row("a", "inputs", "failed", {"status": "ok", "build": "tiny", "sites": 5, "verified": True, "error": ""}),
+        _row("b", "inputs", "failed", {"status": "failed", "build": "tiny", "sites": None, "verified": None,
+                                       "error": "apply: BatchDimError: ..."}),
+        _row("c", "inputs", "failed", {"status": "skipped", "error": "takes an inference_session"}),
+        _row("d", "inputs", "failed", None),  # no hand inputs written for it
+        _row("e", "forward", "failed", None),  # not an inputs failure: not counted
+    ]
+    lines = sweep_render.hf_summary(rows)
+    assert lines[0].startswith("hf: **1/6 AutoModel types patched with zero arguments**")  # headline unchanged
+    line = next(x for x in lines if "example_inputs=" in x)
+    assert "1 of the 4 types that need `example_inputs=` patch and verify with them" in line
+    assert "1 fail with them, 1 skipped" in line and "1 without hand inputs" in line
+    table = "\n".join(sweep_render.sections({"hf": rows, "hf-heads": [], "timm": []}, level=2))
+    assert "## Hugging Face types that need `example_inputs=`" in table
+    assert "| a | x (2, 4) float32 | tiny | ok | 5 | yes |  |" in table
+    assert "| d | - | - | no hand inputs | - | - |  |" in table
+
+
+def test_results_of_a_sweep_before_the_retry_render_as_they_did():
+    rows = [_row("plain"), _row("a", "inputs", "failed", with_inputs=False)]  # no with_inputs key at all
+    assert not any("example_inputs=" in line for line in sweep_render.hf_summary(rows))
+    text = "\n".join(sweep_render.sections({"hf": rows, "hf-heads": [], "timm": []}, level=2))
+    assert "types that need `example_inputs=`" not in text
 
 
 def test_a_type_without_automatic_inputs_is_retried_with_its_hand_inputs():
