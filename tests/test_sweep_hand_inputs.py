@@ -84,3 +84,17 @@ def test_hand_inputs_that_do_not_run_are_recorded_not_raised(monkeypatch):
     monkeypatch.setitem(hand_inputs.SKIPPED, "decision_transformer", "no tensors serve it")
     res = sweep.sweep_hf("decision_transformer")
     assert res.with_inputs == {"status": "skipped", "error": "no tensors serve it"} and res.example_inputs == ""
+
+
+def test_a_retry_that_runs_out_of_time_keeps_the_zero_argument_record(monkeypatch):
+    pytest.importorskip("transformers")
+    from droppath_coverage import hand_inputs
+    from droppath_coverage.runner import Timeout
+
+    def slow(config, model):
+        raise Timeout("timed out after 100 s")  # what the worker's time limit raises in the middle of the retry
+
+    monkeypatch.setitem(hand_inputs.BUILDERS, "decision_transformer", slow)
+    res = sweep.sweep_hf("decision_transformer")
+    assert (res.status, res.stage) == ("failed", "inputs") and res.error.startswith("ExampleInputsError")
+    assert res.with_inputs["status"] == "failed" and res.with_inputs["error"] == "timeout: timed out after 100 s"

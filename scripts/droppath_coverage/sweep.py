@@ -1146,10 +1146,11 @@ def sweep_hf(model_type: str, library: str = "hf") -> Result:
                     model = model_cls(cfg)
                     inputs = hand_inputs.BUILDERS[model_type](cfg, model)
                     res.example_inputs = hand_inputs.describe(inputs, hand_inputs.NOTES.get(model_type, ""))
+                    patch(retry, model, example_inputs=inputs)
+                except Timeout as exc:  # the row's time ran out in the retry: the zero-argument record is kept
+                    retry.status, retry.stage, retry.error = "failed", "timeout", str(exc)
                 except Exception as exc:  # noqa: BLE001 - the hand inputs' own failure is the outcome
                     retry.status, retry.stage, retry.error = "failed", "inputs", first_line(exc)
-                else:
-                    patch(retry, model, example_inputs=inputs)
                 if retry.stage:
                     errors.append(f"{level}: {retry.stage}: {retry.error}")
                 res.with_inputs = {"status": retry.status, "build": level, "sites": retry.sites,
