@@ -131,6 +131,11 @@ class Result:
     skipped: list[str] = field(default_factory=list)  # the engine's skipped branches, reasons counted
     not_run: list[str] | None = None  # stacks of repeated blocks the automatic inputs never ran (report.not_run)
     note: str = ""  # hf: outcome of a retry with use_cache=False, fallbacks tried, ...
+    # hf, after a stage-'inputs' failure: the hand-made inputs passed as example_inputs= (hand_inputs.py),
+    # described, and the outcome with them ({status, sites, verified, not_run, error}; status "skipped" with
+    # the reason where no inputs can serve). The fields above keep the zero-argument outcome.
+    example_inputs: str = ""
+    with_inputs: dict | None = None
     patch_s: float | None = None
     total_s: float | None = None
 
@@ -1119,6 +1124,42 @@ def sweep_hf(model_type: str, library: str = "hf") -> Result:
         outcome = (f"{retry.sites} sites, verified {retry.verified}" if again is not None
                    else f"{retry.error}")
         res.note = "; ".join(p for p in (res.note, f"with use_cache=False: {outcome}") if p)
+    if done is None and res.stage == "inputs":
+        # what the error tells a user to do: the type's hand-made inputs (hand_inputs.py) as example_inputs=,
+        # on a fresh model of this config and, where they do not run on it, of the consistent tiny config (the
+        # sweep keeps the plain tiny one when no level makes automatic inputs); the zero-argument fields stay
+        from . import hand_inputs
+
+        if model_type in hand_inputs.SKIPPED:
+            res.with_inputs = {"status": "skipped", "error": hand_inputs.SKIPPED[model_type]}
+        elif model_type in hand_inputs.BUILDERS:
+            configs = [(res.build, config)]
+            if res.build == "tiny":
+                configs.append(("tiny, consistent", lambda: config.__class__(
+                    **shrink_overrides(config.__class__(), _TINY, consistent=True))))
+            errors = []  # each level's failure, said together where none patches
+            for level, make in configs:
+                retry = Result(library, model_type)
+                try:
+                    torch.manual_seed(0)
+                    cfg = make() if callable(make) else make
+                    model = model_cls(cfg)
+                    inputs = hand_inputs.BUILDERS[model_type](cfg, model)
+                    res.example_inputs = hand_inputs.describe(inputs, hand_inputs.NOTES.get(model_type, ""))
+                    patch(retry, model, example_inputs=inputs)
+                except Timeout as exc:  # the row's time ran out in the retry: the zero-argument record is kept
+                    retry.status, retry.stage, retry.error = "failed", "timeout", str(exc)
+                except Exception as exc:  # noqa: BLE001 - the hand inputs' own failure is the outcome
+                    retry.status, retry.stage, retry.error = "failed", "inputs", first_line(exc)
+                if retry.stage:
+                    errors.append(f"{level}: {retry.stage}: {retry.error}")
+                res.with_inputs = {"status": retry.status, "build": level, "sites": retry.sites,
+                                   "verified": retry.verified, "not_run": retry.not_run,
+                                   "error": "" if not retry.stage else f"{retry.stage}: {retry.error}"
+                                   if len(errors) == 1 else " | ".join(errors),
+                                   "patch_s": None if retry.patch_s is None else round(retry.patch_s, 3)}
+                if retry.stage not in ("inputs", "forward"):  # patched, or the engine's own failure
+                    break
     if done is None:
         if res.stage == "forward" and DEFAULT_DOES_NOT_RUN in tried:  # not the shrink's doing
             res.error = f"{DEFAULT_DOES_NOT_RUN}: {res.error}"

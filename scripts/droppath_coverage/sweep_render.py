@@ -234,6 +234,9 @@ def hf_summary(rows: list[dict]) -> list[str]:
             f"path there: the report's `not_run` and a warning say so"
             + (": " + ", ".join(f"`{r['name']}` ({len(r['not_run'])})" for r in partial) if partial else "")
         )
+    line = hand_inputs_line(rows)
+    if line:
+        lines.append(line)
     cache = [r for r in rows if "with use_cache=False" in r["note"]]
     if cache:
         fixed = [r for r in cache if "verified True" in r["note"].rpartition("with use_cache=False")[2]]
@@ -242,6 +245,45 @@ def hf_summary(rows: list[dict]) -> list[str]:
         lines.append(f"hf: of the {len(cache)} failed types whose config has `use_cache=True`, {len(fixed)} patch and "
                      f"verify when it is False{which}")
     return lines
+
+
+def _needs_inputs(rows: list[dict]) -> list[dict]:
+    """The rows whose automatic inputs could not be built (stage 'inputs'), where the sweep recorded the retry
+    with hand-made ones (rows of a sweep before that have no ``with_inputs`` key: none is shown for them)."""
+    return [r for r in rows if r["stage"] == "inputs" and "with_inputs" in r]
+
+
+def hand_inputs_line(rows: list[dict]) -> str:
+    """The summary line of the retries with hand-made ``example_inputs=``; empty where no row records them."""
+    need = _needs_inputs(rows)
+    if not need:
+        return ""
+    outcome = [r.get("with_inputs") or {} for r in need]
+    ok = [r for r, w in zip(need, outcome) if w.get("status") == "ok" and w.get("verified")]
+    skipped = sum(w.get("status") == "skipped" for w in outcome)
+    failed = sum(w.get("status") == "failed" or (w.get("status") == "ok" and not w.get("verified")) for w in outcome)
+    return (f"hf: {len(ok)} of the {len(need)} types that need `example_inputs=` patch and verify with them "
+            f"(inputs written by hand in `scripts/droppath_coverage/hand_inputs.py`, passed as the error says; "
+            f"{failed} fail with them, {skipped} skipped as no tensors serve them, {len(need) - len(ok) - failed - skipped} "
+            f"without hand inputs); not counted above")
+
+
+def hand_inputs_table(rows: list[dict], h: str) -> list[str]:
+    """The types that need ``example_inputs=``: what was passed and the outcome."""
+    need = _needs_inputs(rows)
+    if not need:
+        return []
+    out = ["", f"{h} Hugging Face types that need `example_inputs=`", "",
+           ("The types whose automatic inputs cannot be built (their row above: stage `inputs`), patched again with "
+            "inputs written by hand (`scripts/droppath_coverage/hand_inputs.py`) as "
+            "`apply_drop_path(model, 0.1, example_inputs=...)`; *build*: the config level they ran at."), "",
+           "| model type | example_inputs | build | status | sites | verified | why not |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(need, key=lambda r: r["name"]):
+        w = r.get("with_inputs") or {}
+        status = w.get("status", "no hand inputs")
+        out.append(f"| {r['name']} | {_cell(r.get('example_inputs') or '-')} | {_cell(w.get('build'))} | {status} | "
+                   f"{_cell(w.get('sites'))} | {_cell(w.get('verified'))} | {_cell((w.get('error') or '')[:200])} |")
+    return out
 
 
 def heads_summary(heads: list[dict], types: list[dict]) -> list[str]:
@@ -399,6 +441,7 @@ def sections(rows: dict[str, list[dict]], level: int) -> list[str]:
             "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows["hf"], key=lambda r: r["name"]):
         out.append(_hf_row(r))
+    out += hand_inputs_table(rows["hf"], h)
     if rows["hf-heads"]:
         base = {r["name"]: r for r in rows["hf"]}
         out += ["", f"{h} Hugging Face task heads", "",
