@@ -145,16 +145,27 @@ class Plan:
 
 
 def _no_branch_error(model: nn.Module, analysis: Analysis) -> NoResidualBranchError:
-    extra = ""
-    if analysis.left_out:
-        extra = f" ({len(analysis.left_out)} residual merges were ignored: " + "; ".join(
-            f"{p}: {why}" for p, why in analysis.left_out[:3]
-        ) + ")"
     unrun = f" ({', '.join(analysis.unrun[:3])} did not run)" if analysis.unrun else ""
+    if not analysis.left_out:
+        return NoResidualBranchError(
+            f"found no residual branch in {type(model).__name__}: drop path needs repeated blocks of the form "
+            f"x = x + f(x) with a non-linear f. If the model has them but they did not run on the example "
+            f"inputs{unrun}, pass example_inputs= that exercise them."
+        )
+    by_reason: dict[str, list[str]] = {}  # one line per reason, its branch ends listed once each
+    for path, why in analysis.left_out:
+        paths = by_reason.setdefault(why, [])
+        if path not in paths:
+            paths.append(path)
+    reasons = "; ".join(
+        f"{why} ({', '.join(paths[:3])}{f' and {len(paths) - 3} more' if len(paths) > 3 else ''})"
+        for why, paths in by_reason.items()
+    )
+    more = f" If other blocks did not run on the example inputs{unrun}, pass example_inputs= that exercise them." if unrun else ""
     return NoResidualBranchError(
-        f"found no residual branch in {type(model).__name__}{extra}: drop path needs repeated blocks "
-        f"of the form x = x + f(x) with a non-linear f. If the model has them but they did not run "
-        f"on the example inputs{unrun}, pass example_inputs= that exercise them."
+        f"found {len(analysis.left_out)} residual merges in {type(model).__name__} but no residual branch that "
+        f"can carry drop path: {reasons}. Drop path needs repeated blocks of the form x = x + f(x) with a "
+        f"non-linear f whose samples it can drop one by one.{more}"
     )
 
 

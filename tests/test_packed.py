@@ -178,8 +178,11 @@ def test_boundaries_the_attention_does_not_keep_apart_are_not_taken_as_samples()
         apply_drop_path(model, 0.3, example_inputs={"lengths": LENGTHS, "patches": _inputs()[0]})
     snapshot.assert_same()
     # Patches first: their rows would pass as a batch, but the boundaries show they are not samples.
-    with pytest.raises(NoResidualBranchError, match="blocks.0.attn: the branch runs on a packed stream .*did not confirm"):
+    with pytest.raises(NoResidualBranchError, match=r"residual merges in _Tower but no residual branch that can carry "
+                       r"drop path: the branch runs on a packed stream .*did not confirm.* \(blocks\.0\.attn, ") as err:
         apply_drop_path(model, 0.3, example_inputs=_inputs())
+    assert str(err.value).count("blocks.0.attn,") == 1  # each reason once, each branch end once under it
+    assert "did not run" not in str(err.value)  # every block ran: no hint that some did not
     snapshot.assert_same()
 
 
