@@ -552,6 +552,46 @@ def _audio_key(params: Any, main: str) -> str | None:
     return None
 
 
+def _audio_tower(model: nn.Module, key: str) -> Any:
+    """The model's audio tower as a function of keyword arguments: the first submodule whose ``main_input_name``
+    is the audio argument ``key``, called with its forward's signature, returning its ``last_hidden_state``
+    (its frames, not a pooled vector); None if no submodule takes ``key``."""
+    tower = next((m for name, m in model.named_modules() if name and getattr(m, "main_input_name", None) == key), None)
+    if tower is None:
+        return None
+
+    def frames(**kwargs: Any) -> Any:
+        out = tower(**kwargs)
+        hidden = getattr(out, "last_hidden_state", None)
+        return hidden if isinstance(hidden, Tensor) else out
+
+    frames.__signature__ = inspect.signature(tower.forward)  # type: ignore[attr-defined]
+    return frames
+
+
+def _count_audio_tokens(model: nn.Module, params: Any, main: str,
+                        media: list[dict[str, Tensor]]) -> tuple[list[int] | None, dict[str, Tensor]]:
+    """Audio tokens of each sample of a speech-text model and the audio layout they were counted on: the
+    feature vectors its ``get_audio_features`` returns (given the inputs it names, then, where it takes
+    ``**kwargs``, all of them: a head's wrapper naming fewer than the model's), else (missing, or failing on
+    every layout: Qwen2-Audio, Music Flamingo) the frames its audio tower returns; each counter on every layout
+    with its audio. ``(None, {})`` where nothing counts."""
+    key = _audio_key(params, main)
+    layouts = [m for m in media if key in m]
+    get_audio = getattr(model, "get_audio_features", None)
+    counters = [get_audio] if callable(get_audio) else []
+    if counters and any(p.kind is p.VAR_KEYWORD for p in inspect.signature(get_audio).parameters.values()):
+        counters.append(lambda **kwargs: get_audio(**kwargs))  # every input, the unnamed ones through its **kwargs
+    counters += [f for f in (_audio_tower(model, key),) if f is not None]
+    for fn in counters:
+        for layout in layouts:
+            try:
+                return _count_features(fn, layout), layout
+            except Exception:  # noqa: BLE001, S112 - not this counter or layout: the next one is tried
+                continue
+    return None, {}
+
+
 def _audio_candidates(config: Any, params: Any, main: str, device: torch.device, dtype: torch.dtype,
                       gen: torch.Generator) -> list[dict[str, Tensor]]:
     """Audio inputs in the layouts the config allows (the forward picks one: see ``_first_running``); [] when
@@ -592,6 +632,9 @@ def _feature_candidates(config: Any, audio: Any, params: Any, beside_text: bool,
     channels_first = spectrogram.transpose(1, 2).contiguous()
     layouts = [channels_first] if whisper and not per_token else [spectrogram, channels_first, spectrogram[:, None]]
     masks = {k: torch.ones(EXAMPLE_BATCH, frames, dtype=torch.long, device=device) for k in _FEATURE_MASKS if k in params}
+    chunk = _field(config, "audio_chunk_size") or _field(audio, "audio_chunk_size")
+    if "padding_mask" in params and isinstance(chunk, int) and chunk > 0:  # the raw audio's valid samples, one
+        masks["padding_mask"] = torch.ones(EXAMPLE_BATCH, chunk, dtype=torch.long, device=device)  # window a sample
     return [{"input_features": x, **masks} for x in layouts]
 
 
@@ -832,17 +875,11 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
         # tokens), the audio where the forward does not run without it; the audio's error if neither runs
         media, fallback = [{}, *media], 1
     audio_token, audio_tokens, audio = _field(config, *_AUDIO_TOKEN), None, {}
-    get_audio: Any = getattr(model, "get_audio_features", None)
-    if media and main == "input_ids" and image_tokens is None and audio_token is not None and callable(get_audio):
+    if media and main == "input_ids" and image_tokens is None and audio_token is not None:
         # a speech-text model: as many audio tokens as its get_audio_features returns, in the first layout it
-        # takes; where none counts, as before (its audio tower then unrun, which the engine reports)
-        for layout in (m for m in media if _audio_key(params, main) in m):
-            try:
-                audio_tokens = _count_features(get_audio, layout)
-                audio = layout
-                break
-            except Exception:  # noqa: BLE001, S112 - not this layout: the next one is tried
-                continue
+        # takes, else as many as its audio tower returns; where none counts, as before (its audio tower then
+        # unrun, which the engine reports)
+        audio_tokens, audio = _count_audio_tokens(model, params, main, media)
     if media:
         kwargs.update(audio or media[0])
     if takes_ids and (main == "input_ids" or "pixel_values" in kwargs or "pixel_values_videos" in kwargs):
