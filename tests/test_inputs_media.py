@@ -108,6 +108,18 @@ def test_a_speech_text_model_whose_audio_features_need_the_raw_audio_mask_gets_o
     assert any(".audio_tower.layers." in f".{s.path}" for s in report.sites) and report.not_run == ()
 
 
+def test_a_mel_spectrogram_named_audio_mel_gets_an_all_valid_padding_mask():
+    # Gemma 3n's audio encoder takes audio_mel (B, T, input_feat_size) and audio_mel_mask, True at padding.
+    config = T.Gemma3nAudioConfig(input_feat_size=16, hidden_size=32, conf_num_attention_heads=4,
+                                  conf_num_hidden_layers=2, sscp_conv_channel_size=[8, 4])
+    model = T.Gemma3nAudioEncoder(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["audio_mel"].shape == (2, 64, 16)
+    assert kwargs["audio_mel_mask"].shape == (2, 64) and not kwargs["audio_mel_mask"].any()
+    report = _patch(model)
+    assert len(report.sites) > 0 and report.not_run == ()
+
+
 def test_a_text_model_that_requires_a_waveform_gets_one():
     # PE Audio takes input_values beside its text (1 s at 16 kHz, as its encoder alone), as (B, 1, T).
     config = T.PeAudioConfig(

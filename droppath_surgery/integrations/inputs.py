@@ -599,6 +599,8 @@ def _audio_candidates(config: Any, params: Any, main: str, device: torch.device,
     encoder: NeuCodec, XCodec2) gets both, each in every layout."""
     key = _audio_key(params, main)
     audio = _field(config, "audio_config", "encoder_config", "asr_config") or config
+    if main == "audio_mel" and main in params:
+        return _mel_candidates(audio, params, device, dtype, gen)
     if key == "input_features":
         return _feature_candidates(config, audio, params, key != main, device, dtype, gen)
     if key != "input_values":
@@ -608,6 +610,19 @@ def _audio_candidates(config: Any, params: Any, main: str, device: torch.device,
         features = _feature_candidates(config, audio, params, False, device, dtype, gen)
         return [{**w, **f} for w in waves for f in features]
     return waves
+
+
+def _mel_candidates(audio: Any, params: Any, device: torch.device, dtype: torch.dtype,
+                    gen: torch.Generator) -> list[dict[str, Tensor]]:
+    """``audio_mel`` (Gemma 3n's audio encoder): ``AUDIO_FRAMES`` frames of the config's mel bins, ``(B, T, mel)``,
+    with an all-False ``audio_mel_mask`` ``(B, T)`` (True marks padding); [] when the config names no mel bins."""
+    mel = _deep_field(audio, *_MEL)
+    if not mel:
+        return []
+    out = {"audio_mel": torch.randn(EXAMPLE_BATCH, AUDIO_FRAMES, mel, generator=gen).to(device, dtype)}
+    if "audio_mel_mask" in params:
+        out["audio_mel_mask"] = torch.zeros(EXAMPLE_BATCH, AUDIO_FRAMES, dtype=torch.bool, device=device)
+    return [out]
 
 
 def _feature_candidates(config: Any, audio: Any, params: Any, beside_text: bool, device: torch.device,
