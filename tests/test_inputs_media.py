@@ -255,3 +255,31 @@ def test_a_model_that_scales_normalized_boxes_gets_a_box_per_token():
     boxes = kwargs["bbox"]
     assert boxes.shape == (*kwargs["input_ids"].shape, 4) and bool((boxes >= 0).all() and (boxes <= 1).all())
     _patch(model)
+
+
+def test_a_codec_decoder_alone_gets_continuous_latents_of_its_width():
+    # Mimi's decoder takes latents (B, hidden_size, frames), as MimiModel.decode computes them.
+    config = T.MimiDecoderConfig(hidden_size=32, upsample_groups=32, num_hidden_layers=1, intermediate_size=64,
+                                 num_attention_heads=4, num_key_value_heads=4, head_dim=8, num_filters=4,
+                                 upsampling_ratios=[4, 2])
+    model = T.MimiDecoderModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["latents"].shape == (2, 32, 4)
+    report = _patch(model)
+    assert len(report.sites) > 0 and report.not_run == ()
+
+
+def test_a_codec_encoder_or_decoder_whose_forward_names_hidden_states_gets_a_waveform_or_latents():
+    # VibeVoice's acoustic tokenizer halves: main_input_name input_values, but the forward takes hidden_states,
+    # a waveform (B, channels, T) for the encoder, latents (B, hidden_size, frames) for the decoder.
+    small = dict(hidden_size=16, num_filters=4, downsampling_ratios=[2, 4], depths=[1, 1, 1])
+    encoder = T.VibeVoiceAcousticTokenizerEncoderModel(T.VibeVoiceAcousticTokenizerEncoderConfig(**small))
+    _, kwargs = build_example_inputs(encoder)
+    assert kwargs["hidden_states"].shape == (2, 1, 4 * 8)
+    report = _patch(encoder)
+    assert len(report.sites) > 0 and report.not_run == ()
+    decoder = T.VibeVoiceAcousticTokenizerDecoderModel(T.VibeVoiceAcousticTokenizerDecoderConfig(**small))
+    _, kwargs = build_example_inputs(decoder)
+    assert kwargs["hidden_states"].shape == (2, 16, 4)
+    report = _patch(decoder)
+    assert len(report.sites) > 0 and report.not_run == ()

@@ -601,6 +601,13 @@ def _audio_candidates(config: Any, params: Any, main: str, device: torch.device,
     audio = _field(config, "audio_config", "encoder_config", "asr_config") or config
     if main == "audio_mel" and main in params:
         return _mel_candidates(audio, params, device, dtype, gen)
+    if main == "latents" and main in params:  # a codec's decoder alone
+        return _latent_candidates(audio, main, device, dtype, gen)
+    if main == "input_values" and main not in params and "hidden_states" in _required(params):
+        # a codec's encoder or decoder alone whose forward names its input hidden_states (VibeVoice's): a
+        # waveform (an encoder's), then latents (a decoder's), the first the forward runs on
+        waves = [{"hidden_states": w["input_values"]} for w in _wave_candidates(audio, device, dtype, gen)]
+        return waves + _latent_candidates(audio, "hidden_states", device, dtype, gen)
     if key == "input_features":
         return _feature_candidates(config, audio, params, key != main, device, dtype, gen)
     if key != "input_values":
@@ -671,6 +678,21 @@ def _wave_candidates(audio: Any, device: torch.device, dtype: torch.dtype, gen: 
     channels = _field(audio, "audio_channels", "channels") or 1
     multi = wave.unsqueeze(1).expand(-1, channels, -1).contiguous()
     return [{"input_values": wave}, {"input_values": multi}] if channels == 1 else [{"input_values": multi}]
+
+
+_LATENT_WIDTHS = ("hidden_size", "latent_dim", "vae_dim")  # the channels of a codec's continuous latents
+
+
+def _latent_candidates(audio: Any, key: str, device: torch.device, dtype: torch.dtype,
+                       gen: torch.Generator) -> list[dict[str, Tensor]]:
+    """Continuous latents of a codec's decoder, ``AUDIO_HOPS`` frames: for each width among the config's
+    ``_LATENT_WIDTHS``, channels first ``(B, width, T)`` then channels last ``(B, T, width)``; [] without one."""
+    widths = dict.fromkeys(w for w in (_field(audio, n) for n in _LATENT_WIDTHS) if isinstance(w, int) and w > 0)
+    out = []
+    for width in widths:
+        latents = torch.randn(EXAMPLE_BATCH, width, AUDIO_HOPS, generator=gen).to(device, dtype)
+        out += [{key: latents}, {key: latents.transpose(1, 2).contiguous()}]
+    return out
 
 
 _VIDEO_TOKEN = ("video_token_id", "video_token_index")
