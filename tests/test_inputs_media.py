@@ -283,3 +283,19 @@ def test_a_codec_encoder_or_decoder_whose_forward_names_hidden_states_gets_a_wav
     assert kwargs["hidden_states"].shape == (2, 16, 4)
     report = _patch(decoder)
     assert len(report.sites) > 0 and report.not_run == ()
+
+
+def test_a_codec_gets_a_feature_frame_per_hop_of_its_waveform():
+    # XCodec2 concatenates its semantic encoder's frames (from input_features) with its acoustic encoder's (from
+    # the waveform, one a hop): the features get as many frames as the waveform has hops.
+    config = T.Xcodec2Config(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4,
+        head_dim=8, encoder_hidden_size=8, downsampling_ratios=[2, 4], quantization_dim=64,
+        semantic_model_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                                   output_hidden_size=32, feature_projection_input_dim=16),
+    )
+    model = T.Xcodec2Model(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["input_values"].shape == (2, 1, 4 * 8) and kwargs["input_features"].shape == (2, 4, 16)
+    report = _patch(model)
+    assert {"acoustic_encoder", "semantic_encoder"} <= _stacks(report) and report.not_run == ()

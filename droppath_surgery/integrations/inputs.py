@@ -613,8 +613,9 @@ def _audio_candidates(config: Any, params: Any, main: str, device: torch.device,
     if key != "input_values":
         return []
     waves = _wave_candidates(audio, device, dtype, gen)
-    if "input_features" in _required(params):
-        features = _feature_candidates(config, audio, params, False, device, dtype, gen)
+    if "input_features" in _required(params):  # features of a frame per hop of the waveform (a codec's)
+        hops = AUDIO_HOPS if _codec_hop(audio) and not _has(audio, "conv_kernel", "conv_stride") else None
+        features = _feature_candidates(config, audio, params, False, device, dtype, gen, frames=hops)
         return [{**w, **f} for w in waves for f in features]
     return waves
 
@@ -633,7 +634,7 @@ def _mel_candidates(audio: Any, params: Any, device: torch.device, dtype: torch.
 
 
 def _feature_candidates(config: Any, audio: Any, params: Any, beside_text: bool, device: torch.device,
-                        dtype: torch.dtype, gen: torch.Generator) -> list[dict[str, Tensor]]:
+                        dtype: torch.dtype, gen: torch.Generator, frames: int | None = None) -> list[dict[str, Tensor]]:
     """``input_features``: a spectrogram of the config's mel bins (times ``num_stacked_frames``, low-frame-rate
     features: Fun-ASR), in the layouts the forward may take; [] when the config names no mel bins."""
     mel = _deep_field(audio, *_MEL)
@@ -644,9 +645,9 @@ def _feature_candidates(config: Any, audio: Any, params: Any, beside_text: bool,
     # model adding an audio frame to each token (Voxtral Realtime) audio_length_per_tok frames a token
     whisper = _field(audio, "max_source_positions") if _has(audio, "num_mel_bins") else None
     per_token = _field(config, "audio_length_per_tok") if beside_text else None
-    if per_token:
+    if per_token and not frames:
         frames = TEXT_LENGTH * per_token
-    else:
+    elif not frames:  # (given: as many as the codec's waveform beside them has hops)
         frames = 2 * whisper if whisper else 2 * (_field(audio, "n_window") or AUDIO_FRAMES // 2)
     spectrogram = torch.randn(EXAMPLE_BATCH, frames, mel, generator=gen).to(device, dtype)
     # Whisper-style: (B, mel, T); others (B, T, mel), (B, mel, T) or one-channel (B, 1, T, mel) (CLAP), whichever
@@ -660,6 +661,12 @@ def _feature_candidates(config: Any, audio: Any, params: Any, beside_text: bool,
     return [{"input_features": x, **masks} for x in layouts]
 
 
+def _codec_hop(audio: Any) -> int | None:
+    """A codec's samples a frame: ``hop_length`` / ``frame_size``, else the product of its stages' strides."""
+    ratios = _field(audio, "downsampling_ratios", "upsampling_ratios", "patch_sizes")  # strides of its stages
+    return _field(audio, "hop_length", "frame_size") or (int(torch.tensor(ratios).prod()) if ratios else None)
+
+
 def _wave_candidates(audio: Any, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> list[dict[str, Tensor]]:
     """``input_values``: a spectrogram ``(B, max_length, mel)`` where the config has both (AST), else raw audio
     as ``(B, T)`` or ``(B, channels, T)``."""
@@ -670,8 +677,7 @@ def _wave_candidates(audio: Any, device: torch.device, dtype: torch.dtype, gen: 
     if _has(audio, "conv_kernel", "conv_stride"):  # wav2vec2, HuBERT: raw audio
         samples = _audio_samples(audio)
     else:  # codecs: a few frames of their hop (or 1 s at their sampling rate, else at SPEECH_RATE)
-        ratios = _field(audio, "downsampling_ratios", "upsampling_ratios", "patch_sizes")  # strides of its stages
-        hop = _field(audio, "hop_length", "frame_size") or (int(torch.tensor(ratios).prod()) if ratios else None)
+        hop = _codec_hop(audio)
         rate = _field(audio, "sampling_rate") or SPEECH_RATE
         samples = AUDIO_HOPS * hop if hop else rate
     wave = torch.randn(EXAMPLE_BATCH, samples, generator=gen).to(device, dtype)
