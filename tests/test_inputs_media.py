@@ -57,16 +57,67 @@ def test_a_speech_text_model_gets_one_audio_token_per_audio_feature_and_its_towe
     assert report.not_run == ()
 
 
-def test_a_text_model_whose_audio_is_optional_keeps_its_text_alone():
-    # Qwen2-Audio runs on text alone (it has no get_audio_features to count its audio tokens): no audio.
+def test_a_speech_text_model_without_get_audio_features_counts_its_tokens_on_its_audio_tower():
+    # Qwen2-Audio has no get_audio_features: its audio tower (the submodule whose main input is input_features)
+    # gives the count, one audio token per frame it returns, and the tower then runs.
     config = T.Qwen2AudioConfig(
-        audio_config=dict(d_model=32, encoder_layers=1, encoder_attention_heads=4, encoder_ffn_dim=64,
+        audio_config=dict(d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
                           num_mel_bins=16, max_source_positions=16),
         text_config=dict(SMALL, model_type="qwen2", vocab_size=99, num_key_value_heads=2),
         audio_token_index=98,
     )
-    _, kwargs = build_example_inputs(T.Qwen2AudioForConditionalGeneration(config))
-    assert "input_features" not in kwargs and kwargs["input_ids"].shape == (2, 12)
+    model = T.Qwen2AudioForConditionalGeneration(config)
+    _, kwargs = build_example_inputs(model)
+    with torch.no_grad():
+        frames = model.model.audio_tower(kwargs["input_features"]).last_hidden_state.shape[1]
+    assert ((kwargs["input_ids"] == 98).sum(1) == frames).all()
+    report = _patch(model)
+    assert any(".audio_tower.layers." in f".{s.path}" for s in report.sites) and report.not_run == ()
+
+
+def test_a_get_audio_features_that_needs_the_text_falls_back_to_the_audio_tower():
+    # Music Flamingo's get_audio_features also takes input_ids (for its rotary time stamps), which no audio
+    # layout holds: the count comes from its audio tower.
+    config = T.MusicFlamingoConfig(
+        audio_config=dict(model_type="musicflamingo_encoder", hidden_size=32, intermediate_size=64,
+                          num_hidden_layers=1, num_attention_heads=4, num_mel_bins=16, max_source_positions=16),
+        text_config=dict(SMALL, model_type="qwen2", vocab_size=99, num_key_value_heads=2),
+        audio_token_id=98,
+    )
+    model = T.MusicFlamingoForConditionalGeneration(config)
+    _, kwargs = build_example_inputs(model)
+    assert "input_features" in kwargs and bool((kwargs["input_ids"] == 98).any())
+    report = _patch(model)
+    assert any(".audio_tower.layers." in f".{s.path}" for s in report.sites) and report.not_run == ()
+
+
+def test_a_speech_text_model_whose_audio_features_need_the_raw_audio_mask_gets_one():
+    # MOSS Transcribe-Diarize's get_audio_features requires padding_mask, the raw audio's valid samples of one
+    # audio_chunk_size window a sample: with it the audio tokens are counted and the audio tower runs.
+    config = T.MossTranscribeDiarizeConfig(
+        audio_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                          num_mel_bins=16, max_source_positions=16),
+        text_config=dict(SMALL, vocab_size=99, num_key_value_heads=2, head_dim=8),
+        audio_token_id=98, audio_chunk_size=640,
+    )
+    model = T.MossTranscribeDiarizeForConditionalGeneration(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["padding_mask"].shape == (2, 640)
+    assert ((kwargs["input_ids"] == 98).sum(1) == 16 // config.audio_merge_size).all()
+    report = _patch(model)
+    assert any(".audio_tower.layers." in f".{s.path}" for s in report.sites) and report.not_run == ()
+
+
+def test_a_mel_spectrogram_named_audio_mel_gets_an_all_valid_padding_mask():
+    # Gemma 3n's audio encoder takes audio_mel (B, T, input_feat_size) and audio_mel_mask, True at padding.
+    config = T.Gemma3nAudioConfig(input_feat_size=16, hidden_size=32, conf_num_attention_heads=4,
+                                  conf_num_hidden_layers=2, sscp_conv_channel_size=[8, 4])
+    model = T.Gemma3nAudioEncoder(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["audio_mel"].shape == (2, 64, 16)
+    assert kwargs["audio_mel_mask"].shape == (2, 64) and not kwargs["audio_mel_mask"].any()
+    report = _patch(model)
+    assert len(report.sites) > 0 and report.not_run == ()
 
 
 def test_a_text_model_that_requires_a_waveform_gets_one():
@@ -204,3 +255,47 @@ def test_a_model_that_scales_normalized_boxes_gets_a_box_per_token():
     boxes = kwargs["bbox"]
     assert boxes.shape == (*kwargs["input_ids"].shape, 4) and bool((boxes >= 0).all() and (boxes <= 1).all())
     _patch(model)
+
+
+def test_a_codec_decoder_alone_gets_continuous_latents_of_its_width():
+    # Mimi's decoder takes latents (B, hidden_size, frames), as MimiModel.decode computes them.
+    config = T.MimiDecoderConfig(hidden_size=32, upsample_groups=32, num_hidden_layers=1, intermediate_size=64,
+                                 num_attention_heads=4, num_key_value_heads=4, head_dim=8, num_filters=4,
+                                 upsampling_ratios=[4, 2])
+    model = T.MimiDecoderModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["latents"].shape == (2, 32, 4)
+    report = _patch(model)
+    assert len(report.sites) > 0 and report.not_run == ()
+
+
+def test_a_codec_encoder_or_decoder_whose_forward_names_hidden_states_gets_a_waveform_or_latents():
+    # VibeVoice's acoustic tokenizer halves: main_input_name input_values, but the forward takes hidden_states,
+    # a waveform (B, channels, T) for the encoder, latents (B, hidden_size, frames) for the decoder.
+    small = dict(hidden_size=16, num_filters=4, downsampling_ratios=[2, 4], depths=[1, 1, 1])
+    encoder = T.VibeVoiceAcousticTokenizerEncoderModel(T.VibeVoiceAcousticTokenizerEncoderConfig(**small))
+    _, kwargs = build_example_inputs(encoder)
+    assert kwargs["hidden_states"].shape == (2, 1, 4 * 8)
+    report = _patch(encoder)
+    assert len(report.sites) > 0 and report.not_run == ()
+    decoder = T.VibeVoiceAcousticTokenizerDecoderModel(T.VibeVoiceAcousticTokenizerDecoderConfig(**small))
+    _, kwargs = build_example_inputs(decoder)
+    assert kwargs["hidden_states"].shape == (2, 16, 4)
+    report = _patch(decoder)
+    assert len(report.sites) > 0 and report.not_run == ()
+
+
+def test_a_codec_gets_a_feature_frame_per_hop_of_its_waveform():
+    # XCodec2 concatenates its semantic encoder's frames (from input_features) with its acoustic encoder's (from
+    # the waveform, one a hop): the features get as many frames as the waveform has hops.
+    config = T.Xcodec2Config(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4,
+        head_dim=8, encoder_hidden_size=8, downsampling_ratios=[2, 4], quantization_dim=64,
+        semantic_model_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                                   output_hidden_size=32, feature_projection_input_dim=16),
+    )
+    model = T.Xcodec2Model(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["input_values"].shape == (2, 1, 4 * 8) and kwargs["input_features"].shape == (2, 4, 16)
+    report = _patch(model)
+    assert {"acoustic_encoder", "semantic_encoder"} <= _stacks(report) and report.not_run == ()

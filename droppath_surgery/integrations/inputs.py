@@ -552,6 +552,46 @@ def _audio_key(params: Any, main: str) -> str | None:
     return None
 
 
+def _audio_tower(model: nn.Module, key: str) -> Any:
+    """The model's audio tower as a function of keyword arguments: the first submodule whose ``main_input_name``
+    is the audio argument ``key``, called with its forward's signature, returning its ``last_hidden_state``
+    (its frames, not a pooled vector); None if no submodule takes ``key``."""
+    tower = next((m for name, m in model.named_modules() if name and getattr(m, "main_input_name", None) == key), None)
+    if tower is None:
+        return None
+
+    def frames(**kwargs: Any) -> Any:
+        out = tower(**kwargs)
+        hidden = getattr(out, "last_hidden_state", None)
+        return hidden if isinstance(hidden, Tensor) else out
+
+    frames.__signature__ = inspect.signature(tower.forward)  # type: ignore[attr-defined]
+    return frames
+
+
+def _count_audio_tokens(model: nn.Module, params: Any, main: str,
+                        media: list[dict[str, Tensor]]) -> tuple[list[int] | None, dict[str, Tensor]]:
+    """Audio tokens of each sample of a speech-text model and the audio layout they were counted on: the
+    feature vectors its ``get_audio_features`` returns (given the inputs it names, then, where it takes
+    ``**kwargs``, all of them: a head's wrapper naming fewer than the model's), else (missing, or failing on
+    every layout: Qwen2-Audio, Music Flamingo) the frames its audio tower returns; each counter on every layout
+    with its audio. ``(None, {})`` where nothing counts."""
+    key = _audio_key(params, main)
+    layouts = [m for m in media if key in m]
+    get_audio = getattr(model, "get_audio_features", None)
+    counters = [get_audio] if callable(get_audio) else []
+    if counters and any(p.kind is p.VAR_KEYWORD for p in inspect.signature(get_audio).parameters.values()):
+        counters.append(lambda **kwargs: get_audio(**kwargs))  # every input, the unnamed ones through its **kwargs
+    counters += [f for f in (_audio_tower(model, key),) if f is not None]
+    for fn in counters:
+        for layout in layouts:
+            try:
+                return _count_features(fn, layout), layout
+            except Exception:  # noqa: BLE001, S112 - not this counter or layout: the next one is tried
+                continue
+    return None, {}
+
+
 def _audio_candidates(config: Any, params: Any, main: str, device: torch.device, dtype: torch.dtype,
                       gen: torch.Generator) -> list[dict[str, Tensor]]:
     """Audio inputs in the layouts the config allows (the forward picks one: see ``_first_running``); [] when
@@ -559,19 +599,42 @@ def _audio_candidates(config: Any, params: Any, main: str, device: torch.device,
     encoder: NeuCodec, XCodec2) gets both, each in every layout."""
     key = _audio_key(params, main)
     audio = _field(config, "audio_config", "encoder_config", "asr_config") or config
+    if main == "audio_mel" and main in params:
+        return _mel_candidates(audio, params, device, dtype, gen)
+    if main == "latents" and main in params:  # a codec's decoder alone
+        return _latent_candidates(audio, main, device, dtype, gen)
+    if main == "input_values" and main not in params and "hidden_states" in _required(params):
+        # a codec's encoder or decoder alone whose forward names its input hidden_states (VibeVoice's): a
+        # waveform (an encoder's), then latents (a decoder's), the first the forward runs on
+        waves = [{"hidden_states": w["input_values"]} for w in _wave_candidates(audio, device, dtype, gen)]
+        return waves + _latent_candidates(audio, "hidden_states", device, dtype, gen)
     if key == "input_features":
         return _feature_candidates(config, audio, params, key != main, device, dtype, gen)
     if key != "input_values":
         return []
     waves = _wave_candidates(audio, device, dtype, gen)
-    if "input_features" in _required(params):
-        features = _feature_candidates(config, audio, params, False, device, dtype, gen)
+    if "input_features" in _required(params):  # features of a frame per hop of the waveform (a codec's)
+        hops = AUDIO_HOPS if _codec_hop(audio) and not _has(audio, "conv_kernel", "conv_stride") else None
+        features = _feature_candidates(config, audio, params, False, device, dtype, gen, frames=hops)
         return [{**w, **f} for w in waves for f in features]
     return waves
 
 
+def _mel_candidates(audio: Any, params: Any, device: torch.device, dtype: torch.dtype,
+                    gen: torch.Generator) -> list[dict[str, Tensor]]:
+    """``audio_mel`` (Gemma 3n's audio encoder): ``AUDIO_FRAMES`` frames of the config's mel bins, ``(B, T, mel)``,
+    with an all-False ``audio_mel_mask`` ``(B, T)`` (True marks padding); [] when the config names no mel bins."""
+    mel = _deep_field(audio, *_MEL)
+    if not mel:
+        return []
+    out = {"audio_mel": torch.randn(EXAMPLE_BATCH, AUDIO_FRAMES, mel, generator=gen).to(device, dtype)}
+    if "audio_mel_mask" in params:
+        out["audio_mel_mask"] = torch.zeros(EXAMPLE_BATCH, AUDIO_FRAMES, dtype=torch.bool, device=device)
+    return [out]
+
+
 def _feature_candidates(config: Any, audio: Any, params: Any, beside_text: bool, device: torch.device,
-                        dtype: torch.dtype, gen: torch.Generator) -> list[dict[str, Tensor]]:
+                        dtype: torch.dtype, gen: torch.Generator, frames: int | None = None) -> list[dict[str, Tensor]]:
     """``input_features``: a spectrogram of the config's mel bins (times ``num_stacked_frames``, low-frame-rate
     features: Fun-ASR), in the layouts the forward may take; [] when the config names no mel bins."""
     mel = _deep_field(audio, *_MEL)
@@ -582,9 +645,9 @@ def _feature_candidates(config: Any, audio: Any, params: Any, beside_text: bool,
     # model adding an audio frame to each token (Voxtral Realtime) audio_length_per_tok frames a token
     whisper = _field(audio, "max_source_positions") if _has(audio, "num_mel_bins") else None
     per_token = _field(config, "audio_length_per_tok") if beside_text else None
-    if per_token:
+    if per_token and not frames:
         frames = TEXT_LENGTH * per_token
-    else:
+    elif not frames:  # (given: as many as the codec's waveform beside them has hops)
         frames = 2 * whisper if whisper else 2 * (_field(audio, "n_window") or AUDIO_FRAMES // 2)
     spectrogram = torch.randn(EXAMPLE_BATCH, frames, mel, generator=gen).to(device, dtype)
     # Whisper-style: (B, mel, T); others (B, T, mel), (B, mel, T) or one-channel (B, 1, T, mel) (CLAP), whichever
@@ -592,7 +655,16 @@ def _feature_candidates(config: Any, audio: Any, params: Any, beside_text: bool,
     channels_first = spectrogram.transpose(1, 2).contiguous()
     layouts = [channels_first] if whisper and not per_token else [spectrogram, channels_first, spectrogram[:, None]]
     masks = {k: torch.ones(EXAMPLE_BATCH, frames, dtype=torch.long, device=device) for k in _FEATURE_MASKS if k in params}
+    chunk = _field(config, "audio_chunk_size") or _field(audio, "audio_chunk_size")
+    if "padding_mask" in params and isinstance(chunk, int) and chunk > 0:  # the raw audio's valid samples, one
+        masks["padding_mask"] = torch.ones(EXAMPLE_BATCH, chunk, dtype=torch.long, device=device)  # window a sample
     return [{"input_features": x, **masks} for x in layouts]
+
+
+def _codec_hop(audio: Any) -> int | None:
+    """A codec's samples a frame: ``hop_length`` / ``frame_size``, else the product of its stages' strides."""
+    ratios = _field(audio, "downsampling_ratios", "upsampling_ratios", "patch_sizes")  # strides of its stages
+    return _field(audio, "hop_length", "frame_size") or (int(torch.tensor(ratios).prod()) if ratios else None)
 
 
 def _wave_candidates(audio: Any, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> list[dict[str, Tensor]]:
@@ -605,14 +677,28 @@ def _wave_candidates(audio: Any, device: torch.device, dtype: torch.dtype, gen: 
     if _has(audio, "conv_kernel", "conv_stride"):  # wav2vec2, HuBERT: raw audio
         samples = _audio_samples(audio)
     else:  # codecs: a few frames of their hop (or 1 s at their sampling rate, else at SPEECH_RATE)
-        ratios = _field(audio, "downsampling_ratios", "upsampling_ratios", "patch_sizes")  # strides of its stages
-        hop = _field(audio, "hop_length", "frame_size") or (int(torch.tensor(ratios).prod()) if ratios else None)
+        hop = _codec_hop(audio)
         rate = _field(audio, "sampling_rate") or SPEECH_RATE
         samples = AUDIO_HOPS * hop if hop else rate
     wave = torch.randn(EXAMPLE_BATCH, samples, generator=gen).to(device, dtype)
     channels = _field(audio, "audio_channels", "channels") or 1
     multi = wave.unsqueeze(1).expand(-1, channels, -1).contiguous()
     return [{"input_values": wave}, {"input_values": multi}] if channels == 1 else [{"input_values": multi}]
+
+
+_LATENT_WIDTHS = ("hidden_size", "latent_dim", "vae_dim")  # the channels of a codec's continuous latents
+
+
+def _latent_candidates(audio: Any, key: str, device: torch.device, dtype: torch.dtype,
+                       gen: torch.Generator) -> list[dict[str, Tensor]]:
+    """Continuous latents of a codec's decoder, ``AUDIO_HOPS`` frames: for each width among the config's
+    ``_LATENT_WIDTHS``, channels first ``(B, width, T)`` then channels last ``(B, T, width)``; [] without one."""
+    widths = dict.fromkeys(w for w in (_field(audio, n) for n in _LATENT_WIDTHS) if isinstance(w, int) and w > 0)
+    out = []
+    for width in widths:
+        latents = torch.randn(EXAMPLE_BATCH, width, AUDIO_HOPS, generator=gen).to(device, dtype)
+        out += [{key: latents}, {key: latents.transpose(1, 2).contiguous()}]
+    return out
 
 
 _VIDEO_TOKEN = ("video_token_id", "video_token_index")
@@ -832,17 +918,11 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
         # tokens), the audio where the forward does not run without it; the audio's error if neither runs
         media, fallback = [{}, *media], 1
     audio_token, audio_tokens, audio = _field(config, *_AUDIO_TOKEN), None, {}
-    get_audio: Any = getattr(model, "get_audio_features", None)
-    if media and main == "input_ids" and image_tokens is None and audio_token is not None and callable(get_audio):
+    if media and main == "input_ids" and image_tokens is None and audio_token is not None:
         # a speech-text model: as many audio tokens as its get_audio_features returns, in the first layout it
-        # takes; where none counts, as before (its audio tower then unrun, which the engine reports)
-        for layout in (m for m in media if _audio_key(params, main) in m):
-            try:
-                audio_tokens = _count_features(get_audio, layout)
-                audio = layout
-                break
-            except Exception:  # noqa: BLE001, S112 - not this layout: the next one is tried
-                continue
+        # takes, else as many as its audio tower returns; where none counts, as before (its audio tower then
+        # unrun, which the engine reports)
+        audio_tokens, audio = _count_audio_tokens(model, params, main, media)
     if media:
         kwargs.update(audio or media[0])
     if takes_ids and (main == "input_ids" or "pixel_values" in kwargs or "pixel_values_videos" in kwargs):
