@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -577,11 +578,15 @@ def _count_audio_tokens(model: nn.Module, params: Any, main: str,
     every layout: Qwen2-Audio, Music Flamingo) the frames its audio tower returns; each counter on every layout
     with its audio. ``(None, {})`` where nothing counts."""
     key = _audio_key(params, main)
+    if key is None:
+        return None, {}
     layouts = [m for m in media if key in m]
     get_audio = getattr(model, "get_audio_features", None)
-    counters = [get_audio] if callable(get_audio) else []
-    if counters and any(p.kind is p.VAR_KEYWORD for p in inspect.signature(get_audio).parameters.values()):
-        counters.append(lambda **kwargs: get_audio(**kwargs))  # every input, the unnamed ones through its **kwargs
+    counters: list[Callable[..., Any]] = []
+    if callable(get_audio):
+        counters.append(get_audio)
+        if any(p.kind is p.VAR_KEYWORD for p in inspect.signature(get_audio).parameters.values()):
+            counters.append(lambda **kwargs: get_audio(**kwargs))  # every input, the unnamed ones through its **kwargs
     counters += [f for f in (_audio_tower(model, key),) if f is not None]
     for fn in counters:
         for layout in layouts:
@@ -917,7 +922,8 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
         # a text model's optional audio: its text alone first (as before: its audio would need placeholder
         # tokens), the audio where the forward does not run without it; the audio's error if neither runs
         media, fallback = [{}, *media], 1
-    audio_token, audio_tokens, audio = _field(config, *_AUDIO_TOKEN), None, {}
+    audio_token, audio_tokens = _field(config, *_AUDIO_TOKEN), None
+    audio: dict[str, Tensor] = {}
     if media and main == "input_ids" and image_tokens is None and audio_token is not None:
         # a speech-text model: as many audio tokens as its get_audio_features returns, in the first layout it
         # takes, else as many as its audio tower returns; where none counts, as before (its audio tower then
