@@ -473,6 +473,8 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
             _follow_merged_widths(config, out)
             _follow_channel_lists(config, out)
     if depth == 0:
+        if table is _TINY:  # at the plain level too: it decides whether a tower's output reaches the text model
+            _follow_output_dims(config, out)
         _cover_image_tokens(config, out, consistent)
         _fit_vision_feature_layers(config, out)
         if consistent:  # the plain levels keep them (SAM's at layers only: a global layer over 64 x 64 patches)
@@ -528,6 +530,32 @@ def _follow_projection_widths(config: Any, out: dict) -> None:
         if _is_size(value) and value in widths and widths[value][0] != name and value != own \
                 and out[name].get("projection_dim", value) == value:
             out[name]["projection_dim"] = widths[value][1]
+
+
+def _follow_output_dims(config: Any, out: dict) -> None:
+    """A sub-config's ``output_dim`` / ``projection_dim`` at least its own old width (not a bottleneck: the width of
+    what it feeds) follows the shrunk width of the text sub-config, where the text sub-config has no such field of
+    its own (then it is a space both project into: CLAP's, CLVP's). Qwen3-ASR's audio tower, 1024 wide, outputs
+    3584 into a text model of 2048; Janus' vision and VQ aligners."""
+    subs = getattr(config, "sub_configs", {}) or {}
+    text = getattr(config, "text_config", None)
+    if "text_config" not in subs or text is None or not hasattr(text, "to_dict") \
+            or not isinstance(out.get("text_config"), dict):
+        return
+    key = next((k for k in _WIDTHS if _is_size(getattr(text, k, None)) and _is_size(out["text_config"].get(k))), None)
+    if key is None or out["text_config"][key] >= getattr(text, key):
+        return
+    width = out["text_config"][key]
+    for name in subs:
+        sub, over = getattr(config, name, None), out.get(name)
+        if name == "text_config" or sub is None or not hasattr(sub, "to_dict") or not isinstance(over, dict):
+            continue
+        own = next((getattr(sub, k) for k in _WIDTHS if _is_size(getattr(sub, k, None))), None)
+        for dim_key in ("output_dim", "projection_dim"):
+            value = getattr(sub, dim_key, None)
+            if _is_size(value) and _is_size(own) and value >= own and over.get(dim_key, value) == value \
+                    and dim_key not in text.to_dict():
+                over[dim_key] = width
 
 
 def _follow_merged_widths(config: Any, out: dict) -> None:

@@ -1,0 +1,30 @@
+"""The sweep's config shrinking (scripts/droppath_coverage/sweep.py, ``shrink_overrides``) on transformers' own
+default configs: the fields that must follow the shrunk widths and stacks do, and the built configs take them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "scripts") not in sys.path:
+    sys.path.append(str(ROOT / "scripts"))  # appended: scripts/sweep.py must not shadow the package
+
+from droppath_coverage import sweep  # noqa: E402
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.mark.parametrize("consistent", [False, True])
+def test_a_towers_output_dim_wider_than_itself_follows_the_shrunk_text_width(consistent):
+    asr = sweep.shrink_overrides(transformers.Qwen3ASRConfig(), sweep._TINY, consistent=consistent)
+    assert asr["text_config"]["hidden_size"] == 64
+    assert asr["audio_config"]["d_model"] == 64 and asr["audio_config"]["output_dim"] == 64  # was 3584
+    janus = sweep.shrink_overrides(transformers.JanusConfig(), sweep._TINY, consistent=consistent)
+    assert janus["vision_config"]["projection_dim"] == janus["text_config"]["hidden_size"] == 64  # was 2048
+    # a space both sides project into (the text config has the field too) is not the text width's
+    clap = transformers.ClapConfig()
+    shrunk = sweep.shrink_overrides(clap, sweep._TINY, consistent=consistent)
+    assert shrunk["audio_config"].get("projection_dim", 512) == shrunk["text_config"].get("projection_dim", 512)
