@@ -28,3 +28,14 @@ def test_a_towers_output_dim_wider_than_itself_follows_the_shrunk_text_width(con
     clap = transformers.ClapConfig()
     shrunk = sweep.shrink_overrides(clap, sweep._TINY, consistent=consistent)
     assert shrunk["audio_config"].get("projection_dim", 512) == shrunk["text_config"].get("projection_dim", 512)
+
+
+def test_vision_feature_layers_are_fitted_into_the_shrunk_tower_alike_at_every_level():
+    # VipLLaVA reads five layers, a tuple with negative indices past a 2-layer tower: one formula at every level
+    levels = [sweep.shrink_overrides(transformers.VipLlavaConfig(), table, consistent=consistent)
+              for table, consistent in ((sweep._TINY, False), (sweep._TINY, True), (sweep._LAYERS_ONLY, False))]
+    for shrunk in levels:
+        assert shrunk["vision_config"]["num_hidden_layers"] == 2
+        assert shrunk["vision_feature_layer"] == [-2, -2, -2, -2, 0]  # was the default's (-2, -5, -8, -11, 6)
+    assert sweep._fit_layer_indices(20, old=24, new=2) == 0 and sweep._fit_layer_indices(-1, 24, 2) is None
+    assert sweep._fit_layer_indices([3, 23], old=24, new=4) == [0, 3]

@@ -484,24 +484,33 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
 
 def _fit_vision_feature_layers(config, out: dict) -> None:
     """``vision_feature_layer`` (the vision tower's layers whose outputs a projector reads; in the config or a
-    sub-config such as an adapter's) given as positive indices past the shrunk tower: the same distance from its
-    last layer, at least its first (negative ones count from the end already and stay)."""
+    sub-config such as an adapter's; one index, a list or a tuple) past the shrunk tower, fitted by
+    ``_fit_layer_indices``."""
     vision = getattr(config, "vision_config", None)
     over = out.get("vision_config") or {}
     key = next((k for k in _LAYERS_ONLY if _is_size(getattr(vision, k, None)) and _is_size(over.get(k))), None)
     if key is None:
         return
-    old, new = getattr(vision, key), over[key]
     subs = getattr(config, "sub_configs", {}) or {}
     for holder, name in [(config, None)] + [(getattr(config, n, None), n) for n in subs]:
         value = getattr(holder, "vision_feature_layer", None) if holder is not None else None
-        many = isinstance(value, list)
-        layers = value if many else [value]
-        if not layers or not all(_is_size(i) for i in layers) or max(layers) < new:
-            continue
-        fitted = [max(0, new - (old - i)) if i >= 0 else i for i in layers]
-        target = out if name is None else out.setdefault(name, holder.to_dict())
-        target["vision_feature_layer"] = fitted if many else fitted[0]
+        fitted = _fit_layer_indices(value, getattr(vision, key), over[key])
+        if fitted is not None:
+            target = out if name is None else out.setdefault(name, holder.to_dict())
+            target["vision_feature_layer"] = fitted
+
+
+def _fit_layer_indices(value: Any, old: int, new: int) -> int | list[int] | None:
+    """Layer indices (one, or a list or tuple: fitted as a list) into a stack shrunk from ``old`` to ``new`` layers,
+    None where all fit already (``-new <= i < new``) or ``value`` is no index: as many entries as before (a
+    projector reads that many), each the same distance from the last layer where the stack still has it, else its
+    first (or, counted from the end, its first layer's output)."""
+    many = isinstance(value, (list, tuple))
+    indices = list(value) if many else [value]
+    if not (indices and all(_is_size(i) for i in indices)) or all(-new <= i < new for i in indices):
+        return None
+    fitted = [max(0, new - (old - i)) if i >= 0 else max(i, -new) for i in indices]
+    return fitted if many else fitted[0]
 
 
 def _shrunk_widths(config: Any, out: dict) -> dict[int, tuple[str, int]]:
@@ -630,16 +639,7 @@ _INDEX_LIST = re.compile(r"_(indexes|indices)$")
 def _fit_layer_index_lists(config: Any, out: dict) -> None:
     """Lists of layer indices that point past a shrunk stack: a sub-config's ``*_indexes`` / ``*_indices`` into
     its own layers (SAM's ``global_attn_indexes``, Mllama's ``intermediate_layers_indices``; not a backbone's
-    ``out_indices``), and the config's ``vision_feature_layer`` list or tuple into its vision tower, negative
-    indices past it too (VipLLaVA's five). As many entries as before (a projector reads that many), each the same
-    distance from the last layer where the stack still has it, else its first (or, counted from the end, its
-    first layer's output); lists whose entries all fit stay. A tuple is fitted as a list."""
-    def fit(value: Any, old: int, new: int) -> list[int] | None:
-        if not (isinstance(value, (list, tuple)) and value and all(_is_size(i) for i in value)) \
-                or all(-new <= i < new for i in value):
-            return None
-        return [max(0, new - (old - i)) if i >= 0 else max(i, -new) for i in value]
-
+    ``out_indices``), fitted by ``_fit_layer_indices``; lists whose entries all fit stay."""
     def walk(cfg: Any, over: dict, depth: int) -> None:
         for name in (getattr(cfg, "sub_configs", {}) or {}) if depth < 3 else ():
             sub, inner = getattr(cfg, name, None), over.get(name)
@@ -649,21 +649,14 @@ def _fit_layer_index_lists(config: Any, out: dict) -> None:
             key = next((k for k in _LAYERS_ONLY if _is_size(values.get(k)) and _is_size(inner.get(k))), None)
             if key is not None and inner[key] < values[key]:
                 for field, value in values.items():
-                    if _INDEX_LIST.search(field) and field != "out_indices" and inner.get(field, value) == value:
-                        fitted = fit(value, values[key], inner[key])
+                    if _INDEX_LIST.search(field) and field != "out_indices" and isinstance(value, (list, tuple)) \
+                            and inner.get(field, value) == value:
+                        fitted = _fit_layer_indices(value, values[key], inner[key])
                         if fitted is not None:
                             inner[field] = fitted
             walk(sub, inner, depth + 1)
 
     walk(config, out, 0)
-    vision, over = getattr(config, "vision_config", None), out.get("vision_config") or {}
-    key = next((k for k in _LAYERS_ONLY if _is_size(getattr(vision, k, None)) and _is_size(over.get(k))), None)
-    if key is None:
-        return
-    # from the default's value (a tuple too, VipLLaVA's), its positive entries as _fit_vision_feature_layers fits them
-    fitted = fit(getattr(config, "vision_feature_layer", None), getattr(vision, key), over[key])
-    if fitted is not None:
-        out["vision_feature_layer"] = fitted
 
 
 def _fit_out_features(values: dict, out: dict, layers_key: str) -> None:
