@@ -39,3 +39,12 @@ def test_vision_feature_layers_are_fitted_into_the_shrunk_tower_alike_at_every_l
         assert shrunk["vision_feature_layer"] == [-2, -2, -2, -2, 0]  # was the default's (-2, -5, -8, -11, 6)
     assert sweep._fit_layer_indices(20, old=24, new=2) == 0 and sweep._fit_layer_indices(-1, 24, 2) is None
     assert sweep._fit_layer_indices([3, 23], old=24, new=4) == [0, 3]
+
+
+def test_the_consistent_level_gives_shared_experts_left_unset_one():
+    # dots1's default leaves n_shared_experts None; its shared MLP is moe_intermediate_size x n_shared_experts wide
+    assert "n_shared_experts" not in sweep.shrink_overrides(transformers.Dots1Config(), sweep._TINY)
+    dots = transformers.Dots1Config(**sweep.shrink_overrides(transformers.Dots1Config(), sweep._TINY, consistent=True))
+    assert dots.n_shared_experts == 1 and dots.moe_intermediate_size == 64
+    assert sweep.shrink_overrides(transformers.DeepseekV2Config(), sweep._TINY, consistent=True).get(
+        "n_shared_experts", 2) == 2  # a count the config sets stays

@@ -377,7 +377,8 @@ _LAYERS_ONLY = {k: v for k, v in _TINY.items() if k in (
 # Sizes a config leaves unset (None) that its model needs: the "tiny, consistent" level fills them
 # (HunYuan's and Ministral's head_dim, ESM's vocab_size, the time series models' prediction_length, ...).
 _UNSET = {"vocab_size": 1000, "prediction_length": 4, "num_experts": 4, "num_experts_per_tok": 2, "top_k_experts": 2,
-          "moe_intermediate_size": 64, "intermediate_size": 128, "pad_token_id": 1}
+          "moe_intermediate_size": 64, "intermediate_size": 128, "pad_token_id": 1,
+          "n_shared_experts": 1}  # dots1's: its shared experts' width is moe_intermediate_size x n_shared_experts
 # Width keys whose shrinking other fields follow: a sub-config's ``out_hidden_size`` / ``text_hidden_size`` /
 # ``audio_hidden_size`` naming the width of another part, or the same config's ``codebook_dim``.
 _WIDTHS = ("hidden_size", "d_model", "n_embd", "embed_dim", "dim")
