@@ -48,3 +48,12 @@ def test_the_consistent_level_gives_shared_experts_left_unset_one():
     assert dots.n_shared_experts == 1 and dots.moe_intermediate_size == 64
     assert sweep.shrink_overrides(transformers.DeepseekV2Config(), sweep._TINY, consistent=True).get(
         "n_shared_experts", 2) == 2  # a count the config sets stays
+
+
+def test_the_consistent_level_names_a_small_timm_backbone_where_the_config_leaves_it_unset():
+    assert "backbone" not in sweep.shrink_overrides(transformers.TimmBackboneConfig(), sweep._TINY)
+    timm = sweep.shrink_overrides(transformers.TimmBackboneConfig(), sweep._TINY, consistent=True)
+    assert timm["backbone"] == "resnet18"
+    assert transformers.TimmBackboneConfig(**timm).backbone == "resnet18"
+    detr = sweep.shrink_overrides(transformers.DetrConfig(), sweep._TINY, consistent=True)
+    assert "backbone" not in detr and "backbone" not in detr.get("backbone_config", {})  # its resnet50 stays

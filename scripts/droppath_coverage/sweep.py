@@ -409,6 +409,11 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
             out[key] = small
     if consistent:
         _fill_unset(values, out, table)
+        if "backbone" in values and values["backbone"] is None and values.get("backbone_config") is None:
+            # a backbone named by a timm model and left unset (TimmBackboneConfig's): a small one, built untrained
+            out["backbone"] = "resnet18"
+            if "use_pretrained_backbone" in values:
+                out["use_pretrained_backbone"] = False
     if mha and "num_key_value_heads" in out:
         out["num_key_value_heads"] = out.get("num_attention_heads", values.get("num_attention_heads"))
     if "num_attention_heads" in out and "head_dim" in values and values["head_dim"] and "head_dim" not in out:
