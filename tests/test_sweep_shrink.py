@@ -57,3 +57,14 @@ def test_the_consistent_level_names_a_small_timm_backbone_where_the_config_leave
     assert transformers.TimmBackboneConfig(**timm).backbone == "resnet18"
     detr = sweep.shrink_overrides(transformers.DetrConfig(), sweep._TINY, consistent=True)
     assert "backbone" not in detr and "backbone" not in detr.get("backbone_config", {})  # its resnet50 stays
+
+
+def test_the_consistent_level_keeps_a_width_that_is_two_widths_side_by_side_their_sum():
+    # NeuCodec / XCodec2 quantize the acoustic and the semantic states side by side: 1024 + 1024 = 2048
+    for config_cls in (transformers.NeuCodecConfig, transformers.Xcodec2Config):
+        shrunk = sweep.shrink_overrides(config_cls(), sweep._TINY, consistent=True)
+        assert shrunk["quantization_dim"] == shrunk["hidden_size"] + shrunk["semantic_model_config"]["hidden_size"]
+        assert config_cls(**shrunk).quantization_dim == 128
+    # a position count that happens to be such a sum is no width (Phi-4-multimodal's 3072 + 1024)
+    phi4 = sweep.shrink_overrides(transformers.Phi4MultimodalConfig(), sweep._TINY, consistent=True)
+    assert "original_max_position_embeddings" not in phi4

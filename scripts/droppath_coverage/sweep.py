@@ -477,6 +477,7 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
             _follow_widths(config, out)
             _follow_projection_widths(config, out)
             _follow_merged_widths(config, out)
+            _follow_summed_widths(config, out)
             _follow_channel_lists(config, out)
     if depth == 0:
         if table is _TINY:  # at the plain level too: it decides whether a tower's output reaches the text model
@@ -584,6 +585,22 @@ def _follow_merged_widths(config: Any, out: dict) -> None:
         bases = [w for w in widths if value % w == 0 and 2 <= value // w <= 16]
         if len(bases) == 1:
             out[key] = value // bases[0] * widths[bases[0]]
+
+
+def _follow_summed_widths(config: Any, out: dict) -> None:
+    """A config's own ``*_dim`` / ``*_size`` that is its own old width plus the old width of one of its sub-configs
+    (the two side by side), both shrunk, stays their sum (XCodec2's and NeuCodec's ``quantization_dim``: the
+    acoustic width + the semantic model's, 1024 + 1024)."""
+    values = config.to_dict()
+    own = next((k for k in _WIDTHS if _is_size(values.get(k)) and _is_size(out.get(k)) and out[k] < values[k]), None)
+    widths = {old: new for old, (_, new) in _shrunk_widths(config, out).items()}
+    if own is None or not widths:
+        return
+    for key, value in values.items():
+        if not re.search(r"_(dim|size)$", key) or key in out or key in _TINY or not _is_size(value) \
+                or _NOT_A_WIDTH.search(key) or value - values[own] not in widths:
+            continue
+        out[key] = out[own] + widths[value - values[own]]
 
 
 def _follow_channel_lists(config: Any, out: dict, depth: int = 0) -> None:
