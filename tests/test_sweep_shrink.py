@@ -68,3 +68,13 @@ def test_the_consistent_level_keeps_a_width_that_is_two_widths_side_by_side_thei
     # a position count that happens to be such a sum is no width (Phi-4-multimodal's 3072 + 1024)
     phi4 = sweep.shrink_overrides(transformers.Phi4MultimodalConfig(), sweep._TINY, consistent=True)
     assert "original_max_position_embeddings" not in phi4
+
+
+def test_a_sub_configs_channels_equal_to_a_siblings_shrunk_width_follow_it():
+    # GLM-Image quantizes its vision tower's states: the VQ model's latent_channels are the vision width (1536)
+    glm = sweep.shrink_overrides(transformers.GlmImageConfig(), sweep._TINY, consistent=True)
+    assert glm["vq_config"]["latent_channels"] == glm["vision_config"]["hidden_size"] == 64
+    # SAM's vision neck outputs the width its prompt encoder and mask decoder work in (256)
+    sam = sweep.shrink_overrides(transformers.SamConfig(), sweep._TINY, consistent=True)
+    assert sam["vision_config"]["output_channels"] == sam["mask_decoder_config"]["hidden_size"] == 64
+    assert sam["vision_config"]["num_channels"] == 3  # the image's own channels stay

@@ -604,9 +604,10 @@ def _follow_summed_widths(config: Any, out: dict) -> None:
 
 
 def _follow_channel_lists(config: Any, out: dict, depth: int = 0) -> None:
-    """A sub-config's ``*_channels`` list whose last entry is the old width of a sibling sub-config (not its own)
-    that shrank: that entry follows it (a SAM encoder's downsampling convolutions into the CLIP-like encoder
-    beside it, Unlimited OCR's [512, 1024]). At any depth of sub-configs passed as dicts."""
+    """A sub-config's ``*_channels`` (one, or a list: its last entry) equal to the old width of a sibling
+    sub-config (not its own) that shrank: it follows it (a SAM encoder's downsampling convolutions into the
+    CLIP-like encoder beside it, Unlimited OCR's [512, 1024]; GLM-Image's VQ ``latent_channels``, the vision
+    tower's states it quantizes). At any depth of sub-configs passed as dicts."""
     subs: dict[str, Any] = {n: getattr(config, n, None) for n in getattr(config, "sub_configs", {}) or {}} \
         if depth < 3 else {}
     subs = {n: s for n, s in subs.items() if s is not None and hasattr(s, "to_dict") and isinstance(out.get(n), dict)}
@@ -614,10 +615,11 @@ def _follow_channel_lists(config: Any, out: dict, depth: int = 0) -> None:
     for name, sub in subs.items():
         own = next((getattr(sub, k) for k in _WIDTHS if _is_size(getattr(sub, k, None))), None)
         for key, value in sub.to_dict().items():
-            if key.endswith("_channels") and isinstance(value, list) and value and all(_is_size(c) for c in value) \
-                    and value[-1] in widths and widths[value[-1]][0] != name and value[-1] != own \
-                    and out[name].get(key, value) == value:
-                out[name][key] = value[:-1] + [widths[value[-1]][1]]
+            many = isinstance(value, list)
+            last = value[-1] if many and value and all(_is_size(c) for c in value) else value
+            if key.endswith("_channels") and _is_size(last) and last in widths and widths[last][0] != name \
+                    and last != own and out[name].get(key, value) == value:
+                out[name][key] = value[:-1] + [widths[last][1]] if many else widths[last][1]
         _follow_channel_lists(sub, out[name], depth + 1)
 
 
