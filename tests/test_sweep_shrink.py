@@ -78,3 +78,10 @@ def test_a_sub_configs_channels_equal_to_a_siblings_shrunk_width_follow_it():
     sam = sweep.shrink_overrides(transformers.SamConfig(), sweep._TINY, consistent=True)
     assert sam["vision_config"]["output_channels"] == sam["mask_decoder_config"]["hidden_size"] == 64
     assert sam["vision_config"]["num_channels"] == 3  # the image's own channels stay
+
+
+def test_a_configs_input_dim_equal_to_a_shrunk_sub_configs_width_follows_it():
+    # OmDet-Turbo projects its text encoder's states (512 wide) with a text_projection_in_dim x out_dim matrix
+    omdet = sweep.shrink_overrides(transformers.OmDetTurboConfig(), sweep._TINY, consistent=True)
+    assert omdet["text_projection_in_dim"] == omdet["text_config"]["hidden_size"] == 64
+    assert "text_projection_out_dim" not in omdet  # what it projects into is not the text width

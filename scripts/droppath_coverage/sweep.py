@@ -478,6 +478,7 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
             _follow_projection_widths(config, out)
             _follow_merged_widths(config, out)
             _follow_summed_widths(config, out)
+            _follow_input_widths(config, out)
             _follow_channel_lists(config, out)
     if depth == 0:
         if table is _TINY:  # at the plain level too: it decides whether a tower's output reaches the text model
@@ -601,6 +602,19 @@ def _follow_summed_widths(config: Any, out: dict) -> None:
                 or _NOT_A_WIDTH.search(key) or value - values[own] not in widths:
             continue
         out[key] = out[own] + widths[value - values[own]]
+
+
+def _follow_input_widths(config: Any, out: dict) -> None:
+    """A config's own ``*_in_dim`` / ``*_input_dim`` equal to the old width of a sub-config that shrank (and not
+    to its own width) takes that sub-config's states: it follows the new width (OmDet-Turbo's
+    ``text_projection_in_dim``, its text encoder's 512)."""
+    values = config.to_dict()
+    widths = _shrunk_widths(config, out)
+    own = {values[k] for k in _WIDTHS if _is_size(values.get(k))}
+    for key, value in values.items():
+        if re.search(r"_(in|input)_dim$", key) and key not in out and _is_size(value) and value in widths \
+                and value not in own:
+            out[key] = widths[value][1]
 
 
 def _follow_channel_lists(config: Any, out: dict, depth: int = 0) -> None:
