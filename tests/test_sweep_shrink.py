@@ -85,3 +85,17 @@ def test_a_configs_input_dim_equal_to_a_shrunk_sub_configs_width_follows_it():
     omdet = sweep.shrink_overrides(transformers.OmDetTurboConfig(), sweep._TINY, consistent=True)
     assert omdet["text_projection_in_dim"] == omdet["text_config"]["hidden_size"] == 64
     assert "text_projection_out_dim" not in omdet  # what it projects into is not the text width
+
+
+def test_depth_pros_hook_ids_and_patches_fit_its_shrunk_encoders_and_the_example_image():
+    # DepthPro hooks layers 11 and 5 of its 12-layer encoders and cuts 384-pixel patches (which its patch encoder
+    # takes whole) out of the image scaled by 0.25, 0.5 and 1: a 224-pixel image needs patches of at most 56
+    shrunk = sweep.shrink_overrides(transformers.DepthProConfig(), sweep._TINY, consistent=True)
+    assert shrunk["patch_model_config"]["num_hidden_layers"] == 2
+    assert shrunk["intermediate_hook_ids"] == [1, 0]
+    assert shrunk["patch_size"] == shrunk["patch_model_config"]["image_size"] == 56
+    assert shrunk["patch_size"] % shrunk["patch_model_config"]["patch_size"] == 0
+    config = transformers.DepthProConfig(**shrunk)
+    assert min(config.scaled_images_ratios) * 224 >= config.patch_size
+    plain = sweep.shrink_overrides(transformers.DepthProConfig(), sweep._TINY)
+    assert "patch_size" not in plain and "intermediate_hook_ids" not in plain  # the plain level as it was

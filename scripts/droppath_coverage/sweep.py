@@ -479,6 +479,7 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
             _follow_merged_widths(config, out)
             _follow_summed_widths(config, out)
             _follow_input_widths(config, out)
+            _fit_scaled_patches(config, out)
             _follow_channel_lists(config, out)
     if depth == 0:
         if table is _TINY:  # at the plain level too: it decides whether a tower's output reaches the text model
@@ -672,7 +673,34 @@ def _fit_pixel_shuffle(values: dict, out: dict) -> None:
         out["vision_config"] = dict(grid, image_size=size)
 
 
+def _fit_scaled_patches(config: Any, out: dict) -> None:
+    """A config that cuts an image scaled by each of ``scaled_images_ratios`` into ``patch_size`` patches, which
+    sub-configs of that ``image_size`` take whole (DepthPro: 384-pixel patches of images 1536 wide at most): the
+    patch, and those sub-configs' image size, shrink to what the smallest scale of the example image
+    (``_TINY``'s image size) holds, in whole patches of the sub-configs' own ``patch_size`` (224 x 0.25 -> 56)."""
+    values = config.to_dict()
+    ratios, patch = values.get("scaled_images_ratios"), values.get("patch_size")
+    if not (isinstance(ratios, (list, tuple)) and ratios and all(isinstance(r, (int, float)) and r > 0 for r in ratios)
+            and _is_size(patch)) or "patch_size" in out:
+        return
+    takers = {}
+    for name in getattr(config, "sub_configs", {}) or {}:
+        sub = getattr(config, name, None)
+        if sub is not None and getattr(sub, "image_size", None) == patch and _is_size(getattr(sub, "patch_size", None)):
+            takers[name] = sub
+    if not takers:
+        return
+    step = max(sub.patch_size for sub in takers.values())
+    size = max(step, int(_TINY["image_size"] * min(ratios)) // step * step)
+    if size >= patch:
+        return
+    out["patch_size"] = size
+    for name, sub in takers.items():
+        out[name] = (out.get(name) or sub.to_dict()) | {"image_size": size}
+
+
 _INDEX_LIST = re.compile(r"_(indexes|indices)$")
+_SUB_INDEX_LIST = re.compile(r"(layer|hook)_(ids|indexes|indices)$")  # a config's own, into its sub-configs' stacks
 
 
 def _fit_layer_index_lists(config: Any, out: dict) -> None:
@@ -696,6 +724,25 @@ def _fit_layer_index_lists(config: Any, out: dict) -> None:
             walk(sub, inner, depth + 1)
 
     walk(config, out, 0)
+    # the config's own lists into the stacks of its sub-configs, where it has no stack of its own and they all
+    # shrank alike (DepthPro's ``intermediate_hook_ids`` [11, 5] into its 12-layer image and patch encoders)
+    values = config.to_dict()
+    if any(_is_size(values.get(k)) for k in _LAYERS_ONLY):
+        return
+    stacks = set()
+    for name in getattr(config, "sub_configs", {}) or {}:
+        sub, inner = getattr(config, name, None), out.get(name)
+        key = next((k for k in _LAYERS_ONLY if _is_size(getattr(sub, k, None))), None) if sub is not None else None
+        if key is not None:
+            stacks.add((getattr(sub, key), (inner if isinstance(inner, dict) else {}).get(key, getattr(sub, key))))
+    if len(stacks) != 1 or next(iter(stacks))[1] >= next(iter(stacks))[0]:
+        return
+    old, new = next(iter(stacks))
+    for key, value in values.items():
+        if _SUB_INDEX_LIST.search(key) and key not in out and isinstance(value, (list, tuple)):
+            fitted = _fit_layer_indices(value, old, new)
+            if fitted is not None:
+                out[key] = fitted
 
 
 def _fit_out_features(values: dict, out: dict, layers_key: str) -> None:
