@@ -99,3 +99,14 @@ def test_depth_pros_hook_ids_and_patches_fit_its_shrunk_encoders_and_the_example
     assert min(config.scaled_images_ratios) * 224 >= config.patch_size
     plain = sweep.shrink_overrides(transformers.DepthProConfig(), sweep._TINY)
     assert "patch_size" not in plain and "intermediate_hook_ids" not in plain  # the plain level as it was
+
+
+@pytest.mark.parametrize("consistent", [False, True])
+def test_a_timm_tower_named_by_architecture_keeps_the_width_timm_builds_it_at(consistent):
+    # FastVLM's vision tower is timm's fastvit_mci3, 3072 wide whatever its config's hidden_size says
+    fast = sweep.shrink_overrides(transformers.FastVlmConfig(), sweep._TINY, consistent=consistent)
+    assert fast.get("vision_config", {}).get("hidden_size", 3072) == 3072
+    assert fast["text_config"]["hidden_size"] == 64
+    gemma = sweep.shrink_overrides(transformers.Gemma3nVisionConfig(), sweep._TINY, consistent=consistent)
+    assert "hidden_size" not in gemma  # mobilenetv5_300m_enc's 2048
+    assert sweep.shrink_overrides(transformers.CLIPVisionConfig(), sweep._TINY)["hidden_size"] == 64

@@ -403,9 +403,12 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
     (None) get the table's value (or ``_UNSET``'s)."""
     values = config.to_dict()
     out: dict[str, Any] = {}
+    # a config wrapping a timm model by name (TimmWrapperConfig, Gemma 3n's vision tower): timm builds it at its own
+    # width, which the config's hidden_size only reports (FastVLM's fastvit_mci3: 3072)
+    timm = isinstance(values.get("architecture"), str) and "model_args" in values
     for key, small in table.items():
         value = values.get(key)
-        if _is_size(value) and value > small:
+        if _is_size(value) and value > small and not (timm and key in _WIDTHS):
             out[key] = small
     if consistent:
         _fill_unset(values, out, table)
