@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "scripts") not in sys.path:
     sys.path.append(str(ROOT / "scripts"))  # appended: scripts/sweep.py must not shadow the package
 
-from droppath_coverage import sweep  # noqa: E402
+from droppath_coverage import sweep
 
 transformers = pytest.importorskip("transformers")
 
