@@ -110,3 +110,15 @@ def test_a_timm_tower_named_by_architecture_keeps_the_width_timm_builds_it_at(co
     gemma = sweep.shrink_overrides(transformers.Gemma3nVisionConfig(), sweep._TINY, consistent=consistent)
     assert "hidden_size" not in gemma  # mobilenetv5_300m_enc's 2048
     assert sweep.shrink_overrides(transformers.CLIPVisionConfig(), sweep._TINY)["hidden_size"] == 64
+
+
+def test_sams_consistent_level_keeps_its_decoder_and_prompt_encoder_in_step_with_the_vision_tower():
+    sam_hq = sweep.shrink_overrides(transformers.SamHQConfig(), sweep._TINY, consistent=True)
+    # the HQ decoder reads the vision tower's states (768 wide): vit_dim follows its width
+    assert sam_hq["mask_decoder_config"]["vit_dim"] == sam_hq["vision_config"]["hidden_size"] == 64
+    # the prompt encoder's image embedding is the patch grid: 1024 // 16 = 64, 224 // 16 = 14
+    prompt = sam_hq["prompt_encoder_config"]
+    assert prompt["image_embedding_size"] == prompt["image_size"] // prompt["patch_size"] == 14
+    # dots3's adapters feed the text model (5120 wide)
+    dots3 = sweep.shrink_overrides(transformers.Dots3NoteConfig(), sweep._TINY, consistent=True)
+    assert dots3["vision_config"]["adapter_out_dim"] == dots3["text_config"]["hidden_size"] == 64

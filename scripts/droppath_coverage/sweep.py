@@ -476,6 +476,7 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
             out["intermediate_size"] = out[width] // (values[width] // inner)
         _follow_width_multiples(values, out)
         _fit_pixel_shuffle(values, out)
+        _follow_patch_grid(values, out)
         if depth == 0 and table is _TINY:
             _follow_widths(config, out)
             _follow_projection_widths(config, out)
@@ -622,10 +623,11 @@ def _follow_input_widths(config: Any, out: dict) -> None:
 
 
 def _follow_channel_lists(config: Any, out: dict, depth: int = 0) -> None:
-    """A sub-config's ``*_channels`` (one, or a list: its last entry) equal to the old width of a sibling
-    sub-config (not its own) that shrank: it follows it (a SAM encoder's downsampling convolutions into the
+    """A sub-config's ``*_channels`` (one, or a list: its last entry) or ``*_dim`` equal to the old width of a
+    sibling sub-config (not its own) that shrank: it follows it (a SAM encoder's downsampling convolutions into the
     CLIP-like encoder beside it, Unlimited OCR's [512, 1024]; GLM-Image's VQ ``latent_channels``, the vision
-    tower's states it quantizes). At any depth of sub-configs passed as dicts."""
+    tower's states it quantizes; SAM-HQ's mask decoder ``vit_dim``, dots3's adapters' ``adapter_out_dim`` into
+    the text model). At any depth of sub-configs passed as dicts."""
     subs: dict[str, Any] = {n: getattr(config, n, None) for n in getattr(config, "sub_configs", {}) or {}} \
         if depth < 3 else {}
     subs = {n: s for n, s in subs.items() if s is not None and hasattr(s, "to_dict") and isinstance(out.get(n), dict)}
@@ -635,7 +637,8 @@ def _follow_channel_lists(config: Any, out: dict, depth: int = 0) -> None:
         for key, value in sub.to_dict().items():
             many = isinstance(value, list)
             last = value[-1] if many and value and all(_is_size(c) for c in value) else value
-            if key.endswith("_channels") and _is_size(last) and last in widths and widths[last][0] != name \
+            named = key.endswith("_channels") or (not many and key.endswith("_dim") and not _NOT_A_WIDTH.search(key))
+            if named and _is_size(last) and last in widths and widths[last][0] != name \
                     and last != own and out[name].get(key, value) == value:
                 out[name][key] = value[:-1] + [widths[last][1]] if many else widths[last][1]
         _follow_channel_lists(sub, out[name], depth + 1)
@@ -652,6 +655,18 @@ def _follow_width_multiples(values: dict, out: dict) -> None:
         if re.search(r"_(output|input)_dim$", key) and key not in out and _is_size(value) and value > values[width] \
                 and value % values[width] == 0:
             out[key] = value // values[width] * out[width]
+
+
+def _follow_patch_grid(values: dict, out: dict) -> None:
+    """A config's ``*_embedding_size`` / ``*_grid_size`` that is its old patch grid's side (``image_size //
+    patch_size``) follows the shrunk image's (SAM's prompt encoder: ``image_embedding_size`` 1024 // 16 = 64)."""
+    image, patch = values.get("image_size"), values.get("patch_size")
+    if not (_is_size(image) and _is_size(patch) and patch and _is_size(out.get("image_size"))):
+        return
+    side, new = image // patch, out["image_size"] // out.get("patch_size", patch)
+    for key, value in values.items():
+        if re.search(r"(embedding|grid)_size$", key) and key not in out and value == side and new != side:
+            out[key] = new
 
 
 def _fit_pixel_shuffle(values: dict, out: dict) -> None:
