@@ -382,7 +382,8 @@ _LAYERS_ONLY = {k: v for k, v in _TINY.items() if k in (
 # Sizes a config leaves unset (None) that its model needs: the "tiny, consistent" level fills them
 # (HunYuan's and Ministral's head_dim, ESM's vocab_size, the time series models' prediction_length, ...).
 _UNSET = {"vocab_size": 1000, "prediction_length": 4, "num_experts": 4, "num_experts_per_tok": 2, "top_k_experts": 2,
-          "moe_intermediate_size": 64, "intermediate_size": 128, "pad_token_id": 1}
+          "moe_intermediate_size": 64, "intermediate_size": 128, "pad_token_id": 1,
+          "n_shared_experts": 1}  # dots1's: its shared experts' width is moe_intermediate_size x n_shared_experts
 # Width keys whose shrinking other fields follow: a sub-config's ``out_hidden_size`` / ``text_hidden_size`` /
 # ``audio_hidden_size`` naming the width of another part, or the same config's ``codebook_dim``.
 _WIDTHS = ("hidden_size", "d_model", "n_embd", "embed_dim", "dim")
@@ -407,12 +408,20 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
     (None) get the table's value (or ``_UNSET``'s)."""
     values = config.to_dict()
     out: dict[str, Any] = {}
+    # a config wrapping a timm model by name (TimmWrapperConfig, Gemma 3n's vision tower): timm builds it at its own
+    # width, which the config's hidden_size only reports (FastVLM's fastvit_mci3: 3072)
+    timm = isinstance(values.get("architecture"), str) and "model_args" in values
     for key, small in table.items():
         value = values.get(key)
-        if _is_size(value) and value > small:
+        if _is_size(value) and value > small and not (timm and key in _WIDTHS):
             out[key] = small
     if consistent:
         _fill_unset(values, out, table)
+        if "backbone" in values and values["backbone"] is None and values.get("backbone_config") is None:
+            # a backbone named by a timm model and left unset (TimmBackboneConfig's): a small one, built untrained
+            out["backbone"] = "resnet18"
+            if "use_pretrained_backbone" in values:
+                out["use_pretrained_backbone"] = False
     if mha and "num_key_value_heads" in out:
         out["num_key_value_heads"] = out.get("num_attention_heads", values.get("num_attention_heads"))
     if "num_attention_heads" in out and "head_dim" in values and values["head_dim"] and "head_dim" not in out:
@@ -472,12 +481,18 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
             out["intermediate_size"] = out[width] // (values[width] // inner)
         _follow_width_multiples(values, out)
         _fit_pixel_shuffle(values, out)
+        _follow_patch_grid(values, out)
         if depth == 0 and table is _TINY:
             _follow_widths(config, out)
             _follow_projection_widths(config, out)
             _follow_merged_widths(config, out)
+            _follow_summed_widths(config, out)
+            _follow_input_widths(config, out)
+            _fit_scaled_patches(config, out)
             _follow_channel_lists(config, out)
     if depth == 0:
+        if table is _TINY:  # at the plain level too: it decides whether a tower's output reaches the text model
+            _follow_output_dims(config, out)
         _cover_image_tokens(config, out, consistent)
         _fit_vision_feature_layers(config, out)
         if consistent:  # the plain levels keep them (SAM's at layers only: a global layer over 64 x 64 patches)
@@ -487,24 +502,33 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
 
 def _fit_vision_feature_layers(config, out: dict) -> None:
     """``vision_feature_layer`` (the vision tower's layers whose outputs a projector reads; in the config or a
-    sub-config such as an adapter's) given as positive indices past the shrunk tower: the same distance from its
-    last layer, at least its first (negative ones count from the end already and stay)."""
+    sub-config such as an adapter's; one index, a list or a tuple) past the shrunk tower, fitted by
+    ``_fit_layer_indices``."""
     vision = getattr(config, "vision_config", None)
     over = out.get("vision_config") or {}
     key = next((k for k in _LAYERS_ONLY if _is_size(getattr(vision, k, None)) and _is_size(over.get(k))), None)
     if key is None:
         return
-    old, new = getattr(vision, key), over[key]
     subs = getattr(config, "sub_configs", {}) or {}
     for holder, name in [(config, None)] + [(getattr(config, n, None), n) for n in subs]:
         value = getattr(holder, "vision_feature_layer", None) if holder is not None else None
-        many = isinstance(value, list)
-        layers = value if many else [value]
-        if not layers or not all(_is_size(i) for i in layers) or max(layers) < new:
-            continue
-        fitted = [max(0, new - (old - i)) if i >= 0 else i for i in layers]
-        target = out if name is None else out.setdefault(name, holder.to_dict())
-        target["vision_feature_layer"] = fitted if many else fitted[0]
+        fitted = _fit_layer_indices(value, getattr(vision, key), over[key])
+        if fitted is not None:
+            target = out if name is None else out.setdefault(name, holder.to_dict())
+            target["vision_feature_layer"] = fitted
+
+
+def _fit_layer_indices(value: Any, old: int, new: int) -> int | list[int] | None:
+    """Layer indices (one, or a list or tuple: fitted as a list) into a stack shrunk from ``old`` to ``new`` layers,
+    None where all fit already (``-new <= i < new``) or ``value`` is no index: as many entries as before (a
+    projector reads that many), each the same distance from the last layer where the stack still has it, else its
+    first (or, counted from the end, its first layer's output)."""
+    many = isinstance(value, (list, tuple))
+    indices = list(value) if many else [value]
+    if not (indices and all(_is_size(i) for i in indices)) or all(-new <= i < new for i in indices):
+        return None
+    fitted = [max(0, new - (old - i)) if i >= 0 else max(i, -new) for i in indices]
+    return fitted if many else fitted[0]
 
 
 def _shrunk_widths(config: Any, out: dict) -> dict[int, tuple[str, int]]:
@@ -535,6 +559,32 @@ def _follow_projection_widths(config: Any, out: dict) -> None:
             out[name]["projection_dim"] = widths[value][1]
 
 
+def _follow_output_dims(config: Any, out: dict) -> None:
+    """A sub-config's ``output_dim`` / ``projection_dim`` at least its own old width (not a bottleneck: the width of
+    what it feeds) follows the shrunk width of the text sub-config, where the text sub-config has no such field of
+    its own (then it is a space both project into: CLAP's, CLVP's). Qwen3-ASR's audio tower, 1024 wide, outputs
+    3584 into a text model of 2048; Janus' vision and VQ aligners."""
+    subs = getattr(config, "sub_configs", {}) or {}
+    text = getattr(config, "text_config", None)
+    if "text_config" not in subs or text is None or not hasattr(text, "to_dict") \
+            or not isinstance(out.get("text_config"), dict):
+        return
+    key = next((k for k in _WIDTHS if _is_size(getattr(text, k, None)) and _is_size(out["text_config"].get(k))), None)
+    if key is None or out["text_config"][key] >= getattr(text, key):
+        return
+    width = out["text_config"][key]
+    for name in subs:
+        sub, over = getattr(config, name, None), out.get(name)
+        if name == "text_config" or sub is None or not hasattr(sub, "to_dict") or not isinstance(over, dict):
+            continue
+        own = next((getattr(sub, k) for k in _WIDTHS if _is_size(getattr(sub, k, None))), None)
+        for dim_key in ("output_dim", "projection_dim"):
+            value = getattr(sub, dim_key, None)
+            if _is_size(value) and _is_size(own) and value >= own and over.get(dim_key, value) == value \
+                    and dim_key not in text.to_dict():
+                over[dim_key] = width
+
+
 def _follow_merged_widths(config: Any, out: dict) -> None:
     """A config's own ``out_hidden_size`` / ``merged_hidden_size`` (the width of merged patches) that is a
     multiple of exactly one shrunk sub-config's old width, and equal to none, stays that multiple of its new
@@ -548,10 +598,41 @@ def _follow_merged_widths(config: Any, out: dict) -> None:
             out[key] = value // bases[0] * widths[bases[0]]
 
 
+def _follow_summed_widths(config: Any, out: dict) -> None:
+    """A config's own ``*_dim`` / ``*_size`` that is its own old width plus the old width of one of its sub-configs
+    (the two side by side), both shrunk, stays their sum (XCodec2's and NeuCodec's ``quantization_dim``: the
+    acoustic width + the semantic model's, 1024 + 1024)."""
+    values = config.to_dict()
+    own = next((k for k in _WIDTHS if _is_size(values.get(k)) and _is_size(out.get(k)) and out[k] < values[k]), None)
+    widths = {old: new for old, (_, new) in _shrunk_widths(config, out).items()}
+    if own is None or not widths:
+        return
+    for key, value in values.items():
+        if not re.search(r"_(dim|size)$", key) or key in out or key in _TINY or not _is_size(value) \
+                or _NOT_A_WIDTH.search(key) or value - values[own] not in widths:
+            continue
+        out[key] = out[own] + widths[value - values[own]]
+
+
+def _follow_input_widths(config: Any, out: dict) -> None:
+    """A config's own ``*_in_dim`` / ``*_input_dim`` equal to the old width of a sub-config that shrank (and not
+    to its own width) takes that sub-config's states: it follows the new width (OmDet-Turbo's
+    ``text_projection_in_dim``, its text encoder's 512)."""
+    values = config.to_dict()
+    widths = _shrunk_widths(config, out)
+    own = {values[k] for k in _WIDTHS if _is_size(values.get(k))}
+    for key, value in values.items():
+        if re.search(r"_(in|input)_dim$", key) and key not in out and _is_size(value) and value in widths \
+                and value not in own:
+            out[key] = widths[value][1]
+
+
 def _follow_channel_lists(config: Any, out: dict, depth: int = 0) -> None:
-    """A sub-config's ``*_channels`` list whose last entry is the old width of a sibling sub-config (not its own)
-    that shrank: that entry follows it (a SAM encoder's downsampling convolutions into the CLIP-like encoder
-    beside it, Unlimited OCR's [512, 1024]). At any depth of sub-configs passed as dicts."""
+    """A sub-config's ``*_channels`` (one, or a list: its last entry) or ``*_dim`` equal to the old width of a
+    sibling sub-config (not its own) that shrank: it follows it (a SAM encoder's downsampling convolutions into the
+    CLIP-like encoder beside it, Unlimited OCR's [512, 1024]; GLM-Image's VQ ``latent_channels``, the vision
+    tower's states it quantizes; SAM-HQ's mask decoder ``vit_dim``, dots3's adapters' ``adapter_out_dim`` into
+    the text model). At any depth of sub-configs passed as dicts."""
     subs: dict[str, Any] = {n: getattr(config, n, None) for n in getattr(config, "sub_configs", {}) or {}} \
         if depth < 3 else {}
     subs = {n: s for n, s in subs.items() if s is not None and hasattr(s, "to_dict") and isinstance(out.get(n), dict)}
@@ -559,10 +640,12 @@ def _follow_channel_lists(config: Any, out: dict, depth: int = 0) -> None:
     for name, sub in subs.items():
         own = next((getattr(sub, k) for k in _WIDTHS if _is_size(getattr(sub, k, None))), None)
         for key, value in sub.to_dict().items():
-            if key.endswith("_channels") and isinstance(value, list) and value and all(_is_size(c) for c in value) \
-                    and value[-1] in widths and widths[value[-1]][0] != name and value[-1] != own \
-                    and out[name].get(key, value) == value:
-                out[name][key] = value[:-1] + [widths[value[-1]][1]]
+            many = isinstance(value, list)
+            last = value[-1] if many and value and all(_is_size(c) for c in value) else value
+            named = key.endswith("_channels") or (not many and key.endswith("_dim") and not _NOT_A_WIDTH.search(key))
+            if named and _is_size(last) and last in widths and widths[last][0] != name \
+                    and last != own and out[name].get(key, value) == value:
+                out[name][key] = value[:-1] + [widths[last][1]] if many else widths[last][1]
         _follow_channel_lists(sub, out[name], depth + 1)
 
 
@@ -577,6 +660,18 @@ def _follow_width_multiples(values: dict, out: dict) -> None:
         if re.search(r"_(output|input)_dim$", key) and key not in out and _is_size(value) and value > values[width] \
                 and value % values[width] == 0:
             out[key] = value // values[width] * out[width]
+
+
+def _follow_patch_grid(values: dict, out: dict) -> None:
+    """A config's ``*_embedding_size`` / ``*_grid_size`` that is its old patch grid's side (``image_size //
+    patch_size``) follows the shrunk image's (SAM's prompt encoder: ``image_embedding_size`` 1024 // 16 = 64)."""
+    image, patch = values.get("image_size"), values.get("patch_size")
+    if not (_is_size(image) and _is_size(patch) and patch and _is_size(out.get("image_size"))):
+        return
+    side, new = image // patch, out["image_size"] // out.get("patch_size", patch)
+    for key, value in values.items():
+        if re.search(r"(embedding|grid)_size$", key) and key not in out and value == side and new != side:
+            out[key] = new
 
 
 def _fit_pixel_shuffle(values: dict, out: dict) -> None:
@@ -601,22 +696,40 @@ def _fit_pixel_shuffle(values: dict, out: dict) -> None:
         out["vision_config"] = dict(grid, image_size=size)
 
 
+def _fit_scaled_patches(config: Any, out: dict) -> None:
+    """A config that cuts an image scaled by each of ``scaled_images_ratios`` into ``patch_size`` patches, which
+    sub-configs of that ``image_size`` take whole (DepthPro: 384-pixel patches of images 1536 wide at most): the
+    patch, and those sub-configs' image size, shrink to what the smallest scale of the example image
+    (``_TINY``'s image size) holds, in whole patches of the sub-configs' own ``patch_size`` (224 x 0.25 -> 56)."""
+    values = config.to_dict()
+    ratios, patch = values.get("scaled_images_ratios"), values.get("patch_size")
+    if not (isinstance(ratios, (list, tuple)) and ratios and all(isinstance(r, (int, float)) and r > 0 for r in ratios)
+            and _is_size(patch)) or "patch_size" in out:
+        return
+    takers = {}
+    for name in getattr(config, "sub_configs", {}) or {}:
+        sub = getattr(config, name, None)
+        if sub is not None and getattr(sub, "image_size", None) == patch and _is_size(getattr(sub, "patch_size", None)):
+            takers[name] = sub
+    if not takers:
+        return
+    step = max(sub.patch_size for sub in takers.values())
+    size = max(step, int(_TINY["image_size"] * min(ratios)) // step * step)
+    if size >= patch:
+        return
+    out["patch_size"] = size
+    for name, sub in takers.items():
+        out[name] = (out.get(name) or sub.to_dict()) | {"image_size": size}
+
+
 _INDEX_LIST = re.compile(r"_(indexes|indices)$")
+_SUB_INDEX_LIST = re.compile(r"(layer|hook)_(ids|indexes|indices)$")  # a config's own, into its sub-configs' stacks
 
 
 def _fit_layer_index_lists(config: Any, out: dict) -> None:
     """Lists of layer indices that point past a shrunk stack: a sub-config's ``*_indexes`` / ``*_indices`` into
     its own layers (SAM's ``global_attn_indexes``, Mllama's ``intermediate_layers_indices``; not a backbone's
-    ``out_indices``), and the config's ``vision_feature_layer`` list or tuple into its vision tower, negative
-    indices past it too (VipLLaVA's five). As many entries as before (a projector reads that many), each the same
-    distance from the last layer where the stack still has it, else its first (or, counted from the end, its
-    first layer's output); lists whose entries all fit stay. A tuple is fitted as a list."""
-    def fit(value: Any, old: int, new: int) -> list[int] | None:
-        if not (isinstance(value, (list, tuple)) and value and all(_is_size(i) for i in value)) \
-                or all(-new <= i < new for i in value):
-            return None
-        return [max(0, new - (old - i)) if i >= 0 else max(i, -new) for i in value]
-
+    ``out_indices``), fitted by ``_fit_layer_indices``; lists whose entries all fit stay."""
     def walk(cfg: Any, over: dict, depth: int) -> None:
         for name in (getattr(cfg, "sub_configs", {}) or {}) if depth < 3 else ():
             sub, inner = getattr(cfg, name, None), over.get(name)
@@ -626,21 +739,33 @@ def _fit_layer_index_lists(config: Any, out: dict) -> None:
             key = next((k for k in _LAYERS_ONLY if _is_size(values.get(k)) and _is_size(inner.get(k))), None)
             if key is not None and inner[key] < values[key]:
                 for field, value in values.items():
-                    if _INDEX_LIST.search(field) and field != "out_indices" and inner.get(field, value) == value:
-                        fitted = fit(value, values[key], inner[key])
+                    if _INDEX_LIST.search(field) and field != "out_indices" and isinstance(value, (list, tuple)) \
+                            and inner.get(field, value) == value:
+                        fitted = _fit_layer_indices(value, values[key], inner[key])
                         if fitted is not None:
                             inner[field] = fitted
             walk(sub, inner, depth + 1)
 
     walk(config, out, 0)
-    vision, over = getattr(config, "vision_config", None), out.get("vision_config") or {}
-    key = next((k for k in _LAYERS_ONLY if _is_size(getattr(vision, k, None)) and _is_size(over.get(k))), None)
-    if key is None:
+    # the config's own lists into the stacks of its sub-configs, where it has no stack of its own and they all
+    # shrank alike (DepthPro's ``intermediate_hook_ids`` [11, 5] into its 12-layer image and patch encoders)
+    values = config.to_dict()
+    if any(_is_size(values.get(k)) for k in _LAYERS_ONLY):
         return
-    # from the default's value (a tuple too, VipLLaVA's), its positive entries as _fit_vision_feature_layers fits them
-    fitted = fit(getattr(config, "vision_feature_layer", None), getattr(vision, key), over[key])
-    if fitted is not None:
-        out["vision_feature_layer"] = fitted
+    stacks = set()
+    for name in getattr(config, "sub_configs", {}) or {}:
+        sub, inner = getattr(config, name, None), out.get(name)
+        key = next((k for k in _LAYERS_ONLY if _is_size(getattr(sub, k, None))), None) if sub is not None else None
+        if key is not None:
+            stacks.add((getattr(sub, key), (inner if isinstance(inner, dict) else {}).get(key, getattr(sub, key))))
+    if len(stacks) != 1 or next(iter(stacks))[1] >= next(iter(stacks))[0]:
+        return
+    old, new = next(iter(stacks))
+    for key, value in values.items():
+        if _SUB_INDEX_LIST.search(key) and key not in out and isinstance(value, (list, tuple)):
+            fitted = _fit_layer_indices(value, old, new)
+            if fitted is not None:
+                out[key] = fitted
 
 
 def _fit_out_features(values: dict, out: dict, layers_key: str) -> None:

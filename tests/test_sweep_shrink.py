@@ -1,0 +1,124 @@
+"""The sweep's config shrinking (scripts/droppath_coverage/sweep.py, ``shrink_overrides``) on transformers' own
+default configs: the fields that must follow the shrunk widths and stacks do, and the built configs take them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "scripts") not in sys.path:
+    sys.path.append(str(ROOT / "scripts"))  # appended: scripts/sweep.py must not shadow the package
+
+from droppath_coverage import sweep
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.mark.parametrize("consistent", [False, True])
+def test_a_towers_output_dim_wider_than_itself_follows_the_shrunk_text_width(consistent):
+    asr = sweep.shrink_overrides(transformers.Qwen3ASRConfig(), sweep._TINY, consistent=consistent)
+    assert asr["text_config"]["hidden_size"] == 64
+    assert asr["audio_config"]["d_model"] == 64 and asr["audio_config"]["output_dim"] == 64  # was 3584
+    janus = sweep.shrink_overrides(transformers.JanusConfig(), sweep._TINY, consistent=consistent)
+    assert janus["vision_config"]["projection_dim"] == janus["text_config"]["hidden_size"] == 64  # was 2048
+    # a space both sides project into (the text config has the field too) is not the text width's
+    clap = transformers.ClapConfig()
+    shrunk = sweep.shrink_overrides(clap, sweep._TINY, consistent=consistent)
+    assert shrunk["audio_config"].get("projection_dim", 512) == shrunk["text_config"].get("projection_dim", 512)
+
+
+def test_vision_feature_layers_are_fitted_into_the_shrunk_tower_alike_at_every_level():
+    # VipLLaVA reads five layers, a tuple with negative indices past a 2-layer tower: one formula at every level
+    levels = [sweep.shrink_overrides(transformers.VipLlavaConfig(), table, consistent=consistent)
+              for table, consistent in ((sweep._TINY, False), (sweep._TINY, True), (sweep._LAYERS_ONLY, False))]
+    for shrunk in levels:
+        assert shrunk["vision_config"]["num_hidden_layers"] == 2
+        assert shrunk["vision_feature_layer"] == [-2, -2, -2, -2, 0]  # was the default's (-2, -5, -8, -11, 6)
+    assert sweep._fit_layer_indices(20, old=24, new=2) == 0 and sweep._fit_layer_indices(-1, 24, 2) is None
+    assert sweep._fit_layer_indices([3, 23], old=24, new=4) == [0, 3]
+
+
+def test_the_consistent_level_gives_shared_experts_left_unset_one():
+    # dots1's default leaves n_shared_experts None; its shared MLP is moe_intermediate_size x n_shared_experts wide
+    assert "n_shared_experts" not in sweep.shrink_overrides(transformers.Dots1Config(), sweep._TINY)
+    dots = transformers.Dots1Config(**sweep.shrink_overrides(transformers.Dots1Config(), sweep._TINY, consistent=True))
+    assert dots.n_shared_experts == 1 and dots.moe_intermediate_size == 64
+    assert sweep.shrink_overrides(transformers.DeepseekV2Config(), sweep._TINY, consistent=True).get(
+        "n_shared_experts", 2) == 2  # a count the config sets stays
+
+
+def test_the_consistent_level_names_a_small_timm_backbone_where_the_config_leaves_it_unset():
+    assert "backbone" not in sweep.shrink_overrides(transformers.TimmBackboneConfig(), sweep._TINY)
+    timm = sweep.shrink_overrides(transformers.TimmBackboneConfig(), sweep._TINY, consistent=True)
+    assert timm["backbone"] == "resnet18"
+    assert transformers.TimmBackboneConfig(**timm).backbone == "resnet18"
+    detr = sweep.shrink_overrides(transformers.DetrConfig(), sweep._TINY, consistent=True)
+    assert "backbone" not in detr and "backbone" not in detr.get("backbone_config", {})  # its resnet50 stays
+
+
+def test_the_consistent_level_keeps_a_width_that_is_two_widths_side_by_side_their_sum():
+    # NeuCodec / XCodec2 quantize the acoustic and the semantic states side by side: 1024 + 1024 = 2048
+    for config_cls in (transformers.NeuCodecConfig, transformers.Xcodec2Config):
+        shrunk = sweep.shrink_overrides(config_cls(), sweep._TINY, consistent=True)
+        assert shrunk["quantization_dim"] == shrunk["hidden_size"] + shrunk["semantic_model_config"]["hidden_size"]
+        assert config_cls(**shrunk).quantization_dim == 128
+    # a position count that happens to be such a sum is no width (Phi-4-multimodal's 3072 + 1024)
+    phi4 = sweep.shrink_overrides(transformers.Phi4MultimodalConfig(), sweep._TINY, consistent=True)
+    assert "original_max_position_embeddings" not in phi4
+
+
+def test_a_sub_configs_channels_equal_to_a_siblings_shrunk_width_follow_it():
+    # GLM-Image quantizes its vision tower's states: the VQ model's latent_channels are the vision width (1536)
+    glm = sweep.shrink_overrides(transformers.GlmImageConfig(), sweep._TINY, consistent=True)
+    assert glm["vq_config"]["latent_channels"] == glm["vision_config"]["hidden_size"] == 64
+    # SAM's vision neck outputs the width its prompt encoder and mask decoder work in (256)
+    sam = sweep.shrink_overrides(transformers.SamConfig(), sweep._TINY, consistent=True)
+    assert sam["vision_config"]["output_channels"] == sam["mask_decoder_config"]["hidden_size"] == 64
+    assert sam["vision_config"]["num_channels"] == 3  # the image's own channels stay
+
+
+def test_a_configs_input_dim_equal_to_a_shrunk_sub_configs_width_follows_it():
+    # OmDet-Turbo projects its text encoder's states (512 wide) with a text_projection_in_dim x out_dim matrix
+    omdet = sweep.shrink_overrides(transformers.OmDetTurboConfig(), sweep._TINY, consistent=True)
+    assert omdet["text_projection_in_dim"] == omdet["text_config"]["hidden_size"] == 64
+    assert "text_projection_out_dim" not in omdet  # what it projects into is not the text width
+
+
+def test_depth_pros_hook_ids_and_patches_fit_its_shrunk_encoders_and_the_example_image():
+    # DepthPro hooks layers 11 and 5 of its 12-layer encoders and cuts 384-pixel patches (which its patch encoder
+    # takes whole) out of the image scaled by 0.25, 0.5 and 1: a 224-pixel image needs patches of at most 56
+    shrunk = sweep.shrink_overrides(transformers.DepthProConfig(), sweep._TINY, consistent=True)
+    assert shrunk["patch_model_config"]["num_hidden_layers"] == 2
+    assert shrunk["intermediate_hook_ids"] == [1, 0]
+    assert shrunk["patch_size"] == shrunk["patch_model_config"]["image_size"] == 56
+    assert shrunk["patch_size"] % shrunk["patch_model_config"]["patch_size"] == 0
+    config = transformers.DepthProConfig(**shrunk)
+    assert min(config.scaled_images_ratios) * 224 >= config.patch_size
+    plain = sweep.shrink_overrides(transformers.DepthProConfig(), sweep._TINY)
+    assert "patch_size" not in plain and "intermediate_hook_ids" not in plain  # the plain level as it was
+
+
+@pytest.mark.parametrize("consistent", [False, True])
+def test_a_timm_tower_named_by_architecture_keeps_the_width_timm_builds_it_at(consistent):
+    # FastVLM's vision tower is timm's fastvit_mci3, 3072 wide whatever its config's hidden_size says
+    fast = sweep.shrink_overrides(transformers.FastVlmConfig(), sweep._TINY, consistent=consistent)
+    assert fast.get("vision_config", {}).get("hidden_size", 3072) == 3072
+    assert fast["text_config"]["hidden_size"] == 64
+    gemma = sweep.shrink_overrides(transformers.Gemma3nVisionConfig(), sweep._TINY, consistent=consistent)
+    assert "hidden_size" not in gemma  # mobilenetv5_300m_enc's 2048
+    assert sweep.shrink_overrides(transformers.CLIPVisionConfig(), sweep._TINY)["hidden_size"] == 64
+
+
+def test_sams_consistent_level_keeps_its_decoder_and_prompt_encoder_in_step_with_the_vision_tower():
+    sam_hq = sweep.shrink_overrides(transformers.SamHQConfig(), sweep._TINY, consistent=True)
+    # the HQ decoder reads the vision tower's states (768 wide): vit_dim follows its width
+    assert sam_hq["mask_decoder_config"]["vit_dim"] == sam_hq["vision_config"]["hidden_size"] == 64
+    # the prompt encoder's image embedding is the patch grid: 1024 // 16 = 64, 224 // 16 = 14
+    prompt = sam_hq["prompt_encoder_config"]
+    assert prompt["image_embedding_size"] == prompt["image_size"] // prompt["patch_size"] == 14
+    # dots3's adapters feed the text model (5120 wide)
+    dots3 = sweep.shrink_overrides(transformers.Dots3NoteConfig(), sweep._TINY, consistent=True)
+    assert dots3["vision_config"]["adapter_out_dim"] == dots3["text_config"]["hidden_size"] == 64
