@@ -143,6 +143,22 @@ def test_qwen2_5_vl_window_blocks_are_left_out_and_its_full_attention_blocks_dro
     assert len(report.skipped) == 6 and all(s.path.startswith(("blocks.0.", "blocks.1.", "blocks.2.")) for s in report.skipped)
 
 
+def test_a_tower_whose_windows_are_its_position_table_gets_images_two_windows_wide():
+    # MuseSpark: windows of pos_emb_height x pos_emb_width patches (no window_size); images one window wide
+    # would make the window blocks' boundaries equal to the images', so no block would tell the samples apart.
+    config = T.MuseSparkVisionConfig(
+        patch_size=4, pos_emb_height=4, pos_emb_width=4, hidden_size=32, num_attention_heads=2, num_hidden_layers=2,
+        intermediate_size=64, layer_types=["window_attention", "full_attention"],
+    )
+    model = T.MuseSparkVisionModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["grid_thw"].tolist() == [[1, 4, 8]] * 4  # 4 patches high (2 merges), two 4-patch windows wide
+    with pytest.warns(UserWarning, match=r"2 residual branches .*finer boundaries \(attention windows\)"):
+        report = apply_drop_path(model, 0.1)
+    assert [(s.block_path, s.packed) for s in report.sites] == [("layers.1", True)] * 2
+    assert report.verified is True
+
+
 def test_a_video_model_gets_a_clip_of_its_frames_in_the_layout_it_runs_on():
     # VideoPrism takes pixel_values_videos (B, T, C, H, W): num_frames frames of image_size, factorized
     # spatial then temporal encoders, both patched.

@@ -162,7 +162,9 @@ def _patch_rows(vision: Any, device: torch.device, dtype: torch.dtype, gen: torc
     per patch, every image's patches concatenated (no batch dimension), and the ``(t, h, w)`` grid of each
     image. One frame per image, a grid of ``GRID_SIDE x spatial_merge_size`` patches a side (at least two
     attention windows of ``window_size`` pixels, Qwen2.5-VL's: windows as large as the image would leave the
-    engine unable to tell them from the images), ``GRID_IMAGES`` images per sample."""
+    engine unable to tell them from the images), ``GRID_IMAGES`` images per sample. Where the attention
+    windows are the position table, ``pos_emb_height x pos_emb_width`` patches (``layer_types`` naming window
+    attention, MuseSpark's), the image is as wide as two windows and keeps its height (``_table_windows``)."""
     merge = _field(vision, "spatial_merge_size", "merge_size") or 1
     temporal = _field(vision, "temporal_patch_size", "patch_temporal") or 1
     channels = _field(vision, "in_channels", "num_channels", "in_chans") or 3
@@ -170,9 +172,21 @@ def _patch_rows(vision: Any, device: torch.device, dtype: torch.dtype, gen: torc
     window = _field(vision, "window_size") or 0
     if isinstance(window, int) and window >= vision.patch_size:
         side = max(side, -(-2 * (window // vision.patch_size) // merge) * merge)
-    grid = torch.tensor([[1, side, side]] * (EXAMPLE_BATCH * GRID_IMAGES), dtype=torch.long)
-    rows = torch.randn(len(grid) * side * side, channels * temporal * vision.patch_size**2, generator=gen)
+    wide = max(side, -(-2 * _table_windows(vision) // merge) * merge)
+    grid = torch.tensor([[1, side, wide]] * (EXAMPLE_BATCH * GRID_IMAGES), dtype=torch.long)
+    rows = torch.randn(len(grid) * side * wide, channels * temporal * vision.patch_size**2, generator=gen)
     return rows.to(device, dtype), grid.to(device)
+
+
+def _table_windows(vision: Any) -> int:
+    """The width in patches of an attention window that is the position table (``pos_emb_width``, where the
+    config's ``layer_types`` name window attention and it sets no ``window_size``: MuseSpark); 0 otherwise."""
+    width = _field(vision, "pos_emb_width")
+    kinds = _field(vision, "layer_types") or ()
+    windowed = any("window" in str(kind) for kind in kinds)
+    if not windowed or not isinstance(width, int) or _field(vision, "window_size") is not None:
+        return 0
+    return width
 
 
 def _pixel_candidates(model: nn.Module, vision: Any, params: Any, device: torch.device, dtype: torch.dtype,
