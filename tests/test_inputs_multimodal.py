@@ -646,6 +646,23 @@ def test_a_projector_taking_only_some_patch_counts_gets_an_image_of_the_smallest
     _patch(model)
 
 
+def test_an_image_scaled_down_before_it_is_cut_into_patches_is_large_enough_for_one_patch_at_the_smallest_scale():
+    # DepthPro: 16-pixel patches of the image scaled by 1/16 need a 256-pixel image (224 holds none).
+    tower = dict(model_type="dinov2", image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                 num_attention_heads=2, intermediate_size=64)
+    config = T.DepthProConfig(
+        patch_size=16, image_model_config=tower, patch_model_config=tower, fov_model_config=tower,
+        scaled_images_ratios=[0.0625, 1], scaled_images_overlap_ratios=[0.0, 0.0], scaled_images_feature_dims=[16, 16],
+        intermediate_hook_ids=[1, 0], intermediate_feature_dims=[16, 16], fusion_hidden_size=16,
+    )
+    model = T.DepthProModel(config).eval()
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape == (2, 3, 256, 256)
+    with torch.no_grad():
+        out = model(**kwargs)
+    assert out.last_hidden_state.shape[0] == 2
+
+
 def test_a_navit_packed_tower_gets_one_row_of_every_images_patches_and_their_sizes():
     # MiniCPM-V's tower: (1, C, p, N x p) and each image's (h, w) in patches, 4 x 4 (its 2 x 2 windows merge).
     config = T.MiniCPMOcrVisionConfig(**TOWER, image_size=16, patch_size=4, insert_layer_id=0, window_kernel_size=(2, 2))

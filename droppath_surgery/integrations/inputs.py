@@ -249,7 +249,9 @@ def _pixel_candidates(model: nn.Module, vision: Any, params: Any, device: torch.
 
 def _image_size(config: Any, vision: Any) -> tuple[int, int]:
     """``image_size`` (224 if unset); but where a projector takes only some patch counts
-    (``projector_patch_to_query_dict``, Aria's), the square image of ``patch_size`` patches giving the smallest."""
+    (``projector_patch_to_query_dict``, Aria's), the square image of ``patch_size`` patches giving the smallest;
+    and where the image is scaled down by ``scaled_images_ratios`` and cut into ``patch_size`` patches (DepthPro),
+    at least ``patch_size / min(ratios)`` a side, so that the smallest scaled image holds a patch."""
     counts = _field(config, "projector_patch_to_query_dict")
     p = _field(vision, "patch_size")
     if isinstance(counts, dict) and counts and isinstance(p, int):
@@ -257,7 +259,12 @@ def _image_size(config: Any, vision: Any) -> tuple[int, int]:
         side = math.isqrt(fewest)
         if side * side == fewest:
             return side * p, side * p
-    return _pair(getattr(vision, "image_size", 224))
+    high, wide = _pair(getattr(vision, "image_size", 224))
+    ratios = _field(config, "scaled_images_ratios")
+    if ratios and isinstance(p, int) and min(ratios) > 0:
+        least = math.ceil(p / min(ratios))
+        high, wide = max(high, least), max(wide, least)
+    return high, wide
 
 
 def _tiled_images(vision: Any, params: Any, image: Tensor) -> list[dict[str, Tensor]]:
