@@ -663,6 +663,24 @@ def test_an_image_scaled_down_before_it_is_cut_into_patches_is_large_enough_for_
     assert out.last_hidden_state.shape[0] == 2
 
 
+def test_image_queries_placed_by_a_position_mask_get_text_positions_marked_for_each_query():
+    # Kosmos-2: no image token; the forward writes latent_query_num query features where
+    # image_embeds_position_mask is 1 (and fails without the mask).
+    config = T.Kosmos2Config(
+        text_config=dict(vocab_size=99, embed_dim=32, layers=2, attention_heads=4, ffn_dim=64, max_position_embeddings=64),
+        vision_config=dict(**VISION, image_size=32, patch_size=8),
+        latent_query_num=4,
+    )
+    model = T.Kosmos2Model(config)
+    _, kwargs = build_example_inputs(model)
+    mask = kwargs["image_embeds_position_mask"]
+    assert mask.shape == kwargs["input_ids"].shape == (2, 16)  # 12 text tokens and 4 queries
+    assert mask.tolist() == [[0] * 4 + [1] * 4 + [0] * 8] * 2  # after the left padding of sample 1 (3 tokens)
+    report = apply_drop_path(model, 0.1)
+    assert report.verified is True
+    assert [s.block_path.split(".")[0] for s in report.sites] == ["vision_model"] * 4 + ["text_model"] * 4
+
+
 def test_a_navit_packed_tower_gets_one_row_of_every_images_patches_and_their_sizes():
     # MiniCPM-V's tower: (1, C, p, N x p) and each image's (h, w) in patches, 4 x 4 (its 2 x 2 windows merge).
     config = T.MiniCPMOcrVisionConfig(**TOWER, image_size=16, patch_size=4, insert_layer_id=0, window_kernel_size=(2, 2))

@@ -287,6 +287,22 @@ def _tiled_images(vision: Any, params: Any, image: Tensor) -> list[dict[str, Ten
     return [out]
 
 
+def _with_query_positions(config: Any, params: Any, ids: Tensor, image: dict[str, Tensor]) -> tuple[Tensor, dict]:
+    """For a forward that puts its image's ``latent_query_num`` query features at the text positions an
+    ``image_embeds_position_mask`` marks (Kosmos-2, no image token): ``ids`` with as many more tokens after the
+    first ``PADDED + 1`` of each sample (their ids, replaced by the features, are random text) and that mask
+    ``(B, L)``; ``ids`` unchanged and {} otherwise (or without pixels)."""
+    queries = _field(config, "latent_query_num")
+    if "image_embeds_position_mask" not in params or not isinstance(queries, int) or queries < 1 or not image:
+        return ids, {}
+    cut = min(PADDED + 1, ids.shape[1])
+    filler = ids[:, :1].expand(-1, queries)  # the sample's first token again (any text id)
+    ids = torch.cat([ids[:, :cut], filler, ids[:, cut:]], dim=1)
+    mask = torch.zeros_like(ids)
+    mask[:, cut : cut + queries] = 1
+    return ids, {"image_embeds_position_mask": mask}
+
+
 def _text_image_masks(layout: dict[str, Tensor], ids: Tensor, params: Any) -> dict[str, Tensor]:
     """Every text token attending to every image of its sample, for a forward that cross-attends from the text
     to the images: ``cross_attention_mask`` ``(B, L, images, tiles)`` where the images came with an
@@ -886,6 +902,8 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
                 kwargs["mm_token_type_ids"] = (ids == image_token).to(torch.int)
         elif audio_tokens is not None:  # one run of audio tokens
             ids = _with_media_tokens(plain, audio_tokens, 1, audio_token, None, None)
+        ids, queries = _with_query_positions(config, params, ids, image)
+        kwargs.update(queries)
         kwargs["input_ids"] = ids
         image = {**image, **_text_image_masks(image, ids, params)}  # (each layout its own, for the trial below)
         kwargs.update(image)
