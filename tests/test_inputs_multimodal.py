@@ -681,6 +681,24 @@ def test_image_queries_placed_by_a_position_mask_get_text_positions_marked_for_e
     assert [s.block_path.split(".")[0] for s in report.sites] == ["vision_model"] * 4 + ["text_model"] * 4
 
 
+def test_a_keypoint_matcher_gets_a_pair_of_images_the_second_mirroring_the_first():
+    # LightGlue: the forward takes (B, 2, C, H, W) and fails on every single-image layout.
+    config = T.LightGlueConfig(
+        keypoint_detector_config=dict(model_type="superpoint", encoder_hidden_sizes=[8, 8, 16, 16],
+                                      decoder_hidden_size=32, descriptor_decoder_dim=32, max_keypoints=32),
+        descriptor_dim=32, num_hidden_layers=2, num_attention_heads=2,
+    )
+    config.image_size = 64  # (no such field: 224 otherwise) a small image keeps the test quick
+    model = T.LightGlueForKeypointMatching(config)
+    _, kwargs = build_example_inputs(model)
+    pair = kwargs["pixel_values"]
+    assert pair.shape == (2, 2, 3, 64, 64)
+    assert torch.equal(pair[:, 1], pair[:, 0].flip(-1))
+    report = apply_drop_path(model, 0.1)
+    assert report.verified is True
+    assert [s.block_path for s in report.sites] == ["transformer_layers.0"] * 2 + ["transformer_layers.1"] * 2
+
+
 def test_a_navit_packed_tower_gets_one_row_of_every_images_patches_and_their_sizes():
     # MiniCPM-V's tower: (1, C, p, N x p) and each image's (h, w) in patches, 4 x 4 (its 2 x 2 windows merge).
     config = T.MiniCPMOcrVisionConfig(**TOWER, image_size=16, patch_size=4, insert_layer_id=0, window_kernel_size=(2, 2))

@@ -242,9 +242,15 @@ def _pixel_candidates(model: nn.Module, vision: Any, params: Any, device: torch.
     if "image_sizes" in params:
         sizes.append({"image_sizes": torch.tensor([list(size)] * EXAMPLE_BATCH, device=device)})
     out = [{"pixel_values": pixels, **extra} for pixels in (image, image.unsqueeze(1)) for extra in sizes]
-    out = _with_tile_masks(model, out) + _flat_patches(vision, image)
+    out = _with_tile_masks(model, out) + _flat_patches(vision, image) + [_image_pair(image)]
     second = _second_images(model.config, params, device, dtype, gen)
     return [{**layout, **second} for layout in out]
+
+
+def _image_pair(image: Tensor) -> dict[str, Tensor]:
+    """``image`` and its mirror image as a pair a sample, ``(B, 2, C, H, W)``, for models matching the points of
+    two images (LightGlue, EfficientLoFTR): the same content, flipped left to right, so that points match."""
+    return {"pixel_values": torch.stack([image, image.flip(-1)], dim=1)}
 
 
 def _image_size(config: Any, vision: Any) -> tuple[int, int]:
