@@ -699,6 +699,19 @@ def test_a_keypoint_matcher_gets_a_pair_of_images_the_second_mirroring_the_first
     assert [s.block_path for s in report.sites] == ["transformer_layers.0"] * 2 + ["transformer_layers.1"] * 2
 
 
+def test_a_model_placing_image_patches_by_the_texts_boxes_gets_a_box_per_token():
+    # UDOP: its forward takes visual_bbox and places each image patch by the text's bbox (None fails).
+    config = T.UdopConfig(vocab_size=99, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, image_size=32,
+                          patch_size=8, max_2d_position_embeddings=64, relative_attention_num_buckets=8)
+    model = T.UdopModel(config)
+    _, kwargs = build_example_inputs(model)
+    box = kwargs["bbox"]
+    assert box.shape == (*kwargs["input_ids"].shape, 4)
+    assert 0 <= box.min() and box.max() <= 1 and bool((box[..., :2] <= box[..., 2:]).all())
+    report = apply_drop_path(model, 0.1)
+    assert report.verified is True and len(report.sites) == 10  # 2 encoder blocks x 2 layers, 2 decoder x 3
+
+
 def test_a_navit_packed_tower_gets_one_row_of_every_images_patches_and_their_sizes():
     # MiniCPM-V's tower: (1, C, p, N x p) and each image's (h, w) in patches, 4 x 4 (its 2 x 2 windows merge).
     config = T.MiniCPMOcrVisionConfig(**TOWER, image_size=16, patch_size=4, insert_layer_id=0, window_kernel_size=(2, 2))

@@ -686,14 +686,15 @@ def _beside_text(config: Any, params: Any, ids: Tensor, device: torch.device, dt
                  gen: torch.Generator) -> dict[str, Tensor]:
     """What a text model's forward needs beside its tokens, where its config sizes it: ``VISUAL_REGIONS``
     region features of ``visual_feat_dim`` with their boxes (``visual_pos_dim`` = 4: corners within [0, 1])
-    (LXMERT); a box within [0, 1] per token where the config scales normalized boxes (``bbox_scale``: BROS);
+    (LXMERT); a box within [0, 1] per token where the config scales normalized boxes (``bbox_scale``: BROS) or the
+    forward also takes the image patches' boxes (``visual_bbox``: UDOP places each patch by the boxes of the text);
     every sample in the first of the config's ``languages`` where it sets no default (X-MOD's adapters)."""
     out: dict[str, Tensor] = {}
     feat, pos = _field(config, "visual_feat_dim"), _field(config, "visual_pos_dim")
     if "visual_feats" in params and "visual_pos" in params and isinstance(feat, int) and pos == 4:
         out["visual_feats"] = torch.randn(EXAMPLE_BATCH, VISUAL_REGIONS, feat, generator=gen).to(device, dtype)
         out["visual_pos"] = _boxes(VISUAL_REGIONS, device, dtype, gen)
-    if "bbox" in params and _field(config, "bbox_scale") is not None and ids.dim() == 2:
+    if "bbox" in params and (_field(config, "bbox_scale") is not None or "visual_bbox" in params) and ids.dim() == 2:
         out["bbox"] = _boxes(ids.shape[1], device, dtype, gen)
     if "lang_ids" in params and _field(config, "languages") and _field(config, "default_language") is None:
         out["lang_ids"] = torch.zeros(EXAMPLE_BATCH, dtype=torch.long, device=device)
