@@ -712,6 +712,24 @@ def test_a_model_placing_image_patches_by_the_texts_boxes_gets_a_box_per_token()
     assert report.verified is True and len(report.sites) == 10  # 2 encoder blocks x 2 layers, 2 decoder x 3
 
 
+def test_a_text_tower_inheriting_pixel_values_as_its_main_input_gets_text():
+    # SAM 3 LiteText's text model keeps its base class's main_input_name, pixel_values, which its forward does
+    # not take: it is probed on input_ids.
+    from transformers.models.sam3_lite_text import configuration_sam3_lite_text as C
+    from transformers.models.sam3_lite_text import modeling_sam3_lite_text as M
+
+    config = C.Sam3LiteTextTextConfig(vocab_size=99, hidden_size=32, intermediate_size=64, projection_dim=32,
+                                      num_hidden_layers=4, num_attention_heads=4)
+    model = M.Sam3LiteTextTextModel(config)
+    assert model.main_input_name == "pixel_values"
+    _, kwargs = build_example_inputs(model)
+    assert set(kwargs) == {"input_ids", "attention_mask"} and kwargs["input_ids"].shape == (2, 12)
+    report = apply_drop_path(model, 0.1, schedule="uniform")
+    assert report.verified is True
+    # repmixer blocks first and last (their token mixer a per-channel convolution, left out), attention blocks between
+    assert [s.block_path for s in report.sites] == ["layers.0", "layers.1", "layers.1", "layers.2", "layers.2", "layers.3"]
+
+
 def test_a_navit_packed_tower_gets_one_row_of_every_images_patches_and_their_sizes():
     # MiniCPM-V's tower: (1, C, p, N x p) and each image's (h, w) in patches, 4 x 4 (its 2 x 2 windows merge).
     config = T.MiniCPMOcrVisionConfig(**TOWER, image_size=16, patch_size=4, insert_layer_id=0, window_kernel_size=(2, 2))

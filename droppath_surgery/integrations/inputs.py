@@ -786,6 +786,15 @@ def _first_running(model: nn.Module, kwargs: dict, candidates: list[dict], fallb
     return {**kwargs, **candidates[fallback]}
 
 
+def _main_input(model: nn.Module, params: Any) -> str:
+    """The model's ``main_input_name``; but where that is not an argument of its forward and the forward takes
+    ``input_ids``, ``input_ids`` (a text tower inheriting its model's ``pixel_values``: SAM 3 LiteText's)."""
+    main = getattr(model, "main_input_name", "pixel_values")
+    if isinstance(main, str) and main not in params and "input_ids" in params:
+        return "input_ids"
+    return main
+
+
 def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> dict:
     """The inputs the model's forward takes, from its config: images (or NaFlex patches with their mask
     and shapes, or Qwen2-VL flattened patches with their grid), token ids with a padded attention mask (left
@@ -798,7 +807,7 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
     vision = getattr(config, "vision_config", None) or getattr(getattr(config, "encoder", None), "vision_config", None) \
         or config
     text = getattr(config, "text_config", None) or config
-    main = getattr(model, "main_input_name", "pixel_values")
+    main = _main_input(model, params)
     modalities = getattr(model, "input_modalities", ()) or ()
     kwargs: dict[str, Tensor] = {}
 
