@@ -730,6 +730,26 @@ def test_a_text_tower_inheriting_pixel_values_as_its_main_input_gets_text():
     assert [s.block_path for s in report.sites] == ["layers.0", "layers.1", "layers.1", "layers.2", "layers.2", "layers.3"]
 
 
+def test_pix2struct_style_patches_get_their_row_and_column_and_their_queries_text_positions():
+    # Kosmos-2.5: flattened_patches (B, N, 2 + p*p*C), no pixel_values; its latent_query_num image features go
+    # where image_embeds_position_mask marks. Without the patches its vision tower is never run.
+    config = T.Kosmos2_5Config(
+        text_config=dict(vocab_size=99, embed_dim=32, layers=2, attention_heads=4, ffn_dim=64, max_position_embeddings=64),
+        vision_config=dict(hidden_size=32, patch_embed_hidden_size=48, intermediate_size=64, head_dim=8,
+                           num_hidden_layers=2, num_attention_heads=4, max_num_patches=64),
+        latent_query_num=4,
+    )
+    model = T.Kosmos2_5Model(config)
+    _, kwargs = build_example_inputs(model)
+    patches = kwargs["flattened_patches"]
+    assert patches.shape == (2, 16, 2 + 48)  # a 4 x 4 grid
+    assert patches[0, :5, :2].tolist() == [[1, 1], [1, 2], [1, 3], [1, 4], [2, 1]]  # (row, col) from 1: 0 pads
+    assert kwargs["image_embeds_position_mask"].sum(1).tolist() == [4, 4]
+    report = apply_drop_path(model, 0.1)
+    assert report.verified is True
+    assert [s.block_path.split(".")[0] for s in report.sites] == ["vision_model"] * 4 + ["text_model"] * 4
+
+
 def test_a_navit_packed_tower_gets_one_row_of_every_images_patches_and_their_sizes():
     # MiniCPM-V's tower: (1, C, p, N x p) and each image's (h, w) in patches, 4 x 4 (its 2 x 2 windows merge).
     config = T.MiniCPMOcrVisionConfig(**TOWER, image_size=16, patch_size=4, insert_layer_id=0, window_kernel_size=(2, 2))

@@ -247,6 +247,20 @@ def _pixel_candidates(model: nn.Module, vision: Any, params: Any, device: torch.
     return [{**layout, **second} for layout in out]
 
 
+def _indexed_patches(vision: Any, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> dict[str, Tensor]:
+    """Pix2Struct-style ``flattened_patches`` where the vision config gives their width (``patch_embed_hidden_size``):
+    ``(B, N, 2 + width)``, each row the patch's row and column, counted from 1 (0 is padding, as the processor
+    writes them), in a grid of ``GRID_SIDE**2`` patches a side, then its values (Kosmos-2.5); {} otherwise."""
+    width = _field(vision, "patch_embed_hidden_size")
+    if not isinstance(width, int) or width < 1:
+        return {}
+    side = GRID_SIDE * GRID_SIDE
+    rows, cols = torch.meshgrid(torch.arange(1, side + 1), torch.arange(1, side + 1), indexing="ij")
+    where = torch.stack([rows.flatten(), cols.flatten()], -1).to(torch.float32).expand(EXAMPLE_BATCH, -1, -1)
+    values = torch.randn(EXAMPLE_BATCH, side * side, width, generator=gen)
+    return {"flattened_patches": torch.cat([where, values], -1).to(device, dtype)}
+
+
 def _image_pair(image: Tensor) -> dict[str, Tensor]:
     """``image`` and its mirror image as a pair a sample, ``(B, 2, C, H, W)``, for models matching the points of
     two images (LightGlue, EfficientLoFTR): the same content, flipped left to right, so that points match."""
@@ -872,6 +886,9 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
                         f"example_inputs= with 'pixel_values' and 'input_ids' holding one image token per image "
                         f"feature."
                     )
+        kwargs.update(image)
+    if not image and "flattened_patches" in params:  # Pix2Struct-style patches (Kosmos-2.5)
+        image = _indexed_patches(vision, device, dtype, gen)
         kwargs.update(image)
     _check_video_token(model, config, modalities, image_token, takes_ids and "pixel_values" in kwargs)
     media = _audio_candidates(config, params, main, device, dtype, gen)  # the layouts the forward may take
