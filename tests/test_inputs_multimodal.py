@@ -750,6 +750,31 @@ def test_pix2struct_style_patches_get_their_row_and_column_and_their_queries_tex
     assert [s.block_path.split(".")[0] for s in report.sites] == ["vision_model"] * 4 + ["text_model"] * 4
 
 
+def test_image_tokens_pooling_patches_get_their_pooling_indices_and_grids():
+    # Molmo2: crops of 5 x 5 patches, each image token pooling a 2 x 2 square of them (-1 past the edge): 3 x 3
+    # tokens an image. Its get_image_features requires the pooling, grids and crop counts.
+    config = T.Molmo2Config(
+        text_config=dict(vocab_size=99, additional_vocab_size=8, hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, intermediate_size=64, head_dim=8),
+        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                           intermediate_size=64, patch_size=4, num_position_embeddings=25, head_dim=8, image_size=[20, 20]),
+        adapter_config=dict(hidden_size=32, text_hidden_size=32, num_attention_heads=4, num_key_value_heads=4,
+                            head_dim=8, intermediate_size=64, vision_feature_layer=[-1]),
+        image_token_id=IMAGE_TOKEN, image_start_token_id=95, low_res_image_start_token_id=94, image_end_token_id=96,
+        frame_start_token_id=93, frame_end_token_id=92,
+    )
+    model = T.Molmo2Model(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape == (2, 1, 25, 48)  # an image a sample, one crop of 25 patches of 4 x 4 x 3
+    assert kwargs["image_grids"].tolist() == [[3, 3, 0, 0]] * 2 and kwargs["image_num_crops"].tolist() == [1, 1]
+    pooling = kwargs["image_token_pooling"]
+    assert pooling.shape == (18, 4) and pooling[:3].tolist() == [[0, 1, 5, 6], [2, 3, 7, 8], [4, -1, 9, -1]]
+    assert _image_tokens(kwargs) == [9, 9]
+    report = apply_drop_path(model, 0.1)
+    assert report.verified is True
+    assert [s.block_path.split(".")[0] for s in report.sites] == ["vision_tower"] * 4 + ["language_model"] * 4
+
+
 def test_a_navit_packed_tower_gets_one_row_of_every_images_patches_and_their_sizes():
     # MiniCPM-V's tower: (1, C, p, N x p) and each image's (h, w) in patches, 4 x 4 (its 2 x 2 windows merge).
     config = T.MiniCPMOcrVisionConfig(**TOWER, image_size=16, patch_size=4, insert_layer_id=0, window_kernel_size=(2, 2))

@@ -212,6 +212,9 @@ def _pixel_candidates(model: nn.Module, vision: Any, params: Any, device: torch.
                                                                                            dtype, gen)
     if positions:
         return positions
+    pooled = _pooled_crops(vision, params, device, dtype, gen)
+    if pooled:
+        return pooled
     if "spatial_shapes" in params:  # NaFlex: patches of a 4 x 4 grid, the second image 3 x 4 and padded
         side, p, c = 4, vision.patch_size, vision.num_channels
         pixels = torch.randn(EXAMPLE_BATCH, side * side, c * p * p, generator=gen).to(device, dtype)
@@ -397,6 +400,39 @@ def _position_id_patches(vision: Any, params: Any, device: torch.device, dtype: 
     rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
     xy = torch.stack([cols.flatten(), rows.flatten()], -1).expand(EXAMPLE_BATCH, -1, -1).contiguous()
     return [{"pixel_values": pixels, key: xy.to(device)}]
+
+
+POOL_SIDE = 2  # patches a side that one image token pools, for a forward that takes the pooling (Molmo2)
+
+
+def _pooled_crops(vision: Any, params: Any, device: torch.device, dtype: torch.dtype,
+                  gen: torch.Generator) -> list[dict[str, Tensor]]:
+    """Crops of flattened patches whose image tokens each pool a few patches, for a forward taking
+    ``image_token_pooling`` and ``image_grids`` (Molmo2): one crop an image, one image a sample, ``(B, 1, N, C x
+    p**2)`` with ``N = num_position_embeddings`` (a square grid: the tower adds one position a patch); each
+    token pooling a ``POOL_SIDE``-square of the crop's patches (indices within the image, -1 past its edge),
+    ``(tokens, POOL_SIDE**2)``; each image's grid of tokens ``(h, w, 0, 0)`` (no second, high-resolution grid)
+    and ``image_num_crops``; [] otherwise."""
+    count, p = _field(vision, "num_position_embeddings"), _field(vision, "patch_size")
+    if not {"image_token_pooling", "image_grids"} <= set(params) or not isinstance(count, int) or not isinstance(p, int):
+        return []
+    side = math.isqrt(count)
+    if side * side != count:
+        return []
+    channels = _field(vision, "num_channels", "in_channels") or 3
+    pixels = torch.randn(EXAMPLE_BATCH, 1, count, channels * p * p, generator=gen).to(device, dtype)
+    tokens = -(-side // POOL_SIDE)
+    at = torch.arange(tokens * POOL_SIDE)
+    rows = (at.view(tokens, 1, POOL_SIDE, 1)).expand(tokens, tokens, POOL_SIDE, POOL_SIDE)
+    cols = (at.view(1, tokens, 1, POOL_SIDE)).expand(tokens, tokens, POOL_SIDE, POOL_SIDE)
+    index = torch.where((rows < side) & (cols < side), rows * side + cols, -1).reshape(tokens * tokens, -1)
+    one = torch.ones(EXAMPLE_BATCH, dtype=torch.long)
+    return [{
+        "pixel_values": pixels,
+        "image_token_pooling": index.repeat(EXAMPLE_BATCH, 1).to(device),
+        "image_grids": torch.tensor([[tokens, tokens, 0, 0]] * EXAMPLE_BATCH, device=device),
+        **({"image_num_crops": one.to(device)} if "image_num_crops" in params else {}),
+    }]
 
 
 def _navit_patches(vision: Any, params: Any, device: torch.device, dtype: torch.dtype,
