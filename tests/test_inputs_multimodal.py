@@ -775,6 +775,26 @@ def test_image_tokens_pooling_patches_get_their_pooling_indices_and_grids():
     assert [s.block_path.split(".")[0] for s in report.sites] == ["vision_tower"] * 4 + ["language_model"] * 4
 
 
+def test_a_vlm_with_a_video_tower_of_its_own_gets_a_clip_and_its_video_tokens_beside_the_images():
+    # Video-LLaVA: images and videos go to separate CLIP towers; without a clip its video tower is never run.
+    config = T.VideoLlavaConfig(
+        vision_config=T.CLIPVisionConfig(**VISION, image_size=32, patch_size=8),
+        text_config=T.LlamaConfig(**TEXT),
+        image_token_index=IMAGE_TOKEN,
+        video_token_index=97,
+        vision_feature_layer=-1,
+    )
+    model = T.VideoLlavaModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values_videos"].shape == (2, 2, 3, 32, 32)  # VIDEO_FRAMES frames of the example image
+    assert _image_tokens(kwargs) == [16, 16]  # the CLS feature dropped
+    assert (kwargs["input_ids"] == 97).sum(1).tolist() == [34, 34]  # 2 frames x (16 patches + CLS)
+    report = apply_drop_path(model, 0.1)
+    assert report.verified is True
+    towers = [s.block_path.split(".")[0] for s in report.sites]
+    assert towers == ["image_tower"] * 4 + ["video_tower"] * 4 + ["language_model"] * 4
+
+
 def test_a_navit_packed_tower_gets_one_row_of_every_images_patches_and_their_sizes():
     # MiniCPM-V's tower: (1, C, p, N x p) and each image's (h, w) in patches, 4 x 4 (its 2 x 2 windows merge).
     config = T.MiniCPMOcrVisionConfig(**TOWER, image_size=16, patch_size=4, insert_layer_id=0, window_kernel_size=(2, 2))

@@ -711,6 +711,29 @@ def _wave_candidates(audio: Any, device: torch.device, dtype: torch.dtype, gen: 
 _VIDEO_TOKEN = ("video_token_id", "video_token_index")
 
 
+VIDEO_FRAMES = 2  # frames of an example clip beside the images, where the config counts none
+
+
+def _clip_beside_images(model: nn.Module, config: Any, vision: Any, params: Any,
+                        image: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[int]]:
+    """A clip beside a VLM's images, where its forward takes ``pixel_values_videos``, its config sets a video token
+    and it has a ``get_video_features`` (a video tower of its own goes unrun otherwise: Video-LLaVA's): the
+    example image (a plain ``(B, C, H, W)`` layout) as ``num_frames`` (else ``VIDEO_FRAMES``) frames,
+    ``(B, T, C, H, W)``, and the video tokens of each sample, counted as the image tokens on its
+    ``get_video_features``; ({}, []) where it does not count (the images alone, as before)."""
+    fn: Any = getattr(model, "get_video_features", None)
+    pixels = image.get("pixel_values")
+    if ("pixel_values_videos" not in params or _field(config, *_VIDEO_TOKEN) is None or not callable(fn)
+            or set(image) != {"pixel_values"} or pixels is None or pixels.dim() != 4):
+        return {}, []
+    frames = _field(vision, "num_frames") or _field(config, "num_frames") or VIDEO_FRAMES
+    clip = {"pixel_values_videos": pixels[:, None].expand(-1, frames, -1, -1, -1).contiguous()}
+    try:
+        return clip, _count_features(fn, clip)
+    except Exception:  # noqa: BLE001 - not a clip it takes: the images alone
+        return {}, []
+
+
 def _check_video_token(model: nn.Module, config: Any, modalities: Any, image_token: Any, frames_in_text: bool) -> None:
     """A video-language model whose config leaves its video token unset (and has no image token): no text can
     hold its frames, so ``ExampleInputsError`` names the field rather than a forward that cannot find them."""
@@ -967,6 +990,10 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
             start, end = _field(config, *_IMAGE_START), _field(config, *_IMAGE_END)
             images = len(next((v for k, v in image.items() if k.endswith("grid_thw")), [None] * EXAMPLE_BATCH))
             ids = _with_media_tokens(ids, image_tokens, images // EXAMPLE_BATCH, image_token, start, end)
+            clip, clip_tokens = _clip_beside_images(model, config, vision, params, image)
+            if clip:  # a run of video tokens before the images' (its own tower: Video-LLaVA)
+                ids = _with_media_tokens(ids, clip_tokens, 1, _field(config, *_VIDEO_TOKEN), None, None)
+                kwargs.update(clip)
             if "mm_token_type_ids" in params:  # text 0, image 1 (M-RoPE positions)
                 kwargs["mm_token_type_ids"] = (ids == image_token).to(torch.int)
         elif audio_tokens is not None:  # one run of audio tokens
