@@ -795,6 +795,25 @@ def test_a_vlm_with_a_video_tower_of_its_own_gets_a_clip_and_its_video_tokens_be
     assert towers == ["image_tower"] * 4 + ["video_tower"] * 4 + ["language_model"] * 4
 
 
+def test_a_video_encoder_on_a_timm_tower_gets_a_clip_of_the_towers_image_size():
+    # PE Video: its config counts no frames and names only the timm architecture of its frame tower; the clip
+    # is VIDEO_FRAMES frames of that tower's patch_embed.img_size (timm's test_vit: 160).
+    from transformers.models.pe_video import configuration_pe_video as C
+    from transformers.models.pe_video import modeling_pe_video as M
+
+    config = C.PeVideoEncoderConfig(
+        vision_config=dict(model_type="timm_wrapper", architecture="test_vit", num_classes=32, do_pooling=True),
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=8,
+    )
+    model = M.PeVideoEncoder(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values_videos"].shape == (2, 2, 3, 160, 160)
+    report = apply_drop_path(model, 0.1)
+    assert report.verified is True
+    assert {s.block_path.rsplit(".", 1)[0] for s in report.sites} == {"embedder.vision_model.timm_model.blocks"}
+
+
 def test_a_navit_packed_tower_gets_one_row_of_every_images_patches_and_their_sizes():
     # MiniCPM-V's tower: (1, C, p, N x p) and each image's (h, w) in patches, 4 x 4 (its 2 x 2 windows merge).
     config = T.MiniCPMOcrVisionConfig(**TOWER, image_size=16, patch_size=4, insert_layer_id=0, window_kernel_size=(2, 2))

@@ -469,18 +469,32 @@ def _flat_patches(vision: Any, image: Tensor) -> list[dict[str, Tensor]]:
     return out
 
 
-def _video_candidates(config: Any, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> list[dict[str, Tensor]]:
+def _video_candidates(config: Any, device: torch.device, dtype: torch.dtype, gen: torch.Generator,
+                      timm_size: tuple[int, int] | None = None) -> list[dict[str, Tensor]]:
     """A clip for a video model's ``pixel_values_videos``: ``num_frames`` (``frames_per_clip``) frames of
-    ``image_size`` (``crop_size``), as ``(B, T, C, H, W)`` or ``(B, C, T, H, W)``; [] when the config says too little."""
+    ``image_size`` (``crop_size``), as ``(B, T, C, H, W)`` or ``(B, C, T, H, W)``; where the config sets neither
+    and the frames go to a timm tower (``timm_size``, its ``patch_embed.img_size``: PE Video), ``VIDEO_FRAMES``
+    frames of that size; [] when the config says too little."""
     video = _field(config, "vision_config", "video_config")
     video = video if _field(video, "num_frames", "frames_per_clip") is not None else config
     frames = _field(video, "num_frames", "frames_per_clip")
     size = _field(video, "image_size", "crop_size")
+    if frames is None and size is None and timm_size is not None:
+        frames, size = VIDEO_FRAMES, timm_size
     if not isinstance(frames, int) or frames < 1 or size is None:
         return []
     channels = _field(video, "num_channels", "in_channels", "in_chans") or 3
     clip = torch.randn(EXAMPLE_BATCH, frames, channels, *_pair(size), generator=gen).to(device, dtype)
     return [{"pixel_values_videos": clip}, {"pixel_values_videos": clip.transpose(1, 2).contiguous()}]
+
+
+def _timm_tower_size(model: nn.Module) -> tuple[int, int] | None:
+    """The image size of the first timm model inside a Hugging Face one (its ``patch_embed.img_size``: a
+    ``TimmWrapper`` tower, whose config names only the architecture); None without one."""
+    for m in model.modules():
+        if type(m).__module__.startswith("timm.") and getattr(getattr(m, "patch_embed", None), "img_size", None):
+            return _pair(m.patch_embed.img_size)
+    return None
 
 
 def _series_candidates(config: Any, params: Any, device: torch.device, dtype: torch.dtype,
@@ -952,7 +966,7 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
     _check_video_token(model, config, modalities, image_token, takes_ids and "pixel_values" in kwargs)
     media = _audio_candidates(config, params, main, device, dtype, gen)  # the layouts the forward may take
     if not media and "pixel_values_videos" in params and (main == "pixel_values_videos" or "pixel_values_videos" in required):
-        media = _video_candidates(config, device, dtype, gen)
+        media = _video_candidates(config, device, dtype, gen, _timm_tower_size(model))
     if not media and "past_values" in required:
         media = _series_candidates(config, params, device, dtype, gen)
     fallback = 0
