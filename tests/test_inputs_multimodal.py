@@ -143,6 +143,22 @@ def test_qwen2_5_vl_window_blocks_are_left_out_and_its_full_attention_blocks_dro
     assert len(report.skipped) == 6 and all(s.path.startswith(("blocks.0.", "blocks.1.", "blocks.2.")) for s in report.skipped)
 
 
+def test_a_tower_whose_windows_are_its_position_table_gets_images_two_windows_wide():
+    # MuseSpark: windows of pos_emb_height x pos_emb_width patches (no window_size); images one window wide
+    # would make the window blocks' boundaries equal to the images', so no block would tell the samples apart.
+    config = T.MuseSparkVisionConfig(
+        patch_size=4, pos_emb_height=4, pos_emb_width=4, hidden_size=32, num_attention_heads=2, num_hidden_layers=2,
+        intermediate_size=64, layer_types=["window_attention", "full_attention"],
+    )
+    model = T.MuseSparkVisionModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["grid_thw"].tolist() == [[1, 4, 8]] * 4  # 4 patches high (2 merges), two 4-patch windows wide
+    with pytest.warns(UserWarning, match=r"2 residual branches .*finer boundaries \(attention windows\)"):
+        report = apply_drop_path(model, 0.1)
+    assert [(s.block_path, s.packed) for s in report.sites] == [("layers.1", True)] * 2
+    assert report.verified is True
+
+
 def test_a_video_model_gets_a_clip_of_its_frames_in_the_layout_it_runs_on():
     # VideoPrism takes pixel_values_videos (B, T, C, H, W): num_frames frames of image_size, factorized
     # spatial then temporal encoders, both patched.
@@ -628,6 +644,174 @@ def test_a_projector_taking_only_some_patch_counts_gets_an_image_of_the_smallest
     assert kwargs["pixel_values"].shape == (2, 3, 32, 32)
     assert _image_tokens(kwargs) == [4, 4]
     _patch(model)
+
+
+def test_an_image_scaled_down_before_it_is_cut_into_patches_is_large_enough_for_one_patch_at_the_smallest_scale():
+    # DepthPro: 16-pixel patches of the image scaled by 1/16 need a 256-pixel image (224 holds none).
+    tower = dict(model_type="dinov2", image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                 num_attention_heads=2, intermediate_size=64)
+    config = T.DepthProConfig(
+        patch_size=16, image_model_config=tower, patch_model_config=tower, fov_model_config=tower,
+        scaled_images_ratios=[0.0625, 1], scaled_images_overlap_ratios=[0.0, 0.0], scaled_images_feature_dims=[16, 16],
+        intermediate_hook_ids=[1, 0], intermediate_feature_dims=[16, 16], fusion_hidden_size=16,
+    )
+    model = T.DepthProModel(config).eval()
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape == (2, 3, 256, 256)
+    with torch.no_grad():
+        out = model(**kwargs)
+    assert out.last_hidden_state.shape[0] == 2
+
+
+def test_image_queries_placed_by_a_position_mask_get_text_positions_marked_for_each_query():
+    # Kosmos-2: no image token; the forward writes latent_query_num query features where
+    # image_embeds_position_mask is 1 (and fails without the mask).
+    config = T.Kosmos2Config(
+        text_config=dict(vocab_size=99, embed_dim=32, layers=2, attention_heads=4, ffn_dim=64, max_position_embeddings=64),
+        vision_config=dict(**VISION, image_size=32, patch_size=8),
+        latent_query_num=4,
+    )
+    model = T.Kosmos2Model(config)
+    _, kwargs = build_example_inputs(model)
+    mask = kwargs["image_embeds_position_mask"]
+    assert mask.shape == kwargs["input_ids"].shape == (2, 16)  # 12 text tokens and 4 queries
+    assert mask.tolist() == [[0] * 4 + [1] * 4 + [0] * 8] * 2  # after the left padding of sample 1 (3 tokens)
+    report = apply_drop_path(model, 0.1)
+    assert report.verified is True
+    assert [s.block_path.split(".")[0] for s in report.sites] == ["vision_model"] * 4 + ["text_model"] * 4
+
+
+def test_a_keypoint_matcher_gets_a_pair_of_images_the_second_mirroring_the_first():
+    # LightGlue: the forward takes (B, 2, C, H, W) and fails on every single-image layout.
+    config = T.LightGlueConfig(
+        keypoint_detector_config=dict(model_type="superpoint", encoder_hidden_sizes=[8, 8, 16, 16],
+                                      decoder_hidden_size=32, descriptor_decoder_dim=32, max_keypoints=32),
+        descriptor_dim=32, num_hidden_layers=2, num_attention_heads=2,
+    )
+    config.image_size = 64  # (no such field: 224 otherwise) a small image keeps the test quick
+    model = T.LightGlueForKeypointMatching(config)
+    _, kwargs = build_example_inputs(model)
+    pair = kwargs["pixel_values"]
+    assert pair.shape == (2, 2, 3, 64, 64)
+    assert torch.equal(pair[:, 1], pair[:, 0].flip(-1))
+    report = apply_drop_path(model, 0.1)
+    assert report.verified is True
+    assert [s.block_path for s in report.sites] == ["transformer_layers.0"] * 2 + ["transformer_layers.1"] * 2
+
+
+def test_a_model_placing_image_patches_by_the_texts_boxes_gets_a_box_per_token():
+    # UDOP: its forward takes visual_bbox and places each image patch by the text's bbox (None fails).
+    config = T.UdopConfig(vocab_size=99, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, image_size=32,
+                          patch_size=8, max_2d_position_embeddings=64, relative_attention_num_buckets=8)
+    model = T.UdopModel(config)
+    _, kwargs = build_example_inputs(model)
+    box = kwargs["bbox"]
+    assert box.shape == (*kwargs["input_ids"].shape, 4)
+    assert 0 <= box.min() and box.max() <= 1 and bool((box[..., :2] <= box[..., 2:]).all())
+    report = apply_drop_path(model, 0.1)
+    assert report.verified is True and len(report.sites) == 10  # 2 encoder blocks x 2 layers, 2 decoder x 3
+
+
+def test_a_text_tower_inheriting_pixel_values_as_its_main_input_gets_text():
+    # SAM 3 LiteText's text model keeps its base class's main_input_name, pixel_values, which its forward does
+    # not take: it is probed on input_ids.
+    from transformers.models.sam3_lite_text import configuration_sam3_lite_text as C
+    from transformers.models.sam3_lite_text import modeling_sam3_lite_text as M
+
+    config = C.Sam3LiteTextTextConfig(vocab_size=99, hidden_size=32, intermediate_size=64, projection_dim=32,
+                                      num_hidden_layers=4, num_attention_heads=4)
+    model = M.Sam3LiteTextTextModel(config)
+    assert model.main_input_name == "pixel_values"
+    _, kwargs = build_example_inputs(model)
+    assert set(kwargs) == {"input_ids", "attention_mask"} and kwargs["input_ids"].shape == (2, 12)
+    report = apply_drop_path(model, 0.1, schedule="uniform")
+    assert report.verified is True
+    # repmixer blocks first and last (their token mixer a per-channel convolution, left out), attention blocks between
+    assert [s.block_path for s in report.sites] == ["layers.0", "layers.1", "layers.1", "layers.2", "layers.2", "layers.3"]
+
+
+def test_pix2struct_style_patches_get_their_row_and_column_and_their_queries_text_positions():
+    # Kosmos-2.5: flattened_patches (B, N, 2 + p*p*C), no pixel_values; its latent_query_num image features go
+    # where image_embeds_position_mask marks. Without the patches its vision tower is never run.
+    config = T.Kosmos2_5Config(
+        text_config=dict(vocab_size=99, embed_dim=32, layers=2, attention_heads=4, ffn_dim=64, max_position_embeddings=64),
+        vision_config=dict(hidden_size=32, patch_embed_hidden_size=48, intermediate_size=64, head_dim=8,
+                           num_hidden_layers=2, num_attention_heads=4, max_num_patches=64),
+        latent_query_num=4,
+    )
+    model = T.Kosmos2_5Model(config)
+    _, kwargs = build_example_inputs(model)
+    patches = kwargs["flattened_patches"]
+    assert patches.shape == (2, 16, 2 + 48)  # a 4 x 4 grid
+    assert patches[0, :5, :2].tolist() == [[1, 1], [1, 2], [1, 3], [1, 4], [2, 1]]  # (row, col) from 1: 0 pads
+    assert kwargs["image_embeds_position_mask"].sum(1).tolist() == [4, 4]
+    report = apply_drop_path(model, 0.1)
+    assert report.verified is True
+    assert [s.block_path.split(".")[0] for s in report.sites] == ["vision_model"] * 4 + ["text_model"] * 4
+
+
+def test_image_tokens_pooling_patches_get_their_pooling_indices_and_grids():
+    # Molmo2: crops of 5 x 5 patches, each image token pooling a 2 x 2 square of them (-1 past the edge): 3 x 3
+    # tokens an image. Its get_image_features requires the pooling, grids and crop counts.
+    config = T.Molmo2Config(
+        text_config=dict(vocab_size=99, additional_vocab_size=8, hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, intermediate_size=64, head_dim=8),
+        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                           intermediate_size=64, patch_size=4, num_position_embeddings=25, head_dim=8, image_size=[20, 20]),
+        adapter_config=dict(hidden_size=32, text_hidden_size=32, num_attention_heads=4, num_key_value_heads=4,
+                            head_dim=8, intermediate_size=64, vision_feature_layer=[-1]),
+        image_token_id=IMAGE_TOKEN, image_start_token_id=95, low_res_image_start_token_id=94, image_end_token_id=96,
+        frame_start_token_id=93, frame_end_token_id=92,
+    )
+    model = T.Molmo2Model(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values"].shape == (2, 1, 25, 48)  # an image a sample, one crop of 25 patches of 4 x 4 x 3
+    assert kwargs["image_grids"].tolist() == [[3, 3, 0, 0]] * 2 and kwargs["image_num_crops"].tolist() == [1, 1]
+    pooling = kwargs["image_token_pooling"]
+    assert pooling.shape == (18, 4) and pooling[:3].tolist() == [[0, 1, 5, 6], [2, 3, 7, 8], [4, -1, 9, -1]]
+    assert _image_tokens(kwargs) == [9, 9]
+    report = apply_drop_path(model, 0.1)
+    assert report.verified is True
+    assert [s.block_path.split(".")[0] for s in report.sites] == ["vision_tower"] * 4 + ["language_model"] * 4
+
+
+def test_a_vlm_with_a_video_tower_of_its_own_gets_a_clip_and_its_video_tokens_beside_the_images():
+    # Video-LLaVA: images and videos go to separate CLIP towers; without a clip its video tower is never run.
+    config = T.VideoLlavaConfig(
+        vision_config=T.CLIPVisionConfig(**VISION, image_size=32, patch_size=8),
+        text_config=T.LlamaConfig(**TEXT),
+        image_token_index=IMAGE_TOKEN,
+        video_token_index=97,
+        vision_feature_layer=-1,
+    )
+    model = T.VideoLlavaModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values_videos"].shape == (2, 2, 3, 32, 32)  # VIDEO_FRAMES frames of the example image
+    assert _image_tokens(kwargs) == [16, 16]  # the CLS feature dropped
+    assert (kwargs["input_ids"] == 97).sum(1).tolist() == [34, 34]  # 2 frames x (16 patches + CLS)
+    report = apply_drop_path(model, 0.1)
+    assert report.verified is True
+    towers = [s.block_path.split(".")[0] for s in report.sites]
+    assert towers == ["image_tower"] * 4 + ["video_tower"] * 4 + ["language_model"] * 4
+
+
+def test_a_video_encoder_on_a_timm_tower_gets_a_clip_of_the_towers_image_size():
+    # PE Video: its config counts no frames and names only the timm architecture of its frame tower; the clip
+    # is VIDEO_FRAMES frames of that tower's patch_embed.img_size (timm's test_vit: 160).
+    from transformers.models.pe_video import configuration_pe_video as C
+    from transformers.models.pe_video import modeling_pe_video as M
+
+    config = C.PeVideoEncoderConfig(
+        vision_config=dict(model_type="timm_wrapper", architecture="test_vit", num_classes=32, do_pooling=True),
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=8,
+    )
+    model = M.PeVideoEncoder(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["pixel_values_videos"].shape == (2, 2, 3, 160, 160)
+    report = apply_drop_path(model, 0.1)
+    assert report.verified is True
+    assert {s.block_path.rsplit(".", 1)[0] for s in report.sites} == {"embedder.vision_model.timm_model.blocks"}
 
 
 def test_a_navit_packed_tower_gets_one_row_of_every_images_patches_and_their_sizes():

@@ -163,7 +163,9 @@ def _patch_rows(vision: Any, device: torch.device, dtype: torch.dtype, gen: torc
     per patch, every image's patches concatenated (no batch dimension), and the ``(t, h, w)`` grid of each
     image. One frame per image, a grid of ``GRID_SIDE x spatial_merge_size`` patches a side (at least two
     attention windows of ``window_size`` pixels, Qwen2.5-VL's: windows as large as the image would leave the
-    engine unable to tell them from the images), ``GRID_IMAGES`` images per sample."""
+    engine unable to tell them from the images), ``GRID_IMAGES`` images per sample. Where the attention
+    windows are the position table, ``pos_emb_height x pos_emb_width`` patches (``layer_types`` naming window
+    attention, MuseSpark's), the image is as wide as two windows and keeps its height (``_table_windows``)."""
     merge = _field(vision, "spatial_merge_size", "merge_size") or 1
     temporal = _field(vision, "temporal_patch_size", "patch_temporal") or 1
     channels = _field(vision, "in_channels", "num_channels", "in_chans") or 3
@@ -171,9 +173,21 @@ def _patch_rows(vision: Any, device: torch.device, dtype: torch.dtype, gen: torc
     window = _field(vision, "window_size") or 0
     if isinstance(window, int) and window >= vision.patch_size:
         side = max(side, -(-2 * (window // vision.patch_size) // merge) * merge)
-    grid = torch.tensor([[1, side, side]] * (EXAMPLE_BATCH * GRID_IMAGES), dtype=torch.long)
-    rows = torch.randn(len(grid) * side * side, channels * temporal * vision.patch_size**2, generator=gen)
+    wide = max(side, -(-2 * _table_windows(vision) // merge) * merge)
+    grid = torch.tensor([[1, side, wide]] * (EXAMPLE_BATCH * GRID_IMAGES), dtype=torch.long)
+    rows = torch.randn(len(grid) * side * wide, channels * temporal * vision.patch_size**2, generator=gen)
     return rows.to(device, dtype), grid.to(device)
+
+
+def _table_windows(vision: Any) -> int:
+    """The width in patches of an attention window that is the position table (``pos_emb_width``, where the
+    config's ``layer_types`` name window attention and it sets no ``window_size``: MuseSpark); 0 otherwise."""
+    width = _field(vision, "pos_emb_width")
+    kinds = _field(vision, "layer_types") or ()
+    windowed = any("window" in str(kind) for kind in kinds)
+    if not windowed or not isinstance(width, int) or _field(vision, "window_size") is not None:
+        return 0
+    return width
 
 
 def _pixel_candidates(model: nn.Module, vision: Any, params: Any, device: torch.device, dtype: torch.dtype,
@@ -199,6 +213,9 @@ def _pixel_candidates(model: nn.Module, vision: Any, params: Any, device: torch.
                                                                                            dtype, gen)
     if positions:
         return positions
+    pooled = _pooled_crops(vision, params, device, dtype, gen)
+    if pooled:
+        return pooled
     if "spatial_shapes" in params:  # NaFlex: patches of a 4 x 4 grid, the second image 3 x 4 and padded
         side, p, c = 4, vision.patch_size, vision.num_channels
         pixels = torch.randn(EXAMPLE_BATCH, side * side, c * p * p, generator=gen).to(device, dtype)
@@ -229,14 +246,36 @@ def _pixel_candidates(model: nn.Module, vision: Any, params: Any, device: torch.
     if "image_sizes" in params:
         sizes.append({"image_sizes": torch.tensor([list(size)] * EXAMPLE_BATCH, device=device)})
     out = [{"pixel_values": pixels, **extra} for pixels in (image, image.unsqueeze(1)) for extra in sizes]
-    out = _with_tile_masks(model, out) + _flat_patches(vision, image)
+    out = _with_tile_masks(model, out) + _flat_patches(vision, image) + [_image_pair(image)]
     second = _second_images(model.config, params, device, dtype, gen)
     return [{**layout, **second} for layout in out]
 
 
+def _indexed_patches(vision: Any, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> dict[str, Tensor]:
+    """Pix2Struct-style ``flattened_patches`` where the vision config gives their width (``patch_embed_hidden_size``):
+    ``(B, N, 2 + width)``, each row the patch's row and column, counted from 1 (0 is padding, as the processor
+    writes them), in a grid of ``GRID_SIDE**2`` patches a side, then its values (Kosmos-2.5); {} otherwise."""
+    width = _field(vision, "patch_embed_hidden_size")
+    if not isinstance(width, int) or width < 1:
+        return {}
+    side = GRID_SIDE * GRID_SIDE
+    rows, cols = torch.meshgrid(torch.arange(1, side + 1), torch.arange(1, side + 1), indexing="ij")
+    where = torch.stack([rows.flatten(), cols.flatten()], -1).to(torch.float32).expand(EXAMPLE_BATCH, -1, -1)
+    values = torch.randn(EXAMPLE_BATCH, side * side, width, generator=gen)
+    return {"flattened_patches": torch.cat([where, values], -1).to(device, dtype)}
+
+
+def _image_pair(image: Tensor) -> dict[str, Tensor]:
+    """``image`` and its mirror image as a pair a sample, ``(B, 2, C, H, W)``, for models matching the points of
+    two images (LightGlue, EfficientLoFTR): the same content, flipped left to right, so that points match."""
+    return {"pixel_values": torch.stack([image, image.flip(-1)], dim=1)}
+
+
 def _image_size(config: Any, vision: Any) -> tuple[int, int]:
     """``image_size`` (224 if unset); but where a projector takes only some patch counts
-    (``projector_patch_to_query_dict``, Aria's), the square image of ``patch_size`` patches giving the smallest."""
+    (``projector_patch_to_query_dict``, Aria's), the square image of ``patch_size`` patches giving the smallest;
+    and where the image is scaled down by ``scaled_images_ratios`` and cut into ``patch_size`` patches (DepthPro),
+    at least ``patch_size / min(ratios)`` a side, so that the smallest scaled image holds a patch."""
     counts = _field(config, "projector_patch_to_query_dict")
     p = _field(vision, "patch_size")
     if isinstance(counts, dict) and counts and isinstance(p, int):
@@ -244,7 +283,12 @@ def _image_size(config: Any, vision: Any) -> tuple[int, int]:
         side = math.isqrt(fewest)
         if side * side == fewest:
             return side * p, side * p
-    return _pair(getattr(vision, "image_size", 224))
+    high, wide = _pair(getattr(vision, "image_size", 224))
+    ratios = _field(config, "scaled_images_ratios")
+    if ratios and isinstance(p, int) and min(ratios) > 0:
+        least = math.ceil(p / min(ratios))
+        high, wide = max(high, least), max(wide, least)
+    return high, wide
 
 
 def _tiled_images(vision: Any, params: Any, image: Tensor) -> list[dict[str, Tensor]]:
@@ -265,6 +309,22 @@ def _tiled_images(vision: Any, params: Any, image: Tensor) -> list[dict[str, Ten
     if "aspect_ratio_mask" in params:
         out["aspect_ratio_mask"] = mask
     return [out]
+
+
+def _with_query_positions(config: Any, params: Any, ids: Tensor, image: dict[str, Tensor]) -> tuple[Tensor, dict]:
+    """For a forward that puts its image's ``latent_query_num`` query features at the text positions an
+    ``image_embeds_position_mask`` marks (Kosmos-2, no image token): ``ids`` with as many more tokens after the
+    first ``PADDED + 1`` of each sample (their ids, replaced by the features, are random text) and that mask
+    ``(B, L)``; ``ids`` unchanged and {} otherwise (or without pixels)."""
+    queries = _field(config, "latent_query_num")
+    if "image_embeds_position_mask" not in params or not isinstance(queries, int) or queries < 1 or not image:
+        return ids, {}
+    cut = min(PADDED + 1, ids.shape[1])
+    filler = ids[:, :1].expand(-1, queries)  # the sample's first token again (any text id)
+    ids = torch.cat([ids[:, :cut], filler, ids[:, cut:]], dim=1)
+    mask = torch.zeros_like(ids)
+    mask[:, cut : cut + queries] = 1
+    return ids, {"image_embeds_position_mask": mask}
 
 
 def _text_image_masks(layout: dict[str, Tensor], ids: Tensor, params: Any) -> dict[str, Tensor]:
@@ -343,6 +403,39 @@ def _position_id_patches(vision: Any, params: Any, device: torch.device, dtype: 
     return [{"pixel_values": pixels, key: xy.to(device)}]
 
 
+POOL_SIDE = 2  # patches a side that one image token pools, for a forward that takes the pooling (Molmo2)
+
+
+def _pooled_crops(vision: Any, params: Any, device: torch.device, dtype: torch.dtype,
+                  gen: torch.Generator) -> list[dict[str, Tensor]]:
+    """Crops of flattened patches whose image tokens each pool a few patches, for a forward taking
+    ``image_token_pooling`` and ``image_grids`` (Molmo2): one crop an image, one image a sample, ``(B, 1, N, C x
+    p**2)`` with ``N = num_position_embeddings`` (a square grid: the tower adds one position a patch); each
+    token pooling a ``POOL_SIDE``-square of the crop's patches (indices within the image, -1 past its edge),
+    ``(tokens, POOL_SIDE**2)``; each image's grid of tokens ``(h, w, 0, 0)`` (no second, high-resolution grid)
+    and ``image_num_crops``; [] otherwise."""
+    count, p = _field(vision, "num_position_embeddings"), _field(vision, "patch_size")
+    if not {"image_token_pooling", "image_grids"} <= set(params) or not isinstance(count, int) or not isinstance(p, int):
+        return []
+    side = math.isqrt(count)
+    if side * side != count:
+        return []
+    channels = _field(vision, "num_channels", "in_channels") or 3
+    pixels = torch.randn(EXAMPLE_BATCH, 1, count, channels * p * p, generator=gen).to(device, dtype)
+    tokens = -(-side // POOL_SIDE)
+    at = torch.arange(tokens * POOL_SIDE)
+    rows = (at.view(tokens, 1, POOL_SIDE, 1)).expand(tokens, tokens, POOL_SIDE, POOL_SIDE)
+    cols = (at.view(1, tokens, 1, POOL_SIDE)).expand(tokens, tokens, POOL_SIDE, POOL_SIDE)
+    index = torch.where((rows < side) & (cols < side), rows * side + cols, -1).reshape(tokens * tokens, -1)
+    one = torch.ones(EXAMPLE_BATCH, dtype=torch.long)
+    return [{
+        "pixel_values": pixels,
+        "image_token_pooling": index.repeat(EXAMPLE_BATCH, 1).to(device),
+        "image_grids": torch.tensor([[tokens, tokens, 0, 0]] * EXAMPLE_BATCH, device=device),
+        **({"image_num_crops": one.to(device)} if "image_num_crops" in params else {}),
+    }]
+
+
 def _navit_patches(vision: Any, params: Any, device: torch.device, dtype: torch.dtype,
                    gen: torch.Generator) -> list[dict[str, Tensor]]:
     """NaViT-packed images for a forward taking ``target_sizes`` (MiniCPM-V's tower): every image's patches in one
@@ -377,18 +470,32 @@ def _flat_patches(vision: Any, image: Tensor) -> list[dict[str, Tensor]]:
     return out
 
 
-def _video_candidates(config: Any, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> list[dict[str, Tensor]]:
+def _video_candidates(config: Any, device: torch.device, dtype: torch.dtype, gen: torch.Generator,
+                      timm_size: tuple[int, int] | None = None) -> list[dict[str, Tensor]]:
     """A clip for a video model's ``pixel_values_videos``: ``num_frames`` (``frames_per_clip``) frames of
-    ``image_size`` (``crop_size``), as ``(B, T, C, H, W)`` or ``(B, C, T, H, W)``; [] when the config says too little."""
+    ``image_size`` (``crop_size``), as ``(B, T, C, H, W)`` or ``(B, C, T, H, W)``; where the config sets neither
+    and the frames go to a timm tower (``timm_size``, its ``patch_embed.img_size``: PE Video), ``VIDEO_FRAMES``
+    frames of that size; [] when the config says too little."""
     video = _field(config, "vision_config", "video_config")
     video = video if _field(video, "num_frames", "frames_per_clip") is not None else config
     frames = _field(video, "num_frames", "frames_per_clip")
     size = _field(video, "image_size", "crop_size")
+    if frames is None and size is None and timm_size is not None:
+        frames, size = VIDEO_FRAMES, timm_size
     if not isinstance(frames, int) or frames < 1 or size is None:
         return []
     channels = _field(video, "num_channels", "in_channels", "in_chans") or 3
     clip = torch.randn(EXAMPLE_BATCH, frames, channels, *_pair(size), generator=gen).to(device, dtype)
     return [{"pixel_values_videos": clip}, {"pixel_values_videos": clip.transpose(1, 2).contiguous()}]
+
+
+def _timm_tower_size(model: nn.Module) -> tuple[int, int] | None:
+    """The image size of the first timm model inside a Hugging Face one (its ``patch_embed.img_size``: a
+    ``TimmWrapper`` tower, whose config names only the architecture); None without one."""
+    for m in model.modules():
+        if type(m).__module__.startswith("timm.") and getattr(getattr(m, "patch_embed", None), "img_size", None):
+            return _pair(m.patch_embed.img_size)
+    return None
 
 
 def _series_candidates(config: Any, params: Any, device: torch.device, dtype: torch.dtype,
@@ -709,6 +816,29 @@ def _latent_candidates(audio: Any, key: str, device: torch.device, dtype: torch.
 _VIDEO_TOKEN = ("video_token_id", "video_token_index")
 
 
+VIDEO_FRAMES = 2  # frames of an example clip beside the images, where the config counts none
+
+
+def _clip_beside_images(model: nn.Module, config: Any, vision: Any, params: Any,
+                        image: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[int]]:
+    """A clip beside a VLM's images, where its forward takes ``pixel_values_videos``, its config sets a video token
+    and it has a ``get_video_features`` (a video tower of its own goes unrun otherwise: Video-LLaVA's): the
+    example image (a plain ``(B, C, H, W)`` layout) as ``num_frames`` (else ``VIDEO_FRAMES``) frames,
+    ``(B, T, C, H, W)``, and the video tokens of each sample, counted as the image tokens on its
+    ``get_video_features``; ({}, []) where it does not count (the images alone, as before)."""
+    fn: Any = getattr(model, "get_video_features", None)
+    pixels = image.get("pixel_values")
+    if ("pixel_values_videos" not in params or _field(config, *_VIDEO_TOKEN) is None or not callable(fn)
+            or set(image) != {"pixel_values"} or pixels is None or pixels.dim() != 4):
+        return {}, []
+    frames = _field(vision, "num_frames") or _field(config, "num_frames") or VIDEO_FRAMES
+    clip = {"pixel_values_videos": pixels[:, None].expand(-1, frames, -1, -1, -1).contiguous()}
+    try:
+        return clip, _count_features(fn, clip)
+    except Exception:  # noqa: BLE001 - not a clip it takes: the images alone
+        return {}, []
+
+
 def _check_video_token(model: nn.Module, config: Any, modalities: Any, image_token: Any, frames_in_text: bool) -> None:
     """A video-language model whose config leaves its video token unset (and has no image token): no text can
     hold its frames, so ``ExampleInputsError`` names the field rather than a forward that cannot find them."""
@@ -734,14 +864,15 @@ def _beside_text(config: Any, params: Any, ids: Tensor, device: torch.device, dt
                  gen: torch.Generator) -> dict[str, Tensor]:
     """What a text model's forward needs beside its tokens, where its config sizes it: ``VISUAL_REGIONS``
     region features of ``visual_feat_dim`` with their boxes (``visual_pos_dim`` = 4: corners within [0, 1])
-    (LXMERT); a box within [0, 1] per token where the config scales normalized boxes (``bbox_scale``: BROS);
+    (LXMERT); a box within [0, 1] per token where the config scales normalized boxes (``bbox_scale``: BROS) or the
+    forward also takes the image patches' boxes (``visual_bbox``: UDOP places each patch by the boxes of the text);
     every sample in the first of the config's ``languages`` where it sets no default (X-MOD's adapters)."""
     out: dict[str, Tensor] = {}
     feat, pos = _field(config, "visual_feat_dim"), _field(config, "visual_pos_dim")
     if "visual_feats" in params and "visual_pos" in params and isinstance(feat, int) and pos == 4:
         out["visual_feats"] = torch.randn(EXAMPLE_BATCH, VISUAL_REGIONS, feat, generator=gen).to(device, dtype)
         out["visual_pos"] = _boxes(VISUAL_REGIONS, device, dtype, gen)
-    if "bbox" in params and _field(config, "bbox_scale") is not None and ids.dim() == 2:
+    if "bbox" in params and (_field(config, "bbox_scale") is not None or "visual_bbox" in params) and ids.dim() == 2:
         out["bbox"] = _boxes(ids.shape[1], device, dtype, gen)
     if "lang_ids" in params and _field(config, "languages") and _field(config, "default_language") is None:
         out["lang_ids"] = torch.zeros(EXAMPLE_BATCH, dtype=torch.long, device=device)
@@ -833,6 +964,15 @@ def _first_running(model: nn.Module, kwargs: dict, candidates: list[dict], fallb
     return {**kwargs, **candidates[fallback]}
 
 
+def _main_input(model: nn.Module, params: Any) -> str:
+    """The model's ``main_input_name``; but where that is not an argument of its forward and the forward takes
+    ``input_ids``, ``input_ids`` (a text tower inheriting its model's ``pixel_values``: SAM 3 LiteText's)."""
+    main = getattr(model, "main_input_name", "pixel_values")
+    if isinstance(main, str) and main not in params and "input_ids" in params:
+        return "input_ids"
+    return main
+
+
 def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> dict:
     """The inputs the model's forward takes, from its config: images (or NaFlex patches with their mask
     and shapes, or Qwen2-VL flattened patches with their grid), token ids with a padded attention mask (left
@@ -845,7 +985,7 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
     vision = getattr(config, "vision_config", None) or getattr(getattr(config, "encoder", None), "vision_config", None) \
         or config
     text = getattr(config, "text_config", None) or config
-    main = getattr(model, "main_input_name", "pixel_values")
+    main = _main_input(model, params)
     modalities = getattr(model, "input_modalities", ()) or ()
     kwargs: dict[str, Tensor] = {}
 
@@ -911,10 +1051,13 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
                         f"feature."
                     )
         kwargs.update(image)
+    if not image and "flattened_patches" in params:  # Pix2Struct-style patches (Kosmos-2.5)
+        image = _indexed_patches(vision, device, dtype, gen)
+        kwargs.update(image)
     _check_video_token(model, config, modalities, image_token, takes_ids and "pixel_values" in kwargs)
     media = _audio_candidates(config, params, main, device, dtype, gen)  # the layouts the forward may take
     if not media and "pixel_values_videos" in params and (main == "pixel_values_videos" or "pixel_values_videos" in required):
-        media = _video_candidates(config, device, dtype, gen)
+        media = _video_candidates(config, device, dtype, gen, _timm_tower_size(model))
     if not media and "past_values" in required:
         media = _series_candidates(config, params, device, dtype, gen)
     fallback = 0
@@ -947,10 +1090,16 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
             start, end = _field(config, *_IMAGE_START), _field(config, *_IMAGE_END)
             images = len(next((v for k, v in image.items() if k.endswith("grid_thw")), [None] * EXAMPLE_BATCH))
             ids = _with_media_tokens(ids, image_tokens, images // EXAMPLE_BATCH, image_token, start, end)
+            clip, clip_tokens = _clip_beside_images(model, config, vision, params, image)
+            if clip:  # a run of video tokens before the images' (its own tower: Video-LLaVA)
+                ids = _with_media_tokens(ids, clip_tokens, 1, _field(config, *_VIDEO_TOKEN), None, None)
+                kwargs.update(clip)
             if "mm_token_type_ids" in params:  # text 0, image 1 (M-RoPE positions)
                 kwargs["mm_token_type_ids"] = (ids == image_token).to(torch.int)
         elif audio_tokens is not None:  # one run of audio tokens
             ids = _with_media_tokens(plain, audio_tokens, 1, audio_token, None, None)
+        ids, queries = _with_query_positions(config, params, ids, image)
+        kwargs.update(queries)
         kwargs["input_ids"] = ids
         image = {**image, **_text_image_masks(image, ids, params)}  # (each layout its own, for the trial below)
         kwargs.update(image)
