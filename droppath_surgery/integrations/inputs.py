@@ -493,8 +493,9 @@ def _timm_tower_size(model: nn.Module) -> tuple[int, int] | None:
     """The image size of the first timm model inside a Hugging Face one (its ``patch_embed.img_size``: a
     ``TimmWrapper`` tower, whose config names only the architecture); None without one."""
     for m in model.modules():
-        if type(m).__module__.startswith("timm.") and getattr(getattr(m, "patch_embed", None), "img_size", None):
-            return _pair(m.patch_embed.img_size)
+        size = getattr(getattr(m, "patch_embed", None), "img_size", None)
+        if type(m).__module__.startswith("timm.") and size:
+            return _pair(size)
     return None
 
 
