@@ -268,6 +268,23 @@ def test_stacks_ramp_on_their_own_unless_joint():
     assert [s.rate for s in drop_path_report(clip).sites if s.path.startswith("text_model")][-1] == 0.4
 
 
+def test_a_hybrid_decoder_mixing_layer_classes_ramps_over_its_layers():
+    # Jamba's layers = ModuleList(Mamba, attention, Mamba, attention): one stack, not one repeated composite
+    # (as it was taken: one unit, "linear" gave every branch 0 and only the all-zero warning said so).
+    cfg = T.JambaConfig(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                        num_key_value_heads=2, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
+                        expert_layer_offset=1, num_experts=2, mamba_d_state=8, mamba_dt_rank=4, use_mamba_kernels=False,
+                        use_cache=False)
+    model = T.JambaModel(cfg).eval()
+    assert len({type(layer) for layer in model.layers}) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "every branch rate 0" warning
+        report = apply_drop_path(model, 0.3)
+    assert report.num_blocks == 4
+    assert [(s.block, s.block_path) for s in report.sites] == [(i, f"layers.{i}") for i in range(4) for _ in range(2)]
+    assert [s.rate for s in report.sites] == pytest.approx([i * 0.1 for i in range(4) for _ in range(2)])
+
+
 def test_a_layer_run_at_several_depths_gets_a_rate_per_call():
     model = T.AlbertModel(T.AlbertConfig(**{**TEXT, "num_hidden_layers": 4}, embedding_size=16))
     report = apply_drop_path(model, 0.3)

@@ -588,6 +588,25 @@ def test_stage_mixing_block_classes_is_no_composite():
     assert [s.rate for s in report.sites] == pytest.approx([0, 0.1, 0.2, 0.3, 0.4])
 
 
+def test_the_one_stack_of_different_block_classes_is_no_composite():
+    # OLMo Hybrid, SAM 3 LiteText's text model: layers = ModuleList(A, B, B, A) is the model's one stack, not
+    # a repeated pair; taken for one composite it was one unit, and "linear" gave every branch rate 0.
+    class Hybrid(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([_Res(), _ResB(), _ResB(), _Res()])
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+    report = find_residual_branches(Hybrid(), torch.randn(2, 8), rate=0.3)
+    assert [s.block for s in report.sites] == [0, 1, 2, 3]
+    assert [s.rate for s in report.sites] == pytest.approx([0, 0.1, 0.2, 0.3])
+    assert report.num_blocks == 4
+
+
 class _TokenMixer(nn.Module):  # (B, C, H, W) -> (B, H*W, C)
     def __init__(self, c=8):
         super().__init__()

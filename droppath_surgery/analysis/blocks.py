@@ -170,7 +170,9 @@ def _composite(block: nn.Module, index: ModuleIndex, blocks: set[int], by_shape:
     each running residual branches, such that every container at a path of the same shape holds that
     same sequence of classes. A stage ``Sequential(downsample, Block, Block)`` is no composite (its
     downsample has no branch), nor is a stage mixing block classes that the other stages do not
-    repeat (MobileNetV5)."""
+    repeat (MobileNetV5), nor the one stack of a model (a hybrid decoder's ``layers``: linear attention and
+    attention layers, SAM 3 LiteText's RepMixer and transformer layers): a composite repeats, so at least two
+    containers have its path's shape."""
     parent = index.parents.get(id(block))
     if not isinstance(parent, CONTAINERS):
         return block
@@ -180,7 +182,10 @@ def _composite(block: nn.Module, index: ModuleIndex, blocks: set[int], by_shape:
     path = index.paths.get(id(parent))
     if path is None:
         return block
-    for other in by_shape[path_shape(path)]:
+    same_shape = by_shape[path_shape(path)]
+    if len(same_shape) < 2:
+        return block
+    for other in same_shape:
         if not isinstance(other, CONTAINERS) or [type(c) for c in other.children()] != signature:
             return block
     return parent
