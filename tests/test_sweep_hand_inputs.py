@@ -98,3 +98,37 @@ def test_a_retry_that_runs_out_of_time_keeps_the_zero_argument_record(monkeypatc
     res = sweep.sweep_hf("decision_transformer")
     assert (res.status, res.stage) == ("failed", "inputs") and res.error.startswith("ExampleInputsError")
     assert res.with_inputs["status"] == "failed" and res.with_inputs["error"] == "timeout: timed out after 100 s"
+
+
+def test_the_summary_counts_the_patched_models_apply_drop_path_warned_of_by_kind():
+    rows = [
+        _row("quiet", warned=[]),
+        _row("a", warned=["# stacks of repeated blocks did not run on the example inputs (x): fix"]),
+        _row("b", warned=["# stacks of repeated blocks did not run on the example inputs (y): fix",
+                          "schedule 'linear' gives every branch rate #: it ramps"]),
+        _row("old"),  # recorded before the field: not counted
+        _row("f", "inputs", "failed", None, warned=None),
+    ]
+    line = sweep_render.warned_line("hf", rows)
+    assert line.startswith("hf: 2 of the 3 patched models got a warning")
+    assert "2 x # stacks of repeated blocks did not run on the example inputs (`a`, `b`)" in line
+    assert "1 x schedule 'linear' gives every branch rate # (`b`)" in line
+    assert sweep_render.warned_line("hf", [_row("old")]) == ""
+    assert any(x.startswith("hf: 2 of the 3 patched") for x in sweep_render.hf_summary(rows))
+
+
+def test_the_sweep_records_what_apply_drop_path_warned_of():
+    import torch
+    from torch import nn
+
+    class Res(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 8))
+
+        def forward(self, x):
+            return x + self.f(x)
+
+    res = sweep.Result("hf", "one")
+    sweep.patch(res, nn.Sequential(Res()).eval(), torch.randn(2, 8))  # one block: "linear" gives it rate 0
+    assert res.sites == 1 and res.warned and "gives every branch rate #" in res.warned[0]

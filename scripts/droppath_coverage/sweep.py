@@ -131,6 +131,9 @@ class Result:
     skipped: list[str] = field(default_factory=list)  # the engine's skipped branches, reasons counted
     not_run: list[str] | None = None  # stacks of repeated blocks the automatic inputs never ran (report.not_run)
     note: str = ""  # hf: outcome of a retry with use_cache=False, fallbacks tried, ...
+    # What apply_drop_path warned of (the report's notes: unrun stacks, branches left without drop path, a
+    # schedule giving every branch 0, the model's own layer drop), numbers blanked; None: not recorded.
+    warned: list[str] | None = None
     # hf, after a stage-'inputs' failure: the hand-made inputs passed as example_inputs= (hand_inputs.py),
     # described, and the outcome with them ({status, sites, verified, not_run, error}; status "skipped" with
     # the reason where no inputs can serve). The fields above keep the zero-argument outcome.
@@ -203,6 +206,7 @@ def patch(res: Result, model, example_inputs=None):
     res.sites, res.blocks = len(report.sites), report.num_blocks
     res.skipped = _skipped(report)
     res.not_run = list(report.not_run)
+    res.warned = [re.sub(r"\d+", "#", n)[:160] for n in report.notes]
     res.verified = report.verified is True  # every output bitwise equal in eval (the coverage table re-checks it)
     return report, args, kwargs
 

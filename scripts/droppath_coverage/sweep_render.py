@@ -234,9 +234,9 @@ def hf_summary(rows: list[dict]) -> list[str]:
             f"path there: the report's `not_run` and a warning say so"
             + (": " + ", ".join(f"`{r['name']}` ({len(r['not_run'])})" for r in partial) if partial else "")
         )
-    line = hand_inputs_line(rows)
-    if line:
-        lines.append(line)
+    for line in (warned_line("hf", rows), hand_inputs_line(rows)):
+        if line:
+            lines.append(line)
     cache = [r for r in rows if "with use_cache=False" in r["note"]]
     if cache:
         fixed = [r for r in cache if "verified True" in r["note"].rpartition("with use_cache=False")[2]]
@@ -251,6 +251,23 @@ def _needs_inputs(rows: list[dict]) -> list[dict]:
     """The rows whose automatic inputs could not be built (stage 'inputs'), where the sweep recorded the retry
     with hand-made ones (rows of a sweep before that have no ``with_inputs`` key: none is shown for them)."""
     return [r for r in rows if r["stage"] == "inputs" and "with_inputs" in r]
+
+
+def warned_line(library: str, rows: list[dict]) -> str:
+    """How many patched models ``apply_drop_path`` warned of something (its report's notes), by kind (the
+    note's first clause); empty where no row records them."""
+    patched = [r for r in rows if r["status"] == "ok" and r.get("warned") is not None]
+    if not patched:
+        return ""
+    kinds: dict[str, list[str]] = {}
+    for r in patched:
+        for note in dict.fromkeys(re.split(r"[:(;]", n)[0].strip() for n in r["warned"]):
+            kinds.setdefault(note, []).append(r["name"])
+    warned = sum(1 for r in patched if r["warned"])
+    parts = "; ".join(f"{len(names)} x {kind} ({', '.join(f'`{n}`' for n in names[:3])}{' ...' if len(names) > 3 else ''})"
+                      for kind, names in sorted(kinds.items(), key=lambda kv: -len(kv[1])))
+    return (f"{library}: {warned} of the {len(patched)} patched models got a warning from `apply_drop_path` (a degraded "
+            f"or notable result, also in the report's notes)" + (f": {parts}" if parts else ""))
 
 
 def hand_inputs_line(rows: list[dict]) -> str:
@@ -373,8 +390,9 @@ def sections(rows: dict[str, list[dict]], level: int) -> list[str]:
 
     h = "#" * level
     out = ["", f"{h} Summary", ""]
+    warned = [line for line in (warned_line("hf task heads", rows["hf-heads"]), warned_line("timm", rows["timm"])) if line]
     out += [f"- {line}" for line in hf_summary(rows["hf"]) + heads_summary(rows["hf-heads"], rows["hf"])
-            + timm_summary(rows["timm"])]
+            + timm_summary(rows["timm"]) + warned]
     all_rows = rows["hf"] + rows["hf-heads"] + rows["timm"]
 
     out += ["", f"{h} Failures by cause", "",
