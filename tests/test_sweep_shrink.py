@@ -122,3 +122,16 @@ def test_sams_consistent_level_keeps_its_decoder_and_prompt_encoder_in_step_with
     # dots3's adapters feed the text model (5120 wide)
     dots3 = sweep.shrink_overrides(transformers.Dots3NoteConfig(), sweep._TINY, consistent=True)
     assert dots3["vision_config"]["adapter_out_dim"] == dots3["text_config"]["hidden_size"] == 64
+
+
+def test_stage_widths_and_feature_grids_follow_the_shrunk_width_and_image():
+    # SAM 2: the Hiera stages start at its hidden_size, the vision config lists them (reversed) and the feature
+    # grids of a 1024-pixel image; shrunk to 64 wide and 224 pixels, they follow, and the model builds on them
+    shrunk = sweep.shrink_overrides(transformers.Sam2Config(), sweep._TINY, consistent=True)
+    vision = shrunk["vision_config"]
+    assert vision["backbone_config"]["hidden_size"] == 64
+    assert vision["backbone_config"]["embed_dim_per_stage"] == [64, 128, 256, 512]  # was [96, 192, 384, 768]
+    assert vision["backbone_channel_list"] == [512, 256, 128, 64]
+    assert vision["backbone_feature_sizes"] == [[56, 56], [28, 28], [14, 14]]  # was [[256, 256], [128, 128], ...]
+    config = transformers.Sam2Config(**shrunk)
+    assert config.vision_config.backbone_config.embed_dim_per_stage[0] == config.vision_config.backbone_config.hidden_size

@@ -484,6 +484,7 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
             # a bottleneck that is a fraction of the width stays that fraction (Fun-ASR-Nano's adaptor: a quarter)
             out["intermediate_size"] = out[width] // (values[width] // inner)
         _follow_width_multiples(values, out)
+        _follow_stage_widths(config, values, out)
         _fit_pixel_shuffle(values, out)
         _follow_patch_grid(values, out)
         if depth == 0 and table is _TINY:
@@ -494,6 +495,7 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
             _follow_input_widths(config, out)
             _fit_scaled_patches(config, out)
             _follow_channel_lists(config, out)
+            _follow_feature_sizes(config, out)
     if depth == 0:
         if table is _TINY:  # at the plain level too: it decides whether a tower's output reaches the text model
             _follow_output_dims(config, out)
@@ -664,6 +666,67 @@ def _follow_width_multiples(values: dict, out: dict) -> None:
         if re.search(r"_(output|input)_dim$", key) and key not in out and _is_size(value) and value > values[width] \
                 and value % values[width] == 0:
             out[key] = value // values[width] * out[width]
+
+
+def _follow_stage_widths(config: Any, values: dict, out: dict) -> None:
+    """A config's own list of stage widths (``*dim*`` / ``*hidden_size*``, increasing) that starts at its width, which
+    shrank, scales with it (SAM 2's Hiera ``embed_dim_per_stage`` [96, 192, 384, 768], its first stage the
+    ``hidden_size``); and a config's list of widths (``*channel*`` / ``*dim*``) that are all a sub-config's old stage
+    widths (in any order) takes the new ones
+    (SAM 2's vision ``backbone_channel_list`` [768, 384, 192, 96], the Hiera stages' widths it reads)."""
+    width = next((k for k in _WIDTHS if _is_size(values.get(k)) and _is_size(out.get(k)) and out[k] < values[k]), None)
+    if width is not None:
+        old, new = values[width], out[width]
+        for key, value in values.items():
+            if key in out or not re.search(r"dim|hidden_size", key) or not isinstance(value, list) or len(value) < 2 \
+                    or not all(_is_size(v) for v in value) or value[0] != old \
+                    or any(b <= a for a, b in zip(value, value[1:])) or any(v * new % old for v in value):
+                continue
+            out[key] = [v * new // old for v in value]
+    for name in getattr(config, "sub_configs", {}) or {}:
+        sub, over = getattr(config, name, None), out.get(name)
+        if sub is None or not hasattr(sub, "to_dict") or not isinstance(over, dict):
+            continue
+        stages: dict[int, int] = {}
+        for key, value in sub.to_dict().items():
+            if re.search(r"dim|hidden_size", key) and isinstance(value, list) and isinstance(over.get(key), list) \
+                    and len(over[key]) == len(value) and over[key] != value and all(_is_size(v) for v in value + over[key]):
+                stages.update(zip(value, over[key]))
+        for key, value in values.items():
+            if key not in out and isinstance(value, list) and len(value) >= 2 and not _NOT_A_WIDTH.search(key) \
+                    and re.search(r"channel|dim|hidden_size", key) \
+                    and all(_is_size(v) and v in stages for v in value):
+                out[key] = [stages[v] for v in value]
+
+
+def _follow_feature_sizes(config: Any, out: dict) -> None:
+    """A (sub-)config's ``*feature_sizes`` (the [height, width] grids of its feature maps, each the image side over
+    a stride) follows the image, where the configs' ``image_size`` shrank one way (SAM 2's
+    ``backbone_feature_sizes`` [[256, 256], [128, 128], [64, 64]] of its 1024-pixel images, the prompt encoder's
+    image shrunk to 224: [[56, 56], [28, 28], [14, 14]])."""
+    nodes: list[tuple[dict, dict]] = []  # (values, overrides passed as a dict)
+
+    def walk(cfg: Any, over: dict, depth: int) -> None:
+        nodes.append((cfg.to_dict(), over))
+        for name in (getattr(cfg, "sub_configs", {}) or {}) if depth < 3 else ():
+            sub = getattr(cfg, name, None)
+            if sub is not None and hasattr(sub, "to_dict") and isinstance(over.get(name), dict):
+                walk(sub, over[name], depth + 1)
+
+    walk(config, out, 0)
+    images = {(v["image_size"], o["image_size"]) for v, o in nodes
+              if _is_size(v.get("image_size")) and _is_size(o.get("image_size")) and o["image_size"] < v["image_size"]}
+    if len(images) != 1:
+        return
+    old, new = next(iter(images))
+    for values, over in nodes:
+        for key, value in values.items():
+            if not key.endswith("feature_sizes") or key in over and over[key] != value or not isinstance(value, list):
+                continue
+            sides = [v for pair in value for v in (pair if isinstance(pair, (list, tuple)) else [pair])]
+            if sides and all(_is_size(v) and v and old % v == 0 and new % (old // v) == 0 for v in sides):
+                over[key] = [[new // (old // v) for v in pair] if isinstance(pair, (list, tuple)) else new // (old // pair)
+                             for pair in value]
 
 
 def _follow_patch_grid(values: dict, out: dict) -> None:
