@@ -135,3 +135,16 @@ def test_stage_widths_and_feature_grids_follow_the_shrunk_width_and_image():
     assert vision["backbone_feature_sizes"] == [[56, 56], [28, 28], [14, 14]]  # was [[256, 256], [128, 128], ...]
     config = transformers.Sam2Config(**shrunk)
     assert config.vision_config.backbone_config.embed_dim_per_stage[0] == config.vision_config.backbone_config.hidden_size
+
+
+def test_a_width_named_after_a_sibling_config_is_that_configs_new_width():
+    # Molmo2's adapter projects into the text model: text_hidden_size 3584 (the default text width is 4096)
+    config = transformers.Molmo2Config()
+    shrunk = sweep.shrink_overrides(config, sweep._TINY, consistent=True)
+    assert shrunk["text_config"]["hidden_size"] == 64
+    assert shrunk["adapter_config"]["text_hidden_size"] == 64  # was 3584
+    assert transformers.Molmo2Config(**shrunk).adapter_config.text_hidden_size == 64
+    # an alias of another field is left to that field (LLaVA-OneVision-1.5's text_hidden_size = out_hidden_size)
+    ov_config = transformers.AutoConfig.for_model("llava_onevision1_5")
+    ov = sweep.shrink_overrides(ov_config, sweep._TINY, consistent=True)
+    assert "text_hidden_size" not in ov["vision_config"] and ov["vision_config"]["out_hidden_size"] == 64

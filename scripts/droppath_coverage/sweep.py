@@ -496,6 +496,7 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
             _fit_scaled_patches(config, out)
             _follow_channel_lists(config, out)
             _follow_feature_sizes(config, out)
+            _follow_named_widths(config, out)
     if depth == 0:
         if table is _TINY:  # at the plain level too: it decides whether a tower's output reaches the text model
             _follow_output_dims(config, out)
@@ -727,6 +728,29 @@ def _follow_feature_sizes(config: Any, out: dict) -> None:
             if sides and all(_is_size(v) and v and old % v == 0 and new % (old // v) == 0 for v in sides):
                 over[key] = [[new // (old // v) for v in pair] if isinstance(pair, (list, tuple)) else new // (old // pair)
                              for pair in value]
+
+
+def _follow_named_widths(config: Any, out: dict) -> None:
+    """A sub-config's ``<part>_hidden_size`` names the width of its sibling ``<part>_config``: where that width
+    shrank, it is the new width, whatever it was before (Molmo2's adapter ``text_hidden_size`` 3584, its projection
+    into the text model, whose default width is 4096)."""
+    subs = {n: getattr(config, n, None) for n in getattr(config, "sub_configs", {}) or {}}
+    widths = {}
+    for name, sub in subs.items():
+        over = out.get(name)
+        key = next((k for k in _WIDTHS if _is_size(getattr(sub, k, None))), None) if sub is not None else None
+        if key and isinstance(over, dict) and _is_size(over.get(key)) and over[key] < getattr(sub, key):
+            widths[name.removesuffix("_config")] = over[key]
+    for name, sub in subs.items():
+        if sub is None or not hasattr(sub, "to_dict"):
+            continue
+        values = sub.to_dict()  # not an alias of another field (LLaVA-OneVision-1.5's, of out_hidden_size)
+        for part, width in widths.items():
+            key = f"{part}_hidden_size"
+            if part != name.removesuffix("_config") and _is_size(values.get(key)) \
+                    and (out.get(name) or {}).get(key, values[key]) != width:
+                out[name] = out.get(name) or sub.to_dict()
+                out[name][key] = width
 
 
 def _follow_patch_grid(values: dict, out: dict) -> None:
