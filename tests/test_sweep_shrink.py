@@ -148,3 +148,17 @@ def test_a_width_named_after_a_sibling_config_is_that_configs_new_width():
     ov_config = transformers.AutoConfig.for_model("llava_onevision1_5")
     ov = sweep.shrink_overrides(ov_config, sweep._TINY, consistent=True)
     assert "text_hidden_size" not in ov["vision_config"] and ov["vision_config"]["out_hidden_size"] == 64
+
+
+def test_a_text_config_with_vision_start_tokens_gets_rotary_sections_for_its_shrunk_heads():
+    # PaddleOCR-VL's model defaults to sections [16, 24, 24] (head dim 128) where its config names none
+    config = transformers.AutoConfig.for_model("paddleocr_vl")
+    assert "mrope_section" not in config.text_config.rope_parameters
+    shrunk = sweep.shrink_overrides(config, sweep._TINY, consistent=True)
+    text = shrunk["text_config"]
+    assert text["head_dim"] == 16 and sum(text["rope_parameters"]["mrope_section"]) == 8
+    assert transformers.AutoConfig.for_model("paddleocr_vl", **shrunk).text_config.rope_parameters[
+        "mrope_section"] == text["rope_parameters"]["mrope_section"]
+    # a config that names no vision start token is left to its own sections
+    llava = sweep.shrink_overrides(transformers.LlavaConfig(), sweep._TINY, consistent=True)
+    assert "mrope_section" not in str(llava)

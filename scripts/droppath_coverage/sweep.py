@@ -502,6 +502,8 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
             _follow_output_dims(config, out)
         _cover_image_tokens(config, out, consistent)
         _fit_vision_feature_layers(config, out)
+        if consistent:
+            _fit_default_mrope(config, out)
         if consistent:  # the plain levels keep them (SAM's at layers only: a global layer over 64 x 64 patches)
             _fit_layer_index_lists(config, out)
     return out
@@ -1045,15 +1047,37 @@ def _shrink_per_layer(values: dict, out: dict, layers_key: str) -> None:
                     out[k] = (list(out[k]) + [values[k][i] for i in range(layers) if i not in keep])[: last + 1]
 
 
-def _shrink_mrope(config, values: dict, out: dict) -> None:
+def _fit_default_mrope(config: Any, out: dict) -> None:
+    """A config that marks where vision starts in its tokens (``vision_start_token_id``: Qwen2-VL-style 3D rotary
+    positions) whose text config's rotary parameters name no ``mrope_section``, leaving it to the model's default
+    (PaddleOCR-VL's ``[16, 24, 24]``, for its default head dim of 128): the text config gets sections for its
+    shrunk head dim (``_shrink_mrope``'s). Models that do not read them ignore the key (transformers warns)."""
+    text, over = getattr(config, "text_config", None), out.get("text_config")
+    if "vision_start_token_id" not in config.to_dict() or text is None or not hasattr(text, "to_dict") \
+            or not isinstance(over, dict):
+        return
+    rope = over.get("rope_parameters") or over.get("rope_scaling")
+    if not isinstance(rope, dict) or "rope_type" not in rope or rope.get("mrope_section"):
+        return
+    values = text.to_dict()
+    changed = {k: v for k, v in over.items() if values.get(k) != v}
+    _shrink_mrope(text, values, changed, default_sections=True)
+    for key in ("rope_parameters", "rope_scaling"):
+        if key in changed:
+            over[key] = changed[key]
+
+
+def _shrink_mrope(config, values: dict, out: dict, default_sections: bool = False) -> None:
     """Multimodal rotary sections (time, height, width) summing to half the rotary dims of the shrunk heads:
     ``qk_rope_head_dim`` where the attention has one (latent attention), else the head dim. Configs that take
-    ``mrope_section`` but leave it to the model's default (Qwen2-VL's, GLM-4V's ``[16, 24, 24]``) get one."""
+    ``mrope_section`` but leave it to the model's default (Qwen2-VL's, GLM-4V's ``[16, 24, 24]``) get one, as do
+    those the caller knows to have such a default (``default_sections``)."""
     rope = values.get("rope_parameters") or values.get("rope_scaling")
     if not isinstance(rope, dict):
         return
     sec = rope.get("mrope_section")
-    if not sec and "mrope_section" in (getattr(config, "ignore_keys_at_rope_validation", None) or ()):
+    if not sec and (default_sections or "mrope_section" in (getattr(config, "ignore_keys_at_rope_validation", None)
+                                                            or ())):
         sec = [2, 1, 1]  # the model's default sections are for its default head dim: time, height, width
     if not (isinstance(sec, list) and sec):
         return
