@@ -162,3 +162,16 @@ def test_a_text_config_with_vision_start_tokens_gets_rotary_sections_for_its_shr
     # a config that names no vision start token is left to its own sections
     llava = sweep.shrink_overrides(transformers.LlavaConfig(), sweep._TINY, consistent=True)
     assert "mrope_section" not in str(llava)
+
+
+def test_a_config_sized_for_sliding_window_attention_gets_a_window_it_leaves_unset():
+    # Step3p7's text config (Step 3.5) has num_sliding_attention_heads but sliding_window None; its model builds
+    # the sliding-window mask whatever its layer types, and transformers refuses a mask without a window
+    config = transformers.AutoConfig.for_model("step3p7")
+    assert config.text_config.sliding_window is None
+    assert sweep.shrink_overrides(config, sweep._TINY)["text_config"]["sliding_window"] is None  # the plain level
+    shrunk = sweep.shrink_overrides(config, sweep._TINY, consistent=True)
+    assert transformers.AutoConfig.for_model("step3p7", **shrunk).text_config.sliding_window == 512
+    # None means no window where the config names no other sliding-window size (Mistral, Qwen2)
+    for cls in (transformers.MistralConfig, transformers.Qwen2Config):
+        assert "sliding_window" not in sweep.shrink_overrides(cls(), sweep._TINY, consistent=True)

@@ -919,6 +919,11 @@ def _fill_unset(values: dict, out: dict, table: dict) -> None:
         for key, value in values.items():
             if value is None and _LAYER_INDEX_LIST.search(key):
                 out[key] = [layers - 1]  # Bamba's attention layers: the last one
+    if "sliding_window" in values and values["sliding_window"] is None and any(
+            "sliding" in k and k != "sliding_window" and _is_size(v) for k, v in values.items()):
+        # a config with sizes of its own for sliding-window attention that leaves the window unset (Step 3.5's
+        # num_sliding_attention_heads; Step3p7's model builds the sliding mask whatever its layer types)
+        out["sliding_window"] = 512
     kinds = out.get("layer_types", values.get("layer_types"))
     if values.get("rope_parameters") == {} and isinstance(kinds, list) and kinds:
         # per-layer-type rotary parameters left empty (Cohere Compass, whose model reads them per type)
