@@ -175,3 +175,14 @@ def test_a_config_sized_for_sliding_window_attention_gets_a_window_it_leaves_uns
     # None means no window where the config names no other sliding-window size (Mistral, Qwen2)
     for cls in (transformers.MistralConfig, transformers.Qwen2Config):
         assert "sliding_window" not in sweep.shrink_overrides(cls(), sweep._TINY, consistent=True)
+
+
+def test_fourier_position_features_stay_half_of_the_shrunk_embedding_they_are_added_to():
+    # SAM's positional embedding is 2 x num_pos_feats wide, added to the output_channels wide image embedding
+    for cls in (transformers.SamConfig, transformers.SamHQConfig):
+        config = cls()
+        assert 2 * config.vision_config.num_pos_feats == config.vision_config.output_channels
+        shrunk = sweep.shrink_overrides(config, sweep._TINY, consistent=True)["vision_config"]
+        assert shrunk["output_channels"] == 64 and shrunk["num_pos_feats"] == 32  # was 128
+        assert sweep.shrink_overrides(config, sweep._LAYERS_ONLY).get("vision_config", {}).get(
+            "num_pos_feats", 128) == 128  # widths unchanged: the features too

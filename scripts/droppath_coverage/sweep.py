@@ -497,6 +497,7 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
             _follow_channel_lists(config, out)
             _follow_feature_sizes(config, out)
             _follow_named_widths(config, out)
+            _follow_pos_feats(config, out)
     if depth == 0:
         if table is _TINY:  # at the plain level too: it decides whether a tower's output reaches the text model
             _follow_output_dims(config, out)
@@ -753,6 +754,23 @@ def _follow_named_widths(config: Any, out: dict) -> None:
                     and (out.get(name) or {}).get(key, values[key]) != width:
                 out[name] = out.get(name) or sub.to_dict()
                 out[name][key] = width
+
+
+def _follow_pos_feats(config: Any, out: dict, depth: int = 0) -> None:
+    """A (sub-)config's ``*pos_feats`` (random Fourier features: the embedding is twice as wide, sine and cosine)
+    that is half of one of its own sizes which shrank stays half of it (SAM's vision ``num_pos_feats`` 128, its
+    positional embedding added to the ``output_channels`` 256 -> 64 wide image embedding: 32). At any depth of
+    sub-configs passed as dicts."""
+    values = config.to_dict()
+    halves = {values[k] // 2: v // 2 for k, v in out.items() if _is_size(v) and _is_size(values.get(k))
+              and v < values[k] and values[k] % 2 == 0 and v % 2 == 0}
+    for key, value in values.items():
+        if key.endswith("pos_feats") and _is_size(value) and value in halves and out.get(key, value) == value:
+            out[key] = halves[value]
+    for name in (getattr(config, "sub_configs", {}) or {}) if depth < 3 else ():
+        sub = getattr(config, name, None)
+        if sub is not None and hasattr(sub, "to_dict") and isinstance(out.get(name), dict):
+            _follow_pos_feats(sub, out[name], depth + 1)
 
 
 def _follow_patch_grid(values: dict, out: dict) -> None:
