@@ -186,3 +186,17 @@ def test_fourier_position_features_stay_half_of_the_shrunk_embedding_they_are_ad
         assert shrunk["output_channels"] == 64 and shrunk["num_pos_feats"] == 32  # was 128
         assert sweep.shrink_overrides(config, sweep._LAYERS_ONLY).get("vision_config", {}).get(
             "num_pos_feats", 128) == 128  # widths unchanged: the features too
+
+
+def test_per_layer_settings_take_the_sizes_the_config_shrank():
+    # Dots 3 Note's sliding-window layers have their own heads, latent and head part in per_layer_config; its
+    # validators want them consistent (kv heads = heads, head_dim = nope + rope part) with the shrunk config
+    config = transformers.AutoConfig.for_model("dots3_note")
+    shrunk = sweep.shrink_overrides(config, sweep._TINY, consistent=True)
+    text = shrunk["text_config"]
+    assert text["layer_types"].count("sliding_attention") == 1
+    (entry,) = text["per_layer_config"].values()
+    assert entry["num_attention_heads"] == entry["num_key_value_heads"] == text["num_attention_heads"] == 4  # was 64
+    assert entry["qk_nope_head_dim"] == text["qk_nope_head_dim"] == 8 and entry["kv_lora_rank"] == 32
+    built = transformers.AutoConfig.for_model("dots3_note", **shrunk)  # its validators pass
+    assert built.text_config.per_layer_config[2].num_attention_heads == 4

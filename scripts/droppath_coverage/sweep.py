@@ -484,6 +484,7 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
             # a bottleneck that is a fraction of the width stays that fraction (Fun-ASR-Nano's adaptor: a quarter)
             out["intermediate_size"] = out[width] // (values[width] // inner)
         _follow_width_multiples(values, out)
+        _shrink_layer_configs(values, out)
         _follow_stage_widths(config, values, out)
         _fit_pixel_shuffle(values, out)
         _follow_patch_grid(values, out)
@@ -978,6 +979,20 @@ def _fit_image_tokens(values: dict, out: dict) -> None:
         side = vision["image_size"] // vision["patch_size"]
         if side % scale:
             out["vision_config"] = dict(vision, image_size=vision["patch_size"] * scale * -(-side // scale))
+
+
+def _shrink_layer_configs(values: dict, out: dict) -> None:
+    """A {layer index: {field: value}} map of per-layer settings (Dots 3 Note's ``per_layer_config``: its
+    sliding-window layers' 64 heads, 1024-wide latent and 192-wide head part beside the config's own): each field
+    the config itself shrank takes the config's new value, so the layers stay consistent with the shrunk ones."""
+    for key, value in (values | out).items():
+        if not (isinstance(value, dict) and value and all(str(k).isdigit() for k in value)
+                and all(isinstance(v, dict) for v in value.values())):
+            continue
+        fitted = {i: {k: out[k] if _is_size(v) and _is_size(values.get(k)) and _is_size(out.get(k))
+                      and out[k] < values[k] else v for k, v in entry.items()} for i, entry in value.items()}
+        if fitted != value:
+            out[key] = fitted
 
 
 def _shrink_mrope_plain(config, values: dict, out: dict) -> None:
