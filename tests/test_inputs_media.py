@@ -299,3 +299,33 @@ def test_a_codec_gets_a_feature_frame_per_hop_of_its_waveform():
     assert kwargs["input_values"].shape == (2, 1, 4 * 8) and kwargs["input_features"].shape == (2, 4, 16)
     report = _patch(model)
     assert {"acoustic_encoder", "semantic_encoder"} <= _stacks(report) and report.not_run == ()
+
+
+def _speecht5_config():
+    return T.SpeechT5Config(
+        vocab_size=40, hidden_size=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, conv_dim=(16, 16), conv_stride=(5, 2),
+        conv_kernel=(10, 3), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, num_mel_bins=16,
+        speech_decoder_prenet_units=32, speech_decoder_postnet_units=32, speech_decoder_postnet_layers=2,
+        speaker_embedding_dim=8,
+    )
+
+
+def test_a_speech_encoder_decoder_without_prenets_gets_embeddings_and_decoder_frames_of_its_width():
+    # SpeechT5Model is built without the prenets: its input_values are the encoder's embeddings (B, T, hidden)
+    # (a waveform reaches a LayerNorm of hidden_size), and its decoder needs decoder_input_values of that width.
+    model = T.SpeechT5Model(_speecht5_config())
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["input_values"].shape == (2, 4, 32) and kwargs["decoder_input_values"].shape == (2, 6, 32)
+    report = _patch(model)
+    assert {"encoder", "decoder"} <= _stacks(report) and report.not_run == ()
+
+
+def test_a_speech_decoder_with_its_spectrogram_prenet_gets_frames_of_mel_bins_beside_the_waveform():
+    # SpeechT5ForSpeechToSpeech: a waveform for its speech encoder, mel frames for its speech decoder's prenet
+    # (without decoder_input_values the decoder prenet reads None).
+    model = T.SpeechT5ForSpeechToSpeech(_speecht5_config())
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["input_values"].dim() == 2 and kwargs["decoder_input_values"].shape == (2, 6, 16)
+    report = _patch(model)
+    assert report.sites and report.not_run == ()

@@ -730,7 +730,25 @@ def _audio_candidates(config: Any, params: Any, main: str, device: torch.device,
         hops = AUDIO_HOPS if _codec_hop(audio) and not _has(audio, "conv_kernel", "conv_stride") else None
         features = _feature_candidates(config, audio, params, False, device, dtype, gen, frames=hops)
         return [{**w, **f} for w in waves for f in features]
-    return waves
+    # then embeddings of the encoder's width (channels last): an encoder built without the prenet that turns the
+    # waveform into them (SpeechT5Model's); tried only where no waveform runs
+    width = _field(audio, "hidden_size")
+    if not isinstance(width, int) or width <= 0:
+        return waves
+    return waves + [{key: torch.randn(EXAMPLE_BATCH, AUDIO_HOPS, width, generator=gen).to(device, dtype)}]
+
+
+def _decoder_values(config: Any, params: Any, device: torch.device, dtype: torch.dtype,
+                    gen: torch.Generator) -> list[dict[str, Tensor]]:
+    """``decoder_input_values`` of an encoder-decoder whose forward takes them (a speech decoder: SpeechT5's),
+    ``TEXT_LENGTH // 2`` frames ``(B, T, width)`` of each width among the config's mel bins (a decoder with its
+    spectrogram prenet) and ``hidden_size`` (one without), the first the forward runs on; [] otherwise."""
+    if not getattr(config, "is_encoder_decoder", False) or "decoder_input_values" not in params:
+        return []
+    widths = dict.fromkeys(w for w in (_field(config, *_MEL), _field(config, "hidden_size"))
+                           if isinstance(w, int) and w > 0)
+    return [{"decoder_input_values": torch.randn(EXAMPLE_BATCH, TEXT_LENGTH // 2, w, generator=gen).to(device, dtype)}
+            for w in widths]
 
 
 def _mel_candidates(audio: Any, params: Any, device: torch.device, dtype: torch.dtype,
@@ -1066,6 +1084,9 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
         # a text model's optional audio: its text alone first (as before: its audio would need placeholder
         # tokens), the audio where the forward does not run without it; the audio's error if neither runs
         media, fallback = [{}, *media], 1
+    decoders = _decoder_values(config, params, device, dtype, gen)
+    if decoders:  # each layout with each width of decoder frames (its candidate fallback the same with the first)
+        media, fallback = [{**m, **d} for m in media or [{}] for d in decoders], fallback * len(decoders)
     audio_token, audio_tokens = _field(config, *_AUDIO_TOKEN), None
     audio: dict[str, Tensor] = {}
     if media and main == "input_ids" and image_tokens is None and audio_token is not None:
