@@ -163,6 +163,26 @@ def test_a_spectrogram_image_gets_one_channel():
     assert "audio_model" in _stacks(report)
 
 
+def test_where_no_layout_runs_the_one_that_got_furthest_is_given_and_its_error_said():
+    # A CLAP audio config whose hidden_size is not patch_embeds_hidden_size x 2**(stages - 1) (the tower's output
+    # width): no layout runs. (B, T, mel) fails at the tower's first layer; (B, 1, T, mel) runs the whole tower and
+    # fails at the projection, which is the config's fault and the error to report, with that layout.
+    config = T.ClapConfig(
+        text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, projection_dim=16),
+        audio_config=dict(num_mel_bins=16, spec_size=32, patch_size=4, patch_stride=[4, 4], window_size=4,
+                          depths=[1, 1], num_attention_heads=[2, 4], patch_embeds_hidden_size=16, hidden_size=24,
+                          projection_dim=16),
+        projection_dim=16,
+    )
+    model = T.ClapModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["input_features"].shape[:2] == (2, 1)
+    with pytest.raises(RuntimeError, match="mat1 and mat2"):
+        with torch.no_grad():
+            model(**kwargs)
+
+
 def test_a_codec_that_requires_features_beside_its_waveform_gets_both():
     # NeuCodec: a waveform for its acoustic encoder and features of its semantic encoder's width. Its default
     # config is built on the meta device: the inputs come from the config alone.

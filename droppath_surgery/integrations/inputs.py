@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.module import register_module_forward_pre_hook
 
 from ..errors import ExampleInputsError
 
@@ -952,34 +953,50 @@ def _refit_features(model: nn.Module, kwargs: dict, candidates: list[dict]) -> l
     return out
 
 
-def _runs(model: nn.Module, kwargs: dict) -> bool:
-    """The model's forward runs on ``kwargs`` (no gradient, the global RNG restored; the caller sets eval)."""
+def _failure_depth(model: nn.Module, kwargs: dict) -> int | None:
+    """None where the model's forward runs on ``kwargs`` (no gradient, the global RNG restored; the caller sets
+    eval), else how many module calls it began before it failed: how far into the model those inputs got."""
+    calls = 0
+
+    def count(module: nn.Module, args: tuple) -> None:
+        nonlocal calls
+        calls += 1
+
+    handle = register_module_forward_pre_hook(count)
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             model(**kwargs)
-        return True
+        return None
     except Exception:  # noqa: BLE001 - not this layout: the next one is tried
-        return False
+        return calls
+    finally:
+        handle.remove()
 
 
 def _first_running(model: nn.Module, kwargs: dict, candidates: list[dict], fallback: int = 0,
                    refit: bool = False) -> dict:
     """``kwargs`` with the first candidate the model runs on (eval mode, no gradient, the global RNG
-    restored), else (with ``refit``) the first of ``_refit_features``'s, else with ``candidates[fallback]``:
-    its error is then the forward's."""
+    restored), else (with ``refit``) the first of ``_refit_features``'s, else with the candidate from
+    ``candidates[fallback:]`` whose forward got furthest (the most module calls before it failed; the first of
+    equals): its error is then the forward's, the one a layout of the right shape meets further on (a config
+    whose sizes disagree), not the first layout's refusal at the model's first layer."""
     if len(candidates) > 1 or refit:
         modes = {m: m.training for m in model.modules()}
         model.eval()
+        depths: dict[int, int] = {}
         try:
-            for candidate in candidates:
-                if _runs(model, {**kwargs, **candidate}):
+            for i, candidate in enumerate(candidates):
+                depth = _failure_depth(model, {**kwargs, **candidate})
+                if depth is None:
                     return {**kwargs, **candidate}
+                depths[i] = depth
             for candidate in _refit_features(model, kwargs, candidates) if refit else []:  # only where none runs
-                if _runs(model, {**kwargs, **candidate}):
+                if _failure_depth(model, {**kwargs, **candidate}) is None:
                     return {**kwargs, **candidate}
         finally:
             for m, mode in modes.items():
                 m.training = mode
+        fallback = max(range(fallback, len(candidates)), key=lambda i: (depths.get(i, -1), -i), default=fallback)
     return {**kwargs, **candidates[fallback]}
 
 
