@@ -1092,6 +1092,10 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
         kwargs.update(image)
     _check_video_token(model, config, modalities, image_token, takes_ids and "pixel_values" in kwargs)
     media = _audio_candidates(config, params, main, device, dtype, gen)  # the layouts the forward may take
+    if media and main in _AUDIO_INPUTS and "pixel_values_videos" in params:
+        # an audio-video encoder (PE Audio-Video's): its audio alone, then with each clip layout, the first it runs on
+        clips = _video_candidates(config, device, dtype, gen, _timm_tower_size(model))
+        media = media + [{**m, **c} for m in media for c in clips]
     if not media and "pixel_values_videos" in params and (main == "pixel_values_videos" or "pixel_values_videos" in required):
         media = _video_candidates(config, device, dtype, gen, _timm_tower_size(model))
     if not media and "past_values" in required:
