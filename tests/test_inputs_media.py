@@ -163,6 +163,26 @@ def test_a_spectrogram_image_gets_one_channel():
     assert "audio_model" in _stacks(report)
 
 
+def test_where_no_layout_runs_the_one_that_got_furthest_is_given_and_its_error_said():
+    # A CLAP audio config whose hidden_size is not patch_embeds_hidden_size x 2**(stages - 1) (the tower's output
+    # width): no layout runs. (B, T, mel) fails at the tower's first layer; (B, 1, T, mel) runs the whole tower and
+    # fails at the projection, which is the config's fault and the error to report, with that layout.
+    config = T.ClapConfig(
+        text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, projection_dim=16),
+        audio_config=dict(num_mel_bins=16, spec_size=32, patch_size=4, patch_stride=[4, 4], window_size=4,
+                          depths=[1, 1], num_attention_heads=[2, 4], patch_embeds_hidden_size=16, hidden_size=24,
+                          projection_dim=16),
+        projection_dim=16,
+    )
+    model = T.ClapModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["input_features"].shape[:2] == (2, 1)
+    with pytest.raises(RuntimeError, match="mat1 and mat2"):
+        with torch.no_grad():
+            model(**kwargs)
+
+
 def test_a_codec_that_requires_features_beside_its_waveform_gets_both():
     # NeuCodec: a waveform for its acoustic encoder and features of its semantic encoder's width. Its default
     # config is built on the meta device: the inputs come from the config alone.
@@ -299,3 +319,33 @@ def test_a_codec_gets_a_feature_frame_per_hop_of_its_waveform():
     assert kwargs["input_values"].shape == (2, 1, 4 * 8) and kwargs["input_features"].shape == (2, 4, 16)
     report = _patch(model)
     assert {"acoustic_encoder", "semantic_encoder"} <= _stacks(report) and report.not_run == ()
+
+
+def _speecht5_config():
+    return T.SpeechT5Config(
+        vocab_size=40, hidden_size=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, conv_dim=(16, 16), conv_stride=(5, 2),
+        conv_kernel=(10, 3), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, num_mel_bins=16,
+        speech_decoder_prenet_units=32, speech_decoder_postnet_units=32, speech_decoder_postnet_layers=2,
+        speaker_embedding_dim=8,
+    )
+
+
+def test_a_speech_encoder_decoder_without_prenets_gets_embeddings_and_decoder_frames_of_its_width():
+    # SpeechT5Model is built without the prenets: its input_values are the encoder's embeddings (B, T, hidden)
+    # (a waveform reaches a LayerNorm of hidden_size), and its decoder needs decoder_input_values of that width.
+    model = T.SpeechT5Model(_speecht5_config())
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["input_values"].shape == (2, 4, 32) and kwargs["decoder_input_values"].shape == (2, 6, 32)
+    report = _patch(model)
+    assert {"encoder", "decoder"} <= _stacks(report) and report.not_run == ()
+
+
+def test_a_speech_decoder_with_its_spectrogram_prenet_gets_frames_of_mel_bins_beside_the_waveform():
+    # SpeechT5ForSpeechToSpeech: a waveform for its speech encoder, mel frames for its speech decoder's prenet
+    # (without decoder_input_values the decoder prenet reads None).
+    model = T.SpeechT5ForSpeechToSpeech(_speecht5_config())
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["input_values"].dim() == 2 and kwargs["decoder_input_values"].shape == (2, 6, 16)
+    report = _patch(model)
+    assert report.sites and report.not_run == ()

@@ -814,6 +814,25 @@ def test_a_video_encoder_on_a_timm_tower_gets_a_clip_of_the_towers_image_size():
     assert {s.block_path.rsplit(".", 1)[0] for s in report.sites} == {"embedder.vision_model.timm_model.blocks"}
 
 
+def test_an_audio_video_encoder_gets_a_clip_beside_its_waveform():
+    # PE Audio-Video's encoder: main input input_values, but its forward also runs its video encoder, which reads
+    # pixel_values_videos (optional in the signature, None -> AttributeError): the waveform alone does not run.
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=4, head_dim=8)
+    config = T.PeAudioVideoEncoderConfig(
+        audio_config=dict(model_type="pe_audio_encoder", **small),
+        video_config=dict(model_type="pe_video_encoder", **small, vision_config=dict(
+            model_type="timm_wrapper", architecture="test_vit", num_classes=32, do_pooling=True)),
+        **small,
+    )
+    model = T.PeAudioVideoEncoder(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["input_values"].shape == (2, 1, 16_000)
+    assert kwargs["pixel_values_videos"].shape == (2, 2, 3, 160, 160)
+    report = apply_drop_path(model, 0.1)
+    assert report.verified is True and report.sites and report.not_run == ()
+
+
 def test_a_navit_packed_tower_gets_one_row_of_every_images_patches_and_their_sizes():
     # MiniCPM-V's tower: (1, C, p, N x p) and each image's (h, w) in patches, 4 x 4 (its 2 x 2 windows merge).
     config = T.MiniCPMOcrVisionConfig(**TOWER, image_size=16, patch_size=4, insert_layer_id=0, window_kernel_size=(2, 2))

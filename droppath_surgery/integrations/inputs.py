@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.module import register_module_forward_pre_hook
 
 from ..errors import ExampleInputsError
 
@@ -730,7 +731,25 @@ def _audio_candidates(config: Any, params: Any, main: str, device: torch.device,
         hops = AUDIO_HOPS if _codec_hop(audio) and not _has(audio, "conv_kernel", "conv_stride") else None
         features = _feature_candidates(config, audio, params, False, device, dtype, gen, frames=hops)
         return [{**w, **f} for w in waves for f in features]
-    return waves
+    # then embeddings of the encoder's width (channels last): an encoder built without the prenet that turns the
+    # waveform into them (SpeechT5Model's); tried only where no waveform runs
+    width = _field(audio, "hidden_size")
+    if not isinstance(width, int) or width <= 0:
+        return waves
+    return waves + [{key: torch.randn(EXAMPLE_BATCH, AUDIO_HOPS, width, generator=gen).to(device, dtype)}]
+
+
+def _decoder_values(config: Any, params: Any, device: torch.device, dtype: torch.dtype,
+                    gen: torch.Generator) -> list[dict[str, Tensor]]:
+    """``decoder_input_values`` of an encoder-decoder whose forward takes them (a speech decoder: SpeechT5's),
+    ``TEXT_LENGTH // 2`` frames ``(B, T, width)`` of each width among the config's mel bins (a decoder with its
+    spectrogram prenet) and ``hidden_size`` (one without), the first the forward runs on; [] otherwise."""
+    if not getattr(config, "is_encoder_decoder", False) or "decoder_input_values" not in params:
+        return []
+    widths = dict.fromkeys(w for w in (_field(config, *_MEL), _field(config, "hidden_size"))
+                           if isinstance(w, int) and w > 0)
+    return [{"decoder_input_values": torch.randn(EXAMPLE_BATCH, TEXT_LENGTH // 2, w, generator=gen).to(device, dtype)}
+            for w in widths]
 
 
 def _mel_candidates(audio: Any, params: Any, device: torch.device, dtype: torch.dtype,
@@ -934,34 +953,50 @@ def _refit_features(model: nn.Module, kwargs: dict, candidates: list[dict]) -> l
     return out
 
 
-def _runs(model: nn.Module, kwargs: dict) -> bool:
-    """The model's forward runs on ``kwargs`` (no gradient, the global RNG restored; the caller sets eval)."""
+def _failure_depth(model: nn.Module, kwargs: dict) -> int | None:
+    """None where the model's forward runs on ``kwargs`` (no gradient, the global RNG restored; the caller sets
+    eval), else how many module calls it began before it failed: how far into the model those inputs got."""
+    calls = 0
+
+    def count(module: nn.Module, args: tuple) -> None:
+        nonlocal calls
+        calls += 1
+
+    handle = register_module_forward_pre_hook(count)
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             model(**kwargs)
-        return True
+        return None
     except Exception:  # noqa: BLE001 - not this layout: the next one is tried
-        return False
+        return calls
+    finally:
+        handle.remove()
 
 
 def _first_running(model: nn.Module, kwargs: dict, candidates: list[dict], fallback: int = 0,
                    refit: bool = False) -> dict:
     """``kwargs`` with the first candidate the model runs on (eval mode, no gradient, the global RNG
-    restored), else (with ``refit``) the first of ``_refit_features``'s, else with ``candidates[fallback]``:
-    its error is then the forward's."""
+    restored), else (with ``refit``) the first of ``_refit_features``'s, else with the candidate from
+    ``candidates[fallback:]`` whose forward got furthest (the most module calls before it failed; the first of
+    equals): its error is then the forward's, the one a layout of the right shape meets further on (a config
+    whose sizes disagree), not the first layout's refusal at the model's first layer."""
     if len(candidates) > 1 or refit:
         modes = {m: m.training for m in model.modules()}
         model.eval()
+        depths: dict[int, int] = {}
         try:
-            for candidate in candidates:
-                if _runs(model, {**kwargs, **candidate}):
+            for i, candidate in enumerate(candidates):
+                depth = _failure_depth(model, {**kwargs, **candidate})
+                if depth is None:
                     return {**kwargs, **candidate}
+                depths[i] = depth
             for candidate in _refit_features(model, kwargs, candidates) if refit else []:  # only where none runs
-                if _runs(model, {**kwargs, **candidate}):
+                if _failure_depth(model, {**kwargs, **candidate}) is None:
                     return {**kwargs, **candidate}
         finally:
             for m, mode in modes.items():
                 m.training = mode
+        fallback = max(range(fallback, len(candidates)), key=lambda i: (depths.get(i, -1), -i), default=fallback)
     return {**kwargs, **candidates[fallback]}
 
 
@@ -1057,6 +1092,10 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
         kwargs.update(image)
     _check_video_token(model, config, modalities, image_token, takes_ids and "pixel_values" in kwargs)
     media = _audio_candidates(config, params, main, device, dtype, gen)  # the layouts the forward may take
+    if media and main in _AUDIO_INPUTS and "pixel_values_videos" in params:
+        # an audio-video encoder (PE Audio-Video's): its audio alone, then with each clip layout, the first it runs on
+        clips = _video_candidates(config, device, dtype, gen, _timm_tower_size(model))
+        media = media + [{**m, **c} for m in media for c in clips]
     if not media and "pixel_values_videos" in params and (main == "pixel_values_videos" or "pixel_values_videos" in required):
         media = _video_candidates(config, device, dtype, gen, _timm_tower_size(model))
     if not media and "past_values" in required:
@@ -1066,6 +1105,9 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
         # a text model's optional audio: its text alone first (as before: its audio would need placeholder
         # tokens), the audio where the forward does not run without it; the audio's error if neither runs
         media, fallback = [{}, *media], 1
+    decoders = _decoder_values(config, params, device, dtype, gen)
+    if decoders:  # each layout with each width of decoder frames (its candidate fallback the same with the first)
+        media, fallback = [{**m, **d} for m in media or [{}] for d in decoders], fallback * len(decoders)
     audio_token, audio_tokens = _field(config, *_AUDIO_TOKEN), None
     audio: dict[str, Tensor] = {}
     if media and main == "input_ids" and image_tokens is None and audio_token is not None:
