@@ -103,7 +103,7 @@ def test_a_retry_that_runs_out_of_time_keeps_the_zero_argument_record(monkeypatc
 def test_the_summary_counts_the_patched_models_apply_drop_path_warned_of_by_kind():
     rows = [
         _row("quiet", warned=[]),
-        _row("a", warned=["# stacks of repeated blocks did not run on the example inputs (x): fix"]),
+        _row("a", warned=["# stack of repeated blocks did not run on the example inputs (x): fix"]),
         _row("b", warned=["# stacks of repeated blocks did not run on the example inputs (y): fix",
                           "schedule 'linear' gives every branch rate #: it ramps"]),
         _row("old"),  # recorded before the field: not counted
@@ -111,8 +111,8 @@ def test_the_summary_counts_the_patched_models_apply_drop_path_warned_of_by_kind
     ]
     line = sweep_render.warned_line("hf", rows)
     assert line.startswith("hf: 2 of the 3 patched models got a warning")
-    assert "2 x # stacks of repeated blocks did not run on the example inputs (`a`, `b`)" in line
-    assert "1 x schedule 'linear' gives every branch rate # (`b`)" in line
+    assert "2 x # stack(s) of repeated block(s) did not run on the example inputs (`a`, `b`)" in line
+    assert "1 x schedule 'linear' gives every branch(es) rate # (`b`)" in line
     assert sweep_render.warned_line("hf", [_row("old")]) == ""
     assert any(x.startswith("hf: 2 of the 3 patched") for x in sweep_render.hf_summary(rows))
 

@@ -94,9 +94,11 @@ CI_SUBSET = {
     # TimesFM: its MLP residual is multiplied by the padding mask after its last module (was silently missed).
     # Muse Spark's text model: its residual gate scales the stream by a per-channel parameter (alpha * x + beta * f(x)).
     # DeepSeek V4: hyper-connections, comb^T h + post * f(x), both merges of every layer (NoResidualBranchError before).
+    # SpeechT5: an encoder-decoder whose encoder, built without its prenet, takes embeddings as input_values and
+    # whose decoder takes mel frames. SAM 2: a Hiera tower whose stage widths the consistent shrink keeps in step.
     "hf": [
         "gpt_neox", "swin", "qwen2_5_vl", "higgs_audio_v2", "grounding-dino", "glm4v_vision", "qwen2_5_vl_vision",
-        "timesfm", "muse_spark_text", "deepseek_v4",
+        "timesfm", "muse_spark_text", "deepseek_v4", "speecht5", "sam2",
     ],
     # a head whose inputs are (B, choices, L)
     "hf-heads": ["bert/BertForMultipleChoice"],

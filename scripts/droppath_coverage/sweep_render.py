@@ -253,6 +253,12 @@ def _needs_inputs(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["stage"] == "inputs" and "with_inputs" in r]
 
 
+def _kind(note: str) -> str:
+    """A note's first clause, singular and plural alike (``# stack of`` / ``# stacks of``)."""
+    first = re.split(r"[:(;]", note)[0].strip()
+    return re.sub(r"\b(stack|branch|module|block)(?:es|s)?\b", lambda m: m[1] + ("(es)" if m[1] == "branch" else "(s)"), first)
+
+
 def warned_line(library: str, rows: list[dict]) -> str:
     """How many patched models ``apply_drop_path`` warned of something (its report's notes), by kind (the
     note's first clause); empty where no row records them."""
@@ -261,7 +267,7 @@ def warned_line(library: str, rows: list[dict]) -> str:
         return ""
     kinds: dict[str, list[str]] = {}
     for r in patched:
-        for note in dict.fromkeys(re.split(r"[:(;]", n)[0].strip() for n in r["warned"]):
+        for note in dict.fromkeys(_kind(n) for n in r["warned"]):
             kinds.setdefault(note, []).append(r["name"])
     warned = sum(1 for r in patched if r["warned"])
     parts = "; ".join(f"{len(names)} x {kind} ({', '.join(f'`{n}`' for n in names[:3])}{' ...' if len(names) > 3 else ''})"
