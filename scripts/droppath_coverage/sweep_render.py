@@ -88,6 +88,12 @@ FINDINGS: list[tuple[str, str, str]] = [
      "operation from the fork is the stream even where its operand and the branch are pieces of one split, and a "
      "layer's second merge forks from the stream its first merge made. A dropped sample keeps the mixed streams "
      "`comb^T h`; skip mode masks these branches.")),
+    ("one stack of mixed layer classes", "hf:olmo_hybrid (also inkling2_text, Jamba and SAM 3 LiteText's text model at depth)",
+     ("a hybrid decoder's `layers` holds layers of two classes (linear attention and attention, Mamba and attention, "
+     "RepMixer and transformer): the rule for a repeated composite of different blocks (DaViT's pairs) took the whole "
+     "stack for one composite, one unit of the schedule, so `linear` gave every branch rate 0, and the sweep, which "
+     "silenced warnings, showed only `blocks` 1 for 2 layers. Fixed: a composite repeats (two containers of its "
+     "path's shape at least); the sweep now records what `apply_drop_path` warns of and counts it.")),
     ("gated or scaled residual stream", "hf:muse_spark_text (also ergo; zaya still fails)",
      ("the stream itself is rescaled at every merge (`alpha * residual + beta * h`, a learned per-channel residual "
      "gate): no `x + f(x)` on the unchanged stream, so `NoResidualBranchError`. Fixed: a stream scaled by numbers or "
