@@ -884,3 +884,57 @@ def test_a_vlm_counting_images_it_is_not_given_gets_an_error_naming_them():
     )
     with pytest.raises(ExampleInputsError, match="'images_per_sample'.*example_inputs="):
         build_example_inputs(T.GlmImageModel(config))
+
+
+# -- a vocabulary held by a nested config ----------------------------------------------------------------
+
+
+def test_a_robot_policy_gets_text_from_its_nested_vlm_vocabulary_and_an_error_naming_its_actions():
+    # PI0's config has no vocab_size (its PaliGemma's text config and its action expert's do): the builder reads
+    # the rows of the model's input embedding and gets past the text, to the action embeddings no config gives.
+    small = dict(TEXT, num_hidden_layers=1, num_key_value_heads=1, head_dim=8, model_type="gemma")
+    config = T.PI0Config(
+        vlm_config=dict(model_type="paligemma", text_config=small, image_token_id=98,
+                        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
+                                           num_hidden_layers=1, num_attention_heads=4, image_size=16, patch_size=8)),
+        dit_config=small, chunk_size=4, max_action_dim=6, max_state_dim=6,
+    )
+    assert getattr(config, "vocab_size", None) is None
+    with pytest.raises(ExampleInputsError, match="takes 'action_embeds'.*example_inputs="):
+        build_example_inputs(T.PI0Model(config))
+
+
+def test_an_encoder_decoder_without_an_input_embedding_gets_ids_every_nested_vocabulary_holds():
+    # Dia: no vocab_size of its own, no get_input_embeddings; its encoder takes 256 ids, its decoder 1028.
+    layers = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2, head_dim=16,
+                  intermediate_size=64)
+    config = T.DiaConfig(encoder_config=layers, decoder_config=dict(
+        layers, cross_hidden_size=32, cross_num_attention_heads=2, cross_num_key_value_heads=2, cross_head_dim=16))
+    _, kwargs = build_example_inputs(T.DiaModel(config))
+    assert kwargs["input_ids"].shape == (2, 12)
+    assert 0 <= int(kwargs["input_ids"].min()) and int(kwargs["input_ids"].max()) < config.encoder_config.vocab_size
+
+
+def test_a_text_to_speech_pair_gets_phonemes_of_its_acoustic_models_vocabulary_and_is_patched():
+    # FastSpeech2Conformer with HiFi-GAN: the vocabulary is its model_config's, the vocoder has none.
+    model_config = T.FastSpeech2ConformerConfig(
+        vocab_size=40, hidden_size=32, encoder_layers=1, decoder_layers=1, encoder_num_attention_heads=2,
+        decoder_num_attention_heads=2, encoder_linear_units=64, decoder_linear_units=64, num_mel_bins=8,
+        speech_decoder_postnet_layers=1, speech_decoder_postnet_units=16)
+    vocoder_config = T.FastSpeech2ConformerHifiGanConfig(
+        model_in_dim=8, upsample_initial_channel=16, upsample_rates=[2], upsample_kernel_sizes=[4],
+        resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1]])
+    model = T.FastSpeech2ConformerWithHifiGan(T.FastSpeech2ConformerWithHifiGanConfig(
+        model_config=model_config.to_dict(), vocoder_config=vocoder_config.to_dict()))
+    _, kwargs = build_example_inputs(model)
+    assert int(kwargs["input_ids"].max()) < 40
+    _patch(model)
+
+
+def test_a_config_without_a_vocab_size_reads_the_rows_of_the_models_input_embedding():
+    config = T.BertConfig(**dict(TEXT, num_key_value_heads=None), type_vocab_size=2)
+    model = T.BertModel(config)
+    model.config.vocab_size = 0  # unset (its field takes ints only): the embedding's 99 rows say how many ids it takes
+    _, kwargs = build_example_inputs(model)
+    assert int(kwargs["input_ids"].max()) < 99 and kwargs["input_ids"].shape == (2, 12)
+    _patch(model)

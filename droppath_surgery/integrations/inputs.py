@@ -97,10 +97,42 @@ def _is_causal(model: nn.Module) -> bool:
     return any(getattr(m, "is_causal", False) is True for m in model.modules())
 
 
-def _tokens(model: nn.Module, cfg: Any, device: torch.device, gen: torch.Generator, length: int = TEXT_LENGTH) -> Tensor:
+def _vocab_size(model: nn.Module, cfg: Any) -> int | None:
+    """How many token ids ``cfg``'s text takes: its ``vocab_size``; where it has none (a composite whose text
+    model's config is nested: PI0's PaliGemma), the rows of the embedding the model's ``get_input_embeddings``
+    returns, else the smallest ``vocab_size`` of its nested configs, at any depth: ids that every one of its
+    vocabularies holds (Dia's encoder takes 256, its decoder 1028)."""
     vocab = getattr(cfg, "vocab_size", None)
+    if vocab:
+        return int(vocab)
+    embeddings: Any = getattr(model, "get_input_embeddings", None)
+    if cfg is getattr(model, "config", None) and callable(embeddings):  # the model's own text, not a sub-model's
+        try:
+            rows = getattr(embeddings(), "num_embeddings", None)
+        except Exception:  # noqa: BLE001 - no input embedding (NotImplementedError): the nested configs are read
+            rows = None
+        if isinstance(rows, int) and rows > 0:
+            return rows
+    queue, seen, sizes = list(_sub_configs(cfg)), {id(cfg)}, []
+    while queue:
+        sub = queue.pop(0)
+        if id(sub) in seen:
+            continue
+        seen.add(id(sub))
+        vocab = getattr(sub, "vocab_size", None)
+        if isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 0:
+            sizes.append(vocab)
+        queue.extend(_sub_configs(sub))
+    return min(sizes, default=None)
+
+
+def _tokens(model: nn.Module, cfg: Any, device: torch.device, gen: torch.Generator, length: int = TEXT_LENGTH) -> Tensor:
+    vocab = _vocab_size(model, cfg)
     if not vocab:
-        raise ExampleInputsError(f"{type(model).__name__}: its config has no vocab_size; pass example_inputs=.")
+        raise ExampleInputsError(
+            f"{type(model).__name__}: neither its config nor its nested configs have a vocab_size, and it has no "
+            f"input embedding to read one off; pass example_inputs=."
+        )
     limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or length
     limit = limit if limit > 0 else length  # XLNet's -1: no limit
     return torch.randint(0, vocab, (EXAMPLE_BATCH, min(length, limit)), generator=gen).to(device)
@@ -1126,7 +1158,7 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
             special = torch.tensor(_special_tokens(config, *subs), dtype=ids.dtype, device=ids.device)
             clash = torch.isin(ids, special)
             if clash.any():  # random text that hits a reserved id: the first id that is not reserved
-                free = next(i for i in range(int(text.vocab_size)) if i not in set(special.tolist()))
+                free = next(i for i in range(int(_vocab_size(model, text) or 0)) if i not in set(special.tolist()))
                 ids = ids.masked_fill(clash, free)
             plain = ids
         if image_tokens is not None:
