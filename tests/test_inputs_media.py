@@ -146,17 +146,21 @@ def test_stacked_low_frame_rate_features_are_mel_bins_times_the_stack():
     _patch(model)
 
 
-def test_a_spectrogram_image_gets_one_channel():
-    # CLAP's audio tower reads (B, 1, T, mel), a spectrogram as a one-channel image.
-    config = T.ClapConfig(
+def _clap(audio_width: int):
+    """A tiny CLAP; its audio tower's output width is patch_embeds_hidden_size x 2**(stages - 1) = 32."""
+    return T.ClapModel(T.ClapConfig(
         text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=4, projection_dim=16),
         audio_config=dict(num_mel_bins=16, spec_size=32, patch_size=4, patch_stride=[4, 4], window_size=4,
-                          depths=[1, 1], num_attention_heads=[2, 4], patch_embeds_hidden_size=16, hidden_size=32,
-                          projection_dim=16),
+                          depths=[1, 1], num_attention_heads=[2, 4], patch_embeds_hidden_size=16,
+                          hidden_size=audio_width, projection_dim=16),
         projection_dim=16,
-    )
-    model = T.ClapModel(config)
+    ))
+
+
+def test_a_spectrogram_image_gets_one_channel():
+    # CLAP's audio tower reads (B, 1, T, mel), a spectrogram as a one-channel image.
+    model = _clap(audio_width=32)
     _, kwargs = build_example_inputs(model)
     assert kwargs["input_features"].shape[:2] == (2, 1) and kwargs["input_features"].shape[-1] == 16
     report = _patch(model)
@@ -167,15 +171,7 @@ def test_where_no_layout_runs_the_one_that_got_furthest_is_given_and_its_error_s
     # A CLAP audio config whose hidden_size is not patch_embeds_hidden_size x 2**(stages - 1) (the tower's output
     # width): no layout runs. (B, T, mel) fails at the tower's first layer; (B, 1, T, mel) runs the whole tower and
     # fails at the projection, which is the config's fault and the error to report, with that layout.
-    config = T.ClapConfig(
-        text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, projection_dim=16),
-        audio_config=dict(num_mel_bins=16, spec_size=32, patch_size=4, patch_stride=[4, 4], window_size=4,
-                          depths=[1, 1], num_attention_heads=[2, 4], patch_embeds_hidden_size=16, hidden_size=24,
-                          projection_dim=16),
-        projection_dim=16,
-    )
-    model = T.ClapModel(config)
+    model = _clap(audio_width=24)
     _, kwargs = build_example_inputs(model)
     assert kwargs["input_features"].shape[:2] == (2, 1)
     with pytest.raises(RuntimeError, match="mat1 and mat2"):
