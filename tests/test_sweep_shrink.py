@@ -200,3 +200,21 @@ def test_per_layer_settings_take_the_sizes_the_config_shrank():
     assert entry["qk_nope_head_dim"] == text["qk_nope_head_dim"] == 8 and entry["kv_lora_rank"] == 32
     built = transformers.AutoConfig.for_model("dots3_note", **shrunk)  # its validators pass
     assert built.text_config.per_layer_config[2].num_attention_heads == 4
+
+
+def test_swin_style_stages_keep_the_width_their_doubling_patch_embedding_reaches():
+    # CLAP's audio tower: 96-wide patches doubled at each of 4 stages = its 768 width; the shrink keeps 2 stages
+    import torch
+
+    clap = transformers.ClapConfig()
+    shrunk = sweep.shrink_overrides(clap, sweep._TINY, consistent=True)
+    audio = shrunk["audio_config"]
+    assert audio["hidden_size"] == 64 and len(audio["depths"]) == 2
+    assert audio["patch_embeds_hidden_size"] == 32  # was 96: 96 x 2 = 192 wide at the end, not 64
+    config = transformers.ClapConfig(**shrunk)
+    torch.manual_seed(0)
+    model = transformers.ClapModel(config).eval()
+    with torch.no_grad():
+        embeds = model.get_audio_features(input_features=torch.randn(1, 1, 256, 64))
+    embeds = getattr(embeds, "pooler_output", embeds)
+    assert embeds.shape[-1] == config.projection_dim

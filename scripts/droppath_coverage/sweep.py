@@ -488,6 +488,7 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
         _follow_width_multiples(values, out)
         _shrink_layer_configs(values, out)
         _follow_stage_widths(config, values, out)
+        _fit_doubling_stages(values, out)
         _fit_pixel_shuffle(values, out)
         _follow_patch_grid(values, out)
         if depth == 0 and table is _TINY:
@@ -704,6 +705,23 @@ def _follow_stage_widths(config: Any, values: dict, out: dict) -> None:
                     and re.search(r"channel|dim|hidden_size", key) \
                     and all(_is_size(v) and v in stages for v in value):
                 out[key] = [stages[v] for v in value]
+
+
+def _fit_doubling_stages(values: dict, out: dict) -> None:
+    """A config whose width, which shrank, is its patch embedding's width doubled at each stage after the first
+    (Swin-style stages: ``width == *embed*_size x 2 ** (len(depths) - 1)``; CLAP's audio tower, 96 x 2 ** 3 = 768)
+    keeps that: the embedding width becomes the new width halved once per later stage of the shrunk ``depths``."""
+    width = next((k for k in _WIDTHS if _is_size(values.get(k)) and _is_size(out.get(k)) and out[k] < values[k]), None)
+    depths, new_depths = values.get("depths"), out.get("depths", values.get("depths"))
+    if width is None or not isinstance(depths, list) or not depths or not isinstance(new_depths, list) or not new_depths:
+        return
+    for key, value in values.items():
+        if key in out or key in _TINY or "embed" not in key or not _is_size(value) or not value \
+                or values[width] != value * 2 ** (len(depths) - 1):
+            continue
+        factor = 2 ** (len(new_depths) - 1)
+        if out[width] % factor == 0:
+            out[key] = out[width] // factor
 
 
 def _follow_feature_sizes(config: Any, out: dict) -> None:
