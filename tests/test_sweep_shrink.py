@@ -218,3 +218,25 @@ def test_swin_style_stages_keep_the_width_their_doubling_patch_embedding_reaches
         embeds = model.get_audio_features(input_features=torch.randn(1, 1, 256, 64))
     embeds = getattr(embeds, "pooler_output", embeds)
     assert embeds.shape[-1] == config.projection_dim
+
+
+def test_a_pixel_shuffling_projector_reads_the_shuffled_width_and_outputs_the_towers_output_dim():
+    # Llama 4's vision tower: its 64-wide patches shuffled by 0.5 are 256 wide (the projector MLP's input) and the
+    # projector's 4096 output is what the multimodal projector reads (transformers' default: 5632 and 7680)
+    import torch
+
+    shrunk = sweep.shrink_overrides(transformers.Llama4Config(), sweep._TINY, consistent=True)
+    vision = shrunk["vision_config"]
+    assert vision["hidden_size"] == 64 and vision["intermediate_size"] == 256
+    assert vision["vision_output_dim"] == vision["projector_output_dim"] == 4096
+    config = transformers.Llama4Config(**shrunk)
+    from transformers.models.llama4 import modeling_llama4
+
+    torch.manual_seed(0)
+    tower = modeling_llama4.Llama4VisionModel(config.vision_config).eval()
+    projector = modeling_llama4.Llama4MultiModalProjector(config).eval()
+    side = config.vision_config.image_size
+    with torch.no_grad():
+        features = tower(torch.randn(1, 3, side, side)).last_hidden_state
+        tokens = projector(features)
+    assert tokens.shape[-1] == config.text_config.hidden_size

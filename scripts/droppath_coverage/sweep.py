@@ -489,6 +489,7 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
         _shrink_layer_configs(values, out)
         _follow_stage_widths(config, values, out)
         _fit_doubling_stages(values, out)
+        _fit_shuffled_projector(values, out)
         _fit_pixel_shuffle(values, out)
         _follow_patch_grid(values, out)
         if depth == 0 and table is _TINY:
@@ -722,6 +723,24 @@ def _fit_doubling_stages(values: dict, out: dict) -> None:
         factor = 2 ** (len(new_depths) - 1)
         if out[width] % factor == 0:
             out[key] = out[width] // factor
+
+
+def _fit_shuffled_projector(values: dict, out: dict) -> None:
+    """A tower whose projector MLP reads its patches pixel-shuffled by a ``pixel_shuffle_ratio`` (below 1: channels
+    grow by 1 / ratio ** 2) from ``intermediate_size`` wide inputs to ``projector_input_dim`` and on to
+    ``projector_output_dim`` (Llama 4's vision tower): that input is the shrunk width / ratio ** 2, and the tower's
+    ``vision_output_dim`` the projector's output. Transformers' default Llama 4 config has neither (a 768 width
+    shuffled to 3072 beside an intermediate_size of 5632; vision_output_dim 7680 beside 4096)."""
+    ratio = values.get("pixel_shuffle_ratio")
+    width = next((k for k in _WIDTHS if _is_size(values.get(k)) and _is_size(out.get(k)) and out[k] < values[k]), None)
+    if not (isinstance(ratio, float) and 0 < ratio < 1 and width and _is_size(values.get("projector_input_dim"))
+            and _is_size(values.get("intermediate_size"))):
+        return
+    channels = out[width] / ratio**2
+    if channels == int(channels):
+        out["intermediate_size"] = int(channels)
+    if _is_size(values.get("vision_output_dim")) and _is_size(values.get("projector_output_dim")):
+        out["vision_output_dim"] = out.get("projector_output_dim", values["projector_output_dim"])
 
 
 def _follow_feature_sizes(config: Any, out: dict) -> None:
