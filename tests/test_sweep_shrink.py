@@ -240,3 +240,22 @@ def test_a_pixel_shuffling_projector_reads_the_shuffled_width_and_outputs_the_to
         features = tower(torch.randn(1, 3, side, side)).last_hidden_state
         tokens = projector(features)
     assert tokens.shape[-1] == config.text_config.hidden_size
+
+
+def test_heads_stay_as_wide_as_the_rotary_dims_a_config_does_not_name():
+    # CLVP's encoders rotate max(projection_dim // (2 x heads), 32) dims of each head: 32 in the default config;
+    # 64 wide with 4 heads of 16 the rotary embedding does not fit them
+    import torch
+
+    shrunk = sweep.shrink_overrides(transformers.ClvpConfig(), sweep._TINY, consistent=True)
+    for name in ("text_config", "speech_config"):
+        assert shrunk[name]["hidden_size"] == 64 and shrunk[name]["num_attention_heads"] == 2  # heads of 32
+    assert shrunk["decoder_config"]["num_attention_heads"] == 4  # no rotary there: as before
+    config = transformers.ClvpConfig(**shrunk)
+    from transformers.models.clvp import modeling_clvp
+
+    torch.manual_seed(0)
+    encoder = modeling_clvp.ClvpEncoder(config.text_config).eval()
+    with torch.no_grad():
+        embeds = encoder(input_ids=torch.randint(0, config.text_config.vocab_size, (1, 12)))[0]
+    assert embeds.shape == (1, config.text_config.projection_dim)

@@ -490,6 +490,7 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
         _follow_stage_widths(config, values, out)
         _fit_doubling_stages(values, out)
         _fit_shuffled_projector(values, out)
+        _fit_rotary_heads(values, out)
         _fit_pixel_shuffle(values, out)
         _follow_patch_grid(values, out)
         if depth == 0 and table is _TINY:
@@ -741,6 +742,20 @@ def _fit_shuffled_projector(values: dict, out: dict) -> None:
         out["intermediate_size"] = int(channels)
     if _is_size(values.get("vision_output_dim")) and _is_size(values.get("projector_output_dim")):
         out["vision_output_dim"] = out.get("projector_output_dim", values["projector_output_dim"])
+
+
+def _fit_rotary_heads(values: dict, out: dict) -> None:
+    """A config that rotates the first dims of each head (``use_rotary_embedding``) without naming how many (no
+    ``head_dim`` / ``rotary_dim``): its default rotates ``projection_dim // (2 x heads)`` dims (CLVP's 32, a floor
+    its model keeps however narrow the heads), so the shrunk heads stay at least that wide (fewer heads)."""
+    heads, width = out.get("num_attention_heads"), next((k for k in _WIDTHS if _is_size(out.get(k))), None)
+    if not (values.get("use_rotary_embedding") is True and _is_size(heads) and width and "head_dim" not in values
+            and "rotary_dim" not in values and _is_size(values.get("projection_dim"))
+            and _is_size(values.get("num_attention_heads")) and values["num_attention_heads"]):
+        return
+    rotary = values["projection_dim"] // (2 * values["num_attention_heads"])
+    if rotary and out[width] // heads < rotary <= out[width] and out[width] % rotary == 0:
+        out["num_attention_heads"] = out[width] // rotary
 
 
 def _follow_feature_sizes(config: Any, out: dict) -> None:
