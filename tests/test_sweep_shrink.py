@@ -259,3 +259,25 @@ def test_heads_stay_as_wide_as_the_rotary_dims_a_config_does_not_name():
     with torch.no_grad():
         embeds = encoder(input_ids=torch.randint(0, config.text_config.vocab_size, (1, 12)))[0]
     assert embeds.shape == (1, config.text_config.projection_dim)
+
+
+def test_rotary_sections_left_to_the_models_default_are_split_evenly_leading_parts_first():
+    # Ernie 4.5 VL's model defaults to [22, 22, 20] (height, width, time) and stacks the height and width parts:
+    # for the shrunk head of 16 they must stay equal, [3, 3, 2] (the [4, 2, 2] of a [2, 1, 1] guess does not stack)
+    import torch
+
+    shrunk = sweep.shrink_overrides(transformers.AutoConfig.for_model("ernie4_5_vl_moe"), sweep._TINY, consistent=True)
+    text = shrunk["text_config"]
+    assert text["rope_parameters"]["mrope_section"] == [3, 3, 2]
+    config = transformers.AutoConfig.for_model("ernie4_5_vl_moe", **shrunk).text_config
+    from transformers.models.ernie4_5_vl_moe import modeling_ernie4_5_vl_moe as ernie
+
+    rotary = ernie.Ernie4_5_VLMoeTextRotaryEmbedding(config)
+    x = torch.randn(2, 5, config.hidden_size)
+    cos, sin = rotary(x, torch.arange(5).expand(3, 2, 5))
+    assert cos.shape[-1] == 16
+    # sections named in the config are rescaled as before (Qwen2-VL's own [16, 24, 24] -> [2, 3, 3] for 16)
+    qwen = transformers.Qwen2VLConfig()
+    qwen.text_config.rope_parameters = dict(qwen.text_config.rope_parameters, mrope_section=[16, 24, 24])
+    own = sweep.shrink_overrides(qwen, sweep._TINY, consistent=True)["text_config"]["rope_parameters"]
+    assert own["mrope_section"] == [2, 3, 3]

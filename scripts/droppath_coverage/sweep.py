@@ -1170,7 +1170,7 @@ def _shrink_mrope(config, values: dict, out: dict, default_sections: bool = Fals
     sec = rope.get("mrope_section")
     if not sec and (default_sections or "mrope_section" in (getattr(config, "ignore_keys_at_rope_validation", None)
                                                             or ())):
-        sec = [2, 1, 1]  # the model's default sections are for its default head dim: time, height, width
+        sec = [1, 1, 1]  # the model's default sections are for its default head dim: time, height, width
     if not (isinstance(sec, list) and sec):
         return
     if _is_size(values.get("qk_rope_head_dim")):
@@ -1188,8 +1188,14 @@ def _shrink_mrope(config, values: dict, out: dict, default_sections: bool = Fals
     half = dim // 2
     if sum(sec) == half and sec == rope.get("mrope_section"):
         return
-    new = [max(1, (s * half) // sum(sec)) for s in sec]
-    new[0] += half - sum(new)
+    if sec != rope.get("mrope_section") and half >= len(sec):
+        # the model's own default is unknown: as even as possible, the remainder on the leading parts, so that two
+        # parts of its default that must be equal stay so where they lead (Ernie 4.5 VL's [22, 22, 20]: height and
+        # width first, [3, 3, 2] for a head of 16, not [4, 2, 2]; Qwen2-VL's [16, 24, 24] takes any split)
+        new = [half // len(sec) + (i < half % len(sec)) for i in range(len(sec))]
+    else:
+        new = [max(1, (s * half) // sum(sec)) for s in sec]
+        new[0] += half - sum(new)
     key = "rope_parameters" if values.get("rope_parameters") else "rope_scaling"
     out[key] = dict(rope, mrope_section=new)
 
