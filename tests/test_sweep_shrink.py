@@ -200,3 +200,84 @@ def test_per_layer_settings_take_the_sizes_the_config_shrank():
     assert entry["qk_nope_head_dim"] == text["qk_nope_head_dim"] == 8 and entry["kv_lora_rank"] == 32
     built = transformers.AutoConfig.for_model("dots3_note", **shrunk)  # its validators pass
     assert built.text_config.per_layer_config[2].num_attention_heads == 4
+
+
+def test_swin_style_stages_keep_the_width_their_doubling_patch_embedding_reaches():
+    # CLAP's audio tower: 96-wide patches doubled at each of 4 stages = its 768 width; the shrink keeps 2 stages
+    import torch
+
+    clap = transformers.ClapConfig()
+    shrunk = sweep.shrink_overrides(clap, sweep._TINY, consistent=True)
+    audio = shrunk["audio_config"]
+    assert audio["hidden_size"] == 64 and len(audio["depths"]) == 2
+    assert audio["patch_embeds_hidden_size"] == 32  # was 96: 96 x 2 = 192 wide at the end, not 64
+    config = transformers.ClapConfig(**shrunk)
+    torch.manual_seed(0)
+    model = transformers.ClapModel(config).eval()
+    with torch.no_grad():
+        embeds = model.get_audio_features(input_features=torch.randn(1, 1, 256, 64))
+    embeds = getattr(embeds, "pooler_output", embeds)
+    assert embeds.shape[-1] == config.projection_dim
+
+
+def test_a_pixel_shuffling_projector_reads_the_shuffled_width_and_outputs_the_towers_output_dim():
+    # Llama 4's vision tower: its 64-wide patches shuffled by 0.5 are 256 wide (the projector MLP's input) and the
+    # projector's 4096 output is what the multimodal projector reads (transformers' default: 5632 and 7680)
+    import torch
+
+    shrunk = sweep.shrink_overrides(transformers.Llama4Config(), sweep._TINY, consistent=True)
+    vision = shrunk["vision_config"]
+    assert vision["hidden_size"] == 64 and vision["intermediate_size"] == 256
+    assert vision["vision_output_dim"] == vision["projector_output_dim"] == 4096
+    config = transformers.Llama4Config(**shrunk)
+    from transformers.models.llama4 import modeling_llama4
+
+    torch.manual_seed(0)
+    tower = modeling_llama4.Llama4VisionModel(config.vision_config).eval()
+    projector = modeling_llama4.Llama4MultiModalProjector(config).eval()
+    side = config.vision_config.image_size
+    with torch.no_grad():
+        features = tower(torch.randn(1, 3, side, side)).last_hidden_state
+        tokens = projector(features)
+    assert tokens.shape[-1] == config.text_config.hidden_size
+
+
+def test_heads_stay_as_wide_as_the_rotary_dims_a_config_does_not_name():
+    # CLVP's encoders rotate max(projection_dim // (2 x heads), 32) dims of each head: 32 in the default config;
+    # 64 wide with 4 heads of 16 the rotary embedding does not fit them
+    import torch
+
+    shrunk = sweep.shrink_overrides(transformers.ClvpConfig(), sweep._TINY, consistent=True)
+    for name in ("text_config", "speech_config"):
+        assert shrunk[name]["hidden_size"] == 64 and shrunk[name]["num_attention_heads"] == 2  # heads of 32
+    assert shrunk["decoder_config"]["num_attention_heads"] == 4  # no rotary there: as before
+    config = transformers.ClvpConfig(**shrunk)
+    from transformers.models.clvp import modeling_clvp
+
+    torch.manual_seed(0)
+    encoder = modeling_clvp.ClvpEncoder(config.text_config).eval()
+    with torch.no_grad():
+        embeds = encoder(input_ids=torch.randint(0, config.text_config.vocab_size, (1, 12)))[0]
+    assert embeds.shape == (1, config.text_config.projection_dim)
+
+
+def test_rotary_sections_left_to_the_models_default_are_split_evenly_leading_parts_first():
+    # Ernie 4.5 VL's model defaults to [22, 22, 20] (height, width, time) and stacks the height and width parts:
+    # for the shrunk head of 16 they must stay equal, [3, 3, 2] (the [4, 2, 2] of a [2, 1, 1] guess does not stack)
+    import torch
+
+    shrunk = sweep.shrink_overrides(transformers.AutoConfig.for_model("ernie4_5_vl_moe"), sweep._TINY, consistent=True)
+    text = shrunk["text_config"]
+    assert text["rope_parameters"]["mrope_section"] == [3, 3, 2]
+    config = transformers.AutoConfig.for_model("ernie4_5_vl_moe", **shrunk).text_config
+    from transformers.models.ernie4_5_vl_moe import modeling_ernie4_5_vl_moe as ernie
+
+    rotary = ernie.Ernie4_5_VLMoeTextRotaryEmbedding(config)
+    x = torch.randn(2, 5, config.hidden_size)
+    cos, sin = rotary(x, torch.arange(5).expand(3, 2, 5))
+    assert cos.shape[-1] == 16
+    # sections named in the config are rescaled as before (Qwen2-VL's own [16, 24, 24] -> [2, 3, 3] for 16)
+    qwen = transformers.Qwen2VLConfig()
+    qwen.text_config.rope_parameters = dict(qwen.text_config.rope_parameters, mrope_section=[16, 24, 24])
+    own = sweep.shrink_overrides(qwen, sweep._TINY, consistent=True)["text_config"]["rope_parameters"]
+    assert own["mrope_section"] == [2, 3, 3]

@@ -488,6 +488,9 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
         _follow_width_multiples(values, out)
         _shrink_layer_configs(values, out)
         _follow_stage_widths(config, values, out)
+        _fit_doubling_stages(values, out)
+        _fit_shuffled_projector(values, out)
+        _fit_rotary_heads(values, out)
         _fit_pixel_shuffle(values, out)
         _follow_patch_grid(values, out)
         if depth == 0 and table is _TINY:
@@ -704,6 +707,55 @@ def _follow_stage_widths(config: Any, values: dict, out: dict) -> None:
                     and re.search(r"channel|dim|hidden_size", key) \
                     and all(_is_size(v) and v in stages for v in value):
                 out[key] = [stages[v] for v in value]
+
+
+def _fit_doubling_stages(values: dict, out: dict) -> None:
+    """A config whose width, which shrank, is its patch embedding's width doubled at each stage after the first
+    (Swin-style stages: ``width == *embed*_size x 2 ** (len(depths) - 1)``; CLAP's audio tower, 96 x 2 ** 3 = 768)
+    keeps that: the embedding width becomes the new width halved once per later stage of the shrunk ``depths``."""
+    width = next((k for k in _WIDTHS if _is_size(values.get(k)) and _is_size(out.get(k)) and out[k] < values[k]), None)
+    depths, new_depths = values.get("depths"), out.get("depths", values.get("depths"))
+    if width is None or not isinstance(depths, list) or not depths or not isinstance(new_depths, list) or not new_depths:
+        return
+    for key, value in values.items():
+        if key in out or key in _TINY or "embed" not in key or not _is_size(value) or not value \
+                or values[width] != value * 2 ** (len(depths) - 1):
+            continue
+        factor = 2 ** (len(new_depths) - 1)
+        if out[width] % factor == 0:
+            out[key] = out[width] // factor
+
+
+def _fit_shuffled_projector(values: dict, out: dict) -> None:
+    """A tower whose projector MLP reads its patches pixel-shuffled by a ``pixel_shuffle_ratio`` (below 1: channels
+    grow by 1 / ratio ** 2) from ``intermediate_size`` wide inputs to ``projector_input_dim`` and on to
+    ``projector_output_dim`` (Llama 4's vision tower): that input is the shrunk width / ratio ** 2, and the tower's
+    ``vision_output_dim`` the projector's output. Transformers' default Llama 4 config has neither (a 768 width
+    shuffled to 3072 beside an intermediate_size of 5632; vision_output_dim 7680 beside 4096)."""
+    ratio = values.get("pixel_shuffle_ratio")
+    width = next((k for k in _WIDTHS if _is_size(values.get(k)) and _is_size(out.get(k)) and out[k] < values[k]), None)
+    if not (isinstance(ratio, float) and 0 < ratio < 1 and width and _is_size(values.get("projector_input_dim"))
+            and _is_size(values.get("intermediate_size"))):
+        return
+    channels = out[width] / ratio**2
+    if channels == int(channels):
+        out["intermediate_size"] = int(channels)
+    if _is_size(values.get("vision_output_dim")) and _is_size(values.get("projector_output_dim")):
+        out["vision_output_dim"] = out.get("projector_output_dim", values["projector_output_dim"])
+
+
+def _fit_rotary_heads(values: dict, out: dict) -> None:
+    """A config that rotates the first dims of each head (``use_rotary_embedding``) without naming how many (no
+    ``head_dim`` / ``rotary_dim``): its default rotates ``projection_dim // (2 x heads)`` dims (CLVP's 32, a floor
+    its model keeps however narrow the heads), so the shrunk heads stay at least that wide (fewer heads)."""
+    heads, width = out.get("num_attention_heads"), next((k for k in _WIDTHS if _is_size(out.get(k))), None)
+    if not (values.get("use_rotary_embedding") is True and _is_size(heads) and width and "head_dim" not in values
+            and "rotary_dim" not in values and _is_size(values.get("projection_dim"))
+            and _is_size(values.get("num_attention_heads")) and values["num_attention_heads"]):
+        return
+    rotary = values["projection_dim"] // (2 * values["num_attention_heads"])
+    if rotary and out[width] // heads < rotary <= out[width] and out[width] % rotary == 0:
+        out["num_attention_heads"] = out[width] // rotary
 
 
 def _follow_feature_sizes(config: Any, out: dict) -> None:
@@ -1118,7 +1170,7 @@ def _shrink_mrope(config, values: dict, out: dict, default_sections: bool = Fals
     sec = rope.get("mrope_section")
     if not sec and (default_sections or "mrope_section" in (getattr(config, "ignore_keys_at_rope_validation", None)
                                                             or ())):
-        sec = [2, 1, 1]  # the model's default sections are for its default head dim: time, height, width
+        sec = [1, 1, 1]  # the model's default sections are for its default head dim: time, height, width
     if not (isinstance(sec, list) and sec):
         return
     if _is_size(values.get("qk_rope_head_dim")):
@@ -1136,8 +1188,14 @@ def _shrink_mrope(config, values: dict, out: dict, default_sections: bool = Fals
     half = dim // 2
     if sum(sec) == half and sec == rope.get("mrope_section"):
         return
-    new = [max(1, (s * half) // sum(sec)) for s in sec]
-    new[0] += half - sum(new)
+    if sec != rope.get("mrope_section") and half >= len(sec):
+        # the model's own default is unknown: as even as possible, the remainder on the leading parts, so that two
+        # parts of its default that must be equal stay so where they lead (Ernie 4.5 VL's [22, 22, 20]: height and
+        # width first, [3, 3, 2] for a head of 16, not [4, 2, 2]; Qwen2-VL's [16, 24, 24] takes any split)
+        new = [half // len(sec) + (i < half % len(sec)) for i in range(len(sec))]
+    else:
+        new = [max(1, (s * half) // sum(sec)) for s in sec]
+        new[0] += half - sum(new)
     key = "rope_parameters" if values.get("rope_parameters") else "rope_scaling"
     out[key] = dict(rope, mrope_section=new)
 
