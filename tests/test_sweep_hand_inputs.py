@@ -68,6 +68,17 @@ def test_a_type_without_automatic_inputs_is_retried_with_its_hand_inputs():
     assert (w["status"], w["sites"], w["verified"], w["error"]) == ("ok", 4, True, "")  # 2 GPT-2 layers x 2
 
 
+def test_a_type_whose_automatic_inputs_do_not_fit_its_forward_is_retried_with_its_hand_inputs():
+    pytest.importorskip("transformers")
+    res = sweep.sweep_hf("dia")  # its ids build, but its decoder takes them per audio channel
+    assert (res.status, res.stage) == ("failed", "forward") and res.sites is None
+    w = res.with_inputs
+    assert (w["status"], w["verified"], w["error"]) == ("ok", True, "") and w["sites"] == 10
+    rows = [_row("dia", "forward", "failed", w), _row("other", "forward", "failed", None)]
+    assert sweep_render.hand_inputs_line(rows).startswith("hf: 1 of the 1 types that need `example_inputs=`")
+    assert sweep_render.cause_of(rows[0]) == sweep_render.WRONG_INPUTS  # not "shape error on the shrunk config"
+
+
 def test_hand_inputs_that_do_not_run_are_recorded_not_raised(monkeypatch):
     pytest.importorskip("transformers")
     import torch

@@ -136,7 +136,7 @@ class Result:
     # What apply_drop_path warned of (the report's notes: unrun stacks, branches left without drop path, a
     # schedule giving every branch 0, the model's own layer drop), numbers blanked; None: not recorded.
     warned: list[str] | None = None
-    # hf, after a stage-'inputs' failure: the hand-made inputs passed as example_inputs= (hand_inputs.py),
+    # hf, after a stage-'inputs' failure (or 'forward', where hand inputs are written): the hand-made inputs passed as example_inputs= (hand_inputs.py),
     # described, and the outcome with them ({status, sites, verified, not_run, error}; status "skipped" with
     # the reason where no inputs can serve). The fields above keep the zero-argument outcome.
     example_inputs: str = ""
@@ -1462,12 +1462,14 @@ def sweep_hf(model_type: str, library: str = "hf") -> Result:
         outcome = (f"{retry.sites} sites, verified {retry.verified}" if again is not None
                    else f"{retry.error}")
         res.note = "; ".join(p for p in (res.note, f"with use_cache=False: {outcome}") if p)
-    if done is None and res.stage == "inputs":
-        # what the error tells a user to do: the type's hand-made inputs (hand_inputs.py) as example_inputs=,
+    from . import hand_inputs
+
+    written = model_type in hand_inputs.SKIPPED or model_type in hand_inputs.BUILDERS
+    if done is None and (res.stage == "inputs" or (res.stage == "forward" and written)):
+        # what the error tells a user to do: the type's hand-made inputs (hand_inputs.py) as example_inputs=
+        # (also where the automatic inputs are built but wrong for the forward: Dia's decoder ids per channel),
         # on a fresh model of this config and, where they do not run on it, of the consistent tiny config (the
         # sweep keeps the plain tiny one when no level makes automatic inputs); the zero-argument fields stay
-        from . import hand_inputs
-
         if model_type in hand_inputs.SKIPPED:
             res.with_inputs = {"status": "skipped", "error": hand_inputs.SKIPPED[model_type]}
         elif model_type in hand_inputs.BUILDERS:

@@ -135,8 +135,14 @@ def normalise(text: str) -> str:
     return text[:140]
 
 
+WRONG_INPUTS = ("needs `example_inputs=`: the automatic inputs are built but do not fit the forward, and the "
+                "hand-written ones run (Dia's decoder ids per audio channel)")
+
+
 def cause_of(row: dict) -> str:
     error = row["error"]
+    if row["stage"] == "forward" and (row.get("with_inputs") or {}).get("status") == "ok":
+        return WRONG_INPUTS
     if row["stage"] == "build" and "no config level builds" in error:
         first = error.split(": ", 2)[-1].split(" | ")[0]  # the tiny level's error
         error = first.split(": ", 1)[-1] if ": " in first else first
@@ -254,9 +260,10 @@ def hf_summary(rows: list[dict]) -> list[str]:
 
 
 def _needs_inputs(rows: list[dict]) -> list[dict]:
-    """The rows whose automatic inputs could not be built (stage 'inputs'), where the sweep recorded the retry
-    with hand-made ones (rows of a sweep before that have no ``with_inputs`` key: none is shown for them)."""
-    return [r for r in rows if r["stage"] == "inputs" and "with_inputs" in r]
+    """The rows whose automatic inputs could not be built (stage 'inputs') or were built wrong for the forward
+    (stage 'forward' with a retry recorded), where the sweep recorded the retry with hand-made ones (rows of a
+    sweep before that have no ``with_inputs`` key: none is shown for them)."""
+    return [r for r in rows if "with_inputs" in r and (r["stage"] == "inputs" or (r["stage"] == "forward" and r["with_inputs"]))]
 
 
 def _kind(note: str) -> str:
