@@ -55,6 +55,7 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,8 +137,8 @@ class Result:
     # What apply_drop_path warned of (the report's notes: unrun stacks, branches left without drop path, a
     # schedule giving every branch 0, the model's own layer drop), numbers blanked; None: not recorded.
     warned: list[str] | None = None
-    # hf, after a stage-'inputs' failure (or 'forward', where hand inputs are written): the hand-made inputs passed as example_inputs= (hand_inputs.py),
-    # described, and the outcome with them ({status, sites, verified, not_run, error}; status "skipped" with
+    # hf, after a stage-'inputs' failure (or 'forward', where hand inputs are written): the hand-made inputs passed
+    # as example_inputs= (hand_inputs.py), described, and the outcome with them ({status, sites, verified, not_run, error}; status "skipped" with
     # the reason where no inputs can serve). The fields above keep the zero-argument outcome.
     example_inputs: str = ""
     with_inputs: dict | None = None
@@ -162,8 +163,13 @@ def _count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _blanked(text: str) -> str:
+    """``text`` with its numbers as ``#``: messages of one kind alike, whatever the counts and indices."""
+    return re.sub(r"\d+", "#", text)
+
+
 def _skipped(report) -> list[str]:
-    why = collections.Counter(re.sub(r"\d+", "#", k.reason)[:140] for k in report.skipped)
+    why = collections.Counter(_blanked(k.reason)[:140] for k in report.skipped)
     return [f"{n} x {r}" for r, n in why.most_common(4)]
 
 
@@ -208,7 +214,7 @@ def patch(res: Result, model, example_inputs=None):
     res.sites, res.blocks = len(report.sites), report.num_blocks
     res.skipped = _skipped(report)
     res.not_run = list(report.not_run)
-    res.warned = [re.sub(r"\d+", "#", n)[:160] for n in report.notes]
+    res.warned = [_blanked(n)[:160] for n in report.notes]
     res.verified = report.verified is True  # every output bitwise equal in eval (the coverage table re-checks it)
     return report, args, kwargs
 
@@ -509,9 +515,8 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
             _follow_output_dims(config, out)
         _cover_image_tokens(config, out, consistent)
         _fit_vision_feature_layers(config, out)
-        if consistent:
-            _fit_default_mrope(config, out)
         if consistent:  # the plain levels keep them (SAM's at layers only: a global layer over 64 x 64 patches)
+            _fit_default_mrope(config, out)
             _fit_layer_index_lists(config, out)
     return out
 
@@ -545,6 +550,11 @@ def _fit_layer_indices(value: Any, old: int, new: int) -> int | list[int] | None
         return None
     fitted = [max(0, new - (old - i)) if i >= 0 else max(i, -new) for i in indices]
     return fitted if many else fitted[0]
+
+
+def _shrunk_width(values: dict, out: dict) -> str | None:
+    """The config's own width key (``_WIDTHS``) that the overrides ``out`` shrank; None where none did."""
+    return next((k for k in _WIDTHS if _is_size(values.get(k)) and _is_size(out.get(k)) and out[k] < values[k]), None)
 
 
 def _shrunk_widths(config: Any, out: dict) -> dict[int, tuple[str, int]]:
@@ -619,7 +629,7 @@ def _follow_summed_widths(config: Any, out: dict) -> None:
     (the two side by side), both shrunk, stays their sum (XCodec2's and NeuCodec's ``quantization_dim``: the
     acoustic width + the semantic model's, 1024 + 1024)."""
     values = config.to_dict()
-    own = next((k for k in _WIDTHS if _is_size(values.get(k)) and _is_size(out.get(k)) and out[k] < values[k]), None)
+    own = _shrunk_width(values, out)
     widths = {old: new for old, (_, new) in _shrunk_widths(config, out).items()}
     if own is None or not widths:
         return
@@ -669,7 +679,7 @@ def _follow_width_multiples(values: dict, out: dict) -> None:
     """A config's ``*_output_dim`` / ``*_input_dim`` that is an exact multiple of its own width, which shrank,
     stays that multiple of the new width (Mllama's vision output: the last layer's and its five intermediate
     layers' states side by side, 6 x 1280)."""
-    width = next((k for k in _WIDTHS if _is_size(values.get(k)) and _is_size(out.get(k)) and out[k] < values[k]), None)
+    width = _shrunk_width(values, out)
     if width is None:
         return
     for key, value in values.items():
@@ -684,7 +694,7 @@ def _follow_stage_widths(config: Any, values: dict, out: dict) -> None:
     ``hidden_size``); and a config's list of widths (``*channel*`` / ``*dim*``) that are all a sub-config's old stage
     widths (in any order) takes the new ones
     (SAM 2's vision ``backbone_channel_list`` [768, 384, 192, 96], the Hiera stages' widths it reads)."""
-    width = next((k for k in _WIDTHS if _is_size(values.get(k)) and _is_size(out.get(k)) and out[k] < values[k]), None)
+    width = _shrunk_width(values, out)
     if width is not None:
         old, new = values[width], out[width]
         for key, value in values.items():
@@ -713,7 +723,7 @@ def _fit_doubling_stages(values: dict, out: dict) -> None:
     """A config whose width, which shrank, is its patch embedding's width doubled at each stage after the first
     (Swin-style stages: ``width == *embed*_size x 2 ** (len(depths) - 1)``; CLAP's audio tower, 96 x 2 ** 3 = 768)
     keeps that: the embedding width becomes the new width halved once per later stage of the shrunk ``depths``."""
-    width = next((k for k in _WIDTHS if _is_size(values.get(k)) and _is_size(out.get(k)) and out[k] < values[k]), None)
+    width = _shrunk_width(values, out)
     depths, new_depths = values.get("depths"), out.get("depths", values.get("depths"))
     if width is None or not isinstance(depths, list) or not depths or not isinstance(new_depths, list) or not new_depths:
         return
@@ -733,7 +743,7 @@ def _fit_shuffled_projector(values: dict, out: dict) -> None:
     ``vision_output_dim`` the projector's output. Transformers' default Llama 4 config has neither (a 768 width
     shuffled to 3072 beside an intermediate_size of 5632; vision_output_dim 7680 beside 4096)."""
     ratio = values.get("pixel_shuffle_ratio")
-    width = next((k for k in _WIDTHS if _is_size(values.get(k)) and _is_size(out.get(k)) and out[k] < values[k]), None)
+    width = _shrunk_width(values, out)
     if not (isinstance(ratio, float) and 0 < ratio < 1 and width and _is_size(values.get("projector_input_dim"))
             and _is_size(values.get("intermediate_size"))):
         return
@@ -763,16 +773,7 @@ def _follow_feature_sizes(config: Any, out: dict) -> None:
     a stride) follows the image, where the configs' ``image_size`` shrank one way (SAM 2's
     ``backbone_feature_sizes`` [[256, 256], [128, 128], [64, 64]] of its 1024-pixel images, the prompt encoder's
     image shrunk to 224: [[56, 56], [28, 28], [14, 14]])."""
-    nodes: list[tuple[dict, dict]] = []  # (values, overrides passed as a dict)
-
-    def walk(cfg: Any, over: dict, depth: int) -> None:
-        nodes.append((cfg.to_dict(), over))
-        for name in (getattr(cfg, "sub_configs", {}) or {}) if depth < 3 else ():
-            sub = getattr(cfg, name, None)
-            if sub is not None and hasattr(sub, "to_dict") and isinstance(over.get(name), dict):
-                walk(sub, over[name], depth + 1)
-
-    walk(config, out, 0)
+    nodes = [(cfg.to_dict(), over) for cfg, over in _config_nodes(config, out)]
     images = {(v["image_size"], o["image_size"]) for v, o in nodes
               if _is_size(v.get("image_size")) and _is_size(o.get("image_size")) and o["image_size"] < v["image_size"]}
     if len(images) != 1:
@@ -811,21 +812,28 @@ def _follow_named_widths(config: Any, out: dict) -> None:
                 out[name][key] = width
 
 
-def _follow_pos_feats(config: Any, out: dict, depth: int = 0) -> None:
+def _follow_pos_feats(config: Any, out: dict) -> None:
     """A (sub-)config's ``*pos_feats`` (random Fourier features: the embedding is twice as wide, sine and cosine)
     that is half of one of its own sizes which shrank stays half of it (SAM's vision ``num_pos_feats`` 128, its
     positional embedding added to the ``output_channels`` 256 -> 64 wide image embedding: 32). At any depth of
     sub-configs passed as dicts."""
-    values = config.to_dict()
-    halves = {values[k] // 2: v // 2 for k, v in out.items() if _is_size(v) and _is_size(values.get(k))
-              and v < values[k] and values[k] % 2 == 0 and v % 2 == 0}
-    for key, value in values.items():
-        if key.endswith("pos_feats") and _is_size(value) and value in halves and out.get(key, value) == value:
-            out[key] = halves[value]
+    for cfg, over in _config_nodes(config, out):
+        values = cfg.to_dict()
+        halves = {values[k] // 2: v // 2 for k, v in over.items() if _is_size(v) and _is_size(values.get(k))
+                  and v < values[k] and values[k] % 2 == 0 and v % 2 == 0}
+        for key, value in values.items():
+            if key.endswith("pos_feats") and _is_size(value) and value in halves and over.get(key, value) == value:
+                over[key] = halves[value]
+
+
+def _config_nodes(config: Any, out: dict, depth: int = 0) -> Iterator[tuple[Any, dict]]:
+    """``(config, its overrides)`` for the config and, three levels deep at most, each of its sub-configs whose
+    overrides are a dict in ``out``: the nodes the rules that hold at any depth visit."""
+    yield config, out
     for name in (getattr(config, "sub_configs", {}) or {}) if depth < 3 else ():
         sub = getattr(config, name, None)
         if sub is not None and hasattr(sub, "to_dict") and isinstance(out.get(name), dict):
-            _follow_pos_feats(sub, out[name], depth + 1)
+            yield from _config_nodes(sub, out[name], depth + 1)
 
 
 def _follow_patch_grid(values: dict, out: dict) -> None:
@@ -1339,7 +1347,7 @@ def _set_everywhere(config, key: str, value, depth: int = 0) -> bool:
 
 def _same_error(a: BaseException, b: BaseException) -> bool:
     """The same failure at two config levels: the same message with the numbers (sizes) blanked."""
-    return re.sub(r"\d+", "#", first_line(a)) == re.sub(r"\d+", "#", first_line(b))
+    return _blanked(first_line(a)) == _blanked(first_line(b))
 
 
 DEFAULT_DOES_NOT_BUILD = "the library's default config does not build"
@@ -1432,6 +1440,53 @@ def hf_build(model_type: str):
     raise RuntimeError("no config level builds: " + " | ".join(errors))
 
 
+def _retry_with_hand_inputs(res: Result, library: str, model_type: str, config, model_cls) -> None:
+    """What the error tells a user to do, after a zero-argument failure at stage 'inputs' (or 'forward', where
+    the automatic inputs are built but wrong for the forward and hand inputs are written: Dia's decoder ids per
+    channel): the type's hand-made inputs (hand_inputs.py) as example_inputs=, on a fresh model of this config
+    and, where they do not run on it, of the consistent tiny config (the sweep keeps the plain tiny one when no
+    level makes automatic inputs). The outcome goes into ``res.with_inputs``; the zero-argument fields stay."""
+    import torch
+
+    from . import hand_inputs
+
+    written = model_type in hand_inputs.SKIPPED or model_type in hand_inputs.BUILDERS
+    if not (res.stage == "inputs" or (res.stage == "forward" and written)):
+        return
+    if model_type in hand_inputs.SKIPPED:
+        res.with_inputs = {"status": "skipped", "error": hand_inputs.SKIPPED[model_type]}
+        return
+    if model_type not in hand_inputs.BUILDERS:
+        return
+    configs = [(res.build, config)]
+    if res.build == "tiny":
+        configs.append(("tiny, consistent", lambda: config.__class__(
+            **shrink_overrides(config.__class__(), _TINY, consistent=True))))
+    errors = []  # each level's failure, said together where none patches
+    for level, make in configs:
+        retry = Result(library, model_type)
+        try:
+            torch.manual_seed(0)
+            cfg = make() if callable(make) else make
+            model = model_cls(cfg)
+            inputs = hand_inputs.BUILDERS[model_type](cfg, model)
+            res.example_inputs = hand_inputs.describe(inputs, hand_inputs.NOTES.get(model_type, ""))
+            patch(retry, model, example_inputs=inputs)
+        except Timeout as exc:  # the row's time ran out in the retry: the zero-argument record is kept
+            retry.status, retry.stage, retry.error = "failed", "timeout", str(exc)
+        except Exception as exc:  # noqa: BLE001 - the hand inputs' own failure is the outcome
+            retry.status, retry.stage, retry.error = "failed", "inputs", first_line(exc)
+        if retry.stage:
+            errors.append(f"{level}: {retry.stage}: {retry.error}")
+        res.with_inputs = {"status": retry.status, "build": level, "sites": retry.sites,
+                           "verified": retry.verified, "not_run": retry.not_run,
+                           "error": "" if not retry.stage else f"{retry.stage}: {retry.error}"
+                           if len(errors) == 1 else " | ".join(errors),
+                           "patch_s": None if retry.patch_s is None else round(retry.patch_s, 3)}
+        if retry.stage not in ("inputs", "forward"):  # patched, or the engine's own failure
+            break
+
+
 def sweep_hf(model_type: str, library: str = "hf") -> Result:
     import torch
 
@@ -1462,45 +1517,8 @@ def sweep_hf(model_type: str, library: str = "hf") -> Result:
         outcome = (f"{retry.sites} sites, verified {retry.verified}" if again is not None
                    else f"{retry.error}")
         res.note = "; ".join(p for p in (res.note, f"with use_cache=False: {outcome}") if p)
-    from . import hand_inputs
-
-    written = model_type in hand_inputs.SKIPPED or model_type in hand_inputs.BUILDERS
-    if done is None and (res.stage == "inputs" or (res.stage == "forward" and written)):
-        # what the error tells a user to do: the type's hand-made inputs (hand_inputs.py) as example_inputs=
-        # (also where the automatic inputs are built but wrong for the forward: Dia's decoder ids per channel),
-        # on a fresh model of this config and, where they do not run on it, of the consistent tiny config (the
-        # sweep keeps the plain tiny one when no level makes automatic inputs); the zero-argument fields stay
-        if model_type in hand_inputs.SKIPPED:
-            res.with_inputs = {"status": "skipped", "error": hand_inputs.SKIPPED[model_type]}
-        elif model_type in hand_inputs.BUILDERS:
-            configs = [(res.build, config)]
-            if res.build == "tiny":
-                configs.append(("tiny, consistent", lambda: config.__class__(
-                    **shrink_overrides(config.__class__(), _TINY, consistent=True))))
-            errors = []  # each level's failure, said together where none patches
-            for level, make in configs:
-                retry = Result(library, model_type)
-                try:
-                    torch.manual_seed(0)
-                    cfg = make() if callable(make) else make
-                    model = model_cls(cfg)
-                    inputs = hand_inputs.BUILDERS[model_type](cfg, model)
-                    res.example_inputs = hand_inputs.describe(inputs, hand_inputs.NOTES.get(model_type, ""))
-                    patch(retry, model, example_inputs=inputs)
-                except Timeout as exc:  # the row's time ran out in the retry: the zero-argument record is kept
-                    retry.status, retry.stage, retry.error = "failed", "timeout", str(exc)
-                except Exception as exc:  # noqa: BLE001 - the hand inputs' own failure is the outcome
-                    retry.status, retry.stage, retry.error = "failed", "inputs", first_line(exc)
-                if retry.stage:
-                    errors.append(f"{level}: {retry.stage}: {retry.error}")
-                res.with_inputs = {"status": retry.status, "build": level, "sites": retry.sites,
-                                   "verified": retry.verified, "not_run": retry.not_run,
-                                   "error": "" if not retry.stage else f"{retry.stage}: {retry.error}"
-                                   if len(errors) == 1 else " | ".join(errors),
-                                   "patch_s": None if retry.patch_s is None else round(retry.patch_s, 3)}
-                if retry.stage not in ("inputs", "forward"):  # patched, or the engine's own failure
-                    break
     if done is None:
+        _retry_with_hand_inputs(res, library, model_type, config, model_cls)
         if res.stage == "forward" and DEFAULT_DOES_NOT_RUN in tried:  # not the shrink's doing
             res.error = f"{DEFAULT_DOES_NOT_RUN}: {res.error}"
         return res
