@@ -116,30 +116,26 @@ def test_the_summary_counts_the_patched_models_apply_drop_path_warned_of_by_kind
         _row("quiet", warned=[]),
         _row("a", warned=["# stack of repeated blocks did not run on the example inputs (x): fix"]),
         _row("b", warned=["# stacks of repeated blocks did not run on the example inputs (y): fix",
-                          "schedule 'linear' gives every branch rate #: it ramps"]),
+                          "schedule 'linear' gives every branch rate #: it ramps",
+                          "# residual branch of blocks left without drop path (z): why"]),
+        _row("c", warned=["# residual branches of blocks left without drop path (z): why"]),
         _row("old"),  # recorded before the field: not counted
         _row("f", "inputs", "failed", None, warned=None),
     ]
     line = sweep_render.warned_line("hf", rows)
-    assert line.startswith("hf: 2 of the 3 patched models got a warning")
-    assert "2 x # stack(s) of repeated block(s) did not run on the example inputs (`a`, `b`)" in line
-    assert "1 x schedule 'linear' gives every branch(es) rate # (`b`)" in line
+    assert line.startswith("hf: 3 of the 4 patched models got a warning")
+    assert "2 x # residual branch(es) of blocks left without drop path (`b`, `c`)" in line
+    assert "2 x # stack(s) of repeated blocks did not run on the example inputs (`a`, `b`)" in line
+    assert "1 x schedule 'linear' gives every branch rate # (`b`)" in line
     assert sweep_render.warned_line("hf", [_row("old")]) == ""
-    assert any(x.startswith("hf: 2 of the 3 patched") for x in sweep_render.hf_summary(rows))
+    assert any(x.startswith("hf: 3 of the 4 patched") for x in sweep_render.hf_summary(rows))
 
 
 def test_the_sweep_records_what_apply_drop_path_warned_of():
     import torch
-    from torch import nn
-
-    class Res(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.f = nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 8))
-
-        def forward(self, x):
-            return x + self.f(x)
+    from helpers import TinyTransformer
 
     res = sweep.Result("hf", "one")
-    sweep.patch(res, nn.Sequential(Res()).eval(), torch.randn(2, 8))  # one block: "linear" gives it rate 0
-    assert res.sites == 1 and res.warned and "gives every branch rate #" in res.warned[0]
+    # one block (attention and MLP branches): "linear" gives both rate 0
+    sweep.patch(res, TinyTransformer(depth=1).eval(), torch.randn(2, 5, 8))
+    assert res.sites == 2 and res.warned and "gives every branch rate #" in res.warned[0]

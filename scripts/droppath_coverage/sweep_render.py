@@ -267,9 +267,11 @@ def _needs_inputs(rows: list[dict]) -> list[dict]:
 
 
 def _kind(note: str) -> str:
-    """A note's first clause, singular and plural alike (``# stack of`` / ``# stacks of``)."""
+    """A note's first clause, the noun its count ``#`` counts singular and plural alike (``# stack of`` /
+    ``# stacks of``, ``# residual branch`` / ``# residual branches``); other words as written."""
     first = re.split(r"[:(;]", note)[0].strip()
-    return re.sub(r"\b(stack|branch|module|block)(?:es|s)?\b", lambda m: m[1] + ("(es)" if m[1] == "branch" else "(s)"), first)
+    return re.sub(r"(# (?:\w+ )?)(stack|branch|block)(?:es|s)?\b",
+                  lambda m: m[1] + m[2] + ("(es)" if m[2] == "branch" else "(s)"), first)
 
 
 def warned_line(library: str, rows: list[dict]) -> str:
