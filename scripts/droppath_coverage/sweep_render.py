@@ -312,7 +312,8 @@ def hand_inputs_table(rows: list[dict], h: str) -> list[str]:
     if not need:
         return []
     out = ["", f"{h} Hugging Face types that need `example_inputs=`", "",
-           ("The types whose automatic inputs cannot be built (their row above: stage `inputs`), patched again with "
+           ("The types whose automatic inputs cannot be built (their row above: stage `inputs`) or are built but do not "
+            "fit the forward (stage `forward`, where hand inputs are written), patched again with "
             "inputs written by hand (`scripts/droppath_coverage/hand_inputs.py`) as "
             "`apply_drop_path(model, 0.1, example_inputs=...)`; *build*: the config level they ran at."), "",
            "| model type | example_inputs | build | status | sites | verified | why not |", "|---|---|---|---|---|---|---|"]
