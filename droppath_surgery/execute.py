@@ -124,7 +124,8 @@ def _registrations(root: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
 
 def _new_drop(site: PlannedSite, rate: float, options: Options, warned: set[str]) -> DropPath:
     common: dict[str, Any] = dict(
-        batch_dim=site.batch_dim, mode=options.mode, scale_by_keep=options.scale_by_keep, rows_per_sample=site.rows_per_sample
+        batch_dim=site.batch_dim, mode=options.mode, scale_by_keep=options.scale_by_keep, rows_per_sample=site.rows_per_sample,
+        interleaved=site.interleaved,
     )
     if site.packed:  # dropped per segment by masking, in skip mode too (the plan says so)
         return DropPath(rate, packed=True, **common)

@@ -70,7 +70,8 @@ class PlannedBranch:
     batch_dim: int  # of the module output where drop path acts
     shape: tuple  # of that module output, as traced
     call: int = 0  # which call of the site's module returns this branch (a module shared across depths has several)
-    rows_per_sample: int = 1  # consecutive entries of the batch dim that belong to one sample (attention windows)
+    rows_per_sample: int = 1  # entries of the batch dim that belong to one sample (attention windows, patches)
+    interleaved: bool = False  # a sample's rows are B apart (row j * B + sample), not consecutive
     entries: tuple[Entry, ...] = ()  # with skip_dropped: where the branch takes in the batch
     mask_reason: str = ""  # with skip_dropped: why it must mask instead of skipping
     segments: Segments | None = None  # a packed branch: its block's call argument holding the samples' boundaries
@@ -97,6 +98,10 @@ class PlannedSite:
     @property
     def rows_per_sample(self) -> int:
         return self.branches[0].rows_per_sample
+
+    @property
+    def interleaved(self) -> bool:
+        return self.branches[0].interleaved
 
     @property
     def packed(self) -> bool:
@@ -192,7 +197,7 @@ def _choose(analysis: Analysis) -> tuple[list[tuple[nn.Module, str, tuple, list[
         one_unit = len({u for units in units_per_call.values() for u in units}) == 1
         return (
             (one_unit or (per_call and all(len(units) == 1 for units in units_per_call.values())))
-            and len({(branches[b].batch_dim, branches[b].rows_per_sample, branches[b].segments is None) for b, _ in entries}) == 1
+            and len({(branches[b].batch_dim, branches[b].rows_per_sample, branches[b].interleaved, branches[b].segments is None) for b, _ in entries}) == 1
             and len({end.output_index for _, end in entries}) == 1  # type: ignore[attr-defined]
         )
 
@@ -246,7 +251,7 @@ def make_plan(
         br = ab.branch
         pb = PlannedBranch(
             ab.unit, ab.position, ab.stack, br.block_path, index.path(br.unit), ab.batch_dim, ab.shape, _call_of(ab, module),
-            ab.rows_per_sample, segments=ab.segments,
+            ab.rows_per_sample, ab.interleaved, segments=ab.segments,
         )
         if not skip:
             return pb

@@ -44,9 +44,11 @@ class Site:
             masks until a rate change raises it).
         stack: the chain of blocks linked by one residual stream this branch belongs to (an
             encoder and a decoder, or two towers, are two stacks).
-        rows_per_sample: how many consecutive entries of ``batch_dim`` belong to one sample (its
-            attention windows, or the frames / token positions a video model folds into the batch,
-            all dropped together); 1 for a plain batch dimension.
+        rows_per_sample: how many entries of ``batch_dim`` belong to one sample (its attention
+            windows, the frames / token positions a video model folds into the batch, or the patches
+            a tower runs as a batch, all dropped together); 1 for a plain batch dimension.
+        interleaved: a sample's rows are ``B`` apart (row ``j * B + s`` is row ``j`` of sample
+            ``s``, patch-major) rather than consecutive.
         packed: ``batch_dim`` holds the rows of several samples one after another (a vision tower's
             patches of all images in one sequence); each call of the block gives their boundaries,
             and each sample's rows share one decision.
@@ -65,6 +67,7 @@ class Site:
     compute: str = "mask"
     stack: int = 0
     rows_per_sample: int = 1
+    interleaved: bool = False
     packed: bool = False
 
     def with_rate(self, rate: float) -> Site:
@@ -154,7 +157,7 @@ class DropPathReport:
                 str(s.branch),
                 f"{s.rate:.4f}",
                 f"{s.kind} {s.replaced}",
-                str(s.batch_dim) + (f" ({s.rows_per_sample} rows a sample)" if s.rows_per_sample > 1 else "")
+                str(s.batch_dim) + (f" ({s.rows_per_sample} rows a sample{', B apart' if s.interleaved else ''})" if s.rows_per_sample > 1 else "")
                 + (" (packed)" if s.packed else ""),
                 "x".join(str(d) for d in s.shape),
                 s.path + "".join(f"[{i!r}]" for i in s.output_index),
@@ -222,6 +225,7 @@ def build_report(
             compute=compute,
             stack=br.stack,
             rows_per_sample=br.rows_per_sample,
+            interleaved=br.interleaved,
             packed=br.segments is not None,
         )
         for site, rates, computes in sites

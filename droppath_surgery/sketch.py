@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .nn.functional import group_rows
+
 __all__ = ["SKETCH_SIZE", "Projections", "sketch", "agree", "tolerance", "changed_only_first", "Fingerprint", "fingerprint"]
 
 SKETCH_SIZE = 8
@@ -33,15 +35,16 @@ def _random(cache: Projections, n: int, role: int, dtype: torch.dtype, device: t
     return cache[key]
 
 
-def sketch(t: Tensor, dim: int, cache: Projections, rows_per_sample: int = 1) -> Tensor | None:
+def sketch(t: Tensor, dim: int, cache: Projections, rows_per_sample: int = 1, interleaved: bool = False) -> Tensor | None:
     """``(samples, SKETCH_SIZE + 1)`` float64 for ``t``'s samples along ``dim`` (``rows_per_sample``
-    consecutive entries of ``dim`` per sample); None on the meta device or for a 0-dim tensor."""
+    entries of ``dim`` per sample, consecutive or ``interleaved``: ``nn.functional.group_rows``); None on
+    the meta device or for a 0-dim tensor."""
     if t.device.type == "meta" or t.ndim == 0:
         return None
     work = torch.float64 if t.dtype == torch.float64 else torch.float32
-    moved = t.detach().movedim(dim % t.ndim, 0)
-    width = moved.shape[-1] if moved.ndim > 1 else 1
-    rows = moved.reshape(moved.shape[0] // rows_per_sample, -1, width).to(work)  # (samples, rest, width)
+    grouped, samples = group_rows(t.detach().movedim(dim % t.ndim, 0), 0, rows_per_sample, interleaved)
+    width = grouped.shape[-1] if grouped.ndim > 2 else 1
+    rows = grouped.movedim(samples, 0).reshape(grouped.shape[samples], -1, width).to(work)  # (samples, rest, width)
     # Weights a[i, j] * b[k, j] (i across the width, k along the rest): one small matrix product
     # instead of a weight matrix as large as a sample.
     projected = (rows @ _random(cache, width, 0, work, rows.device)) * _random(cache, rows.shape[1], 1, work, rows.device)
@@ -66,13 +69,16 @@ def agree(want: Tensor | None, got: Tensor | None, dtype: torch.dtype) -> tuple[
     return diff <= tolerance(dtype) * scale, diff
 
 
-def changed_only_first(before: Tensor, after: Tensor, dim: int, rows: int) -> bool:
-    """Of two passes' values of one tensor, rows ``[0, rows)`` along ``dim`` changed (by far more than any other
-    row) and no other row did, within float tolerance: the check passes that confirm which rows hold a sample."""
-    if before.shape != after.shape or not before.is_floating_point() or not 0 < rows < before.shape[dim]:
+def changed_only_first(before: Tensor, after: Tensor, dim: int, rows: int, interleaved: bool = False) -> bool:
+    """Of two passes' values of one tensor, the ``rows`` rows of sample 0 along ``dim`` (``[0, rows)``, or with
+    ``interleaved`` every ``B``-th row from 0) changed, by far more than any other row, and no other row did,
+    within float tolerance: the check passes that confirm which rows hold a sample."""
+    n = before.shape[dim] if before.ndim else 0
+    if before.shape != after.shape or not before.is_floating_point() or not 0 < rows < n or (interleaved and n % rows):
         return False
     diff = (before.double() - after.double()).abs().movedim(dim, 0).flatten(1).amax(1)
-    inside, outside = diff[:rows].max().item(), diff[rows:].max().item()
+    first = (torch.arange(n) % (n // rows) if interleaved else torch.arange(n) // rows) == 0
+    inside, outside = diff[first].max().item(), diff[~first].max().item()
     scale = max(1.0, before.double().abs().max().item())
     return inside > 100 * outside and outside <= tolerance(before.dtype) * scale
 

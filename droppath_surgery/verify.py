@@ -28,6 +28,7 @@ from .analysis.record import version_counter
 from .errors import VerificationError
 from .isolation import observation
 from .nn import SkipDropPath
+from .nn.functional import group_rows
 from .nn.skip import SkipState
 from .sketch import Fingerprint, Projections, agree, sketch, tolerance
 
@@ -168,17 +169,16 @@ PROBE_BATCH = 2  # the check needs a dropped sample and a kept one
 DROPPED = 1  # the sample the check drops in every skipping branch
 
 
-def _kept_rows(t: Tensor, dim: int, rows_per_sample: int) -> Tensor:
-    """``t`` without sample ``DROPPED`` along ``dim`` (a view when it is the last sample)."""
+def _kept_rows(t: Tensor, dim: int, rows_per_sample: int, interleaved: bool) -> Tensor:
+    """``t`` without sample ``DROPPED`` along ``dim`` (its rows as ``nn.functional.group_rows`` finds them)."""
     if t.device.type == "meta" or t.ndim == 0:
         return t
-    samples = t.shape[dim] // rows_per_sample
-    if samples <= DROPPED:
+    grouped, samples = group_rows(t, dim % t.ndim, rows_per_sample, interleaved)
+    count = grouped.shape[samples]
+    if count <= DROPPED:
         return t
-    if samples == DROPPED + 1:
-        return t.narrow(dim, 0, DROPPED * rows_per_sample)
-    keep = [r for r in range(t.shape[dim]) if r // rows_per_sample != DROPPED]
-    return t.index_select(dim, torch.tensor(keep, device=t.device))
+    keep = torch.tensor([s for s in range(count) if s != DROPPED], device=t.device)
+    return grouped.index_select(samples, keep).flatten(dim % t.ndim, dim % t.ndim + 1)
 
 
 class Sketches:
@@ -192,8 +192,8 @@ class Sketches:
         self.projections: Projections = projections if projections is not None else {}
 
     def add(self, drop: SkipDropPath, state: SkipState | None, out: Tensor) -> None:
-        rows = drop.rows_per_sample
-        summary = sketch(_kept_rows(out, drop.batch_dim, rows), drop.batch_dim, self.projections, rows)
+        rows, interleaved = drop.rows_per_sample, drop.interleaved
+        summary = sketch(_kept_rows(out, drop.batch_dim, rows, interleaved), drop.batch_dim, self.projections, rows, interleaved)
         self.entries.append((drop, state, tuple(out.shape), out.dtype, summary))
 
 

@@ -119,6 +119,22 @@ def test_batch_dim_is_a_setting_and_tokens_are_never_dropped_separately():
     assert 0 < dropped.sum() < 256
 
 
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_rows_of_a_sample_share_one_decision_consecutive_or_b_apart(interleaved):
+    # 3 rows a sample of 256: consecutive (row 3s + j) or B apart (row j * 256 + s, patch-major).
+    x = torch.randn(3 * 256, 5)
+    m = DropPath(0.5, rows_per_sample=3, interleaved=interleaved).train()
+    dropped, scale = per_sample_state(m(x), x)
+    per_sample = dropped.view(3, 256).T if interleaved else dropped.view(256, 3)
+    assert (per_sample.all(1) | (~per_sample).all(1)).all(), "rows of one sample got different decisions"
+    assert binomtest(int(per_sample[:, 0].sum()), 256, 0.5).pvalue > 1e-4
+    assert torch.allclose(scale[~dropped], torch.full_like(scale[~dropped], 2.0))
+    # The other grouping splits samples: it must not hold (it does, by chance, with probability ~2^-250).
+    other = dropped.view(256, 3) if interleaved else dropped.view(3, 256).T
+    assert not (other.all(1) | (~other).all(1)).all()
+    assert ("interleaved=True" in repr(m)) == interleaved
+
+
 def test_batch_mode_drops_the_whole_batch_or_nothing():
     x = torch.randn(8, 5)
     outcomes = set()

@@ -235,7 +235,9 @@ class _FrameBlock(nn.Module):
 class _FoldedEncoder(nn.Module):
     """A video model's layers on rows folded into the batch, from a clip ``(B, T, tokens, DIM)``: ``"frames"`` runs
     every frame of every clip on its own, ``B x T`` rows (clip-major); ``"frames_major"`` the same ``T x B`` (a
-    sample's rows are not consecutive); ``"positions"`` each token position's frames, ``(B x tokens, T, DIM)``."""
+    sample's rows ``B`` apart, as DepthPro runs its patches); ``"shuffled"`` clip-major rows in a fixed
+    shuffled order (a sample's rows neither consecutive nor ``B`` apart); ``"positions"`` each token
+    position's frames, ``(B x tokens, T, DIM)``."""
 
     def __init__(self, fold: str = "frames") -> None:
         super().__init__()
@@ -248,6 +250,8 @@ class _FoldedEncoder(nn.Module):
             x = clip.permute(0, 2, 1, 3).reshape(b * n, t, d)
         else:
             x = (clip.transpose(0, 1) if self.fold == "frames_major" else clip).reshape(-1, n, d)
+        if self.fold == "shuffled":
+            x = x[torch.randperm(b * t, generator=torch.Generator().manual_seed(0))]
         for block in self.blocks:
             x = block(x)
         return x
@@ -267,11 +271,74 @@ def test_frames_folded_into_the_batch_share_their_clips_decision():
     assert 10 < int(dropped.all(1).sum()) < 54  # 64 clips at 0.5: mean 32, sd 4
 
 
-def test_frames_folded_frame_major_are_not_grouped_and_the_error_says_why():
+def test_frames_folded_frame_major_share_their_clips_decision_b_apart():
+    # Row j * B + s is frame j of clip s: the check pass finds sample 0's rows at 0, B, 2B (interleaved).
     torch.manual_seed(0)
-    model, clip = _FoldedEncoder("frames_major"), torch.randn(2, 3, 5, DIM)
+    model = _FoldedEncoder("frames_major")
+    report = apply_drop_path(model, 0.5, schedule="uniform", example_inputs=torch.randn(2, 3, 5, DIM))
+    assert [(s.rows_per_sample, s.interleaved) for s in report.sites] == [(3, True)] * 4
+    assert "0 (3 rows a sample, B apart)" in str(report)
+    assert all(m.interleaved for m in model.modules() if isinstance(m, DropPath))
+    model.train()
+    seen = []
+    model.blocks[0].mlp.register_forward_hook(lambda m, a, out: seen.append(out))
+    model(torch.randn(64, 3, 5, DIM))
+    dropped = (seen[0] == 0).flatten(1).all(1).view(3, 64)  # (frame, clip)
+    assert (dropped.all(0) | (~dropped).all(0)).all(), "frames of one clip got different decisions"
+    assert 10 < int(dropped.all(0).sum()) < 54  # 64 clips at 0.5: mean 32, sd 4
+    model.eval()
+    clip = torch.randn(4, 3, 5, DIM)
+    with torch.no_grad():
+        patched = model(clip)
+    remove_drop_path(model)
+    with torch.no_grad():
+        assert torch.equal(patched, model(clip))
+
+
+class _FoldedThenPerSample(nn.Module):
+    """Frame-major folded layers (``T x B`` rows), then layers on each clip as one sample (``(B, T x tokens, DIM)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.folded = _FoldedEncoder("frames_major")
+        self.blocks = nn.ModuleList(_FrameBlock() for _ in range(2))
+
+    def forward(self, clip: torch.Tensor) -> torch.Tensor:
+        b, t, n, d = clip.shape
+        x = self.folded(clip).view(t, b, n, d).transpose(0, 1).reshape(b, t * n, d)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def test_frames_folded_frame_major_mask_in_skip_mode_and_pass_its_exactness_check():
+    # Skip mode masks rows folded into the batch and skips the per-sample layers after them; the exactness check
+    # passes (no branch disarmed) and training drops whole clips. Its probing pass drops sample 1 everywhere:
+    # in the folded layers rows 1, B + 1, 2B + 1, and never a row of another sample.
+    torch.manual_seed(0)
+    model = _FoldedThenPerSample()
+    report = apply_drop_path(model, 0.5, schedule="uniform", skip_dropped=True, example_inputs=torch.randn(2, 3, 5, DIM))
+    computed = [(s.path.split(".")[0], s.compute, s.rows_per_sample, s.interleaved) for s in report.sites]
+    assert computed == [("folded", "mask", 3, True)] * 4 + [("blocks", "skip", 1, False)] * 4, (computed, report.notes)
+    assert not [n for n in report.notes if "not exact" in n], report.notes
+    model.train()
+    seen = []
+    model.folded.blocks[1].mlp.register_forward_hook(lambda m, a, out: seen.append(out))
+    model(torch.randn(64, 3, 5, DIM)).sum().backward()
+    dropped = (seen[0] == 0).flatten(1).all(1).view(3, 64)
+    assert (dropped.all(0) | (~dropped).all(0)).all() and 10 < int(dropped.all(0).sum()) < 54
+    drop = model.folded.blocks[0].mlp[2].surgery_drop_path
+    x = torch.randn(3 * 2, 5, DIM)
+    with torch.no_grad(), drop.probing((torch.tensor([0]), torch.ones(1)), lambda *a: None):
+        out = drop.eval()(x)
+    assert torch.equal(out[0::2], x[0::2]) and not out[1::2].any()
+
+
+def test_frames_folded_in_no_order_of_samples_are_not_grouped_and_the_error_says_why():
+    torch.manual_seed(0)
+    model, clip = _FoldedEncoder("shuffled"), torch.randn(2, 3, 5, DIM)
     snapshot = ModelSnapshot(model)
-    with pytest.raises(NoResidualBranchError, match="folds each sample's frames or tokens in with it"):
+    with pytest.raises(NoResidualBranchError, match="consecutive or B apart"):
         apply_drop_path(model, 0.5, example_inputs=clip)
     snapshot.assert_same()
 

@@ -727,7 +727,7 @@ def test_branch_on_windows_drops_all_windows_of_a_sample_together_never_one_wind
     dropped = (out == x).flatten(1).all(1)
     kept_anywhere = (out != x).flatten(1).any(1)
     assert torch.equal(dropped, ~kept_anywhere) and 10 < dropped.sum() < 54
-    with pytest.raises(BatchDimError, match="not a multiple of the 4 windows per sample"):
+    with pytest.raises(BatchDimError, match="not a multiple of the 4 rows per sample"):
         model[0].attn[2].surgery_drop_path(torch.randn(6, 2, 2, 8))
     # One window per sample: the window is the sample.
     report = find_residual_branches(model, torch.randn(2, 2, 2, 8))

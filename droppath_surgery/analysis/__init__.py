@@ -20,6 +20,7 @@ from .batch import (
     FOLDED_REASON,
     PACKED_REASON,
     WATCHED_SAMPLE,
+    Placement,
     assign_batch_dims,
     candidate_batch_sizes,
     group_folded_rows,
@@ -47,7 +48,8 @@ class AnalysedBranch:
     stack: int
     batch_dim: int  # of the module output where drop path goes
     shape: tuple  # of that module output
-    rows_per_sample: int = 1  # consecutive entries of the batch dim per sample (attention windows)
+    rows_per_sample: int = 1  # entries of the batch dim per sample (attention windows, a tower's patches)
+    interleaved: bool = False  # a sample's rows are B apart (row j * B + sample), not consecutive
     segments: Segments | None = None  # a packed branch: where its samples' boundaries are at run time
 
 
@@ -107,12 +109,12 @@ def analyse(model: nn.Module, args: tuple, kwargs: dict, *, batch_dim: int | Non
             per_branch[i] = found
     packed = [
         i for i, found in enumerate(per_branch)
-        if found == PACKED_REASON or (not isinstance(found, str) and found[2] == 1 and packs_rows(branches[i], found[0]))
+        if found == PACKED_REASON or (not isinstance(found, str) and found.rows == 1 and packs_rows(branches[i], found.dim))
     ]
     if packed:
         for i, seg in zip(packed, find_segments([branches[i] for i in packed], run)):
             if isinstance(seg, Segments):
-                per_branch[i] = (seg.dim, branches[i].merge.shape, 1, seg)
+                per_branch[i] = Placement(seg.dim, branches[i].merge.shape, segments=seg)
             else:
                 per_branch[i] = seg or PACKED_REASON
     if dims.packed_error and all(isinstance(found, str) for found in per_branch):
@@ -123,13 +125,13 @@ def analyse(model: nn.Module, args: tuple, kwargs: dict, *, batch_dim: int | Non
         if isinstance(found, str):
             left_out.append((br.end_path, found))
         else:
-            mapped.append((br, (*found, None)[:4]))
+            mapped.append((br, found))
     kept = [br for br, _ in mapped]
     units, positions, num_units = number_units(kept, recording, index) if kept else ([], [], 0)
     stacks = find_stacks(kept, units, recording)
     analysed = tuple(
-        AnalysedBranch(br, unit, position, stack, dim, shape, rows, segments)
-        for (br, (dim, shape, rows, segments)), unit, position, stack in zip(mapped, units, positions, stacks)
+        AnalysedBranch(br, unit, position, stack, p.dim, p.shape, p.rows, p.interleaved, p.segments)
+        for (br, p), unit, position, stack in zip(mapped, units, positions, stacks)
     )
     unrun = tuple(unrun_stacks(model, recording.call_counts))
     return Analysis(recording, index, analysed, num_units, tuple(left_out), dims.input_dim, args, kwargs, unrun)

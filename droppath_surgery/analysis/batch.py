@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -36,7 +36,7 @@ from .merges import find_merges
 from .record import Recording
 
 __all__ = [
-    "BatchDims", "assign_batch_dims", "candidate_batch_sizes", "group_folded_rows", "map_batch_tensors", "FOLDED_REASON", "NOT_PER_SAMPLE", "PACKED_REASON",
+    "BatchDims", "Placement", "assign_batch_dims", "candidate_batch_sizes", "group_folded_rows", "map_batch_tensors", "FOLDED_REASON", "NOT_PER_SAMPLE", "PACKED_REASON",
     "UNMAPPED_REASON", "WATCHED_SAMPLE",
 ]
 
@@ -53,7 +53,7 @@ PACKED_REASON = (
 )
 FOLDED_REASON = (
     "the branch's batch dimension folds each sample's frames or tokens in with it (B x T rows), and a check pass "
-    "did not confirm that each sample's rows are consecutive, so no decision per sample can be placed"
+    "did not confirm that each sample's rows are consecutive or B apart, so no decision per sample can be placed"
 )
 PACKED = -1  # the batch dimension of a packed branch
 # Why a block branch that was found has no drop path: degraded results, which apply_drop_path warns of.
@@ -73,13 +73,23 @@ def candidate_batch_sizes(args: tuple, kwargs: dict, batch_dim: int | None, inpu
     return frozenset(tensors[0].shape[d] for d in (0, 1) if d < tensors[0].ndim) if tensors else frozenset()
 
 
+class Placement(NamedTuple):
+    """Where a branch's samples are in the module output that drop path goes on."""
+
+    dim: int  # the batch dimension
+    shape: tuple  # of that output, as traced
+    rows: int = 1  # entries of ``dim`` per sample (attention windows, a video's frames, a tower's patches)
+    interleaved: bool = False  # a sample's rows are B apart (row j * B + sample), not consecutive
+    segments: Any = None  # a packed stream: where the block's call holds its samples' boundaries (``packed.Segments``)
+
+
 @dataclass(frozen=True)
 class BatchDims:
-    """Per branch, ``(batch dim, shape, rows per sample)`` of the module output where drop path goes, or
-    the reason no dimension holds whole samples; and the inputs' batch dimension (None when
-    ``batch_dim`` was given)."""
+    """Per branch, the ``Placement`` of its samples in the module output where drop path goes, or the
+    reason no dimension holds whole samples; and the inputs' batch dimension (None when ``batch_dim``
+    was given)."""
 
-    per_branch: tuple[tuple[int, tuple, int] | str, ...]
+    per_branch: tuple[Placement | str, ...]
     input_dim: int | None
     packed_error: str = ""  # every branch is packed: the error unless some find their samples' boundaries
 
@@ -100,7 +110,7 @@ def _sample_ids(shape: tuple, dim: int) -> Tensor:
     return torch.arange(shape[dim]).view(view).expand(shape).contiguous()
 
 
-def _at_end(br: Branch, merged_dim: int) -> tuple[int, tuple, int] | None:
+def _at_end(br: Branch, merged_dim: int) -> Placement | None:
     """The batch dimension and shape of a branch's module output, given the merged tensor's, and how
     many consecutive entries of that dimension belong to one sample (attention windows of a sample:
     SAM ViT's and MaxViT's partitions put ``g`` windows per sample there, and each sample's windows
@@ -108,7 +118,7 @@ def _at_end(br: Branch, merged_dim: int) -> tuple[int, tuple, int] | None:
     shape = br.merge.shape
     layout = br.merge.layout
     if not layout:
-        return merged_dim, shape, 1
+        return Placement(merged_dim, shape)
     end_shape = tuple(layout[0].in_shape)
     batch = shape[merged_dim]
     target = _sample_ids(shape, merged_dim)
@@ -124,14 +134,14 @@ def _at_end(br: Branch, merged_dim: int) -> tuple[int, tuple, int] | None:
         except Exception:  # noqa: BLE001 - an operation that cannot be replayed off its device or dtype
             return None
         if isinstance(t, Tensor) and t.shape == target.shape and torch.equal(t, target):
-            matches.append((d, end_shape, rows))
-    exact = [m for m in matches if m[2] == 1]
+            matches.append(Placement(d, end_shape, rows))
+    exact = [m for m in matches if m.rows == 1]
     if len(exact) == 1:
         return exact[0]
     return matches[0] if len(matches) == 1 else None
 
 
-def _ends_at(br: Branch, merged_dim: int) -> tuple[int, tuple, int] | str:
+def _ends_at(br: Branch, merged_dim: int) -> Placement | str:
     found = _at_end(br, merged_dim)
     return UNMAPPED_REASON if found is None else found
 
@@ -325,26 +335,27 @@ def assign_batch_dims(
 
 def group_folded_rows(
     branches: list[Branch], per_branch: list, run: Callable[..., None], args: tuple, kwargs: dict, input_dim: int
-) -> dict[int, tuple[int, tuple, int] | str]:
+) -> dict[int, Placement | str]:
     """Branches whose batch dimension grew with the batch but holds ``k`` rows per sample (a video model's
-    spatial layers run ``B x T`` frames, its temporal layers ``B x N`` token positions): each sample's rows must
-    be consecutive, as a check pass shows (sample 0 of the inputs changed: rows ``[0, k)`` change and no other
-    row does). Returns, per such branch, ``(dim, shape, k)`` (one decision for ``k`` rows) or ``FOLDED_REASON``
-    (also on the meta device, where there are no values to check)."""
+    spatial layers run ``B x T`` frames, its temporal layers ``B x N`` token positions; DepthPro's patch encoder
+    runs ``patches x B`` rows patch-major, SegGPT its prompts and inputs as ``2 x B``): a check pass shows where
+    each sample's rows are (sample 0 of the inputs changed: rows ``[0, k)`` change and no other row does, or
+    rows ``0, B, 2B, ...`` - interleaved). Returns, per such branch, its ``Placement`` (one decision for ``k``
+    rows) or ``FOLDED_REASON`` (also on the meta device, where there are no values to check)."""
     tensors = [t for t in nested.tensors((args, kwargs)) if t.ndim > input_dim]
     if not tensors:
         return {}
     batch = tensors[0].shape[input_dim]
     folded: dict[int, int] = {}
     for i, found in enumerate(per_branch):
-        if isinstance(found, str) or found[2] != 1 or branches[i].merge.layout:
+        if isinstance(found, str) or found.rows != 1 or branches[i].merge.layout:
             continue
-        size = found[1][found[0]]
+        size = found.shape[found.dim]
         if size != batch and batch > 0:
             folded[i] = size // batch if size % batch == 0 else 0
     if not folded:
         return {}
-    out: dict[int, tuple[int, tuple, int] | str] = {i: FOLDED_REASON for i in folded}
+    out: dict[int, Placement | str] = {i: FOLDED_REASON for i in folded}
     checked = {i: k for i, k in folded.items() if k > 1}
     if batch < 2 or not checked or tensors[0].device.type == "meta":
         return out
@@ -367,7 +378,11 @@ def group_folded_rows(
         except Exception:  # noqa: BLE001, S112 - the inputs changed that way do not run: the next way is tried
             continue
     for i, k in checked.items():
-        dim = per_branch[i][0]
-        if i in reference and i in perturbed and changed_only_first(reference[i], perturbed[i], dim, k):
-            out[i] = (dim, per_branch[i][1], k)
+        dim, shape = per_branch[i].dim, per_branch[i].shape
+        if i in reference and i in perturbed:
+            out[i] = next(
+                (Placement(dim, shape, k, interleaved) for interleaved in (False, True)
+                 if changed_only_first(reference[i], perturbed[i], dim, k, interleaved)),
+                FOLDED_REASON,
+            )
     return out

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..checks import check_batch_dim, check_bool, check_mode, validate_rate
 from ..errors import BatchDimError, CallCountError, InvalidArgumentError
-from .functional import batch_dim_of, check_floating, scaled_mask
+from .functional import batch_dim_of, check_floating, group_rows, scaled_mask
 
 __all__ = ["DropPath"]
 
@@ -23,6 +23,10 @@ class DropPath(nn.Module):
     float32 under ``model.half()`` / ``.to(torch.bfloat16)``, and changing the rate writes into it
     in place, so a compiled model sees the new rate without recompiling (only switching between
     ``rate == 0`` and ``rate > 0`` changes the traced code).
+
+    With ``rows_per_sample=k`` each sample has ``k`` rows of the batch dimension (its attention windows,
+    or the patches a tower runs as a batch) that share one decision: consecutive rows, or with
+    ``interleaved=True`` rows ``B`` apart (row ``j * B + s`` is row ``j`` of sample ``s``: patch-major).
 
     With ``packed=True`` the batch dimension holds the rows of several samples one after another (a
     vision tower that runs the patches of all images as one sequence): before each call, ``segments``
@@ -38,6 +42,7 @@ class DropPath(nn.Module):
     keep_prob: Tensor
     batch_dim: int
     rows_per_sample: int
+    interleaved: bool
     packed: bool
     segments: Tensor | None
     mode: str
@@ -58,16 +63,18 @@ class DropPath(nn.Module):
         mode: str = "row",
         scale_by_keep: bool = True,
         rows_per_sample: int = 1,
+        interleaved: bool = False,
         packed: bool = False,
     ) -> None:
         super().__init__()
         self.batch_dim = check_batch_dim(batch_dim)
         if isinstance(rows_per_sample, bool) or not isinstance(rows_per_sample, int) or rows_per_sample < 1:
             raise InvalidArgumentError(
-                f"rows_per_sample must be an int >= 1 (consecutive entries of the batch dim that belong to one sample, "
-                f"e.g. its attention windows), got {rows_per_sample!r}."
+                f"rows_per_sample must be an int >= 1 (entries of the batch dim that belong to one sample, e.g. its "
+                f"attention windows), got {rows_per_sample!r}."
             )
         self.rows_per_sample = rows_per_sample
+        self.interleaved = check_bool(interleaved, "interleaved", "a sample's rows are B apart (row j * B + sample), not consecutive")
         self.packed = check_bool(packed, "packed", "the batch dim packs the rows of several samples, split by segments")
         self.segments = None  # packed: the samples' boundaries for the next call
         self.mode = check_mode(mode)
@@ -129,14 +136,9 @@ class DropPath(nn.Module):
         dim = batch_dim_of(self.batch_dim, x)
         if self.packed:
             return x * self._packed_mask(x, dim)
-        if self.rows_per_sample > 1:  # a sample's windows are consecutive rows: one decision for them all
-            rows = self.rows_per_sample
-            if x.shape[dim] % rows:
-                raise BatchDimError(
-                    f"the branch output has {x.shape[dim]} entries along dim {dim}, not a multiple of the "
-                    f"{rows} windows per sample it was traced with: train at the size it was patched at"
-                )
-            return self._drop(x.unflatten(dim, (x.shape[dim] // rows, rows)), dim).flatten(dim, dim + 1)
+        if self.rows_per_sample > 1:  # several rows a sample (its windows or patches): one decision for them all
+            grouped, samples = group_rows(x, dim, self.rows_per_sample, self.interleaved)
+            return self._drop(grouped, samples).flatten(dim, dim + 1)
         return self._drop(x, dim)
 
     def _packed_mask(self, x: Tensor, dim: int) -> Tensor:
@@ -192,6 +194,7 @@ class DropPath(nn.Module):
         state.setdefault("call_rates", None)
         state.setdefault("decisions", None)
         state.setdefault("rows_per_sample", 1)
+        state.setdefault("interleaved", False)
         state.setdefault("packed", False)
         state.setdefault("segments", None)
         state.setdefault("_call", 0)
@@ -211,6 +214,8 @@ class DropPath(nn.Module):
             parts.append(f"batch_dim={self.batch_dim}")
         if self.rows_per_sample != 1:
             parts.append(f"rows_per_sample={self.rows_per_sample}")
+        if self.interleaved:
+            parts.append("interleaved=True")
         if self.packed:
             parts.append("packed=True")
         if self.mode != "row":

@@ -15,11 +15,11 @@ import torch
 from torch import Tensor
 
 from ..checks import check_batch_dim, check_mode, validate_rate
-from ..errors import InvalidArgumentError
+from ..errors import BatchDimError, InvalidArgumentError
 
 __all__ = [
     "drop_path", "scaled_mask", "mask_shape", "draw_uniform", "unbiased_scale", "broadcast_from_first_rank", "batch_dim_of",
-    "check_floating",
+    "check_floating", "group_rows",
 ]
 
 
@@ -35,6 +35,20 @@ def batch_dim_of(batch_dim: int, x: Tensor) -> int:
     if not -x.ndim <= batch_dim < x.ndim:
         check_batch_dim(batch_dim, x.ndim, f"the branch output of shape {tuple(x.shape)}")
     return batch_dim % x.ndim
+
+
+def group_rows(x: Tensor, dim: int, rows: int, interleaved: bool = False) -> tuple[Tensor, int]:
+    """``x`` with ``dim`` (``rows`` entries per sample) split in two, and which of the two indexes samples:
+    ``(samples, rows)`` when each sample's rows are consecutive (its attention windows), ``(rows, samples)``
+    when they ``interleave`` (a tower that runs all samples' patches patch-major: row ``j * B + s``).
+    ``.flatten(dim, dim + 1)`` undoes it. ``BatchDimError`` when ``dim`` is no multiple of ``rows``."""
+    if x.shape[dim] % rows:
+        raise BatchDimError(
+            f"the branch output has {x.shape[dim]} entries along dim {dim}, not a multiple of the "
+            f"{rows} rows per sample it was traced with: train at the size it was patched at"
+        )
+    split = (rows, x.shape[dim] // rows) if interleaved else (x.shape[dim] // rows, rows)
+    return x.unflatten(dim, split), dim + 1 if interleaved else dim
 
 
 def check_floating(x: Tensor) -> None:

@@ -38,7 +38,7 @@ from .. import nested
 from ..checks import validate_rate
 from ..errors import SkipError
 from .drop_path import DropPath
-from .functional import draw_uniform, unbiased_scale
+from .functional import draw_uniform, group_rows, unbiased_scale
 
 __all__ = [
     "BELOW_MIN_SKIP_RATE",
@@ -497,10 +497,9 @@ class SkipDropPath(DropPath):
         """The masked form with the exactness check's fixed kept set (in eval mode)."""
         idx, weights = self._forced_mask  # type: ignore[misc]
         dim = self.batch_dim if self.batch_dim >= 0 else self.batch_dim + x.ndim
-        rows = self.rows_per_sample
-        if rows > 1:  # a sample's windows are consecutive rows: they share its multiplier
-            grouped = x.unflatten(dim, (x.shape[dim] // rows, rows))
-            return (grouped * kept_mask(grouped, dim, idx, weights)).flatten(dim, dim + 1)
+        if self.rows_per_sample > 1:  # a sample's rows (windows, patches) share its multiplier
+            grouped, samples = group_rows(x, dim, self.rows_per_sample, self.interleaved)
+            return (grouped * kept_mask(grouped, samples, idx, weights)).flatten(dim, dim + 1)
         return x * kept_mask(x, dim, idx, weights)
 
     def extra_repr(self) -> str:
