@@ -998,7 +998,8 @@ def _is_context(name: str) -> bool:
 
 def _hidden_inputs(model: nn.Module, config: Any, params: Any, required: list[str], main: str, built: dict,
                    device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> dict[str, Tensor]:
-    """Hidden states for a forward that takes them where no ids or pixels were built for it: every such argument it
+    """Hidden states for a forward that takes them, where nothing else was built for it (beside ids or pixels,
+    the error names them: the prefix they follow may need more than the builder makes): every such argument it
     requires (``inputs``, ``inputs_embeds``, ``hidden_states``, ``*_embeds``, ``*_hidden_states``: a Q-Former's
     queries, Perceiver's ``inputs``, a draft model's noise embeddings) and its main input, ``(B, TEXT_LENGTH,
     width)`` of the config's width (``hidden_size`` / ``d_model`` / ...), and, once one is built, the hidden states
@@ -1006,20 +1007,20 @@ def _hidden_inputs(model: nn.Module, config: Any, params: Any, required: list[st
     the config's ``encoder_hidden_size`` / ``cross_attention_hidden_size`` where it says, else of the model's
     width; each then at the width the first layer reading it takes (``_fit_hidden_widths``: a context that is
     several of the target model's layers concatenated, a key projection of another width). {} where none."""
-    wanted = [n for n in dict.fromkeys([*required, main]) if n in params and n not in built and _is_hidden(n)]
-    if not wanted:
+    wanted = [n for n in dict.fromkeys([*required, main]) if n in params and _is_hidden(n)]
+    if not wanted or built:  # beside ids or pixels (PI0's action embeddings after its image and text prefix): named
         return {}
     width = _deep_field(config, *_WIDTH)
     if not isinstance(width, int) or width < 1:
         return {}
-    optional = [n for n in params if n not in wanted and n not in built and _is_context(n)]
+    optional = [n for n in params if n not in wanted and _is_context(n)]
     out = {}
     for name in wanted + optional:
         context = _is_context(name)
         size = (_field(config, *_CROSS_WIDTH) if context else None) or width
         length = CONTEXT_LENGTH if context else TEXT_LENGTH
         out[name] = torch.randn(EXAMPLE_BATCH, length, size, generator=gen).to(device, dtype)
-    return _fit_hidden_widths(model, {**built, **out}, list(out), set(optional))
+    return _fit_hidden_widths(model, out, set(optional))
 
 
 _CHANNEL_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
@@ -1039,17 +1040,17 @@ def _reader_width(module: nn.Module) -> int | None:
     return None
 
 
-def _fit_hidden_widths(model: nn.Module, kwargs: dict, names: list[str], optional: set[str]) -> dict[str, Tensor]:
-    """``kwargs[name]`` for ``names``, each at the width the first layer reading it as it is (``_reader_width``)
-    takes: found by forwards (eval, no gradient, the global RNG restored) stopped at the first layer that reads
+def _fit_hidden_widths(model: nn.Module, kwargs: dict[str, Tensor], optional: set[str]) -> dict[str, Tensor]:
+    """``kwargs`` (the model's every input), each at the width the first layer reading it as it is
+    (``_reader_width``) takes: found by forwards (eval, no gradient, the global RNG restored) stopped at the first layer that reads
     one at another width, rebuilt at that width, until none does. An optional one that no layer reads (no
     cross-attention) is left out."""
     modes = {m: m.training for m in model.modules()}
     model.eval()
-    out = {n: kwargs[n] for n in names}
+    out = dict(kwargs)
     readers: dict[str, int] = {}
     try:
-        for _ in range(len(names) + 1):
+        for _ in range(len(out) + 1):
             readers = {}
 
             def probe(module: nn.Module, args: tuple) -> None:
@@ -1067,7 +1068,7 @@ def _fit_hidden_widths(model: nn.Module, kwargs: dict, names: list[str], optiona
             handle = register_module_forward_pre_hook(probe)
             try:
                 with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                    model(**{**kwargs, **out})
+                    model(**out)
             except Exception:  # noqa: BLE001, S110 - _Reached, or the forward's own error (the engine says it)
                 pass
             finally:
