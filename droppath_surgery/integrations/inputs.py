@@ -2,7 +2,7 @@
 
 ``call_args`` turns what a user passes as ``example_inputs`` into ``(args, kwargs)``.
 ``build_example_inputs`` makes inputs for the models it recognises (vision, text, vision-language, audio,
-speech-text, video, time series) from their config fields and forward signatures, with a private generator,
+speech-text, video, time series, models taking hidden states) from their config fields and forward signatures, with a private generator,
 on the model's device and dtype. What it builds for which model, and in which order it tries layouts, is in
 ``docs/example-inputs.md``; anything else gets an ``ExampleInputsError`` naming the argument to pass.
 """
