@@ -345,3 +345,27 @@ def test_a_speech_decoder_with_its_spectrogram_prenet_gets_frames_of_mel_bins_be
     assert kwargs["input_values"].dim() == 2 and kwargs["decoder_input_values"].shape == (2, 6, 16)
     report = _patch(model)
     assert report.sites and report.not_run == ()
+
+
+def test_ids_of_a_model_without_a_vocabulary_are_below_its_smallest_embedding():
+    # CANINE hashes code points (no vocab_size, no input embedding); its smallest table, token types, has 16 rows.
+    model = T.CanineModel(T.CanineConfig(**SMALL, num_hash_buckets=64, num_hash_functions=4,
+                                         max_position_embeddings=64, type_vocab_size=16))
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["input_ids"].shape == (2, 12) and 0 <= int(kwargs["input_ids"].min())
+    assert int(kwargs["input_ids"].max()) < 16 == min(m.num_embeddings for m in model.modules()
+                                                      if isinstance(m, torch.nn.Embedding))
+    assert len(_patch(model).sites) == 8
+
+
+def test_decoder_ids_are_per_channel_where_the_decoder_config_counts_channels_and_plain_ids_do_not_run():
+    # Dia's decoder embeds a code of each of its num_channels channels per position, (B, L, C).
+    decoder = T.DiaDecoderConfig(**SMALL, num_key_value_heads=2, head_dim=8, cross_num_attention_heads=4,
+                                 cross_head_dim=8, cross_num_key_value_heads=4, cross_hidden_size=32, num_channels=3,
+                                 vocab_size=40, eos_token_id=36, bos_token_id=38, pad_token_id=1)
+    encoder = T.DiaEncoderConfig(**SMALL, num_key_value_heads=4, head_dim=8, vocab_size=30)
+    model = T.DiaModel(T.DiaConfig(encoder_config=encoder, decoder_config=decoder, delay_pattern=[0, 1, 2]))
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["input_ids"].shape == (2, 12) and kwargs["decoder_input_ids"].shape == (2, 6, 3)
+    assert int(kwargs["decoder_input_ids"].max()) < 30  # ids every vocabulary holds
+    assert len(_patch(model).sites) == 10  # encoder 2 x 2, decoder 2 x 3 (with cross-attention)

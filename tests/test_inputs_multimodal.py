@@ -938,3 +938,88 @@ def test_a_config_without_a_vocab_size_reads_the_rows_of_the_models_input_embedd
     _, kwargs = build_example_inputs(model)
     assert int(kwargs["input_ids"].max()) < 99 and kwargs["input_ids"].shape == (2, 12)
     _patch(model)
+
+
+def test_a_qformer_alone_gets_queries_of_its_width_and_image_features_of_its_encoder_width():
+    # Blip2QFormerModel requires query_embeds (hidden states, no ids); its cross-attention (every second layer,
+    # layer 0) reads encoder_hidden_states of encoder_hidden_size: without them that branch would not run.
+    model = T.Blip2QFormerModel(T.Blip2QFormerConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, encoder_hidden_size=48))
+    _, kwargs = build_example_inputs(model)
+    assert set(kwargs) == {"query_embeds", "encoder_hidden_states"}
+    assert kwargs["query_embeds"].shape == (2, 12, 32) and kwargs["encoder_hidden_states"].shape == (2, 24, 48)
+    assert len(_patch(model).sites) == 5  # 2 self-attention, 2 feed-forward, 1 cross-attention
+
+
+@pytest.mark.parametrize("build", [
+    # Perceiver without a preprocessor: inputs of d_model (24), not of its latents (32)
+    lambda: (T.PerceiverModel(T.PerceiverConfig(
+        num_latents=8, d_latents=32, d_model=24, num_blocks=1, num_self_attends_per_block=2,
+        num_self_attention_heads=4, num_cross_attention_heads=4)), "inputs", 24, 6),
+    # a word-timestamp head over an ASR encoder's frames: inputs_embeds of hidden_size
+    lambda: (T.AutoModel.from_config(T.AutoConfig.for_model(
+        "nemotron3_5_transcribe_word_timestamp", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2)), "inputs_embeds", 32, 4),
+], ids=["perceiver", "inputs_embeds"])
+def test_a_model_whose_input_is_hidden_states_gets_them_at_its_width(build):
+    model, key, width, sites = build()
+    _, kwargs = build_example_inputs(model)
+    assert list(kwargs) == [key] and kwargs[key].shape == (2, 12, width) and kwargs[key].is_floating_point()
+    assert len(_patch(model).sites) == sites
+
+
+def test_a_context_of_concatenated_layers_gets_the_width_its_projection_reads():
+    # MuseGlimmer's draft: noise embeddings of hidden_size, and the target model's hidden states of its 3
+    # target_layer_ids concatenated (3 x 32), which no config field states: read off the Linear they go into.
+    config = T.MuseGlimmerAssistantConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                          target_layer_ids=[0, 1, 2])
+    model = T.MuseGlimmerAssistantModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["noise_embeds"].shape == (2, 12, 32) and kwargs["context_hidden_states"].shape == (2, 24, 96)
+    assert len(_patch(model).sites) == 4
+
+
+class _Stack(torch.nn.Module):
+    """Two residual MLP blocks over inputs_embeds (hidden_size 8), with or without a cross branch that reads
+    optional encoder_hidden_states of 20 features, a width its config does not state."""
+
+    __module__ = "transformers.models.custom"  # built as a transformers model would be (config, forward)
+    main_input_name = "inputs_embeds"
+
+    def __init__(self, cross: bool):
+        super().__init__()
+        self.config = T.PretrainedConfig(hidden_size=8)
+        self.blocks = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU()) for _ in range(2))
+        self.cross = torch.nn.Linear(20, 8) if cross else None
+
+    def forward(self, inputs_embeds, encoder_hidden_states=None):
+        x = inputs_embeds
+        for block in self.blocks:
+            x = x + block(x)
+        if self.cross is not None and encoder_hidden_states is not None:
+            x = x + self.cross(encoder_hidden_states).mean(1, keepdim=True)
+        return x
+
+
+def test_cross_attended_states_get_the_width_their_first_layer_reads_and_are_left_out_where_none_does():
+    model = _Stack(cross=True)
+    _, kwargs = build_example_inputs(model)
+    assert kwargs["inputs_embeds"].shape == (2, 12, 8) and kwargs["encoder_hidden_states"].shape == (2, 24, 20)
+    _patch(model)
+    model = _Stack(cross=False)
+    _, kwargs = build_example_inputs(model)
+    assert list(kwargs) == ["inputs_embeds"]
+    _patch(model)
+
+
+def test_a_visual_prompt_and_its_mask_are_images_like_the_image_stacked_to_the_configs_size():
+    # SegGPT stacks the prompt above the image: image_size (64, 32) is the pair's, each image 32 x 32.
+    model = T.SegGptModel(T.SegGptConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_dim=64, image_size=[64, 32], patch_size=8,
+        pretrain_image_size=32, decoder_hidden_size=32, intermediate_hidden_state_indices=[1], merge_index=0))
+    _, kwargs = build_example_inputs(model)
+    assert set(kwargs) == {"pixel_values", "prompt_pixel_values", "prompt_masks"}
+    assert all(v.shape == (2, 3, 32, 32) for v in kwargs.values())
+    assert not torch.equal(kwargs["prompt_pixel_values"], kwargs["pixel_values"])
+    _patch(model)

@@ -68,13 +68,32 @@ def test_a_type_without_automatic_inputs_is_retried_with_its_hand_inputs():
     assert (w["status"], w["sites"], w["verified"], w["error"]) == ("ok", 4, True, "")  # 2 GPT-2 layers x 2
 
 
-def test_a_type_whose_automatic_inputs_do_not_fit_its_forward_is_retried_with_its_hand_inputs():
+def test_a_type_whose_automatic_inputs_do_not_fit_its_forward_is_retried_with_its_hand_inputs(monkeypatch):
     pytest.importorskip("transformers")
-    res = sweep.sweep_hf("dia")  # its ids build, but its decoder takes them per audio channel
+    import torch
+    import transformers as T
+    from droppath_coverage import hand_inputs
+
+    class PerChannel(T.BertModel):
+        """Takes ids per channel, (B, L, C), which no config field says: its automatic (B, L) ids build but do not
+        fit its forward (as Dia's decoder ids did before the builder read its decoder config's channels)."""
+
+        __module__ = T.BertModel.__module__  # a transformers model: the builder makes its inputs
+
+        def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, **kwargs):
+            if input_ids.dim() != 3:
+                raise ValueError(f"ids per channel expected, (B, L, C), got {tuple(input_ids.shape)}")
+            return super().forward(input_ids=input_ids[..., 0], attention_mask=attention_mask)
+
+    monkeypatch.setattr(sweep, "hf_classes", lambda model_type: (T.BertConfig, PerChannel))
+    monkeypatch.setitem(hand_inputs.BUILDERS, "per_channel",
+                        lambda config, model: {"input_ids": torch.randint(0, 10, (2, 8, 3))})
+    res = sweep.sweep_hf("per_channel")
     assert (res.status, res.stage) == ("failed", "forward") and res.sites is None
+    assert res.example_inputs == "input_ids (2, 8, 3) int64"
     w = res.with_inputs
-    assert (w["status"], w["verified"], w["error"]) == ("ok", True, "") and w["sites"] == 10
-    rows = [_row("dia", "forward", "failed", w), _row("other", "forward", "failed", None)]
+    assert (w["status"], w["verified"], w["error"]) == ("ok", True, "") and w["sites"] == 4  # 2 BERT layers x 2
+    rows = [_row("per_channel", "forward", "failed", w), _row("other", "forward", "failed", None)]
     assert sweep_render.hand_inputs_line(rows).startswith("hf: 1 of the 1 types that need `example_inputs=`")
     assert sweep_render.cause_of(rows[0]) == sweep_render.WRONG_INPUTS  # not "shape error on the shrunk config"
 

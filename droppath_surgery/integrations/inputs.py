@@ -2,7 +2,7 @@
 
 ``call_args`` turns what a user passes as ``example_inputs`` into ``(args, kwargs)``.
 ``build_example_inputs`` makes inputs for the models it recognises (vision, text, vision-language, audio,
-speech-text, video, time series) from their config fields and forward signatures, with a private generator,
+speech-text, video, time series, models taking hidden states) from their config fields and forward signatures, with a private generator,
 on the model's device and dtype. What it builds for which model, and in which order it tries layouts, is in
 ``docs/example-inputs.md``; anything else gets an ``ExampleInputsError`` naming the argument to pass.
 """
@@ -101,7 +101,8 @@ def _vocab_size(model: nn.Module, cfg: Any) -> int | None:
     """How many token ids ``cfg``'s text takes: its ``vocab_size``; where it has none (a composite whose text
     model's config is nested: PI0's PaliGemma), the rows of the embedding the model's ``get_input_embeddings``
     returns, else the smallest ``vocab_size`` of its nested configs, at any depth: ids that every one of its
-    vocabularies holds (Dia's encoder takes 256, its decoder 1028)."""
+    vocabularies holds (Dia's encoder takes 256, its decoder 1028); where none has one (CANINE hashes code
+    points), the rows of the model's smallest ``nn.Embedding``: ids below them index every embedding."""
     vocab = getattr(cfg, "vocab_size", None)
     if vocab:
         return int(vocab)
@@ -123,6 +124,9 @@ def _vocab_size(model: nn.Module, cfg: Any) -> int | None:
         if isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 0:
             sizes.append(vocab)
         queue.extend(_sub_configs(sub))
+    if not sizes and cfg is getattr(model, "config", None):  # ids it hashes or offsets, no vocabulary (CANINE's
+        rows = [m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)]  # code points): ids
+        return min(rows, default=None)  # every one of its embeddings holds
     return min(sizes, default=None)
 
 
@@ -281,7 +285,7 @@ def _pixel_candidates(model: nn.Module, vision: Any, params: Any, device: torch.
     out = [{"pixel_values": pixels, **extra} for pixels in (image, image.unsqueeze(1)) for extra in sizes]
     out = _with_tile_masks(model, out) + _flat_patches(vision, image) + [_image_pair(image)]
     second = _second_images(model.config, params, device, dtype, gen)
-    return [{**layout, **second} for layout in out]
+    return _with_prompt_images([{**layout, **second} for layout in out], params, gen)
 
 
 def _indexed_patches(vision: Any, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> dict[str, Tensor]:
@@ -385,6 +389,32 @@ def _second_images(config: Any, params: Any, device: torch.device, dtype: torch.
             channels = _field(tower, "num_channels", "in_channels") or 3
             out[key] = _image(EXAMPLE_BATCH, channels, _pair(tower.image_size), device, dtype, gen)
     return out
+
+
+def _with_prompt_images(layouts: list[dict[str, Tensor]], params: Any, gen: torch.Generator) -> list[dict[str, Tensor]]:
+    """``layouts`` with the visual prompts a forward requires beside its image (``<prefix>_pixel_values`` that no
+    ``<prefix>_vision_config`` sizes: in-context segmentation, SegGPT), each an image of the layout's
+    ``pixel_values``' shape, and its ``<prefix>_masks`` where the forward takes them, likewise; then, for
+    ``(B, C, H, W)`` images, the image and its prompts each half as tall (a model that stacks the prompt above
+    the image, whose ``image_size`` is the pair's). Unchanged where the forward requires no prompt."""
+    required = _required(params)
+    prefixes = [k.removesuffix("pixel_values") for k in required
+                if k.endswith("_pixel_values") and not any(k in layout for layout in layouts)]
+    if not prefixes:
+        return layouts
+
+    def prompted(layout: dict[str, Tensor], pixels: Tensor) -> dict[str, Tensor]:
+        out = {**layout, "pixel_values": pixels}
+        for prefix in prefixes:
+            for key in (prefix + "pixel_values", prefix + "masks"):
+                if key in params:
+                    out[key] = torch.randn(pixels.shape, generator=gen).to(pixels.device, pixels.dtype)
+        return out
+
+    same = [prompted(layout, layout["pixel_values"]) for layout in layouts if "pixel_values" in layout]
+    halves = [prompted(layout, layout["pixel_values"][:, :, : layout["pixel_values"].shape[2] // 2].contiguous())
+              for layout in layouts if layout.get("pixel_values") is not None and layout["pixel_values"].dim() == 4]
+    return same + halves
 
 
 def _with_tile_masks(model: nn.Module, layouts: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
@@ -931,6 +961,15 @@ def _beside_text(config: Any, params: Any, ids: Tensor, device: torch.device, dt
     return out
 
 
+def _decoder_channels(config: Any) -> int | None:
+    """The channels of audio codes an encoder-decoder's decoder takes per position, where its decoder config
+    counts them (``num_channels`` / ``num_codebooks`` of ``decoder_config`` / ``decoder``: Dia's); else None (a
+    vision config's ``num_channels`` is the image's)."""
+    decoder = _field(config, "decoder_config", "decoder")
+    channels = _field(decoder, "num_channels", "num_codebooks") if hasattr(decoder, "to_dict") else None
+    return channels if isinstance(channels, int) and not isinstance(channels, bool) and channels > 1 else None
+
+
 def _codebook_ids(config: Any, ids: Tensor, gen: torch.Generator) -> Tensor | None:
     """Token ids with a column of audio codes for each of ``num_codebooks`` codebooks (each code within
     ``codebook_vocab_size``) after the text column, ``(B, L, 1 + codebooks)``, where the config has both (an
@@ -940,6 +979,111 @@ def _codebook_ids(config: Any, ids: Tensor, gen: torch.Generator) -> Tensor | No
         return None
     codes = torch.randint(0, size, (*ids.shape, books), generator=gen).to(ids.device, ids.dtype)
     return torch.cat([ids[..., None], codes], dim=-1)
+
+
+_WIDTH = ("hidden_size", "d_model", "n_embd", "embed_dim")  # a model's width: of the hidden states it takes
+_CROSS_WIDTH = ("encoder_hidden_size", "cross_attention_hidden_size")  # what its cross-attention attends to
+CONTEXT_LENGTH = 2 * TEXT_LENGTH  # positions of example encoder (context) hidden states: not the queries' length
+
+
+def _is_hidden(name: str) -> bool:
+    """An argument that takes hidden states (a float tensor of some width) rather than ids or pixels."""
+    return name in ("inputs", "inputs_embeds", "hidden_states") or name.endswith(("_embeds", "_hidden_states"))
+
+
+def _is_context(name: str) -> bool:
+    """Hidden states the model cross-attends to (an encoder's, a target model's context), not its own stream."""
+    return _is_hidden(name) and (name.startswith("encoder_") or "context" in name)
+
+
+def _hidden_inputs(model: nn.Module, config: Any, params: Any, required: list[str], main: str, built: dict,
+                   device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> dict[str, Tensor]:
+    """Hidden states for a forward that takes them, where nothing else was built for it (beside ids or pixels,
+    the error names them: the prefix they follow may need more than the builder makes): every such argument it
+    requires (``inputs``, ``inputs_embeds``, ``hidden_states``, ``*_embeds``, ``*_hidden_states``: a Q-Former's
+    queries, Perceiver's ``inputs``, a draft model's noise embeddings) and its main input, ``(B, TEXT_LENGTH,
+    width)`` of the config's width (``hidden_size`` / ``d_model`` / ...), and, once one is built, the hidden states
+    it cross-attends to (``encoder_hidden_states``, ``*context*_hidden_states``), ``(B, CONTEXT_LENGTH, width)`` of
+    the config's ``encoder_hidden_size`` / ``cross_attention_hidden_size`` where it says, else of the model's
+    width; each then at the width the first layer reading it takes (``_fit_hidden_widths``: a context that is
+    several of the target model's layers concatenated, a key projection of another width). {} where none."""
+    wanted = [n for n in dict.fromkeys([*required, main]) if n in params and _is_hidden(n)]
+    if not wanted or built:  # beside ids or pixels (PI0's action embeddings after its image and text prefix): named
+        return {}
+    width = _deep_field(config, *_WIDTH)
+    if not isinstance(width, int) or width < 1:
+        return {}
+    optional = [n for n in params if n not in wanted and _is_context(n)]
+    out = {}
+    for name in wanted + optional:
+        context = _is_context(name)
+        size = (_field(config, *_CROSS_WIDTH) if context else None) or width
+        length = CONTEXT_LENGTH if context else TEXT_LENGTH
+        out[name] = torch.randn(EXAMPLE_BATCH, length, size, generator=gen).to(device, dtype)
+    return _fit_hidden_widths(model, out, set(optional))
+
+
+_CHANNEL_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def _reader_width(module: nn.Module) -> int | None:
+    """The last-dimension width a layer reads: a ``Linear``'s ``in_features``, a layer norm's normalized size,
+    a leaf module's 1-D ``weight`` (an RMS norm of the model's own); None for anything else."""
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    if isinstance(module, (nn.LayerNorm, nn.RMSNorm)) and module.normalized_shape:
+        return int(module.normalized_shape[-1])
+    weight = getattr(module, "weight", None)
+    if (isinstance(weight, nn.Parameter) and weight.dim() == 1 and not isinstance(module, _CHANNEL_NORMS)
+            and next(module.children(), None) is None):
+        return weight.numel()
+    return None
+
+
+def _fit_hidden_widths(model: nn.Module, kwargs: dict[str, Tensor], optional: set[str]) -> dict[str, Tensor]:
+    """``kwargs`` (the model's every input), each at the width the first layer reading it as it is
+    (``_reader_width``) takes: found by forwards (eval, no gradient, the global RNG restored) stopped at the first layer that reads
+    one at another width, rebuilt at that width, until none does. An optional one that no layer reads (no
+    cross-attention) is left out."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    out = dict(kwargs)
+    readers: dict[str, int] = {}
+    try:
+        for _ in range(len(out) + 1):
+            readers = {}
+
+            def probe(module: nn.Module, args: tuple) -> None:
+                x = args[0] if args and isinstance(args[0], Tensor) else None
+                for name, value in out.items():
+                    if x is None or name in readers or not (x is value or (
+                            x.shape == value.shape and x.data_ptr() == value.data_ptr())):
+                        continue
+                    need = _reader_width(module)
+                    if need is not None:
+                        readers[name] = need
+                        if need != value.shape[-1]:
+                            raise _Reached
+
+            handle = register_module_forward_pre_hook(probe)
+            try:
+                with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                    model(**out)
+            except Exception:  # noqa: BLE001, S110 - _Reached, or the forward's own error (the engine says it)
+                pass
+            finally:
+                handle.remove()
+            wrong = {n: w for n, w in readers.items() if w != out[n].shape[-1]}
+            if not wrong:
+                break
+            gen = torch.Generator().manual_seed(len(readers))
+            for name, need in wrong.items():
+                x = out[name]
+                out[name] = torch.randn(*x.shape[:-1], need, generator=gen).to(x.device, x.dtype)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    return {n: x for n, x in out.items() if n in readers or n not in optional}
 
 
 class _Reached(Exception):
@@ -1197,6 +1341,13 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
         kwargs["decoder_input_ids"] = decoder
         if "decoder_attention_mask" in params:
             kwargs["decoder_attention_mask"] = _padding_mask(decoder, left=False)
+        channels = _decoder_channels(config)
+        if channels:  # (B, L) as before, else a code of each channel per position, (B, L, C): the first that runs
+            rest = {k: v for k, v in kwargs.items() if k != "decoder_input_ids"}
+            vocab = _vocab_size(model, text) or 1  # (as the (B, L) ids: it built those)
+            per_channel = torch.randint(0, vocab, (*decoder.shape, channels), generator=gen)
+            kwargs = _first_running(model, rest, [{"decoder_input_ids": decoder},
+                                                  {"decoder_input_ids": per_channel.to(decoder.device)}])
     if wants_image and image_tokens is None and len(candidates) > 1 and not media:  # no feature count chose one
         trial = candidates[:1] + [c for c in candidates[1:] if _batch_readable(c)]
         kwargs = _first_running(model, {k: v for k, v in kwargs.items() if k not in image}, trial)
@@ -1206,6 +1357,7 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
     refit = main == "input_features" and bool(media)  # where no layout runs: at the width its first layer takes
     if len(media) > 1 or refit:
         kwargs = _first_running(model, {k: v for k, v in kwargs.items() if k not in media[0]}, media, fallback, refit)
+    kwargs.update(_hidden_inputs(model, config, params, required, main, kwargs, device, dtype, gen))
     missing = [n for n in required if n not in kwargs]
     if main in params and main not in kwargs and main not in missing:
         # the main input left out: the forward may run without it (Moonshine's decoder alone), on part of the model
