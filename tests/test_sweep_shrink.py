@@ -384,3 +384,16 @@ def test_a_table_that_ids_overflow_in_the_forward_grows_to_the_vocabulary_that_p
     assert len(repairs) == 1 and repairs[0].startswith("speech_config.vocab_size 256 -> 8194 (ids up to")
     assert built[0] is not model  # rebuilt on the repaired config
 
+
+def test_parts_of_a_stack_whose_layers_come_in_groups_keep_whole_groups():
+    # Dory's layer_types list an attention entry and an "mlp" entry per layer (its config halves every count given);
+    # its input, recurrent and output parts must sum to the layers: three parts of one (attention, mlp) pair each
+    dory = transformers.DoryConfig(**sweep.shrink_overrides(transformers.DoryConfig(), sweep._TINY, consistent=True))
+    assert dory.num_hidden_layers == 3 and dory.n_input_layers == dory.n_recurrent_layers == dory.n_output_layers == 1
+    assert dory.layer_types == ["sliding_attention", "sliding_attention", "full_attention"]
+    pairs = ["attention", "mlp"] * 4
+    assert sweep._layer_groups({"layer_types": pairs}, {"n_input_layers": 4, "n_output_layers": 4}, 8) == (2, pairs)
+    assert sweep._layer_groups({"layer_types": pairs}, {"n_input_layers": 3, "n_output_layers": 5}, 8) == (1, [])
+    # one count of all the layers (Gemma 4's KV-shared layers) with a full layer every 6th: not parts, no groups
+    gemma = sweep.shrink_overrides(transformers.AutoConfig.for_model("gemma4_unified_assistant"), sweep._TINY, consistent=True)
+    assert gemma["text_config"]["num_hidden_layers"] == 2

@@ -1091,6 +1091,24 @@ def _shrink_per_layer_plain(values: dict, out: dict, layers_key: str) -> None:
 _LAYER_INDEX_LIST = re.compile(r"(layer_ids|layer_indices|layers_idx|_idxs)$")
 
 
+def _layer_groups(per_layer: dict, counts: dict, layers: int) -> tuple[int, list]:
+    """(p, the kinds list) where a per-layer list of kinds has one kind in every p-th entry and nowhere else and the
+    parts of the stack (``counts``, two or more) are all multiples of p: the layers come in groups of p (Dory's layer_types
+    serialize each layer as an attention entry and an ``mlp`` entry, and its config halves every count it is
+    given); (1, []) where none does."""
+    for key, value in per_layer.items():
+        if not (all(isinstance(x, str) for x in value) and ("type" in key or "kind" in key)):
+            continue
+        for p in range(2, layers // 2 + 1):
+            if layers % p or any(c % p for c in counts.values()):
+                continue
+            for r in range(p):
+                column = set(value[r::p])
+                if len(column) == 1 and not column & {x for i, x in enumerate(value) if i % p != r}:
+                    return p, value
+    return 1, []
+
+
 def _shrink_per_layer(values: dict, out: dict, layers_key: str) -> None:
     """The layers kept when ``layers_key`` shrinks, and every per-layer field made to match: one layer of each
     kind of every per-layer list of kinds (``layer_types``, ``mlp_layer_types``, Zamba's ``layers_block_type``;
@@ -1117,12 +1135,22 @@ def _shrink_per_layer(values: dict, out: dict, layers_key: str) -> None:
     keep = sorted(set(keep))
     keep += [i for i in range(layers) if i not in keep][: max(0, new - len(keep))]
     keep.sort()
-    out[layers_key] = len(keep)
     counts = {k: v for k, v in values.items() if k not in out and k not in _LAYERS_ONLY and _is_size(v)
               and re.fullmatch(r"(num|n)_\w+_layers", k) and 0 < v <= layers}
-    if sum(counts.values()) == layers and len(counts) <= len(keep):  # parts of the stack (Dory's input,
-        share = dict.fromkeys(counts, 1)  # recurrent and output layers): one each, the rest to the biggest
-        share[max(counts, key=counts.get)] += len(keep) - len(counts)
+    parts = sum(counts.values()) == layers
+    group, kinds = _layer_groups(per_layer, counts, layers) if parts and len(counts) > 1 else (1, [])
+    if group > 1:  # parts that are whole groups of layers (Dory's (attention, mlp) pairs): whole groups kept
+        firsts = {}
+        for g in range(layers // group):
+            firsts.setdefault(tuple(kinds[g * group:(g + 1) * group]), g)
+        groups = sorted(firsts.values())
+        groups += [g for g in range(layers // group) if g not in groups][
+            : max(0, len(counts) - len(groups), -(-new // group) - len(groups))]
+        keep = sorted(i for g in groups for i in range(g * group, (g + 1) * group))
+    out[layers_key] = len(keep)
+    if parts and len(counts) * group <= len(keep):  # parts of the stack (Dory's input,
+        share = dict.fromkeys(counts, group)  # recurrent and output layers): one each, the rest to the biggest
+        share[max(counts, key=counts.get)] += len(keep) - group * len(counts)
         out.update(share)
     else:  # counts of some of the layers (Gemma 3n's KV-sharing layers): scaled; a count of 1 stays (Mimi's per block)
         out.update({k: v * len(keep) // layers for k, v in counts.items() if v > 1})
