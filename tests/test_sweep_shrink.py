@@ -281,3 +281,119 @@ def test_rotary_sections_left_to_the_models_default_are_split_evenly_leading_par
     qwen.text_config.rope_parameters = dict(qwen.text_config.rope_parameters, mrope_section=[16, 24, 24])
     own = sweep.shrink_overrides(qwen, sweep._TINY, consistent=True)["text_config"]["rope_parameters"]
     assert own["mrope_section"] == [2, 3, 3]
+
+
+# -- Config repairs (what a config leaves out that its model needs), each said in the build text -----------------
+
+
+def test_a_field_the_model_reads_and_the_config_lacks_is_taken_from_where_the_config_tree_defines_it():
+    # Moonshine Streaming's decoder reads config.num_key_value_heads, which only its encoder sub-config defines
+    moon = transformers.MoonshineStreamingConfig(**sweep.shrink_overrides(
+        transformers.MoonshineStreamingConfig(), sweep._TINY, consistent=True))
+    error = AttributeError("'MoonshineStreamingConfig' object has no attribute 'num_key_value_heads'")
+    said = sweep._repair_missing_attribute(moon, error)
+    assert moon.num_key_value_heads == moon.encoder_config.num_key_value_heads
+    assert said.startswith("num_key_value_heads (read by the model") and "from encoder_config.num_key_value_heads" in said
+    # DBRX's attention reads attn_config.rope_theta, which transformers 5 keeps in the parent's rope_parameters
+    dbrx = transformers.DbrxConfig()
+    said = sweep._repair_missing_attribute(dbrx, AttributeError(
+        "'DbrxAttentionConfig' object has no attribute 'rope_theta'"))
+    assert dbrx.attn_config.rope_theta == dbrx.rope_parameters["rope_theta"] and "rope_parameters['rope_theta']" in said
+    assert "rope_theta" in dbrx.to_dict()["attn_config"]  # kept when the sweep copies the config (from_dict)
+    # nothing defines T5Gemma 2's text dropout_rate: HF's default, 0
+    t5 = transformers.T5Gemma2EncoderConfig()
+    said = sweep._repair_missing_attribute(t5, AttributeError(
+        "'T5Gemma2TextConfig' object has no attribute 'dropout_rate'"))
+    assert t5.text_config.dropout_rate == 0.0 and "HF's default" in said
+    # a field with no source, or another error, is not repaired: the error stands
+    assert sweep._repair_missing_attribute(t5, AttributeError(
+        "'T5Gemma2TextConfig' object has no attribute 'no_such_size'")) is None
+    assert sweep._repair_missing_attribute(t5, AttributeError("'NoneType' object has no attribute 'get'")) is None
+
+
+def test_the_build_repairs_the_config_until_the_model_builds_and_says_each_repair():
+    import torch
+    from transformers.models.moonshine_streaming import modeling_moonshine_streaming as moonshine
+
+    config = transformers.MoonshineStreamingConfig(**sweep.shrink_overrides(
+        transformers.MoonshineStreamingConfig(), sweep._TINY, consistent=True))
+    with pytest.raises(AttributeError):
+        moonshine.MoonshineStreamingModel(config)
+    config, repairs = sweep.repaired_config(config, moonshine.MoonshineStreamingModel)
+    assert len(repairs) == 1 and "num_key_value_heads" in repairs[0]
+    with torch.device("meta"):
+        moonshine.MoonshineStreamingModel(config)  # builds now
+    assert sweep._said("tiny, consistent", repairs) == f"tiny, consistent; repaired: {repairs[0]}"
+    assert sweep._said("tiny", []) == "tiny"
+
+
+def test_a_mapping_field_left_none_that_the_model_reads_becomes_empty():
+    # Chameleon's model reads vocabulary_map.get("<image>"): a field its checkpoints set, None in the default config
+    from transformers.models.chameleon import modeling_chameleon
+
+    config = transformers.ChameleonConfig(**sweep.shrink_overrides(transformers.ChameleonConfig(), sweep._TINY))
+    assert config.vocabulary_map is None
+    config, repairs = sweep.repaired_config(config, modeling_chameleon.ChameleonModel)
+    assert config.vocabulary_map == {} and repairs == ["vocabulary_map None -> {} (the model reads it as a mapping)"]
+
+
+def test_a_model_declared_for_one_sub_config_of_its_mapped_config_is_built_from_that_sub_config():
+    from transformers.models.musicgen import modeling_musicgen
+
+    music = transformers.MusicgenConfig()
+    repairs: list[str] = []
+    built = sweep._own_sub_config(music, modeling_musicgen.MusicgenModel, repairs)
+    assert built is music.decoder and repairs == ["built from decoder (MusicgenDecoderConfig, the model's config_class)"]
+    bert = transformers.BertConfig()  # the usual case: its own config
+    assert sweep._own_sub_config(bert, transformers.BertModel, repairs) is bert and len(repairs) == 1
+
+
+def test_a_timm_backbones_out_indices_and_channel_list_follow_its_features():
+    # EdgeTAM's default backbone is timm's resnet50 (strides 2-16 at out_indices 0-3) beside RepViT's channel list;
+    # its feature sizes (56, 28, 14 of a 224-pixel image) ask for strides 4, 8, 16 (and 32 for the fourth)
+    edge = transformers.EdgeTamConfig(**sweep.shrink_overrides(transformers.EdgeTamConfig(), sweep._TINY, consistent=True))
+    repairs: list[str] = []
+    sweep._follow_timm_backbone(edge, repairs)
+    vision = edge.vision_config
+    assert vision.backbone_config.model_args["out_indices"] == [1, 2, 3, 4]
+    assert vision.backbone_channel_list == [2048, 1024, 512, 256]  # deepest first, as the config lists them
+    assert len(repairs) == 2 and "resnet50" in repairs[0]
+    # the vision model alone has no image size: only its channels follow the backbone's features as configured
+    alone = transformers.EdgeTamVisionConfig()
+    sweep._follow_timm_backbone(alone, repairs)
+    assert alone.backbone_channel_list == [1024, 512, 256, 64] and alone.backbone_config.model_args["out_indices"] == [0, 1, 2, 3]
+    sam2 = transformers.Sam2Config()  # no timm backbone: untouched
+    before = sam2.to_dict()
+    sweep._follow_timm_backbone(sam2, repairs)
+    assert sam2.to_dict() == before and len(repairs) == 3
+
+
+def test_a_table_that_ids_overflow_in_the_forward_grows_to_the_vocabulary_that_produced_them():
+    # CLVP's speech encoder (a vocabulary of 256) takes the ids its decoder predicts over 8194
+    import torch
+    from transformers.models.clvp import modeling_clvp
+
+    from droppath_surgery import build_example_inputs
+
+    config = transformers.ClvpConfig(**sweep.shrink_overrides(transformers.ClvpConfig(), sweep._TINY, consistent=True))
+    torch.manual_seed(0)
+    model = modeling_clvp.ClvpModelForConditionalGeneration(config)
+    built, repairs = [model, *build_example_inputs(model)], []
+    sweep._forward_repairing(type(model), config, built, repairs)
+    assert config.speech_config.vocab_size == config.decoder_config.vocab_size == 8194
+    assert len(repairs) == 1 and repairs[0].startswith("speech_config.vocab_size 256 -> 8194 (ids up to")
+    assert built[0] is not model  # rebuilt on the repaired config
+
+
+def test_parts_of_a_stack_whose_layers_come_in_groups_keep_whole_groups():
+    # Dory's layer_types list an attention entry and an "mlp" entry per layer (its config halves every count given);
+    # its input, recurrent and output parts must sum to the layers: three parts of one (attention, mlp) pair each
+    dory = transformers.DoryConfig(**sweep.shrink_overrides(transformers.DoryConfig(), sweep._TINY, consistent=True))
+    assert dory.num_hidden_layers == 3 and dory.n_input_layers == dory.n_recurrent_layers == dory.n_output_layers == 1
+    assert dory.layer_types == ["sliding_attention", "sliding_attention", "full_attention"]
+    pairs = ["attention", "mlp"] * 4
+    assert sweep._layer_groups({"layer_types": pairs}, {"n_input_layers": 4, "n_output_layers": 4}, 8) == (2, pairs)
+    assert sweep._layer_groups({"layer_types": pairs}, {"n_input_layers": 3, "n_output_layers": 5}, 8) == (1, [])
+    # one count of all the layers (Gemma 4's KV-shared layers) with a full layer every 6th: not parts, no groups
+    gemma = sweep.shrink_overrides(transformers.AutoConfig.for_model("gemma4_unified_assistant"), sweep._TINY, consistent=True)
+    assert gemma["text_config"]["num_hidden_layers"] == 2

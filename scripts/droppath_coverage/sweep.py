@@ -23,7 +23,11 @@ layer index lists within the shrunk stacks, pixel shuffle factors dividing the p
 (layers only) and unchanged, the first that builds and runs on its automatic inputs (with
 ``use_cache=False`` where only that runs: hybrids whose layers hold no attention). Where the unchanged
 default config does not build, or fails its forward the same way as the shrunk ones, the error says so
-(transformers' cause or the inputs', not the shrink's).
+(transformers' cause or the inputs', not the shrink's). Where a level's config leaves out what its model needs,
+the config is repaired by general rules and each repair is said in the build text (``tiny; repaired: ...``): the
+sub-config the model class is declared for (MusicGen's decoder), a timm backbone's features that the config's channel
+lists and feature sizes describe, a field the model reads that the config does not define (taken from where the
+config tree defines it, else HF's default) or leaves None where a mapping is read, a table that ids overflow.
 
 Task heads (``hf-heads``): every head and backbone class that transformers maps to a model type of the
 coverage table's Hugging Face families (``head_names``), built and judged like its AutoModel type; the
@@ -1087,6 +1091,24 @@ def _shrink_per_layer_plain(values: dict, out: dict, layers_key: str) -> None:
 _LAYER_INDEX_LIST = re.compile(r"(layer_ids|layer_indices|layers_idx|_idxs)$")
 
 
+def _layer_groups(per_layer: dict, counts: dict, layers: int) -> tuple[int, list]:
+    """(p, the kinds list) where a per-layer list of kinds has one kind in every p-th entry and nowhere else and the
+    parts of the stack (``counts``, two or more) are all multiples of p: the layers come in groups of p (Dory's layer_types
+    serialize each layer as an attention entry and an ``mlp`` entry, and its config halves every count it is
+    given); (1, []) where none does."""
+    for key, value in per_layer.items():
+        if not (all(isinstance(x, str) for x in value) and ("type" in key or "kind" in key)):
+            continue
+        for p in range(2, layers // 2 + 1):
+            if layers % p or any(c % p for c in counts.values()):
+                continue
+            for r in range(p):
+                column = set(value[r::p])
+                if len(column) == 1 and not column & {x for i, x in enumerate(value) if i % p != r}:
+                    return p, value
+    return 1, []
+
+
 def _shrink_per_layer(values: dict, out: dict, layers_key: str) -> None:
     """The layers kept when ``layers_key`` shrinks, and every per-layer field made to match: one layer of each
     kind of every per-layer list of kinds (``layer_types``, ``mlp_layer_types``, Zamba's ``layers_block_type``;
@@ -1113,12 +1135,22 @@ def _shrink_per_layer(values: dict, out: dict, layers_key: str) -> None:
     keep = sorted(set(keep))
     keep += [i for i in range(layers) if i not in keep][: max(0, new - len(keep))]
     keep.sort()
-    out[layers_key] = len(keep)
     counts = {k: v for k, v in values.items() if k not in out and k not in _LAYERS_ONLY and _is_size(v)
               and re.fullmatch(r"(num|n)_\w+_layers", k) and 0 < v <= layers}
-    if sum(counts.values()) == layers and len(counts) <= len(keep):  # parts of the stack (Dory's input,
-        share = dict.fromkeys(counts, 1)  # recurrent and output layers): one each, the rest to the biggest
-        share[max(counts, key=counts.get)] += len(keep) - len(counts)
+    parts = sum(counts.values()) == layers
+    group, kinds = _layer_groups(per_layer, counts, layers) if parts and len(counts) > 1 else (1, [])
+    if group > 1:  # parts that are whole groups of layers (Dory's (attention, mlp) pairs): whole groups kept
+        firsts = {}
+        for g in range(layers // group):
+            firsts.setdefault(tuple(kinds[g * group:(g + 1) * group]), g)
+        groups = sorted(firsts.values())
+        groups += [g for g in range(layers // group) if g not in groups][
+            : max(0, len(counts) - len(groups), -(-new // group) - len(groups))]
+        keep = sorted(i for g in groups for i in range(g * group, (g + 1) * group))
+    out[layers_key] = len(keep)
+    if parts and len(counts) * group <= len(keep):  # parts of the stack (Dory's input,
+        share = dict.fromkeys(counts, group)  # recurrent and output layers): one each, the rest to the biggest
+        share[max(counts, key=counts.get)] += len(keep) - group * len(counts)
         out.update(share)
     else:  # counts of some of the layers (Gemma 3n's KV-sharing layers): scaled; a count of 1 stays (Mimi's per block)
         out.update({k: v * len(keep) // layers for k, v in counts.items() if v > 1})
@@ -1350,8 +1382,311 @@ def _same_error(a: BaseException, b: BaseException) -> bool:
     return _blanked(first_line(a)) == _blanked(first_line(b))
 
 
+# -- Config repairs: what a config leaves out that its model needs, found from the failure and recorded ---------------
+# Each repair is a rule on what the config and the error say (never on the model type), applied to the config in
+# place and said in the result's build text ("tiny; repaired: ..."), so the docs show what was changed.
+
+_MISSING_ATTRIBUTE = re.compile(r"^'(\w+)' object has no attribute '(\w+)'")
+# Where no config of the tree defines a field the model reads: HF's documented default for it, as another field of
+# the same config (key/value heads: "defaults to num_attention_heads"), or a constant (dropout probabilities: 0,
+# the default of every config that defines one, and what eval mode runs anyway).
+_SAME_CONFIG_DEFAULTS = {"num_key_value_heads": "num_attention_heads"}
+_CONSTANT_DEFAULTS = ((re.compile(r"(^|_)dropout(_rate|_prob|_p)?$"), 0.0),)
+
+
+def _config_tree(config: Any, path: str = "", depth: int = 0) -> Iterator[tuple[str, Any]]:
+    """``(path, config)`` for the config (path ``""``) and its sub-configs, three levels deep at most."""
+    yield path, config
+    for name in (getattr(config, "sub_configs", {}) or {}) if depth < 3 else ():
+        sub = getattr(config, name, None)
+        if sub is not None and hasattr(sub, "to_dict"):
+            yield from _config_tree(sub, f"{path}.{name}" if path else name, depth + 1)
+
+
+def _named(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _own_sub_config(config: Any, model_cls: Any, repairs: list[str]) -> Any:
+    """The sub-config of ``config`` that ``model_cls`` is declared for, where its ``config_class`` is not the mapped
+    config's class but that of one of its sub-configs (the auto mapping pairs a composite config with a model of
+    one part: MusicGen's ``MusicgenModel`` is its decoder, declared for ``MusicgenDecoderConfig``); else
+    ``config``. Recorded in ``repairs``."""
+    declared = getattr(model_cls, "config_class", None)
+    if not isinstance(declared, type) or isinstance(config, declared):
+        return config
+    for path, sub in _config_tree(config):
+        if path and type(sub) is declared:
+            repairs.append(f"built from {path} ({declared.__name__}, the model's config_class)")
+            return sub
+    return config
+
+
+def _repair_missing_attribute(config: Any, exc: BaseException) -> str | None:
+    """The model reads ``cfg.X`` where ``cfg`` (the config or a sub-config, named by class in the AttributeError)
+    does not define X: X is set on every such config that lacks it from where the config tree defines it (its
+    parents nearest first, then the others; a field of that name, or the key X of a dict field such as
+    ``rope_parameters``), else from HF's default for X (``_SAME_CONFIG_DEFAULTS``, ``_CONSTANT_DEFAULTS``).
+    Returns the repair as said in the build text; None where the error is not that or no source is known."""
+    match = _MISSING_ATTRIBUTE.match(str(exc)) if isinstance(exc, AttributeError) else None
+    if match is None:
+        return None
+    owner, key = match.groups()
+    nodes = list(_config_tree(config))
+    said = []
+    for path, cfg in nodes:
+        if type(cfg).__name__ != owner or key in cfg.to_dict():
+            continue
+        parents = [(p, c) for p, c in reversed(nodes) if p != path and (p == "" or path.startswith(p + "."))]
+        order = [(path, cfg)] + parents + [(p, c) for p, c in nodes if p != path and (p, c) not in parents]
+        source = value = None
+        for p, c in order[1:]:  # a field of that name elsewhere in the tree
+            values = c.to_dict()
+            if key in values and values[key] is not None:
+                source, value = _named(p, key), values[key]
+                break
+        if source is None:  # a key of a dict field (transformers 5 keeps rope_theta in rope_parameters)
+            for p, c in order:
+                for field_name, field_value in c.to_dict().items():
+                    if isinstance(field_value, dict) and field_value.get(key) is not None \
+                            and not isinstance(field_value[key], dict):
+                        source, value = f"{_named(p, field_name)}[{key!r}]", field_value[key]
+                        break
+                if source is not None:
+                    break
+        if source is None and key in _SAME_CONFIG_DEFAULTS and getattr(cfg, _SAME_CONFIG_DEFAULTS[key], None) is not None:
+            source = f"{_named(path, _SAME_CONFIG_DEFAULTS[key])}, HF's default for it"
+            value = getattr(cfg, _SAME_CONFIG_DEFAULTS[key])
+        if source is None:
+            value = next((v for pattern, v in _CONSTANT_DEFAULTS if pattern.search(key)), None)
+            source = "HF's default for it" if value is not None else None
+        if source is None:
+            return None
+        setattr(cfg, key, value)
+        said.append(f"{_named(path, key)} (read by the model, not defined by {owner}) = {value!r} from {source}")
+    return "; ".join(said) or None
+
+
+_NONE_MAPPING = re.compile(r"^'NoneType' object has no attribute '(get|items|keys|values)'")
+
+
+def _repair_unset_mapping(config: Any, exc: BaseException) -> str | None:
+    """The model reads a config field left None as a mapping (``vocab_map.get(...)``: a field its checkpoints set):
+    the field named on the failing line of the traceback, innermost first, whose value is None on a config of the
+    tree, is set to an empty dict. None where the error is not that or no such field is found."""
+    if not (isinstance(exc, AttributeError) and _NONE_MAPPING.match(str(exc))):
+        return None
+    import linecache
+
+    nodes = {id(cfg): path for path, cfg in _config_tree(config)}
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb)
+        tb = tb.tb_next
+    for tb in reversed(frames):
+        line = linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno)
+        for chain in re.findall(r"\b[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+", line):
+            *names, key = chain.split(".")
+            obj = tb.tb_frame.f_locals.get(names[0])
+            for name in names[1:]:
+                obj = getattr(obj, name, None)
+            if id(obj) in nodes and key in obj.to_dict() and getattr(obj, key, 0) is None:
+                setattr(obj, key, {})
+                return f"{_named(nodes[id(obj)], key)} None -> {{}} (the model reads it as a mapping)"
+    return None
+
+
+def _timm_features(cfg: Any, out_indices: Any = None) -> tuple[str, list[int], list[int], list[int]] | None:
+    """(architecture, out indices, feature channels, feature strides) of the timm backbone a TimmWrapper-style config
+    names (``architecture`` + ``model_args`` with ``features_only``; ``out_indices``: these instead of its own,
+    ``()``: all the backbone has), built on the meta device; None for other configs."""
+    values = cfg.to_dict()
+    args = values.get("model_args")
+    if not (isinstance(values.get("architecture"), str) and isinstance(args, dict) and args.get("features_only")):
+        return None
+    import timm
+    import torch
+
+    args = {k: v for k, v in args.items() if k != "out_indices" or out_indices is None}
+    if out_indices:
+        args["out_indices"] = out_indices
+    with torch.device("meta"):
+        info = timm.create_model(values["architecture"], pretrained=False, **args).feature_info
+    return values["architecture"], list(info.out_indices), list(info.channels()), list(info.reduction())
+
+
+def _follow_timm_backbone(config: Any, repairs: list[str]) -> None:
+    """A config whose sub-config names a timm backbone (``_timm_features``) and whose own lists describe other
+    features (EdgeTAM's default names resnet50, features at strides 2 to 16, beside RepViT's channels [384, 192,
+    96, 48] at strides 4 to 32): where its ``*feature_sizes`` (grids, highest resolution first) give the strides of
+    the first features at the config tree's image size, the backbone's ``out_indices`` are those of its features at
+    these strides, doubling on for the features that have no grid; its ``*channel_list`` (as long as the features)
+    takes their channels in its own order (deepest first or last). Recorded in ``repairs``."""
+    nodes = list(_config_tree(config))
+    images = {getattr(c, "image_size") for _, c in nodes if _is_size(getattr(c, "image_size", None))}
+    for path, cfg in nodes:
+        values = cfg.to_dict()
+        lists = {k: v for k, v in values.items() if k.endswith("channel_list") and isinstance(v, list) and len(v) > 1
+                 and all(_is_size(c) for c in v)}
+        if not lists:
+            continue
+        for name in getattr(cfg, "sub_configs", {}) or {}:
+            sub = getattr(cfg, name, None)
+            found = _timm_features(sub) if sub is not None and hasattr(sub, "to_dict") else None
+            if not found:
+                continue
+            arch, indices, channels, strides = found
+            grids = next((v for k, v in values.items() if k.endswith("feature_sizes") and isinstance(v, list) and v
+                          and all(isinstance(g, (list, tuple)) and len(g) == 2 and _is_size(g[0]) and g[0] for g in v)),
+                         None)
+            image = next(iter(images)) if len(images) == 1 else None
+            if grids and image and all(image % g[0] == 0 for g in grids):
+                wanted = [image // g[0] for g in grids]
+                while len(wanted) < len(channels):
+                    wanted.append(wanted[-1] * 2)
+                _, every, _, every_stride = _timm_features(sub, ()) or (arch, [], [], [])
+                picked = [next((i for i, r in zip(every, every_stride) if r == w), None) for w in wanted]
+                if None not in picked and picked != indices:
+                    args = dict(sub.model_args, out_indices=picked)
+                    repairs.append(f"{_named(path, name)}.model_args out_indices {indices} -> {picked} (the features of "
+                                   f"its timm backbone {arch} at the strides {wanted} its feature sizes imply)")
+                    sub.model_args = args
+                    arch, indices, channels, strides = _timm_features(sub) or found
+            for key, value in lists.items():
+                new = sorted(channels, reverse=value[0] > value[-1])
+                if len(value) == len(channels) and value != new:
+                    repairs.append(f"{_named(path, key)} {value} -> {new} (the feature channels of its timm backbone "
+                                   f"{arch})")
+                    setattr(cfg, key, new)
+            break
+
+
+def _build_repairing(model_cls: Any, config: Any, repairs: list[str], tries: int = 8):
+    """``model_cls(config)``, the config repaired and the build retried where it reads a field the config does not
+    define (``_repair_missing_attribute``) or reads one left None as a mapping (``_repair_unset_mapping``)."""
+    for _ in range(tries):
+        try:
+            return model_cls(config)
+        except AttributeError as exc:
+            fix = _repair_missing_attribute(config, exc) or _repair_unset_mapping(config, exc)
+            if fix is None:
+                raise
+            repairs.append(fix)
+    return model_cls(config)
+
+
+def repaired_config(config: Any, model_cls: Any) -> tuple[Any, list[str]]:
+    """``config`` with the repairs its model needs to build (``_own_sub_config``, ``_follow_timm_backbone``, and
+    those ``_build_repairing`` finds on the meta device), and the repairs as said in the build text."""
+    import torch
+
+    repairs: list[str] = []
+    config = _own_sub_config(config, model_cls, repairs)
+    _follow_timm_backbone(config, repairs)
+    with torch.device("meta"):
+        _build_repairing(model_cls, config, repairs)
+    return config, repairs
+
+
+def _repair_table_overflow(model: Any, config: Any, args: tuple, kwargs: dict, exc: BaseException) -> str | None:
+    """After an IndexError in the forward: the embedding table that ids past its end reach (a vocabulary or position
+    table: CLVP's speech encoder takes the ids its decoder predicts, over a vocabulary 32 times its own), found by
+    running the forward again with a check before each ``nn.Embedding``; the field of the config that built it
+    (the nearest module above it with a config of the tree) equal to the table's size, named like one
+    (vocab / position) where several are, grows to the smallest value of that field in the config tree that holds
+    the ids (the vocabulary of the part that produced them), else to the largest id + 1. None where no table
+    overflows."""
+    import torch
+
+    from .oracles import eval_forward
+
+    if not isinstance(exc, IndexError):
+        return None
+    seen: list[tuple[str, int, int]] = []
+
+    class Overflow(Exception):
+        pass
+
+    def check(name):
+        def hook(module, inputs):
+            ids = inputs[0] if inputs else None
+            if torch.is_tensor(ids) and ids.numel() and not ids.is_floating_point() \
+                    and int(ids.max()) >= module.num_embeddings:
+                seen.append((name, module.num_embeddings, int(ids.max())))
+                raise Overflow
+        return hook
+
+    handles = [m.register_forward_pre_hook(check(n)) for n, m in model.named_modules()
+               if isinstance(m, torch.nn.Embedding)]
+    try:
+        eval_forward(model, args, kwargs)
+    except Exception:  # noqa: BLE001, S110 - the overflow, or the error again: ``seen`` says which
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not seen:
+        return None
+    name, size, top = seen[0]
+    nodes = list(_config_tree(config))
+    parts = name.split(".")
+    for i in range(len(parts) - 1, -1, -1):
+        owner = model.get_submodule(".".join(parts[:i])) if i else model
+        cfg = getattr(owner, "config", None)
+        node = next(((p, c) for p, c in nodes if c is cfg), None) or next(
+            ((p, c) for p, c in nodes if cfg is not None and type(c) is type(cfg) and c.to_dict() == cfg.to_dict()), None)
+        if node is None:
+            continue
+        path, cfg = node
+        keys = [k for k, v in cfg.to_dict().items() if _is_size(v) and v == size]
+        if len(keys) > 1:
+            keys = [k for k in keys if re.search(r"vocab|position", k)]
+        if len(keys) != 1:
+            return None
+        key = keys[0]
+        wider = sorted((c.to_dict()[key], p) for p, c in nodes if _is_size(c.to_dict().get(key)) and c.to_dict()[key] > top)
+        new, source = wider[0] if wider else (top + 1, "")
+        setattr(cfg, key, new)
+        return (f"{_named(path, key)} {size} -> {new} (ids up to {top} reach {name}, a table of {size}"
+                + (f"; {_named(source, key)}'s size, the smallest in the config that holds them)" if wider else ")"))
+    return None
+
+
 DEFAULT_DOES_NOT_BUILD = "the library's default config does not build"
 DEFAULT_DOES_NOT_RUN = "the library's default config fails the same way on the automatic inputs"
+
+
+def _said(level: str, repairs: list[str]) -> str:
+    """The build text of a config level and the repairs made to it."""
+    return "; ".join([level] + [f"repaired: {r}" for r in repairs])
+
+
+def _forward_repairing(model_cls: Any, config: Any, built: list, repairs: list[str], tries: int = 3) -> None:
+    """The eval forward of ``built`` ([model, args, kwargs]); where it fails on something a config repair fixes (a
+    table that ids overflow, ``_repair_table_overflow``; a field the forward reads that the config does not define
+    or left None, as at the build), the config is repaired, the model rebuilt (seed 0) with fresh automatic inputs
+    into ``built``, and the forward tried again. Raises the forward's error where no repair applies."""
+    import torch
+
+    from droppath_surgery import build_example_inputs
+
+    from .oracles import eval_forward
+
+    for attempt in range(tries + 1):
+        try:
+            eval_forward(*built)
+            return
+        except Exception as exc:  # noqa: BLE001 - repaired where a rule applies, else raised
+            fix = None if attempt == tries else (
+                _repair_table_overflow(built[0], config, built[1], built[2], exc)
+                or _repair_missing_attribute(config, exc) or _repair_unset_mapping(config, exc))
+            if fix is None:
+                raise
+            repairs.append(fix)
+        torch.manual_seed(0)
+        built[0] = model_cls(config)
+        built[1], built[2] = build_example_inputs(built[0])
 
 
 def hf_build(model_type: str):
@@ -1360,7 +1695,10 @@ def hf_build(model_type: str):
     reason to grow the model), except the plain tiny one, whose shrink may have broken a field the inputs
     need (the consistent level is tried, and the tiny level's failure kept if that does not run either);
     where no level runs, the first that builds; where none builds and the unchanged default config does not
-    either, the error starts with ``DEFAULT_DOES_NOT_BUILD`` (transformers' cause, not the shrink's)."""
+    either, the error starts with ``DEFAULT_DOES_NOT_BUILD`` (transformers' cause, not the shrink's).
+    Each level's config is repaired where its model needs what the config leaves out (the sub-config the model is
+    declared for, backbone channels, fields the model reads that the config does not define or leaves None, tables
+    that ids overflow: ``repaired_config``, ``_forward_repairing``); the level's text says each repair."""
     import torch
 
     from droppath_surgery import build_example_inputs
@@ -1382,10 +1720,12 @@ def hf_build(model_type: str):
     unbuildable = None  # the default config's own error: no shrink is to blame
     default_error = None  # the default config's forward error on its automatic inputs
     for level, make in levels:
+        repairs: list[str] = []
         try:
-            config = make()
+            config = _own_sub_config(make(), model_cls, repairs)
+            _follow_timm_backbone(config, repairs)
             with torch.device("meta"):
-                params = _count(model_cls(config))
+                params = _count(_build_repairing(model_cls, config, repairs))
         except Exception as exc:  # noqa: BLE001 - the next level is tried
             errors.append(f"{level}: {first_line(exc, 160)}")
             if level == "default":
@@ -1405,25 +1745,27 @@ def hf_build(model_type: str):
         except Exception as exc:  # noqa: BLE001 - the input builder's failure is a finding: patch() records it
             if level == "tiny":  # unless it is the shrink's: the consistent level may keep the fields the inputs need
                 errors.append(f"{level}: {first_line(exc, 160)}")
-                refused = refused or (config, level, params)
+                refused = refused or (config, _said(level, repairs), params)
                 continue
             if refused is not None:
                 config, level, params = refused
-            return config, model_cls, level, params, errors
+                return config, model_cls, level, params, errors
+            return config, model_cls, _said(level, repairs), params, errors
+        built = [model, args, kwargs]
         try:
-            eval_forward(model, args, kwargs)
-            return config, model_cls, level, params, errors
+            _forward_repairing(model_cls, config, built, repairs)
+            return config, model_cls, _said(level, repairs), _count(built[0]), errors
         except Exception as exc:  # noqa: BLE001 - the next level is tried
             errors.append(f"{level}: {first_line(exc, 160)}")
             if level == "default":  # and failed: unless it runs without a cache, not the shrink's doing
                 default_error = exc
             if ran_nowhere is None or level == "tiny, consistent":  # the consistent one's error over tiny's
-                ran_nowhere = (config, level, params, exc)
+                ran_nowhere = (config, _said(level, repairs), _count(built[0]), exc)
         if getattr(config, "use_cache", None) is True:  # hybrids whose stack has no attention layer fail their own
             config.use_cache = False  # forward with a cache (Granite 4 hybrid's default is all Mamba)
             try:
-                eval_forward(model, args, kwargs)
-                return config, model_cls, f"{level}, use_cache=False", params, errors
+                eval_forward(*built)
+                return config, model_cls, _said(f"{level}, use_cache=False", repairs), _count(built[0]), errors
             except Exception:  # noqa: BLE001, S110 - not the cache: the next level is tried
                 config.use_cache = True
     if ran_nowhere is not None:  # built, but ran at no level: patch() records the forward's error
@@ -1459,9 +1801,9 @@ def _retry_with_hand_inputs(res: Result, library: str, model_type: str, config, 
     if model_type not in hand_inputs.BUILDERS:
         return
     configs = [(res.build, config)]
-    if res.build == "tiny":
-        configs.append(("tiny, consistent", lambda: config.__class__(
-            **shrink_overrides(config.__class__(), _TINY, consistent=True))))
+    if res.build.partition(";")[0] == "tiny":
+        configs.append(("tiny, consistent", lambda: repaired_config(config.__class__(
+            **shrink_overrides(config.__class__(), _TINY, consistent=True)), model_cls)[0]))
     errors = []  # each level's failure, said together where none patches
     for level, make in configs:
         retry = Result(library, model_type)
