@@ -1023,3 +1023,19 @@ def test_a_visual_prompt_and_its_mask_are_images_like_the_image_stacked_to_the_c
     assert all(v.shape == (2, 3, 32, 32) for v in kwargs.values())
     assert not torch.equal(kwargs["prompt_pixel_values"], kwargs["pixel_values"])
     _patch(model)
+
+
+def test_a_list_of_main_input_names_takes_the_first_the_forward_has_and_names_what_is_missing():
+    # OneFormer names main_input_name = ["pixel_values", "task_inputs"]: the builder crashed on the list
+    # (TypeError: unhashable type) instead of building the first and naming the argument it cannot build.
+    config = T.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    model = T.BertModel(config).eval()
+    model.main_input_name = ["input_ids", "task_inputs"]
+    plain = model.forward
+    model.forward = lambda input_ids, task_inputs, attention_mask=None: plain(input_ids=input_ids, attention_mask=attention_mask)
+    with pytest.raises(ExampleInputsError, match="takes 'task_inputs'"):
+        build_example_inputs(model)
+    model = T.BertModel(config).eval()
+    model.main_input_name = ["pixel_values", "input_ids"]  # the first is no argument of its forward
+    _, built = build_example_inputs(model)
+    assert built["input_ids"].dtype == torch.int64 and built["input_ids"].ndim == 2

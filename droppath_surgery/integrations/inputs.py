@@ -1177,10 +1177,14 @@ def _first_running(model: nn.Module, kwargs: dict, candidates: list[dict], fallb
 
 
 def _main_input(model: nn.Module, params: Any) -> str:
-    """The model's ``main_input_name``; but where that is not an argument of its forward and the forward takes
-    ``input_ids``, ``input_ids`` (a text tower inheriting its model's ``pixel_values``: SAM 3 LiteText's)."""
+    """The model's ``main_input_name`` (the first of a list of them that its forward takes: OneFormer names
+    ``pixel_values`` and ``task_inputs``, the others are built as the arguments they are); but where that is
+    not an argument of its forward and the forward takes ``input_ids``, ``input_ids`` (a text tower inheriting
+    its model's ``pixel_values``: SAM 3 LiteText's)."""
     main = getattr(model, "main_input_name", "pixel_values")
-    if isinstance(main, str) and main not in params and "input_ids" in params:
+    if isinstance(main, (list, tuple)):
+        main = next((name for name in main if name in params), main[0] if main else "pixel_values")
+    if main not in params and "input_ids" in params:
         return "input_ids"
     return main
 
