@@ -212,3 +212,60 @@ def test_hf_stacks_ramp_at_depth(name, n):
     assert len(rates) == stacks
     for ramp in rates.values():  # each stack one block a layer, from 0 to the rate (never all zero)
         assert ramp == pytest.approx(_ramp(n))
+
+
+# -- the depth check's judge (scripts/droppath_coverage/depth.py) ------------------------------------------
+
+
+def _depth_module():
+    import sys
+    from pathlib import Path
+
+    scripts = str(Path(__file__).resolve().parents[1] / "scripts")
+    if scripts not in sys.path:
+        sys.path.append(scripts)  # appended: scripts/sweep.py must not shadow the package
+    from droppath_coverage import depth
+
+    return depth
+
+
+def _judged(*depths):
+    depth = _depth_module()
+    check = depth.TypeCheck("t", [depth.Depth(**d) for d in depths])
+    depth.judge(check)
+    return check
+
+
+def _at(n, stacks, sites_per_block=2, blocks=None):
+    """A depth record: ``stacks`` holds each stack's block rates, numbered one after another."""
+    numbered, first = [], 0
+    for rates in stacks:
+        numbered.append(list(range(first, first + len(rates))))
+        first += len(rates)
+    return {"asked": n, "layers": n, "sites": sites_per_block * first, "blocks": blocks or first, "stacks": stacks,
+            "stack_sites": [sites_per_block * len(r) for r in stacks], "stack_blocks": numbered}
+
+
+def test_depth_check_flags_layers_seen_as_stacks_of_their_own():
+    # NeoMME before the stack rule asked every branch: one stack per layer, every rate 0
+    check = _judged(_at(2, [[0.0]] * 2), _at(6, [[0.0]] * 6))
+    assert any("every rate is 0" in p for p in check.problems)
+    assert any("stacks multiply" in p for p in check.problems)
+    fixed = _judged(_at(2, [_ramp(2)]), _at(6, [_ramp(6)]))
+    assert fixed.problems == fixed.changes == []
+    stuck = _judged(_at(6, [[0.0] * 3, _ramp(3)]))  # one stack of several blocks at rate 0
+    assert stuck.problems == ["6 layers: stack 0 of 3 blocks has all-zero rates"]
+
+
+def test_depth_check_ramps_end_at_the_rate_unless_the_stack_ends_in_blocks_without_sites():
+    short = _ramp(6)[:5]  # the last block has no site (MobileNet's last block, without skip): counted, not rated
+    assert _judged(_at(6, [short], blocks=6)).problems == []
+    assert _judged(_at(6, [short], blocks=5)).problems[0].startswith("6 layers: stack 0 ends at 0.08")
+
+
+def test_depth_check_lists_sites_per_block_that_change_with_depth():
+    check = _judged(_at(2, [_ramp(2)]) | {"sites": 5, "stack_sites": [5]},
+                    _at(6, [_ramp(6)]) | {"sites": 17, "stack_sites": [17]})
+    assert check.problems == [] and check.changes == ["stack 0: 5 sites / 2 blocks at 2 layers -> 17 / 6 at 6"]
+    same = _judged(_at(2, [_ramp(2)]) | {"layers": None}, _at(6, [_ramp(2)]) | {"layers": None})
+    assert same.changes == [] and same.notes[0].startswith("the same model at every depth")
