@@ -8,9 +8,10 @@ start from a stream that no block made while its next ones carry on the previous
 first mixes ``l0 * h + l1 * h0`` with the embeddings ``h0`` as the stream and the previous layer's output
 ``h`` as the branch, then adds its attention to ``h``: asking the first branch only made every layer a stack
 of one block, at rate 0 under a linear schedule; so did Reformer's reversible layers, the DETR decoders'
-``h + query_pos`` and SAM's two-way mask decoder, whose token branch runs before its image branch). Where several branches come from earlier blocks (LXMERT's
-cross-modality layers, on its language and its vision stream), the first that ran decides. One forward
-sweep over the recorded values labels each with the latest block output it descends from.
+``h + query_pos`` and SAM's two-way mask decoder, whose token branch runs before its image branch). Where
+several branches come from earlier blocks (LXMERT's cross-modality layers, on its language and its vision
+stream), the first that ran decides. One forward sweep over the recorded values labels each with the latest
+block output it descends from.
 
 ``unrun_stacks`` names the repeated blocks the pass never ran (an audio tower probed on text alone): they
 may hold residual branches that no drop path reaches, which the caller must be told.
