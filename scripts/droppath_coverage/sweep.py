@@ -411,7 +411,8 @@ def _is_size(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, consistent: bool = False) -> dict:
+def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, consistent: bool = False,
+                     layers: int | None = None) -> dict:
     """Constructor keyword arguments that shrink ``config`` (a default instance): each key of ``table``
     the config has as a number above the table's value, ``depths`` lists to ones, sub-configs
     recursively (passed as dicts, built by the parent), and the fields that must stay consistent with them
@@ -421,13 +422,15 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
     dims, merged widths and channel lists of the shrunk widths, pixel shuffle factors; the "tiny, consistent"
     level: without it,
     the plain first level, the sizes most types were first swept at), and sizes the config leaves unset
-    (None) get the table's value (or ``_UNSET``'s)."""
+    (None) get the table's value (or ``_UNSET``'s). ``layers``: the layer counts' value instead of the table's
+    (the depth check builds each type at several depths)."""
     values = config.to_dict()
     out: dict[str, Any] = {}
     # a config wrapping a timm model by name (TimmWrapperConfig, Gemma 3n's vision tower): timm builds it at its own
     # width, which the config's hidden_size only reports (FastVLM's fastvit_mci3: 3072)
     timm = isinstance(values.get("architecture"), str) and "model_args" in values
     for key, small in table.items():
+        small = layers if layers is not None and key in _LAYERS_ONLY else small
         value = values.get(key)
         if _is_size(value) and value > small and not (timm and key in _WIDTHS):
             out[key] = small
@@ -484,7 +487,7 @@ def shrink_overrides(config, table: dict, mha: bool = False, depth: int = 0, con
         for name in getattr(config, "sub_configs", {}) or {}:
             sub = getattr(config, name, None)
             if sub is not None and hasattr(sub, "to_dict"):
-                inner = shrink_overrides(sub, table, mha, depth + 1, consistent)
+                inner = shrink_overrides(sub, table, mha, depth + 1, consistent, layers)
                 if inner:
                     out[name] = sub.to_dict() | inner
     if consistent:
@@ -1689,7 +1692,7 @@ def _forward_repairing(model_cls: Any, config: Any, built: list, repairs: list[s
         built[1], built[2] = build_example_inputs(built[0])
 
 
-def hf_build(model_type: str):
+def hf_build(model_type: str, layers: int | None = None):
     """(config, model class, level, params, notes): the smallest config level that builds and runs on its
     automatic inputs; a level where the input builder fails is used as it is (that is a finding, not a
     reason to grow the model), except the plain tiny one, whose shrink may have broken a field the inputs
@@ -1698,7 +1701,8 @@ def hf_build(model_type: str):
     either, the error starts with ``DEFAULT_DOES_NOT_BUILD`` (transformers' cause, not the shrink's).
     Each level's config is repaired where its model needs what the config leaves out (the sub-config the model is
     declared for, backbone channels, fields the model reads that the config does not define or leaves None, tables
-    that ids overflow: ``repaired_config``, ``_forward_repairing``); the level's text says each repair."""
+    that ids overflow: ``repaired_config``, ``_forward_repairing``); the level's text says each repair.
+    ``layers``: the shrunk levels' layer count instead of the table's 2 (the depth check)."""
     import torch
 
     from droppath_surgery import build_example_inputs
@@ -1708,10 +1712,10 @@ def hf_build(model_type: str):
     config_cls, model_cls = hf_classes(model_type)
     default = config_cls()
     levels = [
-        ("tiny", lambda: config_cls(**shrink_overrides(default, _TINY))),
-        ("tiny, consistent", lambda: config_cls(**shrink_overrides(default, _TINY, consistent=True))),
-        ("tiny, kv heads = heads", lambda: config_cls(**shrink_overrides(default, _TINY, mha=True))),
-        ("layers only", lambda: config_cls(**shrink_overrides(default, _LAYERS_ONLY))),
+        ("tiny", lambda: config_cls(**shrink_overrides(default, _TINY, layers=layers))),
+        ("tiny, consistent", lambda: config_cls(**shrink_overrides(default, _TINY, consistent=True, layers=layers))),
+        ("tiny, kv heads = heads", lambda: config_cls(**shrink_overrides(default, _TINY, mha=True, layers=layers))),
+        ("layers only", lambda: config_cls(**shrink_overrides(default, _LAYERS_ONLY, layers=layers))),
         ("default", config_cls),
     ]
     errors = []
