@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .runner import Timeout, time_limit
-from .sweep import GRACE_S, MEMORY_LIMIT_GB, RATE, first_line
+from .sweep import GRACE_S, RATE, first_line, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP_JSON = ROOT / "docs" / "sweep" / "hf.json"
@@ -196,19 +196,8 @@ def sweep_ok_types(path: Path = SWEEP_JSON, max_s: float | None = None) -> list[
 
 def worker(layers: Sequence[int], timeout: float) -> int:
     """Read type names from stdin, answer one JSON ``TypeCheck`` a line on the real stdout."""
-    import resource
 
-    import torch
-
-    with contextlib.suppress(ValueError, OSError):
-        limit = int(MEMORY_LIMIT_GB * 2**30)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    torch.set_num_threads(1)
-    proto = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # anything the models print goes to stderr
-    sys.stdout = sys.stderr
-    warnings.simplefilter("ignore")
-    for line in sys.stdin:
+    def answer(line: str) -> dict:
         name = line.strip()
         start = time.perf_counter()
         try:
@@ -220,11 +209,9 @@ def worker(layers: Sequence[int], timeout: float) -> int:
             traceback.print_exc()
             check = TypeCheck(name, error=first_line(exc))
         check.total_s = round(time.perf_counter() - start, 2)
-        proto.write(json.dumps(asdict(check)) + "\n")
-        import gc
+        return asdict(check)
 
-        gc.collect()
-    return 0
+    return serve(answer)
 
 
 class _Worker:

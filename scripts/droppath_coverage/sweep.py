@@ -59,7 +59,7 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1914,8 +1914,10 @@ def sweep_hf(model_type: str, library: str = "hf") -> Result:
 # ------------------------------------------------------------------------------------------------
 
 
-def worker(timeout: float) -> int:
-    """Read ``library name`` lines from stdin, answer one JSON line each on the real stdout."""
+def serve(answer: Callable[[str], dict]) -> int:
+    """A worker process's loop: one torch thread, a memory limit, warnings silenced and anything the models
+    print sent to stderr; each stdin line is answered with ``answer(line)`` as one JSON line on the real stdout."""
+    import gc
     import resource
 
     import torch
@@ -1929,6 +1931,15 @@ def worker(timeout: float) -> int:
     sys.stdout = sys.stderr
     warnings.simplefilter("ignore")
     for line in sys.stdin:
+        proto.write(json.dumps(answer(line)) + "\n")
+        gc.collect()
+    return 0
+
+
+def worker(timeout: float) -> int:
+    """Read ``library name`` lines from stdin, answer one JSON ``Result`` each on the real stdout."""
+
+    def answer(line: str) -> dict:
         library, name = line.split()
         start = time.perf_counter()
         try:
@@ -1946,11 +1957,9 @@ def worker(timeout: float) -> int:
             res.patch_s = round(res.patch_s, 3)
         if res.status == "ok" and res.stage:
             res.status = "failed"
-        proto.write(json.dumps(asdict(res)) + "\n")
-        import gc
+        return asdict(res)
 
-        gc.collect()
-    return 0
+    return serve(answer)
 
 
 def all_names(library: str) -> list[str]:
