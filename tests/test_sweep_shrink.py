@@ -397,3 +397,33 @@ def test_parts_of_a_stack_whose_layers_come_in_groups_keep_whole_groups():
     # one count of all the layers (Gemma 4's KV-shared layers) with a full layer every 6th: not parts, no groups
     gemma = sweep.shrink_overrides(transformers.AutoConfig.for_model("gemma4_unified_assistant"), sweep._TINY, consistent=True)
     assert gemma["text_config"]["num_hidden_layers"] == 2
+
+
+def test_a_forward_that_runs_without_its_cache_is_not_repaired_first():
+    # BLT reads config.num_hidden_layers only to make its cache: the missing-field repair took a value from its
+    # patcher's config, and the model then failed further in and was left at a level that ran out of memory.
+    # Without the cache it runs as it is: that comes before any repair.
+    import types
+
+    import torch
+
+    class NeedsCacheField(torch.nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.config, self.lin = config, torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            if self.config.use_cache:
+                return self.lin(x) * self.config.num_hidden_layers  # the field the config lacks
+            return self.lin(x)
+
+    config = types.SimpleNamespace(use_cache=True)
+    built = [NeedsCacheField(config), (torch.randn(2, 4),), {}]
+    assert sweep._runs_without_cache(config, built) and config.use_cache is False
+    config = types.SimpleNamespace(use_cache=True, num_hidden_layers=2)
+    assert not sweep._runs_without_cache(config, [NeedsCacheField(config), (torch.randn(2, 4),), {}])
+    assert config.use_cache is True  # a forward that runs with its cache keeps it
+    broken = types.SimpleNamespace(use_cache=True)
+    model = NeedsCacheField(broken)
+    model.lin = torch.nn.Linear(3, 4)  # fails either way: not the cache, use_cache restored
+    assert not sweep._runs_without_cache(broken, [model, (torch.randn(2, 4),), {}]) and broken.use_cache is True

@@ -1692,6 +1692,25 @@ def _forward_repairing(model_cls: Any, config: Any, built: list, repairs: list[s
         built[1], built[2] = build_example_inputs(built[0])
 
 
+def _runs_without_cache(config: Any, built: list) -> bool:
+    """Does the eval forward of ``built`` ([model, args, kwargs]) fail with the config's cache and run without it
+    (``use_cache=False`` left set)? Tried before any forward repair: a field the forward reads only for its cache
+    (BLT's ``num_hidden_layers``) is no field to invent."""
+    from .oracles import eval_forward
+
+    try:
+        eval_forward(*built)
+        return False
+    except Exception:  # noqa: BLE001 - the cache may be the cause: tried without it
+        config.use_cache = False
+    try:
+        eval_forward(*built)
+        return True
+    except Exception:  # noqa: BLE001 - not the cache: repairs and the next levels are tried
+        config.use_cache = True
+        return False
+
+
 def hf_build(model_type: str, layers: int | None = None):
     """(config, model class, level, params, notes): the smallest config level that builds and runs on its
     automatic inputs; a level where the input builder fails is used as it is (that is a finding, not a
@@ -1756,6 +1775,8 @@ def hf_build(model_type: str, layers: int | None = None):
                 return config, model_cls, level, params, errors
             return config, model_cls, _said(level, repairs), params, errors
         built = [model, args, kwargs]
+        if getattr(config, "use_cache", None) is True and _runs_without_cache(config, built):
+            return config, model_cls, _said(f"{level}, use_cache=False", repairs), _count(built[0]), errors
         try:
             _forward_repairing(model_cls, config, built, repairs)
             return config, model_cls, _said(level, repairs), _count(built[0]), errors
