@@ -101,17 +101,19 @@ CI_SUBSET = {
     # DeepSeek V4: hyper-connections, comb^T h + post * f(x), both merges of every layer (NoResidualBranchError before).
     # SpeechT5: an encoder-decoder whose encoder, built without its prenet, takes embeddings as input_values and
     # whose decoder takes mel frames. SAM 2: a Hiera tower whose stage widths the consistent shrink keeps in step.
+    # SegGPT: prompt images and masks built like the image, and its prompt and input rows folded 2 x B (a sample's
+    # rows B apart), dropped per sample (refused as folded rows before), at parity with HF's slots.
     "hf": [
         "gpt_neox", "swin", "qwen2_5_vl", "higgs_audio_v2", "grounding-dino", "glm4v_vision", "qwen2_5_vl_vision",
-        "timesfm", "muse_spark_text", "deepseek_v4", "speecht5", "sam2",
+        "timesfm", "muse_spark_text", "deepseek_v4", "speecht5", "sam2", "seggpt",
     ],
     # a head whose inputs are (B, choices, L)
     "hf-heads": ["bert/BertForMultipleChoice"],
 }
 CI_DECODERS = ["gpt_neox", "higgs_audio_v2", "timesfm", "muse_spark_text", "deepseek_v4"]
 # Sites with packed towers: Qwen2.5-VL 4 text (2 layers x 2) + 8 vision (4 full-attention blocks x 2), its tower
-# alone 8, GLM-4V's tower 2 in each of its 24 blocks.
-CI_SITES = {"qwen2_5_vl": 12, "qwen2_5_vl_vision": 8, "glm4v_vision": 48}
+# alone 8, GLM-4V's tower 2 in each of its 24 blocks; SegGPT 2 layers x 2, none left out as folded rows.
+CI_SITES = {"qwen2_5_vl": 12, "qwen2_5_vl_vision": 8, "glm4v_vision": 48, "seggpt": 4}
 
 
 @dataclass

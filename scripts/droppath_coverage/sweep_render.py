@@ -74,6 +74,21 @@ FINDINGS: list[tuple[str, str, str]] = [
      "lost the branch on some frames or tokens only (timm does this for TNT). Fixed: a check pass shows each "
      "sample's `T` rows are consecutive, and they share one decision; otherwise the branch is left out with the "
      "reason. Sites and parity are unchanged (the oracle judges placement); the decisions are now per sample.")),
+    ("samples folded into the batch patch-major", "hf:depth_pro (also seggpt)",
+     ("DepthPro's patch encoder runs the patches of all images as one batch patch-major (row `j * B + s`), SegGPT "
+     "its prompts and inputs as `2 x B` rows: a sample's rows are `B` apart, not consecutive, so the check above "
+     "refused them (DepthPro's 4 branches left out with a warning, 4 of HF's 8 slot calls not carried). Fixed: the "
+     "check pass also accepts rows `0, B, 2B, ...` changing alone, and those rows share one decision "
+     "(`DropPath(interleaved=True)`); rows in any other order are still left out. DepthPro at parity (8 of 8).")),
+    ("a block's first branch on a stream no block made", "hf:neomme (also reformer, DETR decoders, SAM's mask decoder)",
+     ("found by `scripts/depth_check.py` (the types at 2 and 6 layers): NeoMME mixes the embeddings into each "
+     "layer's input (`l0 * h + l1 * h0`), so each layer's first branch starts from `h0` and the stack rule made "
+     "every layer a stack of its own: under `linear` every rate 0, at any depth (11 types had one-block stacks). "
+     "Fixed: a block joins the stack of the first of its branches whose stream an earlier block made; sites "
+     "unchanged, rates ramp. Open: that mix, and DETR's `h + pos` (position embeddings the stream depends on), "
+     "are taken as merges whose branch is the whole previous layer (sites `encoder.layers.k`, the decoders' "
+     "`self_attn_layer_norm`): a dropped sample's next layer sees the position embeddings alone in its queries "
+     "and keys; not stochastic depth, not fixed yet (see `coverage-notes.md`, depth).")),
     ("branch times a mask after its module", "hf:timesfm (also timesfm2_5)",
      ("TimesFM's MLP ends in `outputs * (1 - paddings) + x`: the branch leaves its last module and is multiplied "
      "by a value from the inputs, so the engine found no module end and dropped the merge without a word (one "
