@@ -23,12 +23,8 @@ counts (``layers``: every layer count the shrink sets, sub-configs' too), patche
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
-import os
-import select
-import subprocess
 import sys
 import time
 import traceback
@@ -39,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .runner import Timeout, time_limit
-from .sweep import GRACE_S, RATE, first_line, serve
+from .sweep import RATE, Worker, drive, first_line, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP_JSON = ROOT / "docs" / "sweep" / "hf.json"
@@ -214,27 +210,6 @@ def worker(layers: Sequence[int], timeout: float) -> int:
     return serve(answer)
 
 
-class _Worker:
-    def __init__(self, layers: Sequence[int], timeout: float, log: Any) -> None:
-        cmd = [sys.executable, str(ROOT / "scripts" / "depth_check.py"), "--worker", "--timeout", str(timeout),
-               "--layers", *map(str, layers)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
-                                     bufsize=1, env=os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
-        self.job: str | None = None
-        self.since = 0.0
-
-    def send(self, name: str) -> None:
-        self.job, self.since = name, time.monotonic()
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(name + "\n")
-        self.proc.stdin.flush()
-
-    def kill(self) -> None:
-        with contextlib.suppress(Exception):
-            self.proc.kill()
-            self.proc.wait(5)
-
-
 def load(path: Path) -> dict[str, dict]:
     return {r["name"]: r for r in json.loads(path.read_text())} if path.exists() else {}
 
@@ -253,51 +228,23 @@ def run(names: Sequence[str], layers: Sequence[int], workers: int, timeout: floa
     queue = [n for n in names if n not in results]
     print(f"depth check: {len(queue)} types to run ({len(names) - len(queue)} already in {out})", file=log, flush=True)
     errlog = open(out.with_suffix(".log"), "a")  # noqa: SIM115 - kept open for the workers' lifetime
-    pool = [_Worker(layers, timeout, errlog) for _ in range(min(workers, len(queue)) or 1)]
-    last_save, n = time.monotonic(), 0
+    n = 0
+
+    def arrived(name: str, record: dict) -> None:
+        nonlocal n
+        results[record["name"]] = record
+        n += 1
+        flag = "PROBLEM" if record["problems"] or record["error"] else "changes" if record["changes"] else "ok"
+        print(f"[{n:4d} {record['total_s']:6.1f}s] {record['name']} {flag} "
+              + "; ".join(record["problems"] + record["changes"])[:200] + record["error"][:200],
+              file=log, flush=True)
+
+    args = ["--timeout", str(timeout), "--layers", *map(str, layers)]
     try:
-        while queue or any(w.job for w in pool):
-            for w in pool:
-                if w.job is None and queue:
-                    w.send(queue.pop(0))
-            busy = [w.proc.stdout for w in pool if w.job]
-            ready, _, _ = select.select(busy, [], [], 5)
-            now = time.monotonic()
-            for i, w in enumerate(pool):
-                if not w.job:
-                    continue
-                record = None
-                if w.proc.stdout in ready:
-                    assert w.proc.stdout is not None
-                    line = w.proc.stdout.readline()
-                    if line:
-                        record = json.loads(line)
-                if record is None and (w.proc.poll() is not None or now - w.since > timeout + GRACE_S):
-                    died = w.proc.poll() is not None
-                    name = w.job
-                    w.kill()
-                    record = asdict(TypeCheck(name, total_s=round(now - w.since, 1), error=(
-                        f"worker died (exit {w.proc.returncode}; out of memory?)" if died
-                        else f"hung past {timeout + GRACE_S:.0f} s, worker killed")))
-                    pool[i] = w = _Worker(layers, timeout, errlog)
-                    w.job = name
-                if record is None:
-                    continue
-                w.job = None
-                results[record["name"]] = record
-                n += 1
-                flag = ("PROBLEM" if record["problems"] or record["error"]
-                        else "changes" if record["changes"] else "ok")
-                print(f"[{n:4d} {record['total_s']:6.1f}s] {record['name']} {flag} "
-                      + "; ".join(record["problems"] + record["changes"])[:200] + record["error"][:200],
-                      file=log, flush=True)
-            if time.monotonic() - last_save > 20:
-                save(out, results)
-                last_save = time.monotonic()
+        drive(queue, lambda: Worker("depth_check.py", args, errlog), workers, timeout, str,
+              lambda name, why, seconds: asdict(TypeCheck(name, total_s=seconds, error=why)), arrived,
+              lambda: save(out, results))
     finally:
-        save(out, results)
-        for w in pool:
-            w.kill()
         errlog.close()
     return results
 

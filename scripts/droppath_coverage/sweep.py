@@ -2015,25 +2015,73 @@ def save(path: Path, results: dict[str, dict]) -> None:
 
 
 class Worker:
-    def __init__(self, timeout: float, log) -> None:
-        script = ROOT / "scripts" / "sweep.py"
+    """A worker process (``scripts/<script> --worker <args>``, its ``serve`` loop): each job is sent as one line, and
+    answered with one JSON line."""
+
+    def __init__(self, script: str, args: list[str], log) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(script), "--worker", "--timeout", str(timeout)],
+            [sys.executable, str(ROOT / "scripts" / script), "--worker", *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1,
             env=os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
         )
-        self.job: tuple[str, str] | None = None
+        self.job: Any = None
         self.since = 0.0
 
-    def send(self, library: str, name: str) -> None:
-        self.job, self.since = (library, name), time.monotonic()
-        self.proc.stdin.write(f"{library} {name}\n")
+    def send(self, job: Any, line: str) -> None:
+        self.job, self.since = job, time.monotonic()
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
 
     def kill(self) -> None:
         with contextlib.suppress(Exception):
             self.proc.kill()
             self.proc.wait(5)
+
+
+def drive(queue: list, new_worker: Callable[[], Worker], workers: int, timeout: float, line: Callable[[Any], str],
+          lost: Callable[[Any, str, float], dict], arrived: Callable[[Any, dict], None],
+          checkpoint: Callable[[], None]) -> None:
+    """Run the jobs of ``queue`` in a pool of ``workers`` worker processes: each job is sent as ``line(job)``, its
+    answer handed to ``arrived(job, record)``; a worker that dies or hangs past ``timeout + GRACE_S`` is killed and
+    replaced, and its job answered by ``lost(job, why, seconds)``. ``checkpoint()`` every 20 s and at the end."""
+    pool = [new_worker() for _ in range(min(workers, len(queue)) or 1)]
+    last_save = time.monotonic()
+    try:
+        while queue or any(w.job is not None for w in pool):
+            for w in pool:
+                if w.job is None and queue:
+                    job = queue.pop(0)
+                    w.send(job, line(job))
+            ready, _, _ = select.select([w.proc.stdout for w in pool if w.job is not None], [], [], 5)
+            now = time.monotonic()
+            for i, w in enumerate(pool):
+                if w.job is None:
+                    continue
+                job, record = w.job, None
+                if w.proc.stdout in ready:
+                    assert w.proc.stdout is not None
+                    text = w.proc.stdout.readline()
+                    if text:
+                        record = json.loads(text)
+                if record is None and (w.proc.poll() is not None or now - w.since > timeout + GRACE_S):
+                    died = w.proc.poll() is not None
+                    w.kill()
+                    why = (f"worker died (exit {w.proc.returncode}; out of memory?)" if died
+                           else f"hung past {timeout + GRACE_S:.0f} s, worker killed")
+                    record = lost(job, why, round(now - w.since, 1))
+                    pool[i] = new_worker()
+                if record is None:
+                    continue
+                w.job = None
+                arrived(job, record)
+            if time.monotonic() - last_save > 20:
+                checkpoint()
+                last_save = time.monotonic()
+    finally:
+        checkpoint()
+        for w in pool:
+            w.kill()
 
 
 def versions() -> dict[str, str]:
@@ -2071,55 +2119,30 @@ def run(libraries: list[str], workers: int, timeout: float, out_dir: Path, only=
 
     signal.signal(signal.SIGTERM, on_term)
     errlog = open(out_dir / "worker.log", "a")  # noqa: SIM115 - kept open for the workers' lifetime
-    pool = [Worker(timeout, errlog) for _ in range(min(workers, len(queue)) or 1)]
-    last_save = time.monotonic()
     n = 0
-    try:
-        while queue or any(w.job for w in pool):
-            for w in pool:
-                if w.job is None and queue:
-                    w.send(*queue.pop(0))
-            busy = [w for w in pool if w.job]
-            ready, _, _ = select.select([w.proc.stdout for w in busy], [], [], 5)
-            now = time.monotonic()
-            for i, w in enumerate(pool):
-                if not w.job:
-                    continue
-                record = None
-                if w.proc.stdout in ready:
-                    line = w.proc.stdout.readline()
-                    if line:
-                        record = json.loads(line)
-                if record is None and (w.proc.poll() is not None or now - w.since > timeout + GRACE_S):
-                    died = w.proc.poll() is not None
-                    library, name = w.job
-                    w.kill()
-                    record = asdict(Result(library, name, status="failed", stage="crash" if died else "timeout",
-                                           error=(f"worker died (exit {w.proc.returncode}; out of memory?)" if died
-                                                  else f"hung past {timeout + GRACE_S:.0f} s, worker killed"),
-                                           total_s=round(now - w.since, 1)))
-                    pool[i] = Worker(timeout, errlog)
-                    w = pool[i]
-                    w.job = (library, name)
-                if record is None:
-                    continue
-                library, name = w.job
-                w.job = None
-                stores[library][name] = record
-                n += 1
-                flag = "PARITY" if record.get("site_parity") and record.get("verified") else record["status"]
-                print(f"[{n:5d} {record.get('total_s', 0):6.1f}s] {library}:{name} {flag} sites={record['sites']} "
-                      f"native={record['native']} {record['error'][:120]} {record['parity_reason'][:120]}",
-                      file=log, flush=True)
-            if time.monotonic() - last_save > 20:
-                for library in libraries:
-                    save(out_dir / f"{library}.json", stores[library])
-                last_save = time.monotonic()
-    finally:
+
+    def lost(job: tuple[str, str], why: str, seconds: float) -> dict:
+        return asdict(Result(*job, status="failed", stage="crash" if why.startswith("worker died") else "timeout",
+                             error=why, total_s=seconds))
+
+    def arrived(job: tuple[str, str], record: dict) -> None:
+        nonlocal n
+        library, name = job
+        stores[library][name] = record
+        n += 1
+        flag = "PARITY" if record.get("site_parity") and record.get("verified") else record["status"]
+        print(f"[{n:5d} {record.get('total_s', 0):6.1f}s] {library}:{name} {flag} sites={record['sites']} "
+              f"native={record['native']} {record['error'][:120]} {record['parity_reason'][:120]}",
+              file=log, flush=True)
+
+    def checkpoint() -> None:
         for library in libraries:
             save(out_dir / f"{library}.json", stores[library])
-        for w in pool:
-            w.kill()
+
+    try:
+        drive(queue, lambda: Worker("sweep.py", ["--timeout", str(timeout)], errlog), workers, timeout,
+              " ".join, lost, arrived, checkpoint)
+    finally:
         errlog.close()
         runs_path = out_dir / "runs.json"
         runs = json.loads(runs_path.read_text()) if runs_path.exists() else []
