@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn.modules.module import register_module_forward_pre_hook
 
 from ..errors import ExampleInputsError
+from ..isolation import observation
 
 __all__ = ["call_args", "build_example_inputs", "EXAMPLE_BATCH"]
 
@@ -1042,47 +1043,34 @@ def _reader_width(module: nn.Module) -> int | None:
 
 def _fit_hidden_widths(model: nn.Module, kwargs: dict[str, Tensor], optional: set[str]) -> dict[str, Tensor]:
     """``kwargs`` (the model's every input), each at the width the first layer reading it as it is
-    (``_reader_width``) takes: found by forwards (eval, no gradient, the global RNG restored) stopped at the first layer that reads
-    one at another width, rebuilt at that width, until none does. An optional one that no layer reads (no
-    cross-attention) is left out."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
+    (``_reader_width``) takes: found by forwards (``_runs``) stopped at the first layer that reads one at another
+    width, rebuilt at that width, until none does. An optional one that no layer reads (no cross-attention) is
+    left out."""
     out = dict(kwargs)
     readers: dict[str, int] = {}
-    try:
-        for _ in range(len(out) + 1):
-            readers = {}
+    for _ in range(len(out) + 1):
+        readers = {}
 
-            def probe(module: nn.Module, args: tuple) -> None:
-                x = args[0] if args and isinstance(args[0], Tensor) else None
-                for name, value in out.items():
-                    if x is None or name in readers or not (x is value or (
-                            x.shape == value.shape and x.data_ptr() == value.data_ptr())):
-                        continue
-                    need = _reader_width(module)
-                    if need is not None:
-                        readers[name] = need
-                        if need != value.shape[-1]:
-                            raise _Reached
+        def probe(module: nn.Module, args: tuple) -> None:
+            x = args[0] if args and isinstance(args[0], Tensor) else None
+            for name, value in out.items():
+                if x is None or name in readers or not (x is value or (
+                        x.shape == value.shape and x.data_ptr() == value.data_ptr())):
+                    continue
+                need = _reader_width(module)
+                if need is not None:
+                    readers[name] = need
+                    if need != value.shape[-1]:
+                        raise _Reached
 
-            handle = register_module_forward_pre_hook(probe)
-            try:
-                with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                    model(**out)
-            except Exception:  # noqa: BLE001, S110 - _Reached, or the forward's own error (the engine says it)
-                pass
-            finally:
-                handle.remove()
-            wrong = {n: w for n, w in readers.items() if w != out[n].shape[-1]}
-            if not wrong:
-                break
-            gen = torch.Generator().manual_seed(len(readers))
-            for name, need in wrong.items():
-                x = out[name]
-                out[name] = torch.randn(*x.shape[:-1], need, generator=gen).to(x.device, x.dtype)
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
+        _runs(model, out, probe)  # stopped by _Reached, or the forward's own error (the engine says it)
+        wrong = {n: w for n, w in readers.items() if w != out[n].shape[-1]}
+        if not wrong:
+            break
+        gen = torch.Generator().manual_seed(len(readers))
+        for name, need in wrong.items():
+            x = out[name]
+            out[name] = torch.randn(*x.shape[:-1], need, generator=gen).to(x.device, x.dtype)
     return {n: x for n, x in out.items() if n in readers or n not in optional}
 
 
@@ -1094,8 +1082,7 @@ def _refit_features(model: nn.Module, kwargs: dict, candidates: list[dict]) -> l
     """Each ``input_features`` layout again at the width the first layer reading it takes, where that differs
     from the config's mel bins (a ``Linear``'s ``in_features`` on the last dimension, a ``Conv1d``'s
     ``in_channels`` on the second): features the model's code stacks or expands beyond what its config
-    says (Granite Speech 5: deltas, then frames in pairs). Found by a forward stopped at that layer (the
-    caller sets eval mode)."""
+    says (Granite Speech 5: deltas, then frames in pairs). Found by a forward stopped at that layer (``_runs``)."""
     out = []
     for candidate in candidates:
         x = candidate.get("input_features")
@@ -1104,19 +1091,11 @@ def _refit_features(model: nn.Module, kwargs: dict, candidates: list[dict]) -> l
         reached: list[nn.Module] = []
 
         def probe(module: nn.Module, args: tuple, x: Tensor = x) -> None:
-            if args and isinstance(args[0], Tensor) and args[0].shape == x.shape:
+            if isinstance(module, (nn.Linear, nn.Conv1d)) and args and isinstance(args[0], Tensor) and args[0].shape == x.shape:
                 reached.append(module)
                 raise _Reached
 
-        handles = [m.register_forward_pre_hook(probe) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d))]
-        try:
-            with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                model(**kwargs, **candidate)
-        except Exception:  # noqa: BLE001, S110 - _Reached, or the forward failed before any layer
-            pass
-        finally:
-            for h in handles:
-                h.remove()
+        _runs(model, {**kwargs, **candidate}, probe)  # stopped by _Reached, or failed before any layer
         layer = reached[0] if reached else None
         gen = torch.Generator().manual_seed(0)
         if isinstance(layer, nn.Linear) and layer.in_features != x.shape[-1]:
@@ -1129,24 +1108,31 @@ def _refit_features(model: nn.Module, kwargs: dict, candidates: list[dict]) -> l
     return out
 
 
+def _runs(model: nn.Module, kwargs: dict, hook: Callable[[nn.Module, tuple], None] | None = None) -> bool:
+    """Does the model's forward run on ``kwargs``, with ``hook`` (which may raise to stop it) a forward pre-hook of
+    every module? In ``isolation.observation``: eval mode, no gradient, the random state and train flags put back."""
+    handle = register_module_forward_pre_hook(hook) if hook is not None else None
+    try:
+        with observation(model, kwargs):
+            model(**kwargs)
+        return True
+    except Exception:  # noqa: BLE001 - the forward's error, or the hook's stop: the caller reads what the hook saw
+        return False
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
 def _failure_depth(model: nn.Module, kwargs: dict) -> int | None:
-    """None where the model's forward runs on ``kwargs`` (no gradient, the global RNG restored; the caller sets
-    eval), else how many module calls it began before it failed: how far into the model those inputs got."""
+    """None where the model's forward runs on ``kwargs`` (``_runs``), else how many module calls it began before
+    it failed: how far into the model those inputs got."""
     calls = 0
 
     def count(module: nn.Module, args: tuple) -> None:
         nonlocal calls
         calls += 1
 
-    handle = register_module_forward_pre_hook(count)
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            model(**kwargs)
-        return None
-    except Exception:  # noqa: BLE001 - not this layout: the next one is tried
-        return calls
-    finally:
-        handle.remove()
+    return None if _runs(model, kwargs, count) else calls
 
 
 def _first_running(model: nn.Module, kwargs: dict, candidates: list[dict], fallback: int = 0,
@@ -1157,21 +1143,15 @@ def _first_running(model: nn.Module, kwargs: dict, candidates: list[dict], fallb
     equals): its error is then the forward's, the one a layout of the right shape meets further on (a config
     whose sizes disagree), not the first layout's refusal at the model's first layer."""
     if len(candidates) > 1 or refit:
-        modes = {m: m.training for m in model.modules()}
-        model.eval()
         depths: dict[int, int] = {}
-        try:
-            for i, candidate in enumerate(candidates):
-                depth = _failure_depth(model, {**kwargs, **candidate})
-                if depth is None:
-                    return {**kwargs, **candidate}
-                depths[i] = depth
-            for candidate in _refit_features(model, kwargs, candidates) if refit else []:  # only where none runs
-                if _failure_depth(model, {**kwargs, **candidate}) is None:
-                    return {**kwargs, **candidate}
-        finally:
-            for m, mode in modes.items():
-                m.training = mode
+        for i, candidate in enumerate(candidates):
+            depth = _failure_depth(model, {**kwargs, **candidate})
+            if depth is None:
+                return {**kwargs, **candidate}
+            depths[i] = depth
+        for candidate in _refit_features(model, kwargs, candidates) if refit else []:  # only where none runs
+            if _runs(model, {**kwargs, **candidate}):
+                return {**kwargs, **candidate}
         fallback = max(range(fallback, len(candidates)), key=lambda i: (depths.get(i, -1), -i), default=fallback)
     return {**kwargs, **candidates[fallback]}
 
