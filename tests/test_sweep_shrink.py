@@ -319,7 +319,7 @@ def test_the_build_repairs_the_config_until_the_model_builds_and_says_each_repai
         transformers.MoonshineStreamingConfig(), sweep._TINY, consistent=True))
     with pytest.raises(AttributeError):
         moonshine.MoonshineStreamingModel(config)
-    config, repairs = sweep.repaired_config(config, moonshine.MoonshineStreamingModel)
+    config, repairs, _ = sweep.repaired_config(config, moonshine.MoonshineStreamingModel)
     assert len(repairs) == 1 and "num_key_value_heads" in repairs[0]
     with torch.device("meta"):
         moonshine.MoonshineStreamingModel(config)  # builds now
@@ -333,7 +333,7 @@ def test_a_mapping_field_left_none_that_the_model_reads_becomes_empty():
 
     config = transformers.ChameleonConfig(**sweep.shrink_overrides(transformers.ChameleonConfig(), sweep._TINY))
     assert config.vocabulary_map is None
-    config, repairs = sweep.repaired_config(config, modeling_chameleon.ChameleonModel)
+    config, repairs, _ = sweep.repaired_config(config, modeling_chameleon.ChameleonModel)
     assert config.vocabulary_map == {} and repairs == ["vocabulary_map None -> {} (the model reads it as a mapping)"]
 
 
@@ -418,12 +418,17 @@ def test_a_forward_that_runs_without_its_cache_is_not_repaired_first():
             return self.lin(x)
 
     config = types.SimpleNamespace(use_cache=True)
+    repairs: list[str] = []
     built = [NeedsCacheField(config), (torch.randn(2, 4),), {}]
-    assert sweep._runs_without_cache(config, built) and config.use_cache is False
+    assert sweep._forward_repairing(NeedsCacheField, config, built, repairs)
+    assert config.use_cache is False and repairs == []  # no field invented
     config = types.SimpleNamespace(use_cache=True, num_hidden_layers=2)
-    assert not sweep._runs_without_cache(config, [NeedsCacheField(config), (torch.randn(2, 4),), {}])
+    assert not sweep._forward_repairing(NeedsCacheField, config, [NeedsCacheField(config), (torch.randn(2, 4),), {}], [])
     assert config.use_cache is True  # a forward that runs with its cache keeps it
     broken = types.SimpleNamespace(use_cache=True)
     model = NeedsCacheField(broken)
     model.lin = torch.nn.Linear(3, 4)  # fails either way: not the cache, use_cache restored
-    assert not sweep._runs_without_cache(broken, [model, (torch.randn(2, 4),), {}]) and broken.use_cache is True
+    assert not sweep._without_cache(broken, [model, (torch.randn(2, 4),), {}]) and broken.use_cache is True
+    with pytest.raises(RuntimeError):
+        sweep._forward_repairing(NeedsCacheField, broken, [model, (torch.randn(2, 4),), {}], [])
+    assert broken.use_cache is True

@@ -1581,17 +1581,18 @@ def _build_repairing(model_cls: Any, config: Any, repairs: list[str], tries: int
     return model_cls(config)
 
 
-def repaired_config(config: Any, model_cls: Any) -> tuple[Any, list[str]]:
+def repaired_config(config: Any, model_cls: Any) -> tuple[Any, list[str], int]:
     """``config`` with the repairs its model needs to build (``_own_sub_config``, ``_follow_timm_backbone``, and
-    those ``_build_repairing`` finds on the meta device), and the repairs as said in the build text."""
+    those ``_build_repairing`` finds on the meta device), the repairs as said in the build text, and the
+    parameter count of the model it builds."""
     import torch
 
     repairs: list[str] = []
     config = _own_sub_config(config, model_cls, repairs)
     _follow_timm_backbone(config, repairs)
     with torch.device("meta"):
-        _build_repairing(model_cls, config, repairs)
-    return config, repairs
+        params = _count(_build_repairing(model_cls, config, repairs))
+    return config, repairs, params
 
 
 def _repair_table_overflow(model: Any, config: Any, args: tuple, kwargs: dict, exc: BaseException) -> str | None:
@@ -1667,11 +1668,31 @@ def _said(level: str, repairs: list[str]) -> str:
     return "; ".join([level] + [f"repaired: {r}" for r in repairs])
 
 
-def _forward_repairing(model_cls: Any, config: Any, built: list, repairs: list[str], tries: int = 3) -> None:
+def _without_cache(config: Any, built: list) -> bool:
+    """Does the eval forward of ``built`` ([model, args, kwargs]) run with ``use_cache=False``, where its config has
+    a cache on? Left False where it does, put back where it does not."""
+    from .oracles import eval_forward
+
+    if getattr(config, "use_cache", None) is not True:
+        return False
+    config.use_cache = False
+    try:
+        eval_forward(*built)
+        return True
+    except Exception:  # noqa: BLE001 - not the cache
+        config.use_cache = True
+        return False
+
+
+def _forward_repairing(model_cls: Any, config: Any, built: list, repairs: list[str], tries: int = 3) -> bool:
     """The eval forward of ``built`` ([model, args, kwargs]); where it fails on something a config repair fixes (a
     table that ids overflow, ``_repair_table_overflow``; a field the forward reads that the config does not define
     or left None, as at the build), the config is repaired, the model rebuilt (seed 0) with fresh automatic inputs
-    into ``built``, and the forward tried again. Raises the forward's error where no repair applies."""
+    into ``built``, and the forward tried again. Without its cache first (``_without_cache``: a field the forward
+    reads only for its cache, BLT's ``num_hidden_layers``, is no field to invent), and again on the repaired model
+    where no further repair applies (hybrids whose stack has no attention layer fail their own forward with a
+    cache: Granite 4 hybrid's default is all Mamba). Returns whether it runs only without its cache; raises the
+    forward's error where nothing makes it run."""
     import torch
 
     from droppath_surgery import build_example_inputs
@@ -1681,36 +1702,22 @@ def _forward_repairing(model_cls: Any, config: Any, built: list, repairs: list[s
     for attempt in range(tries + 1):
         try:
             eval_forward(*built)
-            return
+            return False
         except Exception as exc:  # noqa: BLE001 - repaired where a rule applies, else raised
+            if attempt == 0 and _without_cache(config, built):
+                return True
             fix = None if attempt == tries else (
                 _repair_table_overflow(built[0], config, built[1], built[2], exc)
                 or _repair_missing_attribute(config, exc) or _repair_unset_mapping(config, exc))
             if fix is None:
+                if attempt and _without_cache(config, built):  # the repaired model, without its cache
+                    return True
                 raise
             repairs.append(fix)
         torch.manual_seed(0)
         built[0] = model_cls(config)
         built[1], built[2] = build_example_inputs(built[0])
-
-
-def _runs_without_cache(config: Any, built: list) -> bool:
-    """Does the eval forward of ``built`` ([model, args, kwargs]) fail with the config's cache and run without it
-    (``use_cache=False`` left set)? Tried before any forward repair: a field the forward reads only for its cache
-    (BLT's ``num_hidden_layers``) is no field to invent."""
-    from .oracles import eval_forward
-
-    try:
-        eval_forward(*built)
-        return False
-    except Exception:  # noqa: BLE001 - the cache may be the cause: tried without it
-        config.use_cache = False
-    try:
-        eval_forward(*built)
-        return True
-    except Exception:  # noqa: BLE001 - not the cache: repairs and the next levels are tried
-        config.use_cache = True
-        return False
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def hf_build(model_type: str, layers: int | None = None):
@@ -1728,7 +1735,6 @@ def hf_build(model_type: str, layers: int | None = None):
 
     from droppath_surgery import build_example_inputs
 
-    from .oracles import eval_forward
 
     config_cls, model_cls = hf_classes(model_type)
     default = config_cls()
@@ -1745,12 +1751,8 @@ def hf_build(model_type: str, layers: int | None = None):
     unbuildable = None  # the default config's own error: no shrink is to blame
     default_error = None  # the default config's forward error on its automatic inputs
     for level, make in levels:
-        repairs: list[str] = []
         try:
-            config = _own_sub_config(make(), model_cls, repairs)
-            _follow_timm_backbone(config, repairs)
-            with torch.device("meta"):
-                params = _count(_build_repairing(model_cls, config, repairs))
+            config, repairs, params = repaired_config(make(), model_cls)
         except Exception as exc:  # noqa: BLE001 - the next level is tried
             errors.append(f"{level}: {first_line(exc, 160)}")
             if level == "default":
@@ -1777,24 +1779,15 @@ def hf_build(model_type: str, layers: int | None = None):
                 return config, model_cls, level, params, errors
             return config, model_cls, _said(level, repairs), params, errors
         built = [model, args, kwargs]
-        if getattr(config, "use_cache", None) is True and _runs_without_cache(config, built):
-            return config, model_cls, _said(f"{level}, use_cache=False", repairs), _count(built[0]), errors
         try:
-            _forward_repairing(model_cls, config, built, repairs)
-            return config, model_cls, _said(level, repairs), _count(built[0]), errors
+            ran = f"{level}, use_cache=False" if _forward_repairing(model_cls, config, built, repairs) else level
+            return config, model_cls, _said(ran, repairs), _count(built[0]), errors
         except Exception as exc:  # noqa: BLE001 - the next level is tried
             errors.append(f"{level}: {first_line(exc, 160)}")
             if level == "default":  # and failed: unless it runs without a cache, not the shrink's doing
                 default_error = exc
             if ran_nowhere is None or level == "tiny, consistent":  # the consistent one's error over tiny's
                 ran_nowhere = (config, _said(level, repairs), _count(built[0]), exc)
-        if getattr(config, "use_cache", None) is True:  # hybrids whose stack has no attention layer fail their own
-            config.use_cache = False  # forward with a cache (Granite 4 hybrid's default is all Mamba)
-            try:
-                eval_forward(*built)
-                return config, model_cls, _said(f"{level}, use_cache=False", repairs), _count(built[0]), errors
-            except Exception:  # noqa: BLE001, S110 - not the cache: the next level is tried
-                config.use_cache = True
     if ran_nowhere is not None:  # built, but ran at no level: patch() records the forward's error
         config, level, params, exc = ran_nowhere
         if default_error and _same_error(default_error, exc):  # not the shrink's doing
