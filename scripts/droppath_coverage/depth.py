@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .runner import Timeout, time_limit
-from .sweep import RATE, Worker, drive, first_line, serve
+from .sweep import RATE, Worker, drive, first_line, load, save, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP_JSON = ROOT / "docs" / "sweep" / "hf.json"
@@ -172,10 +172,8 @@ def judge(check: TypeCheck, rate: float = RATE) -> None:
 
 
 def check_type(model_type: str, layers: Sequence[int] = LAYERS) -> TypeCheck:
-    start = time.perf_counter()
     check = TypeCheck(model_type, [probe(model_type, n) for n in layers])
     judge(check)
-    check.total_s = round(time.perf_counter() - start, 2)
     return check
 
 
@@ -208,16 +206,6 @@ def worker(layers: Sequence[int], timeout: float) -> int:
         return asdict(check)
 
     return serve(answer)
-
-
-def load(path: Path) -> dict[str, dict]:
-    return {r["name"]: r for r in json.loads(path.read_text())} if path.exists() else {}
-
-
-def save(path: Path, results: dict[str, dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps([results[k] for k in sorted(results)], indent=0) + "\n")
-    tmp.replace(path)
 
 
 def run(names: Sequence[str], layers: Sequence[int], workers: int, timeout: float, out: Path,
@@ -314,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = args.only or sorted(results)
     else:
         names = args.only or sweep_ok_types(max_s=args.max_sweep_s)
-        out.parent.mkdir(parents=True, exist_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)  # the workers' log goes beside it
         start = time.time()
         results = run(names, layers, args.workers, args.timeout, out)
         print(f"depth check took {(time.time() - start) / 60:.1f} min", file=sys.stderr)

@@ -1735,7 +1735,6 @@ def hf_build(model_type: str, layers: int | None = None):
 
     from droppath_surgery import build_example_inputs
 
-
     config_cls, model_cls = hf_classes(model_type)
     default = config_cls()
     levels = [
