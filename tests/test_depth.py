@@ -23,9 +23,9 @@ def _mlp(d: int) -> nn.Module:
 
 
 class _MixLayer(nn.Module):
-    """NeoMME's layer: the input of its attention mixes the stream with the embeddings, ``l0 * h + l1 * h0``;
-    from the second layer on that is a residual merge on the stream ``h0`` with the previous layer's output
-    as its branch, and it runs before the layer's own branches on ``h``."""
+    """NeoMME's layer: the input of its attention mixes the stream with the embeddings, ``l0 * h + l1 * h0``.
+    From the second layer on, ``h0`` is an ancestor of ``h``, so the mix looked like a merge on the stream ``h0``
+    with the whole previous layer as its branch; it feeds only the attention while ``h`` goes on (a side value)."""
 
     def __init__(self, d: int) -> None:
         super().__init__()
@@ -65,13 +65,14 @@ def _stack_rates(report) -> dict[int, list[float]]:
 
 
 @pytest.mark.parametrize("n", [2, 6])
-def test_a_layer_whose_first_branch_starts_from_the_embeddings_carries_on_the_stack(n):
-    # The first branch of layer k >= 1 is the previous layer's output added to the embeddings: its stream comes
-    # from no block. Asking that branch alone made every layer a stack of one block: all rates 0 under "linear".
+def test_a_mix_with_the_embeddings_is_no_branch_and_the_layers_are_one_stack(n):
+    # The mix was a site (the previous layer's output dropped from a stream of embeddings: not stochastic depth),
+    # and, as the first branch of layer k >= 1 with a stream from no block, it made every layer a stack of one block:
+    # all rates 0 under "linear".
     report = find_residual_branches(_MixModel(n), torch.randn(2, 5, 8), rate=RATE)
     assert {s.stack for s in report.sites} == {0}
     assert _stack_rates(report) == {0: pytest.approx(_ramp(n))}
-    assert len(report.sites) == 3 * n - 1  # attention and MLP of each layer, the mix of each layer after the first
+    assert [s.path for s in report.sites] == [f"layers.{i}.{b}.2" for i in range(n) for b in ("attn", "mlp")]
 
 
 class _Stream(nn.Module):
@@ -191,9 +192,11 @@ def _t5(n: int) -> nn.Module:
 
 # type: (model at n layers, sites per layer of its one stack (or per stack), extra sites, stacks)
 HF = {
-    "neomme": (_neomme, 3, -1, 1),  # attention, MLP, and from the second layer the mix of the previous output
+    "neomme": (_neomme, 2, 0, 1),  # attention and MLP; the mix with the embeddings is no branch
     "jamba": (_jamba, 2, 0, 1),
-    "zamba2": (_zamba2, 1, 1, 1),  # one Mamba branch a layer; the hybrid layer adds its shared block's branch
+    # One Mamba branch a layer. The hybrid layer's shared transformer output is added to its Mamba branch's input
+    # (h + T(h) feeds the mixer; the residual is h): inside that branch, not one of its own.
+    "zamba2": (_zamba2, 1, 0, 1),
     "t5": (_t5, 5, 0, 2),  # encoder 2 a layer, decoder 3: two stacks
 }
 

@@ -281,3 +281,39 @@ def test_the_consistent_level_keeps_a_channel_list_ending_at_a_sibling_towers_wi
     # Unlimited OCR's SAM encoder downsamples to [512, 1024] channels, 1024 the CLIP-like encoder's width beside it
     ocr = sweep.shrink_overrides(transformers.UnlimitedOcrConfig(), sweep._TINY, consistent=True)["vision_config"]
     assert ocr["sam_config"]["downsample_channels"] == [512, ocr["encoder_config"]["hidden_size"]] == [512, 64]
+
+
+# Read off Hugging Face's layer code (not the engine's rules): every encoder layer adds its self-attention and its
+# MLP (fc2) back to the stream, every decoder layer its self-attention, cross-attention and MLP. The queries' and
+# keys' h + pos is no residual: before, the whole previous layer (or its norm) was taken for a branch of pos. DETR
+# and Table Transformer start their decoder from zeros and a parameter, so the first self-attention computes a
+# constant, nothing from the inputs: no branch.
+DETR_BRANCHES = {
+    "detr": ["encoder.layers.{0,1}.{self_attn,mlp}", "decoder.layers.0.{encoder_attn,mlp}",
+             "decoder.layers.1.{self_attn,encoder_attn,mlp}"],
+    "table-transformer": ["encoder.layers.{0,1}.{self_attn,fc2}", "decoder.layers.0.{encoder_attn,fc2}",
+                          "decoder.layers.1.{self_attn,encoder_attn,fc2}"],
+    "rt_detr": ["encoder.aifi.0.layers.0.{self_attn,mlp}", "decoder.layers.{0,1}.{self_attn,encoder_attn,mlp}"],
+}
+
+
+def _expand(pattern: str) -> list[str]:
+    """``a.{0,1}.{b,c}`` -> ``a.0.b``, ``a.0.c``, ``a.1.b``, ``a.1.c``."""
+    if "{" not in pattern:
+        return [pattern]
+    head, rest = pattern.split("{", 1)
+    options, tail = rest.split("}", 1)
+    return [path for option in options.split(",") for path in _expand(head + option + tail)]
+
+
+@pytest.mark.parametrize("name", list(DETR_BRANCHES))
+def test_detr_style_layers_get_their_own_residual_branches_and_no_position_sum(name):
+    pytest.importorskip("transformers")
+    from droppath_surgery import find_residual_branches
+
+    config, model_cls, _, _, _ = sweep.hf_build(name)
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    report = find_residual_branches(model_cls(config))  # on the automatic inputs, as the sweep runs it
+    transformer = [s.path for s in report.sites if s.path.startswith(("encoder.layers", "encoder.aifi", "decoder"))]
+    assert sorted(transformer) == sorted(p for pattern in DETR_BRANCHES[name] for p in _expand(pattern))

@@ -1352,3 +1352,109 @@ def test_hyper_connection_branch_through_float_casts_in_bfloat16():
     report = apply_drop_path(model, 0.1, example_inputs=x)
     assert [s.path for s in report.sites] == ["layers.0.attn", "layers.0.mlp", "layers.1.attn", "layers.1.mlp"]
     assert report.verified is True
+
+
+class _PosAttention(nn.Module):
+    """DETR's attention: queries (and keys, in self-attention) read ``h + pos``, values read ``h``."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v, self.out = (nn.Linear(8, 8) for _ in range(4))
+
+    def forward(self, h, pos, memory=None):
+        query = h + pos
+        keys, values = (query, h) if memory is None else (memory, memory)
+        weights = torch.softmax(self.q(query) @ self.k(keys).transpose(1, 2), -1)
+        return self.out(weights @ self.v(values))
+
+
+class _PostNormPosLayer(nn.Module):  # DETR's encoder layer
+    def __init__(self):
+        super().__init__()
+        self.attn, self.mlp, self.norm1, self.norm2 = _PosAttention(), _mlp(), nn.LayerNorm(8), nn.LayerNorm(8)
+
+    def forward(self, h, pos):
+        h = self.norm1(h + self.attn(h, pos))
+        return self.norm2(h + self.mlp(h))
+
+
+class _PreNormCrossLayer(nn.Module):  # Table Transformer's decoder: norm(h) + query_pos, a parameter, as queries
+    def __init__(self):
+        super().__init__()
+        self.cross, self.mlp, self.norm1, self.norm2 = _PosAttention(), _mlp(), nn.LayerNorm(8), nn.LayerNorm(8)
+
+    def forward(self, h, query_pos, memory):
+        h = h + self.cross(self.norm1(h), query_pos, memory)
+        return h + self.mlp(self.norm2(h))
+
+
+def test_position_embeddings_added_to_the_queries_are_no_stream_and_the_layer_before_no_branch():
+    # From the second layer on, pos (live) and query_pos (a parameter) are ancestors of h through earlier queries, so
+    # h + pos looked like x + f(x) with the whole previous layer (or its norm) as f: a dropped sample's queries would
+    # be pos alone. Its sum feeds only an attention's queries, while h goes on by itself (values, residual) or the
+    # stream is a constant: a side value, not a merge.
+    class Detr(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.pos_embed, self.tgt = nn.Linear(8, 8), nn.Linear(2, 8), nn.Linear(8, 8)
+            self.encoder = nn.ModuleList(_PostNormPosLayer() for _ in range(3))
+            self.query_pos = nn.Parameter(torch.randn(4, 8))
+            self.decoder = nn.ModuleList(_PreNormCrossLayer() for _ in range(3))
+
+        def forward(self, x, coords):
+            h, pos = self.embed(x), self.pos_embed(coords)
+            for layer in self.encoder:
+                h = layer(h, pos)
+            q, query_pos = self.tgt(x[:, :4]), self.query_pos.expand(x.shape[0], -1, -1)
+            for layer in self.decoder:
+                q = layer(q, query_pos, h)
+            return q
+
+    torch.manual_seed(0)
+    report = find_residual_branches(Detr(), (torch.randn(2, 6, 8), torch.randn(2, 6, 2)))
+    assert [s.path for s in report.sites] == [
+        f"{part}.{i}.{branch}" for part, first in (("encoder", "attn"), ("decoder", "cross")) for i in range(3)
+        for branch in (first, "mlp.2")
+    ]
+    assert not report.skipped
+
+
+def test_a_residual_block_nested_in_a_branch_stays_a_merge_though_its_input_goes_on():
+    # x + g(inner(x)), inner(x) = x + f(x): the inner sum feeds only the outer branch and x is read again by the outer
+    # merge, as in DETR's h + pos; but the inner block returns its sum, which makes it a residual block.
+    class Inner(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = _mlp()
+
+        def forward(self, x):
+            return x + self.f(x)
+
+    class Outer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.g = Inner(), nn.Linear(8, 8)
+
+        def forward(self, x):
+            return x + self.g(self.inner(x))
+
+    report = find_residual_branches(nn.Sequential(*(Outer() for _ in range(3))), torch.randn(2, 5, 8))
+    assert [s.path for s in report.sites] == [p for i in range(3) for p in (f"{i}.inner.f.2", f"{i}.g")]
+
+
+def test_two_branches_of_the_mid_layer_stream_summed_before_one_norm_are_one_branch():
+    # DiffusionGemma's decoder layer: h = x + attn(x); h + norm(mlp(h) + moe(h)). The two paths start from the stream
+    # the first merge made, so neither is a shortcut of the layer's input x (mlp(h) read as the shortcut of moe(h)
+    # dropped the MoE output alone, inside the branch that is dropped as a whole).
+    class Layer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn, self.mlp, self.moe = _mlp(), _mlp(), nn.Sequential(nn.LayerNorm(8), _mlp(), nn.Linear(8, 8))
+            self.post_norm = nn.LayerNorm(8)
+
+        def forward(self, x):
+            h = x + self.attn(x)
+            return h + self.post_norm(self.mlp(h) + self.moe(h))
+
+    report = find_residual_branches(nn.Sequential(*(Layer() for _ in range(3))), torch.randn(2, 5, 8))
+    assert [s.path for s in report.sites] == [p for i in range(3) for p in (f"{i}.attn.2", f"{i}.post_norm")]

@@ -163,7 +163,10 @@ def _classify(add: Addition, i: int, carried: tuple[Node, ...] = ()) -> list[Mer
     if not stack or not (na.live and nb.live):
         return []
     inputs = stack[-1].inputs
-    forks = [(fork, frozenset(n.serial for n in inputs if n is not fork), False) for fork in inputs]
+    # Not through a stream this call's merges made: two branches of that stream (DiffusionGemma's MLP and MoE outputs,
+    # summed before one norm and one residual) are no shortcut and branch of the call's input.
+    made = frozenset(n.serial for n in carried)
+    forks = [(fork, frozenset(n.serial for n in inputs if n is not fork) | made, False) for fork in inputs]
     for fork, barrier, inner in forks + [(s, frozenset(), True) for s in carried]:
         # Each operand must come from the fork input itself, not through another input of the call.
         da, va = search_back(na, fork, barrier)
@@ -233,7 +236,56 @@ def find_merges(recording: Recording) -> list[Merge]:
             summed |= _sum_serials(add.b if found[0].operand else add.a)
         merges += found
     # The sum's own addition (``mlp_out + attn_out``) is no fork merge of one branch into the other.
-    return [m for m in merges if recording.additions[m.addition].serial + 1 not in summed]
+    merges = [m for m in merges if recording.additions[m.addition].serial + 1 not in summed]
+    side = _side_values(recording, merges)
+    return [m for m in merges if m.addition not in side]
+
+
+def _side_values(recording: Recording, merges: list[Merge]) -> set[int]:
+    """The additions among ``merges`` whose sum is a side value, not a stream: the sum reaches no later
+    merge's stream and no model output except through branches, and either an operand goes on by itself
+    (it is read again after the addition) or the stream is a constant (not computed from the inputs); and
+    the call that adds does not return the sum. DETR's ``h + pos`` feeds only the queries and keys of an
+    attention whose values and residual read ``h``; ``pos``, an ancestor of ``h`` through earlier queries, is
+    no stream that ``h`` branches off. A residual block nested in a branch (``x + g(block(x))``,
+    ``block(x) = x + f(x)``) returns its sum, so it stays a merge although ``x`` is read again."""
+    children: dict[int, list[Node]] = {}
+    for node in recording.nodes:
+        for parent in node.parents:
+            children.setdefault(parent.serial, []).append(node)
+    stream_of: dict[int, int] = {}  # serial of a merge's sum -> serial of its stream operand
+    for m in merges:
+        add = recording.additions[m.addition]
+        stream_of[add.serial + 1] = (add.a if m.operand else add.b).serial
+    streams = set(stream_of.values())
+    outputs = {n.serial for n in recording.nodes if any(not call.stack for call, _ in n.chain)}
+
+    def carried(total: int) -> bool:
+        seen = {total}
+        frontier = [total]
+        while frontier:
+            serial = frontier.pop()
+            if serial in outputs or (serial != total and serial in streams):
+                return True
+            for child in children.get(serial, ()):
+                # A merge's sum is reached from its stream operand only, not from its branch.
+                if child.serial not in seen and stream_of.get(child.serial, serial) == serial:
+                    seen.add(child.serial)
+                    frontier.append(child.serial)
+        return False
+
+    by_serial = {n.serial: n for n in recording.nodes}
+    side = set()
+    for m in merges:
+        add = recording.additions[m.addition]
+        total = by_serial.get(add.serial + 1)
+        if total is None or (add.stack and any(call is add.stack[-1] for call, _ in total.chain)):
+            continue  # the call that adds returns the sum: a residual block, whatever its input does next
+        operands = (add.a, add.b, m.end, m.start)  # as added, and the values they scale or re-view
+        goes_on = any(c.serial > total.serial for n in operands for c in children.get(n.serial, ()))
+        if (goes_on or not m.start.live) and not carried(total.serial):
+            side.add(m.addition)
+    return side
 
 
 def _sum_serials(node: Node) -> set[int]:
