@@ -1458,3 +1458,32 @@ def test_two_branches_of_the_mid_layer_stream_summed_before_one_norm_are_one_bra
 
     report = find_residual_branches(nn.Sequential(*(Layer() for _ in range(3))), torch.randn(2, 5, 8))
     assert [s.path for s in report.sites] == [p for i in range(3) for p in (f"{i}.attn.2", f"{i}.post_norm")]
+
+
+def test_a_residual_helper_that_shifts_and_scales_both_operands_is_a_merge():
+    # Zaya's layer hands its branch output and its stream to a module that returns (f + b) * s + (x + c) * t:
+    # the stream reaches the sum through a constant shift and a per-channel scale, the branch through the same.
+    # Neither was seen through its shift, and ZayaModel failed with NoResidualBranchError.
+    class Scaling(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.b, self.c = nn.Parameter(torch.zeros(8)), nn.Parameter(torch.zeros(8))
+            self.s, self.t = nn.Parameter(torch.ones(8)), nn.Parameter(torch.ones(8))
+
+        def forward(self, h, x):
+            return (h + self.b) * self.s + (x + self.c) * self.t
+
+    class Layer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm1, self.norm2, self.attn, self.mlp = nn.LayerNorm(8), nn.LayerNorm(8), _mlp(), _mlp()
+            self.post_attn, self.post_mlp = Scaling(), Scaling()
+
+        def forward(self, x):
+            x = self.post_attn(self.attn(self.norm1(x)), x)
+            return self.post_mlp(self.mlp(self.norm2(x)), x)
+
+    model = nn.Sequential(*(Layer() for _ in range(3)))
+    report = apply_drop_path(model, 0.1, example_inputs=torch.randn(2, 5, 8))
+    assert report.verified is True
+    assert [s.path for s in report.sites] == [p for i in range(3) for p in (f"{i}.attn.2", f"{i}.mlp.2")]

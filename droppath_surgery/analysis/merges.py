@@ -78,6 +78,8 @@ def _branch_end(node: Node) -> tuple[Node | None, tuple]:
         elif node.layout_from is not None:
             node, op = node.layout_from
             layout.append(op)
+        elif _biased(node) is not None:
+            node = _biased(node)
         elif node.gated:
             found = []
             for scaled, gate, expand in node.gated:
@@ -96,6 +98,16 @@ def _branch_end(node: Node) -> tuple[Node | None, tuple]:
 
 
 _ADD_OPS = {"add", "add_", "__add__", "__radd__", "__iadd__"}
+
+
+def _biased(node: Node) -> Node | None:
+    """The live value that ``node`` adds a constant to (a bias parameter: Zaya's residual helper computes
+    ``(f(x) + b) * s + (x + c) * t``); None if it is no such sum. A dropped branch leaves ``b * s``, the
+    same for every sample, and the stream keeps its constant."""
+    if node.op not in _ADD_OPS or node.chain or len(node.parents) != 2:
+        return None
+    live = [p for p in node.parents if p.live]
+    return live[0] if len(live) == 1 else None
 
 
 def _addends(node: Node, stream: Node) -> list[Node]:
@@ -147,12 +159,13 @@ def _classify(add: Addition, i: int, carried: tuple[Node, ...] = ()) -> list[Mer
     na, nb = add.a, add.b
     stack = add.stack
     # x + f(x): the stream is an ancestor of the branch; also c * x + f(x), the stream scaled by numbers or
-    # parameters (Ergo's learned per-channel residual gate): a dropped sample keeps c * x.
+    # parameters (Ergo's learned per-channel residual gate), or shifted by a constant (Zaya's (x + b) * c): a dropped
+    # sample keeps c * x.
     for stream, branch, operand in ((na, nb, 1), (nb, na, 0)):
         if not branch.live:
             continue
-        while stream.scaled_from is not None and not stream.chain:
-            stream = stream.scaled_from
+        while not stream.chain and (stream.scaled_from is not None or _biased(stream) is not None):
+            stream = stream.scaled_from or _biased(stream)
         depth, visited = search_back(branch, stream)
         if depth is not None:
             inner = bool(stack) and stream.live and stream.serial > stack[-1].first
