@@ -226,8 +226,12 @@ def find_branches(merges: list[Merge], index: ModuleIndex) -> tuple[list[Branch]
     left_out: list[tuple[str, str]] = []
     found: list[tuple[Merge, list[BranchEnd], Any]] = []
     for merge in merges:
+        # Not a call that runs the addition too: it returns the branch after adding it (EdgeTAM's two-way block
+        # returns its cross-attention's output beside the keys that output was added to), too late to drop it.
         ends = [
-            BranchEnd(c.module, index.paths[id(c.module)], c.index, i) for c, i in merge.end.chain if id(c.module) in index.paths
+            BranchEnd(c.module, index.paths[id(c.module)], c.index, i)
+            for c, i in merge.end.chain
+            if id(c.module) in index.paths and c not in merge.stack
         ]
         if not ends:
             continue

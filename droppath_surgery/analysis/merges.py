@@ -100,6 +100,13 @@ def _branch_end(node: Node) -> tuple[Node | None, tuple]:
 _ADD_OPS = {"add", "add_", "__add__", "__radd__", "__iadd__"}
 
 
+def _unscaled(node: Node) -> Node:
+    """The value ``node`` is up to scalings by numbers or parameters and shifts by constants."""
+    while not node.chain and (node.scaled_from is not None or _biased(node) is not None):
+        node = node.scaled_from or _biased(node)
+    return node
+
+
 def _biased(node: Node) -> Node | None:
     """The live value that ``node`` adds a constant to (a bias parameter: Zaya's residual helper computes
     ``(f(x) + b) * s + (x + c) * t``); None if it is no such sum. A dropped branch leaves ``b * s``, the
@@ -150,7 +157,7 @@ def _residual(add: Addition, i: int, operand: int, visited: list[Node], stream: 
     merge = _merge(add, i, operand, "residual", visited, stream, inner)
     if merge is not None:
         return [merge]
-    summed = _addends(add.b if operand else add.a, stream)
+    summed = _addends(_unscaled(add.b if operand else add.a), stream)  # GraniteMoeHybrid's x + (moe(h) + mlp(h)) * c
     merges = [_merge(add, i, operand, "residual", search_back(b, stream)[1], stream, inner, b) for b in summed]
     return [m for m in merges if m is not None]
 
@@ -164,8 +171,7 @@ def _classify(add: Addition, i: int, carried: tuple[Node, ...] = ()) -> list[Mer
     for stream, branch, operand in ((na, nb, 1), (nb, na, 0)):
         if not branch.live:
             continue
-        while not stream.chain and (stream.scaled_from is not None or _biased(stream) is not None):
-            stream = stream.scaled_from or _biased(stream)
+        stream = _unscaled(stream)
         depth, visited = search_back(branch, stream)
         if depth is not None:
             inner = bool(stack) and stream.live and stream.serial > stack[-1].first
@@ -176,10 +182,7 @@ def _classify(add: Addition, i: int, carried: tuple[Node, ...] = ()) -> list[Mer
     if not stack or not (na.live and nb.live):
         return []
     inputs = stack[-1].inputs
-    # Not through a stream this call's merges made: two branches of that stream (DiffusionGemma's MLP and MoE outputs,
-    # summed before one norm and one residual) are no shortcut and branch of the call's input.
-    made = frozenset(n.serial for n in carried)
-    forks = [(fork, frozenset(n.serial for n in inputs if n is not fork) | made, False) for fork in inputs]
+    forks = [(fork, frozenset(n.serial for n in inputs if n is not fork), False) for fork in inputs]
     for fork, barrier, inner in forks + [(s, frozenset(), True) for s in carried]:
         # Each operand must come from the fork input itself, not through another input of the call.
         da, va = search_back(na, fork, barrier)
@@ -256,11 +259,12 @@ def find_merges(recording: Recording) -> list[Merge]:
 
 def _side_values(recording: Recording, merges: list[Merge]) -> set[int]:
     """The additions among ``merges`` whose sum is a side value, not a stream: the sum reaches no later
-    merge's stream and no model output except through branches, and either an operand goes on by itself
-    (it is read again after the addition) or the stream is a constant (not computed from the inputs); and
-    the call that adds does not return the sum. DETR's ``h + pos`` feeds only the queries and keys of an
+    merge's stream and no model output except through branches; it is a fork's, or an operand goes on by
+    itself (it is read again after the addition), or the stream is a constant (not computed from the inputs);
+    and the call that adds does not return the sum. DETR's ``h + pos`` feeds only the queries and keys of an
     attention whose values and residual read ``h``; ``pos``, an ancestor of ``h`` through earlier queries, is
-    no stream that ``h`` branches off. A residual block nested in a branch (``x + g(block(x))``,
+    no stream that ``h`` branches off. DiffusionGemma's ``mlp(h) + moe(h)``, normed and added to ``h``, is one
+    branch, not a shortcut and a branch. A residual block nested in a branch (``x + g(block(x))``,
     ``block(x) = x + f(x)``) returns its sum, so it stays a merge although ``x`` is read again."""
     children: dict[int, list[Node]] = {}
     for node in recording.nodes:
@@ -278,7 +282,7 @@ def _side_values(recording: Recording, merges: list[Merge]) -> set[int]:
         frontier = [total]
         while frontier:
             serial = frontier.pop()
-            if serial in outputs or (serial != total and serial in streams):
+            if serial in outputs or serial in streams:
                 return True
             for child in children.get(serial, ()):
                 # A merge's sum is reached from its stream operand only, not from its branch.
@@ -296,7 +300,7 @@ def _side_values(recording: Recording, merges: list[Merge]) -> set[int]:
             continue  # the call that adds returns the sum: a residual block, whatever its input does next
         operands = (add.a, add.b, m.end, m.start)  # as added, and the values they scale or re-view
         goes_on = any(c.serial > total.serial for n in operands for c in children.get(n.serial, ()))
-        if (goes_on or not m.start.live) and not carried(total.serial):
+        if (m.kind == "fork" or goes_on or not m.start.live) and not carried(total.serial):
             side.add(m.addition)
     return side
 
