@@ -1487,3 +1487,56 @@ def test_a_residual_helper_that_shifts_and_scales_both_operands_is_a_merge():
     report = apply_drop_path(model, 0.1, example_inputs=torch.randn(2, 5, 8))
     assert report.verified is True
     assert [s.path for s in report.sites] == [p for i in range(3) for p in (f"{i}.attn.2", f"{i}.mlp.2")]
+
+
+class _TwoWayBlock(nn.Module):
+    """EdgeTAM's two-way block: it returns its cross-attention's output beside the keys that output was added to."""
+
+    def __init__(self):
+        super().__init__()
+        self.mlp, self.cross, self.norm = _mlp(), _mlp(), nn.LayerNorm(8)
+
+    def forward(self, q, k):
+        q = q + self.mlp(q)
+        out = self.cross(k + q.mean(1, keepdim=True))
+        return q, self.norm(k + out), out
+
+
+def test_a_block_that_returns_its_branch_after_adding_it_is_not_where_it_is_dropped():
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(_TwoWayBlock() for _ in range(3))
+
+        def forward(self, q, k):
+            for layer in self.layers:
+                q, k, _ = layer(q, k)
+            return q + k.mean(1, keepdim=True)
+
+    model = Model()
+    report = apply_drop_path(model, 0.1, example_inputs=(torch.randn(2, 3, 8), torch.randn(2, 5, 8)))
+    assert report.verified is True
+    # Hooked on the block's third output, the mask came after the block had added the branch: no drop at all.
+    assert [s.path for s in report.sites] == [p for i in range(3) for p in (f"layers.{i}.mlp.2", f"layers.{i}.cross.2")]
+
+
+class _SummedLayer(nn.Module):
+    """GraniteMoeHybrid: h + (moe(n(h)) + mlp(n(h))) * c, two branches of one merge through a scaling. GraniteSpeech5's
+    subsampling block: after h = h + attn(h), pool(h) + conv(norm(h)), a fork of the stream the layer's own merge
+    made (the fork rule once went through that stream and lost it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn, self.conv, self.moe, self.mlp = _mlp(), _mlp(), _mlp(), _mlp()
+        self.n1, self.n2, self.n3 = nn.LayerNorm(8), nn.LayerNorm(8), nn.LayerNorm(8)
+
+    def forward(self, h):
+        h = h + self.attn(self.n1(h))
+        h = h.unfold(1, 2, 2).mean(-1) + self.conv(self.n2(h))[:, : h.shape[1] // 2]
+        n = self.n3(h)
+        return h + (self.moe(n) + self.mlp(n)) * 0.5
+
+
+def test_branches_summed_then_scaled_and_a_pooled_shortcut_after_a_merge_are_found():
+    report = find_residual_branches(nn.Sequential(*(_SummedLayer() for _ in range(2))), torch.randn(2, 8, 8))
+    assert [s.path for s in report.sites] == [f"{i}.{m}.2" for i in range(2) for m in ("attn", "conv", "moe", "mlp")]
