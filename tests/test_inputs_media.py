@@ -205,6 +205,17 @@ def test_codebook_stacked_token_ids_get_a_column_per_codebook():
     _patch(model)
 
 
+def test_a_decoder_of_one_id_row_per_codebook_gets_embeddings_of_its_width():
+    # MusicGen's decoder takes (B * codebooks, L) ids, one row per codebook, that the engine would read as B * codebooks
+    # samples; (B, L) ids do not run ("shape [-1, 4, 12] is invalid"): its inputs_embeds, (B, L, width), do.
+    config = T.MusicgenDecoderConfig(vocab_size=33, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     ffn_dim=64, num_codebooks=4, max_position_embeddings=64)
+    model = T.MusicgenModel(config)
+    _, kwargs = build_example_inputs(model)
+    assert "input_ids" not in kwargs and kwargs["inputs_embeds"].shape == (2, 12, 32)
+    assert len(_patch(model).sites) == 4  # self-attention and MLP of each layer
+
+
 def test_a_visual_prompt_model_gets_frames_of_its_padded_size():
     # TVP pads its frames with a visual prompt of max_img_size: frames of image_size would not fit it.
     with torch.device("meta"):

@@ -982,6 +982,18 @@ def _codebook_ids(config: Any, ids: Tensor, gen: torch.Generator) -> Tensor | No
     return torch.cat([ids[..., None], codes], dim=-1)
 
 
+def _codebook_embeds(config: Any, ids: Tensor, device: torch.device, dtype: torch.dtype, gen: torch.Generator) -> Tensor | None:
+    """Embeddings ``(B, L, width)`` in place of ids, where the config counts ``num_codebooks`` without a
+    ``codebook_vocab_size``: a decoder of audio codes that takes ``(B * codebooks, L)`` ids, one row per codebook
+    (MusicGen's), which the engine would read as B * codebooks samples; else None."""
+    books, width = _field(config, "num_codebooks"), _deep_field(config, *_WIDTH)
+    if not isinstance(books, int) or books < 2 or _field(config, "codebook_vocab_size") is not None:
+        return None
+    if not isinstance(width, int) or width < 1:
+        return None
+    return torch.randn(*ids.shape, width, generator=gen).to(device, dtype)
+
+
 _WIDTH = ("hidden_size", "d_model", "n_embd", "embed_dim")  # a model's width: of the hidden states it takes
 _CROSS_WIDTH = ("encoder_hidden_size", "cross_attention_hidden_size")  # what its cross-attention attends to
 CONTEXT_LENGTH = 2 * TEXT_LENGTH  # positions of example encoder (context) hidden states: not the queries' length
@@ -1338,12 +1350,17 @@ def _hf_inputs(model: nn.Module, device: torch.device, dtype: torch.dtype, gen: 
     stacked = _codebook_ids(text, kwargs["input_ids"], gen) if not media and "input_ids" in kwargs else None
     if stacked is not None:  # text alone first (as before), else with a column per codebook
         media, fallback = [{}, {"input_ids": stacked}], 1
+    elif not media and "input_ids" in kwargs and "inputs_embeds" in params:
+        embeds = _codebook_embeds(text, kwargs["input_ids"], device, dtype, gen)
+        if embeds is not None:  # the ids as built (their error if neither runs), else embeddings
+            media, fallback = [{"input_ids": kwargs["input_ids"]}, {"inputs_embeds": embeds}], 0
     refit = main == "input_features" and bool(media)  # where no layout runs: at the width its first layer takes
     if len(media) > 1 or refit:
         kwargs = _first_running(model, {k: v for k, v in kwargs.items() if k not in media[0]}, media, fallback, refit)
     kwargs.update(_hidden_inputs(model, config, params, required, main, kwargs, device, dtype, gen))
     missing = [n for n in required if n not in kwargs]
-    if main in params and main not in kwargs and main not in missing:
+    embedded = main == "input_ids" and "inputs_embeds" in kwargs  # the ids' embeddings built in their place
+    if main in params and main not in kwargs and main not in missing and not embedded:
         # the main input left out: the forward may run without it (Moonshine's decoder alone), on part of the model
         missing.append(main)
     if not kwargs or missing:
