@@ -5,7 +5,8 @@ when both come from an input of the call that adds by paths of different length 
 f(x)``, parallel blocks; a hyper-connection's ``comb^T @ h + post * f(x)``); the branch must be a
 module's output, up to per-sample-neutral scalings and replayable layout operations (``view``,
 ``permute``, slicing, the broadcast of an outer product). ``find_merges`` says for each
-whether it computes something and whether its stream was computed inside the call that adds.
+whether it computes something and whether its stream was computed inside the call that adds. A sum
+that goes on as no stream (DETR's ``h + pos``, feeding only queries and keys) is no merge.
 """
 
 from __future__ import annotations
@@ -253,11 +254,11 @@ def find_merges(recording: Recording) -> list[Merge]:
         merges += found
     # The sum's own addition (``mlp_out + attn_out``) is no fork merge of one branch into the other.
     merges = [m for m in merges if recording.additions[m.addition].serial + 1 not in summed]
-    side = _side_values(recording, merges)
+    side = _side_values(recording, merges, by_serial)
     return [m for m in merges if m.addition not in side]
 
 
-def _side_values(recording: Recording, merges: list[Merge]) -> set[int]:
+def _side_values(recording: Recording, merges: list[Merge], by_serial: dict[int, Node]) -> set[int]:
     """The additions among ``merges`` whose sum is a side value, not a stream: the sum reaches no later
     merge's stream and no model output except through branches; it is a fork's, or an operand goes on by
     itself (it is read again after the addition), or the stream is a constant (not computed from the inputs);
@@ -291,7 +292,6 @@ def _side_values(recording: Recording, merges: list[Merge]) -> set[int]:
                     frontier.append(child.serial)
         return False
 
-    by_serial = {n.serial: n for n in recording.nodes}
     side = set()
     for m in merges:
         add = recording.additions[m.addition]
