@@ -79,8 +79,8 @@ def _branch_end(node: Node) -> tuple[Node | None, tuple]:
         elif node.layout_from is not None:
             node, op = node.layout_from
             layout.append(op)
-        elif _biased(node) is not None:
-            node = _biased(node)
+        elif (shifted := _biased(node)) is not None:
+            node = shifted  # (f + b): a dropped branch leaves the constant b, the same for every sample
         elif node.gated:
             found = []
             for scaled, gate, expand in node.gated:
@@ -103,8 +103,11 @@ _ADD_OPS = {"add", "add_", "__add__", "__radd__", "__iadd__"}
 
 def _unscaled(node: Node) -> Node:
     """The value ``node`` is up to scalings by numbers or parameters and shifts by constants."""
-    while not node.chain and (node.scaled_from is not None or _biased(node) is not None):
-        node = node.scaled_from or _biased(node)
+    while not node.chain:
+        inner = node.scaled_from or _biased(node)
+        if inner is None:
+            return node
+        node = inner
     return node
 
 
