@@ -95,6 +95,45 @@ def bitwise_equal(a, b) -> bool:
     return compare_outputs(a, b) == []
 
 
+def idle_sites(model: nn.Module, *args, **kwargs) -> list[str]:
+    """The attached DropPaths that change nothing: each in turn drops its branch for every sample (rate 1,
+    no rescaling, the rest of the model in eval mode), and the output must differ from the eval output. A
+    DropPath that acts after its branch was added, or on a value the model never uses, is listed; one whose
+    branch is all zeros on these inputs (a zero-initialised last norm, timm's ResNets) cannot show and is not."""
+    from droppath_surgery import DropPath
+
+    drops = [(n, m) for n, m in model.named_modules() if isinstance(m, DropPath)]
+    zero: set[str] = set()
+    handles = [
+        drop.register_forward_pre_hook(lambda m, a, n=name: zero.add(n) if not bool(a[0].any()) else None)
+        for name, drop in drops
+    ]
+    try:
+        base = eval_output(model, *args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    was = model.training
+    model.eval()
+    idle = []
+    for name, drop in drops:
+        if name in zero:
+            continue
+        rate, scale = drop.rate, drop.scale_by_keep
+        drop.rate, drop.scale_by_keep = 1.0, False
+        drop.train()
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the global RNG left as it was
+                out = model(*args, **kwargs)
+        finally:
+            drop.eval()
+            drop.rate, drop.scale_by_keep = rate, scale
+        if bitwise_equal(base, out):
+            idle.append(name)
+    model.train(was)
+    return idle
+
+
 class Block(nn.Module):
     """A pre-norm transformer-like block: x + attn(norm(x)), x + mlp(norm(x))."""
 

@@ -309,11 +309,16 @@ def _expand(pattern: str) -> list[str]:
 @pytest.mark.parametrize("name", list(DETR_BRANCHES))
 def test_detr_style_layers_get_their_own_residual_branches_and_no_position_sum(name):
     pytest.importorskip("transformers")
-    from droppath_surgery import find_residual_branches
+    from helpers import idle_sites
+
+    from droppath_surgery import apply_drop_path, build_example_inputs
 
     config, model_cls, _, _, _ = sweep.hf_build(name)
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
-    report = find_residual_branches(model_cls(config))  # on the automatic inputs, as the sweep runs it
+    model = model_cls(config)
+    args, kwargs = build_example_inputs(model)
+    report = apply_drop_path(model, 0.1)  # on the automatic inputs, as the sweep runs it
     transformer = [s.path for s in report.sites if s.path.startswith(("encoder.layers", "encoder.aifi", "decoder"))]
     assert sorted(transformer) == sorted(p for pattern in DETR_BRANCHES[name] for p in _expand(pattern))
+    assert report.verified is True and idle_sites(model, *args, **kwargs) == []  # each site, dropped, changes the output

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import transformers as T
-from helpers import ModelSnapshot, bitwise_equal, eval_output, hook_count
+from helpers import ModelSnapshot, bitwise_equal, eval_output, hook_count, idle_sites
 from torch import nn
 
 from droppath_surgery import DropPath, apply_drop_path, find_residual_branches, remove_drop_path
@@ -60,6 +60,7 @@ def test_sites_eval_proof_and_exact_undo(name):
     assert per_block == [branches // blocks] * blocks
     assert {s.batch_dim for s in report.sites} == {0}
     assert bitwise_equal(before, eval_output(model, *args, **kwargs))
+    assert idle_sites(model, *args, **kwargs) == []  # each site, dropped, changes the output
     remove_drop_path(model)
     snap.assert_same()
     assert bitwise_equal(before, eval_output(model, *args, **kwargs))
