@@ -72,7 +72,7 @@ def test_the_hardest_model_of_each_cause_patches_at_parity(library, name):
         assert res.site_parity, res.parity_reason
     if library == "hf" and res.layers and name in sweep.CI_DECODERS:
         assert res.sites == 2 * res.layers  # attention and MLP branch of every decoder layer
-    if name in sweep.CI_SITES:  # packed vision towers: dropped per image, not left out
+    if name in sweep.CI_SITES:  # the exact count where a lost (or a wrong) branch would not change the status
         assert res.sites == sweep.CI_SITES[name], res.skipped
 
 

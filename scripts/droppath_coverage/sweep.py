@@ -103,9 +103,14 @@ CI_SUBSET = {
     # whose decoder takes mel frames. SAM 2: a Hiera tower whose stage widths the consistent shrink keeps in step.
     # SegGPT: prompt images and masks built like the image, and its prompt and input rows folded 2 x B (a sample's
     # rows B apart), dropped per sample (refused as folded rows before), at parity with HF's slots.
+    # EdgeTAM: its two-way block returns its cross-attention's output after adding it (was hooked there, dropping
+    # nothing). DiffusionGemma: mlp(h) + moe(h) is one branch (was a shortcut and a branch). GraniteMoeHybrid: MoE
+    # and shared MLP summed, then scaled, then added (no site before). Zaya: a residual helper that shifts and
+    # scales both operands (NoResidualBranchError before). MusicGen: ids one row per codebook; embeddings instead.
     "hf": [
         "gpt_neox", "swin", "qwen2_5_vl", "higgs_audio_v2", "grounding-dino", "glm4v_vision", "qwen2_5_vl_vision",
-        "timesfm", "muse_spark_text", "deepseek_v4", "speecht5", "sam2", "seggpt",
+        "timesfm", "muse_spark_text", "deepseek_v4", "speecht5", "sam2", "seggpt", "edgetam", "diffusion_gemma",
+        "granitemoehybrid", "zaya", "musicgen",
     ],
     # a head whose inputs are (B, choices, L)
     "hf-heads": ["bert/BertForMultipleChoice"],
@@ -113,7 +118,8 @@ CI_SUBSET = {
 CI_DECODERS = ["gpt_neox", "higgs_audio_v2", "timesfm", "muse_spark_text", "deepseek_v4"]
 # Sites with packed towers: Qwen2.5-VL 4 text (2 layers x 2) + 8 vision (4 full-attention blocks x 2), its tower
 # alone 8, GLM-4V's tower 2 in each of its 24 blocks; SegGPT 2 layers x 2, none left out as folded rows.
-CI_SITES = {"qwen2_5_vl": 12, "qwen2_5_vl_vision": 8, "glm4v_vision": 48, "seggpt": 4}
+CI_SITES = {"qwen2_5_vl": 12, "qwen2_5_vl_vision": 8, "glm4v_vision": 48, "seggpt": 4, "edgetam": 23, "diffusion_gemma": 8,
+            "granitemoehybrid": 6, "zaya": 4, "musicgen": 4}
 
 
 @dataclass
