@@ -96,38 +96,23 @@ def bitwise_equal(a, b) -> bool:
 
 
 def idle_sites(model: nn.Module, *args, **kwargs) -> list[str]:
-    """The attached DropPaths that change nothing: each in turn drops its branch for every sample (rate 1,
-    no rescaling, the rest of the model in eval mode), and the output must differ from the eval output. A
-    DropPath that acts after its branch was added, or on a value the model never uses, is listed; one whose
-    branch is all zeros on these inputs (a zero-initialised last norm, timm's ResNets) cannot show and is not."""
+    """The attached DropPaths whose output the model does not use: each in turn adds noise to what it returns
+    (as large as the stream, in eval mode), and the model's output must change. A DropPath that acts after its
+    branch was added, or on a value the model never reads, is listed. Noise rather than a drop: a branch that
+    computes (almost) nothing here, as a zero-initialised last norm, would hide a misplaced DropPath."""
     from droppath_surgery import DropPath
 
-    drops = [(n, m) for n, m in model.named_modules() if isinstance(m, DropPath)]
-    zero: set[str] = set()
-    handles = [
-        drop.register_forward_pre_hook(lambda m, a, n=name: zero.add(n) if not bool(a[0].any()) else None)
-        for name, drop in drops
-    ]
-    try:
-        base = eval_output(model, *args, **kwargs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    base = eval_output(model, *args, **kwargs)
     was = model.training
     model.eval()
     idle = []
-    for name, drop in drops:
-        if name in zero:
-            continue
-        rate, scale = drop.rate, drop.scale_by_keep
-        drop.rate, drop.scale_by_keep = 1.0, False
-        drop.train()
+    for name, drop in [(n, m) for n, m in model.named_modules() if isinstance(m, DropPath)]:
+        handle = drop.register_forward_hook(lambda m, a, out: out + torch.randn_like(out) * (1 + out.abs().mean()))
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the global RNG left as it was
                 out = model(*args, **kwargs)
         finally:
-            drop.eval()
-            drop.rate, drop.scale_by_keep = rate, scale
+            handle.remove()
         if bitwise_equal(base, out):
             idle.append(name)
     model.train(was)
