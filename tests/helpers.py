@@ -96,27 +96,13 @@ def bitwise_equal(a, b) -> bool:
 
 
 def idle_sites(model: nn.Module, *args, **kwargs) -> list[str]:
-    """The attached DropPaths whose output the model does not use: each in turn adds noise to what it returns
-    (as large as the stream, in eval mode), and the model's output must change. A DropPath that acts after its
-    branch was added, or on a value the model never reads, is listed. Noise rather than a drop: a branch that
-    computes (almost) nothing here, as a zero-initialised last norm, would hide a misplaced DropPath."""
-    from droppath_surgery import DropPath
+    """The attached DropPaths whose output the model does not use (the sweep's oracle, ``unused_sites``)."""
+    scripts = str(EXAMPLES.parent / "scripts")
+    if scripts not in sys.path:
+        sys.path.append(scripts)  # appended: scripts/sweep.py must not shadow the package
+    from droppath_coverage.oracles import unused_sites
 
-    base = eval_output(model, *args, **kwargs)
-    was = model.training
-    model.eval()
-    idle = []
-    for name, drop in [(n, m) for n, m in model.named_modules() if isinstance(m, DropPath)]:
-        handle = drop.register_forward_hook(lambda m, a, out: out + torch.randn_like(out) * (1 + out.abs().mean()))
-        try:
-            with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the global RNG left as it was
-                out = model(*args, **kwargs)
-        finally:
-            handle.remove()
-        if bitwise_equal(base, out):
-            idle.append(name)
-    model.train(was)
-    return idle
+    return unused_sites(model, args, kwargs)
 
 
 class Block(nn.Module):

@@ -322,3 +322,13 @@ def test_detr_style_layers_get_their_own_residual_branches_and_no_position_sum(n
     transformer = [s.path for s in report.sites if s.path.startswith(("encoder.layers", "encoder.aifi", "decoder"))]
     assert sorted(transformer) == sorted(p for pattern in DETR_BRANCHES[name] for p in _expand(pattern))
     assert report.verified is True and idle_sites(model, *args, **kwargs) == []  # each site, dropped, changes the output
+
+
+def test_the_unused_site_line_counts_the_checked_types_and_names_the_others():
+    rows = [{"name": "a", "status": "ok", "sites": 3, "unused": []},
+            {"name": "b", "status": "ok", "sites": 5, "unused": ["layers.0.surgery_drop_path"]},
+            {"name": "c", "status": "ok", "sites": 2},  # a sweep before the check: not counted
+            {"name": "d", "status": "failed", "sites": None, "unused": None}]
+    line = sweep_render.unused_line(rows)
+    assert "in 1 of the 2 types checked" in line and line.endswith("not in 1: `b` (1 of 5)")
+    assert sweep_render.unused_line(rows[2:]) == ""

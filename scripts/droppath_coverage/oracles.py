@@ -237,6 +237,39 @@ def eval_forward(model: nn.Module, args: tuple, kwargs: dict) -> Any:
     return out
 
 
+def _output_tensors(obj: Any) -> list[Tensor]:
+    """The tensors of a model's output (nested mappings, HF ``ModelOutput``s, lists and tuples), in order."""
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _output_tensors(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _output_tensors(v)]
+    return []
+
+
+def unused_sites(model: nn.Module, args: tuple, kwargs: dict) -> list[str]:
+    """The attached DropPaths whose output the model does not use: each in turn adds noise as large as the
+    stream to what it returns (eval mode), and some output tensor must change. A DropPath that acts after its
+    branch was added (on a block's own output), or on a value nothing reads, is listed. Noise rather than a
+    drop: a branch that computes almost nothing here (a zero-initialised last norm) would hide it. A stream the
+    model reads only through a discrete choice (a quantizer, a patcher's boundaries) may not change either."""
+    from droppath_surgery import DropPath
+
+    unused = []
+    with torch.random.fork_rng(devices=[]):  # the global RNG left as it was
+        base = _output_tensors(eval_forward(model, args, kwargs))
+        for name, drop in [(n, m) for n, m in model.named_modules() if isinstance(m, DropPath)]:
+            handle = drop.register_forward_hook(lambda m, a, out: out + torch.randn_like(out) * (1 + out.abs().mean()))
+            try:
+                out = _output_tensors(eval_forward(model, args, kwargs))
+            finally:
+                handle.remove()
+            if len(out) == len(base) and all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(base, out)):
+                unused.append(name)
+    return unused
+
+
 def runner(args: tuple, kwargs: dict) -> Callable[[nn.Module], Any]:
     """One eval forward on ``args``/``kwargs`` (moved to the meta device for a meta model); with no
     inputs, the ones ``build_example_inputs`` builds for the model."""

@@ -76,6 +76,7 @@ IMG_SIZES = (96, 128, 160, 224)
 BIG_PARAMS = 25e6  # above this, fewer blocks (building is mostly random initialisation)
 HUGE_PARAMS = 400e6
 HF_MAX_PARAMS = 80e6  # the levels above tiny: bigger real builds cost minutes on a shared machine
+UNUSED_MAX_SITES = 64  # the unused-site oracle runs one forward per site: above this many, not checked
 HF_MAX_TINY_PARAMS = 400e6  # tiny configs: mostly embeddings of big vocabularies, cheap to run
 MEMORY_LIMIT_GB = 9.0  # address space per worker
 
@@ -149,6 +150,9 @@ class Result:
     # What apply_drop_path warned of (the report's notes: unrun stacks, branches left without drop path, a
     # schedule giving every branch 0, the model's own layer drop), numbers blanked; None: not recorded.
     warned: list[str] | None = None
+    # hf: the sites whose DropPath output the model does not use (oracles.unused_sites: noise added there changes no
+    # output tensor); None: not checked.
+    unused: list[str] | None = None
     # hf, after a stage-'inputs' failure (or 'forward', where hand inputs are written): the hand-made inputs passed
     # as example_inputs= (hand_inputs.py), described, and the outcome with them ({status, sites, verified, not_run, error}; status "skipped" with
     # the reason where no inputs can serve). The fields above keep the zero-argument outcome.
@@ -1858,7 +1862,7 @@ def sweep_hf(model_type: str, library: str = "hf") -> Result:
     import torch
 
     from .judge import carries
-    from .oracles import expected_from_slots, native_slots, observe_outputs, runner
+    from .oracles import expected_from_slots, native_slots, observe_outputs, runner, unused_sites
 
     res = Result(library, model_type, family=model_type.partition("/")[0])
     try:
@@ -1890,6 +1894,8 @@ def sweep_hf(model_type: str, library: str = "hf") -> Result:
             res.error = f"{DEFAULT_DOES_NOT_RUN}: {res.error}"
         return res
     report, args, kw = done
+    if res.verified and len(report.sites) <= UNUSED_MAX_SITES:
+        res.unused = unused_sites(model, args, kw)
     try:
         native_cfg = config.__class__.from_dict(config.to_dict())
         if not _set_everywhere(native_cfg, "drop_path_rate", RATE):

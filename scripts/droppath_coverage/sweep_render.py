@@ -261,7 +261,7 @@ def hf_summary(rows: list[dict]) -> list[str]:
             f"path there: the report's `not_run` and a warning say so"
             + (": " + ", ".join(f"`{r['name']}` ({len(r['not_run'])})" for r in partial) if partial else "")
         )
-    for line in (warned_line("hf", rows), hand_inputs_line(rows)):
+    for line in (warned_line("hf", rows), unused_line(rows), hand_inputs_line(rows)):
         if line:
             lines.append(line)
     cache = [r for r in rows if "with use_cache=False" in r["note"]]
@@ -304,6 +304,20 @@ def warned_line(library: str, rows: list[dict]) -> str:
                       for kind, names in sorted(kinds.items(), key=lambda kv: -len(kv[1])))
     return (f"{library}: {warned} of the {len(patched)} patched models got a warning from `apply_drop_path` (a degraded "
             f"or notable result, also in the report's notes)" + (f": {parts}" if parts else ""))
+
+
+def unused_line(rows: list[dict]) -> str:
+    """How many patched types have sites whose DropPath output the model does not use (``oracles.unused_sites``:
+    noise added there changes no output), with them; empty where no row records the check."""
+    from .sweep import UNUSED_MAX_SITES
+
+    checked = [r for r in rows if r["status"] == "ok" and r.get("unused") is not None]
+    if not checked:
+        return ""
+    found = [r for r in checked if r["unused"]]
+    listed = ", ".join(f"`{r['name']}` ({len(r['unused'])} of {r['sites']})" for r in found)
+    return (f"hf: every site's output used (noise added there changes the model's output) in {len(checked) - len(found)} "
+            f"of the {len(checked)} types checked (those with up to {UNUSED_MAX_SITES} sites); not in {len(found)}" + (f": {listed}" if listed else ""))
 
 
 def hand_inputs_line(rows: list[dict]) -> str:
