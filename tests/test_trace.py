@@ -1541,3 +1541,27 @@ class _SummedLayer(nn.Module):
 def test_branches_summed_then_scaled_and_a_pooled_shortcut_after_a_merge_are_found():
     report = find_residual_branches(nn.Sequential(*(_SummedLayer() for _ in range(2))), torch.randn(2, 8, 8))
     assert [s.path for s in report.sites] == [f"{i}.{m}.2" for i in range(2) for m in ("attn", "conv", "moe", "mlp")]
+
+
+def test_a_residual_block_whose_output_feeds_only_a_branch_stays_a_merge():
+    # HRNet's head: y = incre(y1) + down(bottleneck(y0)). The bottleneck's relu(x + f(x)) reaches no stream and no
+    # output except through that branch, as DETR's h + pos; but the block returns an activation of its sum.
+    class Bottleneck(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f, self.down = _mlp(), nn.Linear(8, 8)
+
+        def forward(self, x):
+            return torch.relu(self.down(x) + self.f(x))
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(Bottleneck() for _ in range(2))
+            self.down, self.incre = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.incre(x) + self.down(self.blocks[1](self.blocks[0](x)))
+
+    report = find_residual_branches(Head(), torch.randn(2, 5, 8))
+    assert [s.path for s in report.sites] == ["blocks.0.f.2", "blocks.1.f.2"]

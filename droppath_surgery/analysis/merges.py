@@ -269,7 +269,8 @@ def _side_values(recording: Recording, merges: list[Merge], by_serial: dict[int,
     attention whose values and residual read ``h``; ``pos``, an ancestor of ``h`` through earlier queries, is
     no stream that ``h`` branches off. DiffusionGemma's ``mlp(h) + moe(h)``, normed and added to ``h``, is one
     branch, not a shortcut and a branch. A residual block nested in a branch (``x + g(block(x))``,
-    ``block(x) = x + f(x)``) returns its sum, so it stays a merge although ``x`` is read again."""
+    ``block(x) = x + f(x)``; HRNet's head, ``incre(y1) + down(bottleneck(y0))``) returns its sum (or an activation
+    of it), so it stays a merge although ``x`` is read again or its output feeds only a branch."""
     children: dict[int, list[Node]] = {}
     for node in recording.nodes:
         for parent in node.parents:
@@ -295,12 +296,27 @@ def _side_values(recording: Recording, merges: list[Merge], by_serial: dict[int,
                     frontier.append(child.serial)
         return False
 
+    def returned(total: Node, call: Call) -> bool:
+        """Does ``call`` return the sum, or a value made from it by operations that mix nothing (an activation,
+        a cast: ResNet's ``relu(x + f(x))``)? Not through a projection (an attention's queries)."""
+        frontier, seen = [total], {total.serial}
+        while frontier:
+            node = frontier.pop()
+            if any(c is call for c, _ in node.chain):
+                return True
+            for child in children.get(node.serial, ()):
+                if (child.serial not in seen and child.serial <= call.last and not child.mixing
+                        and stream_of.get(child.serial, node.serial) == node.serial):  # not into a merge as its branch
+                    seen.add(child.serial)
+                    frontier.append(child)
+        return False
+
     side = set()
     for m in merges:
         add = recording.additions[m.addition]
         total = by_serial.get(add.serial + 1)
-        if total is None or (add.stack and any(call is add.stack[-1] for call, _ in total.chain)):
-            continue  # the call that adds returns the sum: a residual block, whatever its input does next
+        if total is None or (add.stack and returned(total, add.stack[-1])):
+            continue  # a residual block, whatever its input does next and wherever its output goes
         operands = (add.a, add.b, m.end, m.start)  # as added, and the values they scale or re-view
         goes_on = any(c.serial > total.serial for n in operands for c in children.get(n.serial, ()))
         if (m.kind == "fork" or goes_on or not m.start.live) and not carried(total.serial):
