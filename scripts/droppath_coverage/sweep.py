@@ -76,7 +76,8 @@ IMG_SIZES = (96, 128, 160, 224)
 BIG_PARAMS = 25e6  # above this, fewer blocks (building is mostly random initialisation)
 HUGE_PARAMS = 400e6
 HF_MAX_PARAMS = 80e6  # the levels above tiny: bigger real builds cost minutes on a shared machine
-UNUSED_MAX_SITES = 64  # the unused-site oracle runs one forward per site: above this many, not checked
+# The unused-site oracle runs one forward per site: not above this many sites, nor where patching took longer.
+UNUSED_MAX_SITES, UNUSED_MAX_PATCH_S = 64, 20.0
 HF_MAX_TINY_PARAMS = 400e6  # tiny configs: mostly embeddings of big vocabularies, cheap to run
 MEMORY_LIMIT_GB = 9.0  # address space per worker
 
@@ -1894,7 +1895,7 @@ def sweep_hf(model_type: str, library: str = "hf") -> Result:
             res.error = f"{DEFAULT_DOES_NOT_RUN}: {res.error}"
         return res
     report, args, kw = done
-    if res.verified and len(report.sites) <= UNUSED_MAX_SITES:
+    if res.verified and len(report.sites) <= UNUSED_MAX_SITES and (res.patch_s or 0) <= UNUSED_MAX_PATCH_S:
         res.unused = unused_sites(model, args, kw)
     try:
         native_cfg = config.__class__.from_dict(config.to_dict())

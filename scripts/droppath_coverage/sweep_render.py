@@ -309,7 +309,7 @@ def warned_line(library: str, rows: list[dict]) -> str:
 def unused_line(rows: list[dict]) -> str:
     """How many patched types have sites whose DropPath output the model does not use (``oracles.unused_sites``:
     noise added there changes no output), with them; empty where no row records the check."""
-    from .sweep import UNUSED_MAX_SITES
+    from .sweep import UNUSED_MAX_PATCH_S, UNUSED_MAX_SITES
 
     checked = [r for r in rows if r["status"] == "ok" and r.get("unused") is not None]
     if not checked:
@@ -317,7 +317,8 @@ def unused_line(rows: list[dict]) -> str:
     found = [r for r in checked if r["unused"]]
     listed = ", ".join(f"`{r['name']}` ({len(r['unused'])} of {r['sites']})" for r in found)
     return (f"hf: every site's output used (noise added there changes the model's output) in {len(checked) - len(found)} "
-            f"of the {len(checked)} types checked (those with up to {UNUSED_MAX_SITES} sites); not in {len(found)}" + (f": {listed}" if listed else ""))
+            f"of the {len(checked)} types checked (up to {UNUSED_MAX_SITES} sites, patched in {UNUSED_MAX_PATCH_S:.0f} s or less); "
+            f"not in {len(found)}" + (f": {listed}" if listed else ""))
 
 
 def hand_inputs_line(rows: list[dict]) -> str:
