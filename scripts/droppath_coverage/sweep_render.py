@@ -52,8 +52,7 @@ CAUSES: list[tuple[str, str]] = [
     (r"^timeout: ", "ran past the time limit"),
     (r"^apply: NoResidualBranchError", (
         "engine: no residual branch found: the architecture has none (VGG, DenseNet, Inception, SelecSLS, RDNet, "
-        "LCNet, VoVNet-19, MobileNetV1), or its residuals are per-channel (ConvMixer) or a stream shifted by a "
-        "bias (Zaya; see the findings below)")),
+        "LCNet, VoVNet-19, MobileNetV1), or its residuals are per-channel (ConvMixer)")),
     (r"^apply: VerificationError", "engine: eval output not verified (apply undone)"),
 ]
 
@@ -85,10 +84,14 @@ FINDINGS: list[tuple[str, str, str]] = [
      "layer's input (`l0 * h + l1 * h0`), so each layer's first branch starts from `h0` and the stack rule made "
      "every layer a stack of its own: under `linear` every rate 0, at any depth (11 types had one-block stacks). "
      "Fixed: a block joins the stack of the first of its branches whose stream an earlier block made; sites "
-     "unchanged, rates ramp. Open: that mix, and DETR's `h + pos` (position embeddings the stream depends on), "
-     "are taken as merges whose branch is the whole previous layer (sites `encoder.layers.k`, the decoders' "
-     "`self_attn_layer_norm`): a dropped sample's next layer sees the position embeddings alone in its queries "
-     "and keys; not stochastic depth, not fixed yet (see `coverage-notes.md`, depth).")),
+     "unchanged, rates ramp. That mix, and DETR's `h + pos` (position embeddings the stream depends on), were taken "
+     "as merges whose branch is the whole previous layer (sites `encoder.layers.k`, the decoders' "
+     "`self_attn_layer_norm`): a dropped sample's next layer saw the position embeddings alone in its queries and "
+     "keys, and eval verification could not tell. Fixed 2026-12-06: a sum that goes on as no stream (it reaches no "
+     "later merge's stream and no output except through branches) while an operand goes on by itself, or whose "
+     "stream is a constant, is a side value, not a merge (DETR family, SAM's and EdgeTAM's two-way mask decoders, "
+     "NeoMME, Zamba2; DiffusionGemma's `mlp(h) + moe(h)` likewise; HRNet's and nested residual blocks, which return "
+     "their sum, stay merges).")),
     ("branch times a mask after its module", "hf:timesfm (also timesfm2_5)",
      ("TimesFM's MLP ends in `outputs * (1 - paddings) + x`: the branch leaves its last module and is multiplied "
      "by a value from the inputs, so the engine found no module end and dropped the merge without a word (one "
@@ -109,12 +112,13 @@ FINDINGS: list[tuple[str, str, str]] = [
      "stack for one composite, one unit of the schedule, so `linear` gave every branch rate 0, and the sweep, which "
      "silenced warnings, showed only `blocks` 1 for 2 layers. Fixed: a composite repeats (two containers of its "
      "path's shape at least); the sweep now records what `apply_drop_path` warns of and counts it.")),
-    ("gated or scaled residual stream", "hf:muse_spark_text (also ergo; zaya still fails)",
+    ("gated or scaled residual stream", "hf:muse_spark_text (also ergo, zaya)",
      ("the stream itself is rescaled at every merge (`alpha * residual + beta * h`, a learned per-channel residual "
      "gate): no `x + f(x)` on the unchanged stream, so `NoResidualBranchError`. Fixed: a stream scaled by numbers or "
      "parameters is still the stream, and the branch is dropped (a dropped sample keeps `alpha * residual`); a "
      "stream times a value computed from the pass is not taken. Zaya shifts both stream and branch by a bias before "
-     "scaling (`(h + b1) * s1 + (x + b2) * s2`): no branch to drop there, still `NoResidualBranchError`.")),
+     "scaling (`(h + b1) * s1 + (x + b2) * s2`) in a helper module: `NoResidualBranchError` until a shift by a constant "
+     "counted as a scaling (2026-12-06; 2 sites a layer now).")),
     ("residual on a value its part computed", "hf:grounding-dino (also mm-grounding-dino)",
      ("the fusion layer adds its attention to its own LayerNorm outputs (`v = LN(v); v = v + drop_path(gamma * "
      "attn(v))`) and HF drops that; the engine skipped it as 'a residual inside a part of its block, on a value that "
