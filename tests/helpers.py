@@ -102,7 +102,9 @@ def idle_sites(model: nn.Module, *args, **kwargs) -> list[str]:
         sys.path.append(scripts)  # appended: scripts/sweep.py must not shadow the package
     from droppath_coverage.oracles import unused_sites
 
-    return unused_sites(model, args, kwargs)
+    unused = unused_sites(model, args, kwargs)
+    assert unused is not None, "the model's output does not change with its inputs: no site can show its use"
+    return unused
 
 
 class Block(nn.Module):

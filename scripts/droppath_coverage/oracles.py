@@ -248,24 +248,35 @@ def _output_tensors(obj: Any) -> list[Tensor]:
     return []
 
 
-def unused_sites(model: nn.Module, args: tuple, kwargs: dict) -> list[str]:
+def _same(a: list[Tensor], b: list[Tensor]) -> bool:
+    return len(a) == len(b) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, b))
+
+
+def unused_sites(model: nn.Module, args: tuple, kwargs: dict) -> list[str] | None:
     """The attached DropPaths whose output the model does not use: each in turn adds noise as large as the
     stream to what it returns (eval mode), and some output tensor must change. A DropPath that acts after its
     branch was added (on a block's own output), or on a value nothing reads, is listed. Noise rather than a
     drop: a branch that computes almost nothing here (a zero-initialised last norm) would hide it. A stream the
-    model reads only through a discrete choice (a quantizer, a patcher's boundaries) may not change either."""
+    model reads only through a discrete choice (a quantizer, a patcher's boundaries) may not change either.
+    None where noise on the float inputs changes no output either (a zero-initialised head at random weights):
+    such a model cannot show it."""
     from droppath_surgery import DropPath
 
     unused = []
     with torch.random.fork_rng(devices=[]):  # the global RNG left as it was
         base = _output_tensors(eval_forward(model, args, kwargs))
+        noisy = {k: v + torch.randn_like(v) if isinstance(v, Tensor) and v.is_floating_point() else v for k, v in kwargs.items()}
+        noisy_args = tuple(a + torch.randn_like(a) if isinstance(a, Tensor) and a.is_floating_point() else a for a in args)
+        floats = any(isinstance(v, Tensor) and v.is_floating_point() for v in (*args, *kwargs.values()))
+        if floats and _same(base, _output_tensors(eval_forward(model, noisy_args, noisy))):
+            return None
         for name, drop in [(n, m) for n, m in model.named_modules() if isinstance(m, DropPath)]:
             handle = drop.register_forward_hook(lambda m, a, out: out + torch.randn_like(out) * (1 + out.abs().mean()))
             try:
                 out = _output_tensors(eval_forward(model, args, kwargs))
             finally:
                 handle.remove()
-            if len(out) == len(base) and all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(base, out)):
+            if _same(base, out):
                 unused.append(name)
     return unused
 

@@ -152,7 +152,7 @@ class Result:
     # schedule giving every branch 0, the model's own layer drop), numbers blanked; None: not recorded.
     warned: list[str] | None = None
     # hf: the sites whose DropPath output the model does not use (oracles.unused_sites: noise added there changes no
-    # output tensor); None: not checked.
+    # output tensor); None: not checked, or the output does not change with the inputs either (nothing can show).
     unused: list[str] | None = None
     # hf, after a stage-'inputs' failure (or 'forward', where hand inputs are written): the hand-made inputs passed
     # as example_inputs= (hand_inputs.py), described, and the outcome with them ({status, sites, verified, not_run, error}; status "skipped" with

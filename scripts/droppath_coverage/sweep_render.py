@@ -320,7 +320,8 @@ def unused_line(rows: list[dict]) -> str:
         return ""
     found = [r for r in checked if r["unused"]]
     listed = ", ".join(f"`{r['name']}` ({len(r['unused'])} of {r['sites']})" for r in found)
-    return (f"hf: every site's output used (noise added there changes the model's output) in {len(checked) - len(found)} "
+    return (f"hf: every site's output used (noise added there changes the model's output; types whose output does not "
+            f"change with their inputs either are not counted) in {len(checked) - len(found)} "
             f"of the {len(checked)} types checked (up to {UNUSED_MAX_SITES} sites, patched in {UNUSED_MAX_PATCH_S:.0f} s or less); "
             f"not in {len(found)}" + (f": {listed}" if listed else ""))
 
