@@ -11,6 +11,7 @@ that goes on as no stream (DETR's ``h + pos``, feeding only queries and keys) is
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .record import Addition, Call, Node, Recording
@@ -282,34 +283,28 @@ def _side_values(recording: Recording, merges: list[Merge], by_serial: dict[int,
     streams = set(stream_of.values())
     outputs = {n.serial for n in recording.nodes if any(not call.stack for call, _ in n.chain)}
 
-    def carried(total: int) -> bool:
-        seen = {total}
-        frontier = [total]
+    def reaches(total: Node, found: Callable[[Node], bool], through: Callable[[Node], bool] = lambda n: True) -> bool:
+        """Is some value made from ``total`` one that ``found`` accepts, walking only through values ``through``
+        accepts, and into a merge's sum from its stream operand only, never from its branch?"""
+        frontier, seen = [total], {total.serial}
         while frontier:
-            serial = frontier.pop()
-            if serial in outputs or serial in streams:
+            node = frontier.pop()
+            if found(node):
                 return True
-            for child in children.get(serial, ()):
-                # A merge's sum is reached from its stream operand only, not from its branch.
-                if child.serial not in seen and stream_of.get(child.serial, serial) == serial:
+            for child in children.get(node.serial, ()):
+                if child.serial not in seen and through(child) and stream_of.get(child.serial, node.serial) == node.serial:
                     seen.add(child.serial)
-                    frontier.append(child.serial)
+                    frontier.append(child)
         return False
+
+    def carried(total: Node) -> bool:
+        """Does the sum go on as a stream: to a later merge's stream, or to a model output?"""
+        return reaches(total, lambda n: n.serial in outputs or n.serial in streams)
 
     def returned(total: Node, call: Call) -> bool:
         """Does ``call`` return the sum, or a value made from it by operations that mix nothing (an activation,
         a cast: ResNet's ``relu(x + f(x))``)? Not through a projection (an attention's queries)."""
-        frontier, seen = [total], {total.serial}
-        while frontier:
-            node = frontier.pop()
-            if any(c is call for c, _ in node.chain):
-                return True
-            for child in children.get(node.serial, ()):
-                if (child.serial not in seen and child.serial <= call.last and not child.mixing
-                        and stream_of.get(child.serial, node.serial) == node.serial):  # not into a merge as its branch
-                    seen.add(child.serial)
-                    frontier.append(child)
-        return False
+        return reaches(total, lambda n: any(c is call for c, _ in n.chain), lambda n: n.serial <= call.last and not n.mixing)
 
     side = set()
     for m in merges:
@@ -319,7 +314,7 @@ def _side_values(recording: Recording, merges: list[Merge], by_serial: dict[int,
             continue  # a residual block, whatever its input does next and wherever its output goes
         operands = (add.a, add.b, m.end, m.start)  # as added, and the values they scale or re-view
         goes_on = any(c.serial > total.serial for n in operands for c in children.get(n.serial, ()))
-        if (m.kind == "fork" or goes_on or not m.start.live) and not carried(total.serial):
+        if (m.kind == "fork" or goes_on or not m.start.live) and not carried(total):
             side.add(m.addition)
     return side
 
