@@ -97,10 +97,7 @@ def bitwise_equal(a, b) -> bool:
 
 def idle_sites(model: nn.Module, *args, **kwargs) -> list[str]:
     """The attached DropPaths whose output the model does not use (the sweep's oracle, ``unused_sites``)."""
-    scripts = str(EXAMPLES.parent / "scripts")
-    if scripts not in sys.path:
-        sys.path.append(scripts)  # appended: scripts/sweep.py must not shadow the package
-    from droppath_coverage.oracles import unused_sites
+    from droppath_coverage.oracles import unused_sites  # (scripts/ is on the path: conftest.py)
 
     unused = unused_sites(model, args, kwargs)
     assert unused is not None, "the model's output does not change with its inputs: no site can show its use"

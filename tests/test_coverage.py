@@ -13,8 +13,6 @@ from torch import nn
 from droppath_surgery import SCHEDULES, Site, apply_drop_path, build_example_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "scripts") not in sys.path:
-    sys.path.append(str(ROOT / "scripts"))  # appended: scripts/coverage.py must not shadow the coverage package
 
 from droppath_coverage import catalog, judge, oracles, render, runner
 

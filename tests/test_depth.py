@@ -221,13 +221,7 @@ def test_hf_stacks_ramp_at_depth(name, n):
 
 
 def _depth_module():
-    import sys
-    from pathlib import Path
-
-    scripts = str(Path(__file__).resolve().parents[1] / "scripts")
-    if scripts not in sys.path:
-        sys.path.append(scripts)  # appended: scripts/sweep.py must not shadow the package
-    from droppath_coverage import depth
+    from droppath_coverage import depth  # (scripts/ is on the path: conftest.py)
 
     return depth
 

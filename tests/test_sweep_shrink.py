@@ -3,15 +3,7 @@ default configs: the fields that must follow the shrunk widths and stacks do, an
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "scripts") not in sys.path:
-    sys.path.append(str(ROOT / "scripts"))  # appended: scripts/sweep.py must not shadow the package
-
 from droppath_coverage import sweep
 
 transformers = pytest.importorskip("transformers")

@@ -5,14 +5,11 @@ slots where it has them and with its eval output verified bitwise unchanged."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "scripts") not in sys.path:
-    sys.path.append(str(ROOT / "scripts"))  # appended: scripts/sweep.py must not shadow the package
 
 from droppath_coverage import sweep, sweep_render
 from training_fixtures import single_thread  # noqa: F401  (autouse: one torch thread, as the sweep)
